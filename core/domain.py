@@ -1,0 +1,169 @@
+"""The Domain API: the only thing core, the trainer and the CLI know about a kind of data.
+
+A domain is a plug-in unit (DESIGN.md item 9). To add one, subclass :class:`Domain` and
+:class:`DomainDataset`, then register the class, either in code::
+
+    from diffuse.core.registry import register_domain
+    register_domain(MyDomain)
+
+or from your own package's ``pyproject.toml`` so that ``pip install`` adds it to the CLI::
+
+    [project.entry-points."diffuse.domains"]
+    points2d = "my_package.points:PointsDomain"
+
+What flows between core and a domain:
+
+* :class:`Batch`: ``x`` (the tensor diffusion runs on), its bound :class:`~diffuse.core.space.Space`,
+  and an optional condition ``cond`` (e.g. class labels ``[B]``).
+* ``data_info``: a JSON-serialisable dict a dataset reports (shapes, vocabularies, statistics)
+  and that is saved in every checkpoint, so a model can be rebuilt and sampled without the data.
+* model config: a plain JSON dict of backbone keyword arguments (``Domain.default_model``,
+  overridden by the user's ``--config`` file).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .space import Space
+
+__all__ = ["Batch", "DomainDataset", "Domain", "DataError"]
+
+
+class DataError(ValueError):
+    """Bad user data (missing, empty, corrupt, incompatible): the CLI prints it as one line."""
+
+
+@dataclass
+class Batch:
+    """A batch as core sees it."""
+
+    x: Tensor
+    space: Space
+    cond: Any = None
+    #: domain-specific extras that travel with the batch (e.g. element vocabularies); not used by core.
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        space = self.space.to(device) if hasattr(self.space, "to") else self.space
+        cond = self.cond.to(device) if isinstance(self.cond, Tensor) else self.cond
+        return Batch(self.x.to(device), space, cond, self.extras)
+
+    def __len__(self) -> int:
+        return self.space.batch_size(self.x)
+
+
+class DomainDataset(ABC):
+    """A dataset of one domain. Items are addressed by integer index."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """JSON-serialisable facts the model and sampler need (saved in checkpoints)."""
+
+    @abstractmethod
+    def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
+        """Assemble the items at ``indices`` into a :class:`Batch` (on CPU).
+
+        Random augmentation (crops, rotations) must draw only from ``generator``, so that
+        training is reproducible and resumable.
+        """
+
+    def split(self, fraction: float, seed: int = 0) -> tuple["DomainDataset", "DomainDataset"]:
+        """A seeded ``(rest, held_out)`` split; held-out gets ``fraction`` of the items."""
+        n = len(self)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        k = max(1, int(round(n * fraction))) if n > 1 else 0
+        return self.subset(perm[k:]), self.subset(perm[:k])
+
+    def subset(self, indices: Tensor) -> "DomainDataset":
+        return SubsetDataset(self, indices)
+
+
+class SubsetDataset(DomainDataset):
+    def __init__(self, base: DomainDataset, indices: Tensor) -> None:
+        self.base, self.indices = base, torch.as_tensor(indices, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def info(self) -> dict[str, Any]:
+        return self.base.info()
+
+    def batch(self, indices, generator=None):
+        return self.base.batch(self.indices[torch.as_tensor(indices, dtype=torch.long)], generator)
+
+    def __getattr__(self, name: str):
+        # expose domain-specific helpers of the base dataset (e.g. ``labels``)
+        if name in ("base", "indices"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+class Domain(ABC):
+    """A kind of data: its Space, backbone, data readers, metrics and writer."""
+
+    #: registry key, used as ``diffuse train --domain NAME``
+    name: ClassVar[str]
+    #: one line for ``diffuse domains``
+    description: ClassVar[str]
+
+    # ---------------------------------------------------------------- configuration
+    def default_model(self) -> dict[str, Any]:
+        """Backbone keyword arguments used when the user gives none."""
+        return {}
+
+    def default_diffusion(self) -> dict[str, Any]:
+        """Overrides of :class:`~diffuse.core.config.DiffusionConfig` fields for this domain."""
+        return {}
+
+    def default_train(self) -> dict[str, Any]:
+        """Overrides of :class:`~diffuse.core.config.TrainConfig` fields for this domain."""
+        return {}
+
+    def default_data(self) -> dict[str, Any]:
+        """Data options (resolution, clip length, ...) passed to :meth:`load_data`."""
+        return {}
+
+    # ---------------------------------------------------------------- data and model
+    @abstractmethod
+    def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:
+        """Read user data at ``path`` or, when ``None``, the bundled default data set.
+
+        Raise :class:`DataError` with a one-line message naming the offending file for bad input.
+        """
+
+    @abstractmethod
+    def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+        """A backbone ``f(x_t, noise_level, cond=None, space=None) -> tensor like x_t``."""
+
+    @abstractmethod
+    def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
+                 cond: Any = None) -> Batch:
+        """A :class:`Batch` of ``num`` zero samples with the right shapes and bound Space,
+        used to start sampling (e.g. a molecule domain draws atom counts from ``generator``)."""
+
+    # ---------------------------------------------------------------- results
+    @abstractmethod
+    def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:
+        """Quality metrics of generated ``samples`` against ``reference`` data."""
+
+    @abstractmethod
+    def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
+        """Write samples as files a person can open; return the paths written."""
+
+    def describe_samples(self, samples: Batch, data_info: dict[str, Any]) -> dict[str, float] | None:
+        """Reference-free quality figures printed by ``diffuse sample`` (e.g. molecule validity);
+        ``None`` when the domain has none."""
+        return None
+
+    def check_config(self, model: dict[str, Any]) -> None:
+        """Validate user-given model options (raise ``ValueError`` with a clear message)."""

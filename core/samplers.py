@@ -1,0 +1,233 @@
+"""Samplers: pure functions over a denoise callable and an explicit descending time grid.
+
+Every sampler has the signature::
+
+    sampler(denoise, x, grid, *, schedule, space, generator=None, callback=None, **options) -> x_0
+
+* ``denoise(x, t) -> Prediction(x0, eps)`` with ``t`` a per-sample float64 tensor ``[B]``
+  (see :meth:`diffuse.core.denoiser.Denoiser.bind`; guidance wrappers have the same shape);
+* ``x`` is the starting point (noise at ``grid[0]``, scaled for the schedule: use
+  :func:`prior_sample`);
+* ``grid`` is a 1-D float64 tensor of times, descending, usually ending at ``0`` (clean data);
+  the sampler steps ``zip(grid[:-1], grid[1:])`` and keeps no state between calls;
+* ``generator`` is a ``torch.Generator`` or one generator per sample (see ``core.space``);
+* ``callback(info)`` is called after each step with a dict ``i, t, t_next, x, x0``.
+
+All time-dependent coefficients are computed once per step as float64 scalars, so a step
+costs a handful of fused element-wise operations beside the network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .parameterization import Prediction
+from .schedule import Schedule
+from .space import GeneratorLike, Space
+
+__all__ = [
+    "time_grid",
+    "prior_sample",
+    "ddpm",
+    "ddim",
+    "ddim_invert",
+    "SAMPLERS",
+    "get_sampler",
+    "SPACINGS",
+]
+
+Callback = Callable[[dict[str, Any]], None]
+SPACINGS = ("linspace", "leading", "trailing", "karras")
+
+
+def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: float = 7.0,
+              t_max: float | None = None, t_min: float | None = None, final: float | None = 0.0) -> Tensor:
+    """A descending float64 time grid with ``steps`` model evaluations, then ``final``.
+
+    For a discrete schedule with ``T`` steps the grid points are ``n / T`` for integer ``n``
+    (the timesteps the model was trained on), with the spacings of Lin et al. 2023 ("Common
+    Diffusion Noise Schedules and Sample Steps are Flawed", table 2; diffusers' names):
+
+    * ``linspace``: ``n = round(linspace(1, T, steps))``
+    * ``leading``:  ``n = 1 + k * (T // steps)``, ``k = 0..steps-1`` (never reaches ``T``)
+    * ``trailing``: ``n = round(T - k * T / steps)``, ``k = 0..steps-1`` (always starts at ``T``)
+    * ``karras``:   noise levels ``sigma/alpha`` spaced as in Karras et al. 2022 (eq. 5) with ``rho``,
+      between the schedule's end points, mapped back to times (then rounded to the model's grid
+      for a discrete schedule).
+
+    For continuous schedules ``linspace`` / ``trailing`` / ``leading`` are uniform in ``t`` on
+    ``[t_min, t_max]``. ``final`` (default 0, the clean data) is appended unless ``None``.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"the number of sampling steps must be a positive integer, got {steps!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown time spacing {spacing!r}; expected one of {SPACINGS}")
+    T = schedule.num_steps
+    hi = schedule.t_max if t_max is None else float(t_max)
+    lo = schedule.t_min if t_min is None else float(t_min)
+    if spacing == "karras":
+        a_hi, s_hi = schedule.alpha_sigma(torch.tensor(hi, dtype=torch.float64))
+        a_lo, s_lo = schedule.alpha_sigma(torch.tensor(lo, dtype=torch.float64))
+        smax, smin = float(s_hi / a_hi), float(s_lo / a_lo)
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        sig = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+        t = schedule.t_from_sigma_ratio(sig)
+        if steps == 1:
+            t = torch.tensor([hi], dtype=torch.float64)
+        if T:
+            t = (t * T).round().clamp(1, T) / T
+        t[0] = hi
+    elif T:
+        if steps > T:
+            raise ValueError(f"asked for {steps} steps but the model was trained with T={T}")
+        if spacing == "linspace":
+            n = torch.linspace(1, T, steps, dtype=torch.float64).round().flip(0)
+        elif spacing == "leading":
+            n = (1 + torch.arange(steps, dtype=torch.float64) * (T // steps)).flip(0)
+        else:
+            n = (T - torch.arange(steps, dtype=torch.float64) * (T / steps)).round()
+        t = n / T
+        if t_max is not None or t_min is not None:
+            t = lo + (t - t.min()) / max(float(t.max() - t.min()), 1e-12) * (hi - lo) if steps > 1 else torch.tensor([hi], dtype=torch.float64)
+    else:
+        t = torch.linspace(hi, lo, steps, dtype=torch.float64)
+    if final is not None:
+        t = torch.cat([t, torch.tensor([float(final)], dtype=torch.float64)])
+    return t
+
+
+def prior_sample(schedule: Schedule, space: Space, like: Tensor, t: float = 1.0,
+                 generator: GeneratorLike = None) -> Tensor:
+    """A draw from the approximate marginal at time ``t``: ``sqrt(alpha^2 + sigma^2) * noise``
+    (``sigma_max * noise`` for VE, plain noise for VP)."""
+    alpha, sigma = schedule.alpha_sigma(torch.tensor(float(t), dtype=torch.float64))
+    scale = float(torch.sqrt(alpha ** 2 + sigma ** 2))
+    return scale * space.noise(like, generator)
+
+
+def _coefs(schedule: Schedule, t: Tensor) -> tuple[float, float]:
+    a, s = schedule.alpha_sigma(t)
+    return float(a), float(s)
+
+
+def _clip(pred: Prediction, x: Tensor, a: float, s: float, clip: float | None) -> Prediction:
+    """Clip x0 to ``[-clip, clip]`` and recompute eps consistently (DDPM's ``clip_denoised``)."""
+    if clip is None:
+        return pred
+    x0 = pred.x0.clamp(-clip, clip)
+    return Prediction(x0, (x - a * x0) / s if s > 0 else pred.eps)
+
+
+def _call(denoise, x: Tensor, t: Tensor, space: Space) -> Prediction:
+    tv = torch.full((space.batch_size(x),), float(t), dtype=torch.float64, device=x.device)
+    return denoise(x, tv)
+
+
+@torch.no_grad()
+def ddpm(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+         generator: GeneratorLike = None, callback: Callback | None = None,
+         variance: str = "posterior", clip_x0: float | None = None) -> Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, algorithm 2), on any descending grid.
+
+    Each step ``t -> s`` draws from the Gaussian posterior ``q(x_s | x_t, x0_hat)`` with
+    ``alpha_{t|s} = alpha_t / alpha_s``, ``sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2``:
+
+        mean = alpha_{t|s} sigma_s^2 / sigma_t^2 * x_t + alpha_s sigma_{t|s}^2 / sigma_t^2 * x0_hat
+        var  = sigma_{t|s}^2 sigma_s^2 / sigma_t^2         ("posterior", beta-tilde in the paper)
+               or sigma_{t|s}^2                           ("large", beta_t in the paper)
+
+    On the full grid ``T/T, (T-1)/T, ..., 1/T, 0`` this is exactly the paper's chain. The last
+    step to ``s = 0`` returns the mean (no noise), as in the paper.
+    """
+    if variance not in ("posterior", "large"):
+        raise ValueError(f"variance must be 'posterior' or 'large', got {variance!r}")
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        a_t, s_t = _coefs(schedule, t)
+        a_s, s_s = _coefs(schedule, s)
+        pred = _clip(_call(denoise, x, t, space), x, a_t, s_t, clip_x0)
+        a_ts = a_t / a_s
+        var_ts = s_t ** 2 - a_ts ** 2 * s_s ** 2
+        x = (a_ts * s_s ** 2 / s_t ** 2) * x + (a_s * var_ts / s_t ** 2) * pred.x0
+        if s_s > 0:
+            std = math.sqrt(var_ts * s_s ** 2 / s_t ** 2 if variance == "posterior" else var_ts)
+            x = x + std * space.noise(x, generator)
+        x = space.project(x)
+        if callback is not None:
+            callback({"i": i, "t": float(t), "t_next": float(s), "x": x, "x0": pred.x0})
+    return x
+
+
+@torch.no_grad()
+def ddim(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+         generator: GeneratorLike = None, callback: Callback | None = None,
+         eta: float = 0.0, clip_x0: float | None = None) -> Tensor:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) with stochasticity ``eta in [0, 1]``.
+
+    Step ``t -> s``:  ``x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z``, with
+    ``c = eta * sqrt(sigma_{t|s}^2 sigma_s^2 / sigma_t^2)`` (the DDPM posterior standard
+    deviation times eta). ``eta = 0`` is the deterministic DDIM (a first-order solver of the
+    probability-flow ODE in log-SNR); ``eta = 1`` is DDPM's posterior on the same grid.
+    Any number of steps, any grid.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        a_t, s_t = _coefs(schedule, t)
+        a_s, s_s = _coefs(schedule, s)
+        pred = _clip(_call(denoise, x, t, space), x, a_t, s_t, clip_x0)
+        c = 0.0
+        if eta > 0 and s_s > 0:
+            var_ts = s_t ** 2 - (a_t / a_s) ** 2 * s_s ** 2
+            c = eta * math.sqrt(max(var_ts, 0.0) * s_s ** 2 / s_t ** 2)
+        x = a_s * pred.x0 + math.sqrt(max(s_s ** 2 - c ** 2, 0.0)) * pred.eps
+        if c > 0:
+            x = x + c * space.noise(x, generator)
+        x = space.project(x)
+        if callback is not None:
+            callback({"i": i, "t": float(t), "t_next": float(s), "x": x, "x0": pred.x0})
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+                generator: GeneratorLike = None, callback: Callback | None = None,
+                fixed_point_iters: int = 0) -> Tensor:
+    """DDIM inversion: deterministically encode data ``x`` (at ``grid[-1]``, usually 0) to
+    noise at ``grid[0]``, walking the *sampling* grid backwards.
+
+    Each inverse step ``s -> t`` (``s < t``) solves the DDIM update
+    ``x_s = (alpha_s / alpha_t) x_t + (sigma_s - alpha_s sigma_t / alpha_t) eps(x_t, t)`` for
+    ``x_t``. With ``fixed_point_iters = 0`` it uses the usual approximation
+    ``eps(x_t, t) ~ eps(x_s, t)`` (Dhariwal & Nichol 2021; Mokady et al. 2023); each extra
+    fixed-point iteration re-evaluates ``eps`` at the current estimate of ``x_t``, which makes
+    ``ddim(ddim_invert(x)) == x`` up to the fixed-point tolerance.
+    """
+    grid_up = grid.flip(0)
+    steps = list(zip(grid_up[:-1], grid_up[1:]))
+    for i, (s, t) in enumerate(steps):
+        a_t, s_t = _coefs(schedule, t)
+        a_s, s_s = _coefs(schedule, s)
+        k = s_s - a_s * s_t / a_t
+        x_s = x
+        eps = _call(denoise, x_s, t, space).eps
+        x_t = (a_t / a_s) * (x_s - k * eps)
+        for _ in range(fixed_point_iters):
+            eps = _call(denoise, x_t, t, space).eps
+            x_t = (a_t / a_s) * (x_s - k * eps)
+        x = space.project(x_t)
+        if callback is not None:
+            callback({"i": i, "t": float(s), "t_next": float(t), "x": x, "x0": None})
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim}
+
+
+def get_sampler(name: str) -> Callable[..., Tensor]:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]

@@ -1,0 +1,310 @@
+"""Noise schedules: continuous time ``t in [0, 1]`` -> ``(alpha_t, sigma_t)``.
+
+Notation (Kingma et al. 2021, "Variational Diffusion Models"):
+
+    x_t = alpha_t * x_0 + sigma_t * eps,      lambda_t = log(alpha_t^2 / sigma_t^2)
+
+VP (variance-preserving) schedules have ``alpha^2 + sigma^2 = 1``; the sigma (VE / EDM)
+schedule has ``alpha = 1``. Every schedule computes in float64 and returns float64; callers
+cast to the data dtype at the last moment.
+
+A schedule may also be *discrete* (``num_steps = T``): a model trained on the T-step DDPM
+objective sees only ``t = n / T`` for ``n = 1..T``. Between grid points the discrete
+linear-beta schedule interpolates ``log alpha_bar`` linearly (as DPM-Solver does), so the same
+object serves the discrete DDPM view and the continuous VP-SDE view.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Schedule",
+    "LinearBetaSchedule",
+    "CosineSchedule",
+    "PolynomialSchedule",
+    "SigmaSchedule",
+    "make_schedule",
+    "SCHEDULES",
+]
+
+_F64 = torch.float64
+
+
+def _as64(t: Tensor | float) -> Tensor:
+    return torch.as_tensor(t, dtype=_F64)
+
+
+class Schedule(ABC):
+    """A noise schedule. Subclasses define :meth:`alpha_sigma` on ``t in [0, 1]``."""
+
+    #: number of discrete training steps T, or ``None`` for a continuous-time model.
+    num_steps: int | None = None
+    #: ``True`` when ``alpha_t^2 + sigma_t^2 = 1``.
+    variance_preserving: bool = True
+
+    @abstractmethod
+    def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Return ``(alpha_t, sigma_t)`` in float64 for times ``t`` (any shape)."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments, with ``kind``."""
+
+    # ----------------------------------------------------------------- derived quantities
+    def log_snr(self, t: Tensor | float) -> Tensor:
+        """``lambda_t = log(alpha_t^2 / sigma_t^2)`` in float64."""
+        alpha, sigma = self.alpha_sigma(t)
+        return 2.0 * (torch.log(alpha) - torch.log(sigma))
+
+    def snr(self, t: Tensor | float) -> Tensor:
+        alpha, sigma = self.alpha_sigma(t)
+        return (alpha / sigma) ** 2
+
+    @property
+    def t_min(self) -> float:
+        """Smallest time a sampler should query the model at (``1 / T`` for discrete models)."""
+        return 1.0 / self.num_steps if self.num_steps else 1e-3
+
+    @property
+    def t_max(self) -> float:
+        return 1.0
+
+    def t_from_log_snr(self, log_snr: Tensor | float, iters: int = 100) -> Tensor:
+        """Invert the (decreasing) log-SNR by bisection on ``[0, 1]`` in float64."""
+        target = _as64(log_snr)
+        lo = torch.zeros_like(target)
+        hi = torch.ones_like(target)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > target  # still too clean: move right
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
+    def t_from_sigma_ratio(self, ratio: Tensor | float) -> Tensor:
+        """Time at which ``sigma_t / alpha_t`` equals ``ratio`` (the EDM noise level)."""
+        return self.t_from_log_snr(-2.0 * torch.log(_as64(ratio)))
+
+    def sample_t(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        """Training times: uniform over ``{1..T} / T`` for discrete models, else U(t_min, 1)."""
+        if self.num_steps:
+            idx = torch.randint(1, self.num_steps + 1, (n,), generator=generator, device=device)
+            return idx.to(_F64) / self.num_steps
+        u = torch.rand(n, generator=generator, device=device, dtype=_F64)
+        return self.t_min + (1.0 - self.t_min) * u
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "kind")
+        return f"{type(self).__name__}({args})"
+
+
+class LinearBetaSchedule(Schedule):
+    """DDPM's linear beta schedule (Ho et al. 2020): ``beta_n`` linear from 1e-4 to 0.02, T=1000.
+
+    Discrete: ``alpha_bar_n = prod_{i<=n} (1 - beta_i)`` exactly, ``alpha_n = sqrt(alpha_bar_n)``
+    at ``t = n / T``; ``log alpha_bar`` is interpolated linearly in ``t`` in between (with
+    ``alpha_bar_0 = 1``), which is the VP-SDE with piecewise-constant ``beta(t)``.
+    With ``num_steps=None`` it is the continuous VP-SDE of Song et al. 2021 with
+    ``beta(t) = beta_min + t (beta_max - beta_min)``, ``beta_min = T beta_start``,
+    ``beta_max = T beta_end``: ``log alpha_bar(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2)``,
+    the ``T -> infinity`` limit of the discrete chain.
+    """
+
+    def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 num_steps: int | None = 1000, continuous_scale: int = 1000) -> None:
+        if not 0 < beta_start <= beta_end < 1:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        self.beta_start, self.beta_end = float(beta_start), float(beta_end)
+        self.num_steps = num_steps
+        self.continuous_scale = continuous_scale
+        if num_steps:
+            betas = torch.linspace(beta_start, beta_end, num_steps, dtype=_F64)
+            log_ab = torch.cumsum(torch.log1p(-betas), 0)
+            self._log_alpha_bar = torch.cat([torch.zeros(1, dtype=_F64), log_ab])  # n = 0..T
+
+    def log_alpha_bar(self, t: Tensor | float) -> Tensor:
+        t = _as64(t).clamp(0.0, 1.0)
+        if not self.num_steps:
+            b0 = self.beta_start * self.continuous_scale
+            b1 = self.beta_end * self.continuous_scale
+            return -(b0 * t + 0.5 * (b1 - b0) * t * t)
+        table = self._log_alpha_bar.to(t.device)
+        pos = t * self.num_steps
+        lo = pos.floor().clamp(max=self.num_steps - 1).long()
+        frac = pos - lo.to(_F64)
+        return table[lo] * (1 - frac) + table[lo + 1] * frac
+
+    def alpha_sigma(self, t):
+        lab = self.log_alpha_bar(t)
+        alpha = torch.exp(0.5 * lab)
+        sigma = torch.sqrt(-torch.expm1(lab))
+        return alpha, sigma
+
+    def log_snr(self, t):
+        lab = self.log_alpha_bar(t)
+        return lab - torch.log(-torch.expm1(lab))
+
+    def config(self):
+        return {"kind": "linear", "beta_start": self.beta_start, "beta_end": self.beta_end,
+                "num_steps": self.num_steps, "continuous_scale": self.continuous_scale}
+
+
+class CosineSchedule(Schedule):
+    """Cosine schedule (Nichol & Dhariwal 2021): ``alpha_bar(t) = f(t) / f(0)``,
+    ``f(t) = cos^2((t + s) / (1 + s) * pi / 2)``, ``s = 0.008``.
+
+    As in the paper, the discrete betas are clipped at ``max_beta = 0.999``; in continuous
+    time ``log alpha_bar`` is floored at ``log(1 - max_beta)`` times the per-step decrement,
+    which keeps ``t = 1`` finite (``alpha_1 ~ 1e-5`` rather than exactly zero).
+    """
+
+    def __init__(self, s: float = 0.008, num_steps: int | None = 1000, min_alpha_bar: float = 1e-9) -> None:
+        self.s = float(s)
+        self.num_steps = num_steps
+        self.min_alpha_bar = float(min_alpha_bar)
+        if num_steps:
+            n = torch.arange(num_steps + 1, dtype=_F64) / num_steps
+            lab = self._continuous_log_alpha_bar(n)
+            # clip betas at 0.999 as in the paper's discrete chain
+            step = (lab[1:] - lab[:-1]).clamp(min=math.log1p(-0.999))
+            self._log_alpha_bar = torch.cat([torch.zeros(1, dtype=_F64), torch.cumsum(step, 0)])
+
+    def _continuous_log_alpha_bar(self, t: Tensor) -> Tensor:
+        s = self.s
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
+        return torch.log((f / f0).clamp(min=self.min_alpha_bar))
+
+    def log_alpha_bar(self, t):
+        t = _as64(t).clamp(0.0, 1.0)
+        if not self.num_steps:
+            return self._continuous_log_alpha_bar(t)
+        table = self._log_alpha_bar.to(t.device)
+        pos = t * self.num_steps
+        lo = pos.floor().clamp(max=self.num_steps - 1).long()
+        frac = pos - lo.to(_F64)
+        return table[lo] * (1 - frac) + table[lo + 1] * frac
+
+    alpha_sigma = LinearBetaSchedule.alpha_sigma
+    log_snr = LinearBetaSchedule.log_snr
+
+    def config(self):
+        return {"kind": "cosine", "s": self.s, "num_steps": self.num_steps,
+                "min_alpha_bar": self.min_alpha_bar}
+
+
+class PolynomialSchedule(Schedule):
+    """EDM-molecules polynomial schedule (Hoogeboom et al. 2022, appendix B):
+    ``alpha_t^2 = (1 - 2s) (1 - t^p)^2 + s`` with power ``p = 2`` and precision ``s = 1e-5``;
+    ``sigma_t^2 = 1 - alpha_t^2``. In the discrete chain the ratios ``alpha_n^2 / alpha_{n-1}^2``
+    are clipped below at 0.001 for stability, as in the paper.
+    """
+
+    def __init__(self, power: float = 2.0, precision: float = 1e-5, num_steps: int | None = 1000) -> None:
+        self.power, self.precision, self.num_steps = float(power), float(precision), num_steps
+        if num_steps:
+            n = torch.arange(num_steps + 1, dtype=_F64) / num_steps
+            a2 = self._alpha2(n)
+            a2 = torch.cat([torch.ones(1, dtype=_F64), a2])
+            ratio = (a2[1:] / a2[:-1]).clamp(min=0.001, max=1.0)
+            a2 = torch.cumprod(ratio, 0)
+            s = self.precision
+            self._log_alpha2 = torch.log((1 - 2 * s) * a2 + s)
+
+    def _alpha2(self, t: Tensor) -> Tensor:
+        s = self.precision
+        return (1 - 2 * s) * (1 - t ** self.power) ** 2 + s
+
+    def _log_alpha2_at(self, t: Tensor) -> Tensor:
+        t = _as64(t).clamp(0.0, 1.0)
+        if not self.num_steps:
+            return torch.log(self._alpha2(t))
+        table = self._log_alpha2.to(t.device)
+        pos = t * self.num_steps
+        lo = pos.floor().clamp(max=self.num_steps - 1).long()
+        frac = pos - lo.to(_F64)
+        return table[lo] * (1 - frac) + table[lo + 1] * frac
+
+    def alpha_sigma(self, t):
+        la2 = self._log_alpha2_at(t)
+        return torch.exp(0.5 * la2), torch.sqrt(-torch.expm1(la2))
+
+    def log_snr(self, t):
+        la2 = self._log_alpha2_at(t)
+        return la2 - torch.log(-torch.expm1(la2))
+
+    def config(self):
+        return {"kind": "polynomial", "power": self.power, "precision": self.precision,
+                "num_steps": self.num_steps}
+
+
+class SigmaSchedule(Schedule):
+    """Variance-exploding noise levels: ``alpha_t = 1``, ``sigma_t`` increasing in ``t``.
+
+    With ``rho`` set (EDM, Karras et al. 2022, rho=7):
+    ``sigma(t) = (sigma_min^(1/rho) + t (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``.
+    With ``rho=None`` the geometric VE-SDE levels of Song et al. 2021:
+    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``.
+    """
+
+    variance_preserving = False
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float | None = 7.0,
+                 num_steps: int | None = None) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max, self.rho, self.num_steps = float(sigma_min), float(sigma_max), rho, num_steps
+
+    @property
+    def t_min(self) -> float:
+        return 1.0 / self.num_steps if self.num_steps else 0.0
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        t = _as64(t).clamp(0.0, 1.0)
+        if self.rho is None:
+            return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+        r = 1.0 / self.rho
+        return (self.sigma_min ** r + t * (self.sigma_max ** r - self.sigma_min ** r)) ** self.rho
+
+    def alpha_sigma(self, t):
+        sigma = self.sigma(t)
+        return torch.ones_like(sigma), sigma
+
+    def t_from_sigma_ratio(self, ratio):
+        s = _as64(ratio).clamp(self.sigma_min, self.sigma_max)
+        if self.rho is None:
+            return torch.log(s / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+        r = 1.0 / self.rho
+        return (s ** r - self.sigma_min ** r) / (self.sigma_max ** r - self.sigma_min ** r)
+
+    def t_from_log_snr(self, log_snr, iters: int = 0):
+        return self.t_from_sigma_ratio(torch.exp(-0.5 * _as64(log_snr)))
+
+    def config(self):
+        return {"kind": "sigma", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+                "rho": self.rho, "num_steps": self.num_steps}
+
+
+SCHEDULES: dict[str, type[Schedule]] = {
+    "linear": LinearBetaSchedule,
+    "cosine": CosineSchedule,
+    "polynomial": PolynomialSchedule,
+    "sigma": SigmaSchedule,
+}
+
+
+def make_schedule(config: dict[str, Any] | str) -> Schedule:
+    """Build a schedule from ``{"kind": name, **kwargs}`` (or just a name)."""
+    if isinstance(config, str):
+        config = {"kind": config}
+    config = dict(config)
+    kind = config.pop("kind", "linear")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; expected one of {sorted(SCHEDULES)}")
+    return SCHEDULES[kind](**config)
