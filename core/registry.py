@@ -54,7 +54,11 @@ def get_domain(name: str) -> Domain:
         return _REGISTERED[name]()
     eps = _entry_points()
     if name in eps:
-        cls = eps[name].load()
+        try:
+            cls = eps[name].load()
+        except Exception as exc:  # a broken plug-in: say which and why, in one line
+            raise UnknownDomainError(f"domain {name!r} failed to load from {eps[name].value}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
         if not (isinstance(cls, type) and issubclass(cls, Domain)):
             raise UnknownDomainError(f"entry point {name!r} does not point to a Domain subclass")
         return cls()

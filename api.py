@@ -1,0 +1,272 @@
+"""The Python API: everything the CLI does is a few calls away.
+
+    import diffuse.api as diffuse
+
+    result = diffuse.train("image", steps=500, out="runs/image")      # bundled default data
+    model = diffuse.load("runs/image")                                 # EMA weights by default
+    samples = model.sample(16, sampler="ddim", steps=50, seed=0)
+    model.write(samples, "out/")
+    print(model.evaluate(num=256))
+
+``train`` reads the data, builds the domain's backbone and the diffusion process from a
+:class:`~diffuse.core.config.RunConfig`, runs the :class:`~diffuse.core.trainer.Trainer` and
+leaves a run folder; ``load`` rebuilds the model from that folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .core.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, read_run_config
+from .core.config import DiffusionConfig, RunConfig, TrainConfig, update_dataclass
+from .core.diffusion import Diffusion
+from .core.domain import Batch, DataError, Domain, DomainDataset
+from .core.generate import generate
+from .core.registry import available_domains, get_domain
+from .core.trainer import Trainer, TrainResult, resolve_device
+
+__all__ = ["train", "load", "build", "DiffusionModel", "make_config", "available_domains", "get_domain",
+           "TrainResult", "write_samples"]
+
+log = logging.getLogger(__name__)
+
+
+def _read_config_file(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config file {p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p} must hold a JSON object with keys model / diffusion / train / data_options")
+    unknown = set(data) - {"model", "diffusion", "train", "data_options", "domain", "data"}
+    if unknown:
+        raise ValueError(f"config file {p} has unknown section(s) {sorted(unknown)}; "
+                         "expected model, diffusion, train, data_options")
+    return data
+
+
+def make_config(domain: str | Domain, *, data: str | Path | None = None, config: dict[str, Any] | str | Path | None = None,
+                **train_overrides: Any) -> RunConfig:
+    """A :class:`RunConfig` from the domain's defaults, a config dict / JSON file, and keyword overrides
+    of :class:`TrainConfig` fields (``steps=``, ``batch_size=``, ``lr=``, ``device=``, ``seed=`` ...)."""
+    dom = get_domain(domain) if isinstance(domain, str) else domain
+    user = config if isinstance(config, dict) else _read_config_file(config)
+    model = {**dom.default_model(), **user.get("model", {})}
+    dom.check_config(model)
+    diffusion = update_dataclass(DiffusionConfig(), {**dom.default_diffusion(), **user.get("diffusion", {})}, "diffusion")
+    train_cfg = update_dataclass(TrainConfig(), {**dom.default_train(), **user.get("train", {})}, "train")
+    overrides = {k: v for k, v in train_overrides.items() if v is not None}
+    train_cfg = update_dataclass(train_cfg, overrides, "train")
+    _check_train(train_cfg)
+    data_options = {**dom.default_data(), **user.get("data_options", {})}
+    data = data if data is not None else user.get("data")
+    return RunConfig(domain=dom.name, data=str(data) if data is not None else None, data_options=data_options,
+                     model=model, diffusion=diffusion, train=train_cfg)
+
+
+def _check_train(cfg: TrainConfig) -> None:
+    for name in ("steps", "batch_size", "grad_accum"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be positive, got {cfg.lr!r}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
+    if not 0 <= cfg.holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {cfg.holdout_fraction!r}")
+    resolve_device(cfg.device)
+
+
+def _load_data(dom: Domain, config: RunConfig) -> DomainDataset:
+    if config.data is not None and not Path(config.data).exists():
+        raise DataError(f"data path {config.data} does not exist")
+    dataset = dom.load_data(config.data, config.data_options)
+    if len(dataset) == 0:
+        raise DataError(f"data at {config.data or 'the bundled default'} holds no usable {dom.name} samples")
+    return dataset
+
+
+def _split(dataset: DomainDataset, cfg: TrainConfig) -> tuple[DomainDataset, DomainDataset | None]:
+    if cfg.holdout_fraction <= 0 or len(dataset) < 4:
+        return dataset, None
+    return dataset.split(cfg.holdout_fraction, seed=cfg.seed)
+
+
+class DiffusionModel:
+    """A domain, a denoiser (with its diffusion process) and the run's configuration."""
+
+    def __init__(self, domain: Domain, config: RunConfig, denoiser: torch.nn.Module, diffusion: Diffusion,
+                 device: torch.device, run_dir: Path | None = None) -> None:
+        self.domain, self.config, self.denoiser, self.diffusion = domain, config, denoiser, diffusion
+        self.device, self.run_dir = device, run_dir
+        self.denoiser.eval()
+
+    @property
+    def data_info(self) -> dict[str, Any]:
+        return self.config.data_info
+
+    def sample(self, num: int, *, sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
+               spacing: str | None = None, seed: int = 0, batch_size: int = 64, cond: Any = None,
+               progress: Callable[[int], None] | None = None, **options: Any) -> Batch:
+        """Draw ``num`` samples (a :class:`Batch` in model space, on CPU). Same seed, same samples,
+        whatever ``batch_size``. ``eta`` applies to DDIM; other options go to the sampler."""
+        if eta is not None:
+            if sampler != "ddim":
+                raise ValueError(f"--eta applies to the ddim sampler only, not {sampler!r}")
+            options["eta"] = eta
+        return generate(self.denoiser, self.domain, self.data_info, num, sampler=sampler, steps=steps,
+                        spacing=spacing, seed=seed, batch_size=batch_size, device=self.device, cond=cond,
+                        progress=progress, **options)
+
+    def write(self, samples: Batch, out_dir: str | Path) -> list[Path]:
+        """Write samples with the domain's writer, atomically (see :func:`write_samples`)."""
+        return write_samples(self.domain, samples, out_dir, self.data_info)
+
+    def describe(self, samples: Batch) -> dict[str, float] | None:
+        return self.domain.describe_samples(samples, self.data_info)
+
+    def reference_data(self, data: str | Path | None = None) -> DomainDataset:
+        """The evaluation reference: all of ``data`` if given, else the training data's held-out split."""
+        if data is not None:
+            cfg = RunConfig(**{**asdict(self.config), "data": str(data),
+                               "diffusion": self.config.diffusion, "train": self.config.train})
+            return _load_data(self.domain, cfg)
+        dataset = _load_data(self.domain, self.config)
+        _, held = _split(dataset, self.config.train)
+        return held if held is not None else dataset
+
+    def evaluate(self, num: int = 256, *, data: str | Path | None = None, samples: Batch | None = None,
+                 **sample_options: Any) -> dict[str, float]:
+        """Metrics of ``num`` fresh samples (or the given ``samples``) against reference data."""
+        reference = self.reference_data(data)
+        if samples is None:
+            samples = self.sample(num, **sample_options)
+        return self.domain.metrics(samples, reference, self.data_info)
+
+
+def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, Any] | None = None,
+          diffusion: dict[str, Any] | DiffusionConfig | None = None, device: str = "auto",
+          seed: int = 0) -> DiffusionModel:
+    """An untrained model for ``domain`` (e.g. as a baseline, or to train with your own loop)."""
+    dom = get_domain(domain) if isinstance(domain, str) else domain
+    model_cfg = {**dom.default_model(), **(model or {})}
+    if isinstance(diffusion, DiffusionConfig):
+        diff_cfg = diffusion
+    else:
+        diff_cfg = update_dataclass(DiffusionConfig(), {**dom.default_diffusion(), **(diffusion or {})}, "diffusion")
+    cfg = RunConfig(domain=dom.name, model=model_cfg, diffusion=diff_cfg, data_info=dict(data_info))
+    torch.manual_seed(seed)
+    diff = Diffusion(diff_cfg)
+    dev = resolve_device(device)
+    den = diff.denoiser(dom.build_backbone(model_cfg, cfg.data_info)).to(dev)
+    return DiffusionModel(dom, cfg, den, diff, dev)
+
+
+def train(domain: str | Domain = "image", *, data: str | Path | None = None, out: str | Path | None = None,
+          config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
+          progress: bool = True, stop_at: int | None = None, **train_overrides: Any) -> TrainResult:
+    """Train a model and leave a run folder at ``out`` (default ``runs/<domain>``).
+
+    ``resume`` continues the run folder it names (its config, weights, optimiser state and step),
+    up to ``steps`` (the run's own total unless given). ``stop_at`` pauses the run at that step
+    (checkpointed); resuming it later gives exactly the weights of an uninterrupted run.
+    """
+    name = domain if isinstance(domain, str) else domain.name
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = read_run_config(run_dir)
+        if cfg.domain != name:
+            raise CheckpointError(f"cannot resume {run_dir}: it is a {cfg.domain!r} run, not {name!r}")
+        overrides = {k: v for k, v in train_overrides.items() if v is not None}
+        cfg.train = update_dataclass(cfg.train, overrides, "train")
+        _check_train(cfg.train)
+        if data is not None:
+            cfg.data = str(data)
+    dom = get_domain(domain) if isinstance(domain, str) else domain
+    if resume is None:
+        cfg = make_config(dom, data=data, config=config, **train_overrides)
+        run_dir = Path(out) if out is not None else Path("runs") / dom.name
+    dataset = _load_data(dom, cfg)
+    train_set, reference = _split(dataset, cfg.train)
+    info = dataset.info()
+    if resume is not None and cfg.data_info and info != cfg.data_info:
+        log.warning("data_info of the data differs from the checkpoint's; keeping the checkpoint's")
+        info = cfg.data_info
+    cfg.data_info = info
+    torch.manual_seed(cfg.train.seed)
+    diff = Diffusion(cfg.diffusion)
+    denoiser = diff.denoiser(dom.build_backbone(cfg.model, info))
+    if resume is None:
+        if run_dir.exists() and (run_dir / "checkpoint").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
+                                  "or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", cfg.to_json())
+    trainer = Trainer(run_dir, cfg, dom, diff, denoiser, train_set, reference, progress=progress)
+    if resume is not None:
+        trainer.load()
+    n_params = sum(p.numel() for p in denoiser.parameters())
+    log.info("training %s: %d parameters, %d training samples, device %s", dom.name, n_params,
+             len(train_set), trainer.device)
+    return trainer.fit(stop_at=stop_at)
+
+
+def load(checkpoint: str | Path, *, device: str = "auto", ema: bool = True,
+         domain: str | None = None) -> DiffusionModel:
+    """Rebuild a trained model from a run folder (EMA weights unless ``ema=False``)."""
+    run_dir = Path(checkpoint)
+    ck = load_checkpoint(run_dir)
+    cfg: RunConfig = ck["config"]
+    if domain is not None and domain != cfg.domain:
+        raise CheckpointError(f"{run_dir} is a {cfg.domain!r} checkpoint, not {domain!r}")
+    dom = get_domain(cfg.domain)
+    diff = Diffusion(cfg.diffusion)
+    den = diff.denoiser(dom.build_backbone(cfg.model, cfg.data_info))
+    weights = ck["ema"] if (ema and ck["ema"] is not None) else ck["model"]
+    try:
+        den.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights in {run_dir} do not fit the model its config describes "
+                              f"({str(exc).splitlines()[0][:160]})") from None
+    dev = resolve_device(device)
+    return DiffusionModel(dom, cfg, den.to(dev), diff, dev, run_dir)
+
+
+def write_samples(domain: Domain, samples: Batch, out_dir: str | Path, data_info: dict[str, Any]) -> list[Path]:
+    """Write into a temporary sibling folder, then move the files into ``out_dir``: an error
+    or a kill never leaves a half-written set of samples."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        paths = domain.write(samples, tmp, data_info)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not out.exists():
+        os.replace(tmp, out)
+    else:
+        for f in sorted(tmp.iterdir()):
+            dest = out / f.name
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            os.replace(f, dest)
+        tmp.rmdir()
+    return [out / Path(p).relative_to(tmp) if Path(p).is_relative_to(tmp) else Path(p) for p in paths]

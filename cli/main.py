@@ -1,0 +1,187 @@
+"""``diffuse``: the command line. Thin: parse, call :mod:`diffuse.api`, report.
+
+User mistakes (missing or corrupt data, bad checkpoints, impossible options) are printed as
+one line ``error: ...`` with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import api
+from ..core.checkpoint import CheckpointError, atomic_write_text
+from ..core.domain import DataError
+from ..core.registry import UnknownDomainError
+from ..core.samplers import SAMPLERS, SPACINGS
+
+USER_ERRORS = (DataError, CheckpointError, UnknownDomainError, FileNotFoundError, FileExistsError, ValueError,
+               NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except USER_ERRORS as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(msg) from None
+
+
+def _positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be positive, got {value}")
+    return value
+
+
+def _print_table(title: str, metrics: dict[str, Any]) -> None:
+    if not metrics:
+        return
+    width = max(len(k) for k in metrics)
+    click.echo(title)
+    for k, v in metrics.items():
+        val = f"{v:.4f}" if isinstance(v, float) else str(v)
+        click.echo(f"  {k:<{width}}  {val}")
+
+
+def _sampler_names() -> list[str]:
+    return sorted(SAMPLERS)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log more (INFO level).")
+@click.version_option(package_name="diffuse")
+def main(verbose: bool) -> None:
+    """diffuse: one diffusion framework for images, audio and 3-D molecules.
+
+    \b
+      diffuse train --domain image          train on the bundled default data
+      diffuse sample --checkpoint runs/image --num 16 --sampler ddim --steps 50
+      diffuse evaluate --checkpoint runs/image --num 256
+      diffuse domains                        list built-in and plugged-in domains
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+def domains() -> None:
+    """List the available domains (built-ins and the `diffuse.domains` entry points)."""
+    items = api.available_domains()
+    width = max((len(k) for k in items), default=0)
+    for name, desc in items.items():
+        click.echo(f"{name:<{width}}  {desc}")
+
+
+@main.command()
+@click.option("--domain", "-d", default=None, help="Domain to train (see `diffuse domains`). Required unless --resume.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Training data (file or folder); default: the domain's bundled data set.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="JSON file with sections model / diffusion / train / data_options.")
+@click.option("--steps", type=int, default=None, callback=_positive, help="Optimizer steps (total, also when resuming).")
+@click.option("--batch-size", type=int, default=None, callback=_positive, help="Samples per optimizer step.")
+@click.option("--lr", type=float, default=None, callback=_positive, help="Peak learning rate (AdamW).")
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=None, help="Seed for data order, noise and initialisation.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default runs/DOMAIN).")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue the run in this folder.")
+@click.option("--sample-every", type=int, default=None, help="Sample and evaluate every N steps (0: only at the end).")
+@click.option("--eval-samples", type=int, default=None, help="Samples drawn for each evaluation.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
+          eval_samples, no_progress) -> None:
+    """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples."""
+    if domain is None and resume is None:
+        raise UserError("--domain is required (or --resume RUN_DIR); see `diffuse domains`")
+    if domain is None:
+        domain = _run(api.read_run_config, resume).domain
+    result = _run(api.train, domain, data=data, out=out, config=config_file, resume=resume,
+                  progress=not no_progress, steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                  sample_every=sample_every, eval_samples=eval_samples)
+    click.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}; "
+               f"run folder {result.run_dir}")
+    if result.sample_dir is not None:
+        click.echo(f"samples: {result.sample_dir}")
+    if result.metrics:
+        click.echo("metrics: " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in result.metrics.items()))
+
+
+@main.command()
+@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), required=True, help="Run folder from `diffuse train`.")
+@click.option("--num", "-n", type=int, default=16, show_default=True, callback=_positive, help="Number of samples.")
+@click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(_sampler_names()) + ".")
+@click.option("--steps", type=int, default=None, callback=_positive,
+              help="Sampler steps (default: T for ddpm, 50 otherwise).")
+@click.option("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (default 0).")
+@click.option("--spacing", type=click.Choice(SPACINGS), default=None, help="Time-grid spacing (default trailing).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples (any batch size).")
+@click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--domain", default=None, help="Expected domain; an error if the checkpoint is of another.")
+@click.option("--raw-weights", is_flag=True, help="Use the raw instead of the EMA weights.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default CHECKPOINT/samples/sample).")
+def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, out) -> None:
+    """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
+    from tqdm.auto import tqdm
+
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; expected one of {', '.join(_sampler_names())}")
+    model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
+    from ..core.generate import default_steps
+    n_steps = steps or default_steps(sampler, model.diffusion.schedule)
+    with tqdm(total=num * n_steps, desc=f"sample ({sampler}, {n_steps} steps)", unit="step·sample",
+              dynamic_ncols=True, disable=None) as bar:
+        samples = _run(model.sample, num, sampler=sampler, steps=steps, eta=eta, spacing=spacing, seed=seed,
+                       batch_size=batch_size, progress=bar.update)
+    out = out or Path(checkpoint) / "samples" / "sample"
+    paths = _run(model.write, samples, out)
+    click.echo(f"wrote {len(paths)} files to {out}")
+    report = model.describe(samples)
+    if report:
+        _print_table(f"{model.domain.name} samples ({num}):", report)
+        atomic_write_text(Path(out) / "summary.json", json.dumps(report, indent=2))
+
+
+@main.command()
+@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), required=True, help="Run folder from `diffuse train`.")
+@click.option("--num", "-n", type=int, default=256, show_default=True, callback=_positive, help="Samples to generate.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Reference data (default: the training data's held-out split).")
+@click.option("--sampler", default="ddim", show_default=True)
+@click.option("--steps", type=int, default=None, callback=_positive)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--domain", default=None, help="Expected domain; an error if the checkpoint is of another.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="JSON file for the metrics (default CHECKPOINT/evaluation.json).")
+def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, out) -> None:
+    """Sample a trained model and print its metrics against reference data (also written as JSON)."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; expected one of {', '.join(_sampler_names())}")
+    if data is not None and not Path(data).exists():
+        raise UserError(f"data path {data} does not exist")
+    model = _run(api.load, checkpoint, device=device, domain=domain)
+    metrics = _run(model.evaluate, num, data=data, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size)
+    _print_table(f"{model.domain.name}: {num} samples ({sampler}) vs reference", metrics)
+    out = out or Path(checkpoint) / "evaluation.json"
+    record = {"checkpoint": str(checkpoint), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
+              "data": str(data) if data else None, "metrics": metrics}
+    atomic_write_text(Path(out), json.dumps(record, indent=2))
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""One training loop for every domain.
+
+AdamW with linear warm-up then cosine decay, global gradient-norm clipping, an EMA of the
+weights (``torch.optim.swa_utils.AveragedModel``), gradient accumulation, bf16 autocast on
+CUDA, a progress bar with loss and throughput, a JSONL metrics log, periodic sampling and
+evaluation, atomic checkpoints and exact resumption.
+
+Reproducibility: every random draw of step ``k`` (batch composition, augmentation, times,
+noise, dropout) comes from generators seeded with ``(seed, k)``, and the data order of epoch
+``e`` from ``(seed, e)``. Training N steps, stopping, and resuming for N more therefore
+gives the same weights as 2N steps in one go.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig, TrainConfig
+from .diffusion import Diffusion
+from .domain import Domain, DomainDataset
+from .generate import generate
+
+__all__ = ["Trainer", "TrainResult", "resolve_device", "ema_avg_fn"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; an unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu or cuda[:N]")
+    return dev
+
+
+def ema_avg_fn(decay: float, warmup: bool = True):
+    """A multi-tensor EMA update ``ema <- ema + (1 - d) (p - ema)`` for ``AveragedModel``.
+
+    With ``warmup`` the decay is ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so
+    early EMA weights are not dominated by the random initialisation.
+    """
+    def update(ema_params, params, num_averaged):
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
+        if ema_params and torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        else:
+            for e, p in zip(ema_params, params):
+                e.lerp_(p, 1.0 - d) if torch.is_floating_point(e) else e.copy_(p)
+    return update
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def _step_seed(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7_919 + salt) % (2 ** 62)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    sample_dir: Path | None = None
+    seconds: float = 0.0
+
+
+class Trainer:
+    """Train ``denoiser`` (built by ``diffusion``) on ``dataset`` for ``config.train.steps`` steps."""
+
+    def __init__(self, run_dir: str | Path, config: RunConfig, domain: Domain, diffusion: Diffusion,
+                 denoiser: nn.Module, dataset: DomainDataset, reference: DomainDataset | None = None,
+                 progress: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.cfg = config.train
+        self.domain = domain
+        self.diffusion = diffusion
+        self.dataset = dataset
+        self.reference = reference
+        self.show_progress = progress
+        self.device = resolve_device(self.cfg.device)
+        self.model = denoiser.to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                           fused=self.device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(self.cfg))
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(self.cfg.ema_decay, self.cfg.ema_warmup),
+                                 use_buffers=True)
+        self.step = 0
+        self._perms: dict[int, torch.Tensor] = {}
+        precision = self.cfg.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                         if precision == "bf16" else nullcontext())
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "ema_n_averaged": int(self.ema.n_averaged)}
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir, self.model, self.ema.module, self.state(),
+                        {"domain": self.config.domain, "step": self.step})
+
+    def load(self) -> None:
+        ck = load_checkpoint(self.run_dir, with_state=True)
+        self.model.load_state_dict(ck["model"])
+        if ck["ema"] is not None:
+            self.ema.module.load_state_dict(ck["ema"])
+        st = ck["state"]
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.ema.n_averaged.fill_(int(st.get("ema_n_averaged", st["step"])))
+        self.step = int(st["step"])
+
+    # ------------------------------------------------------------------ data order
+    def _indices(self, position: int, count: int) -> torch.Tensor:
+        n = len(self.dataset)
+        out = []
+        for p in range(position, position + count):
+            epoch, offset = divmod(p, n)
+            if epoch not in self._perms:
+                self._perms = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(
+                    _step_seed(self.cfg.seed, epoch, salt=17)))} | {k: v for k, v in self._perms.items() if k >= epoch - 1}
+            out.append(self._perms[epoch][offset])
+        return torch.stack(out)
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self) -> tuple[float, float]:
+        cfg = self.cfg
+        seed = _step_seed(cfg.seed, self.step)
+        torch.manual_seed(seed)  # dropout and any other global draws
+        cpu_gen = torch.Generator().manual_seed(seed)
+        dev_gen = cpu_gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(seed)
+        self.model.train()
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            pos = (self.step * cfg.grad_accum + micro) * cfg.batch_size
+            batch = self.dataset.batch(self._indices(pos, cfg.batch_size), cpu_gen).to(self.device)
+            with self.autocast:
+                loss = self.diffusion.training_losses(self.model, batch, dev_gen).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {self.step}; "
+                                         "try a lower --lr or fp32 precision")
+            (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+        grad_norm = 0.0
+        if cfg.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return total, grad_norm
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def evaluate(self, tag: str) -> tuple[dict[str, float], Path]:
+        """Sample ``eval_samples`` with the EMA model, write them, and compute the domain's metrics."""
+        cfg = self.cfg
+        model = self.ema.module
+        model.eval()
+        samples = generate(model, self.domain, self.config.data_info, cfg.eval_samples, sampler=cfg.eval_sampler,
+                           steps=cfg.eval_steps, seed=cfg.seed, batch_size=max(cfg.batch_size, 64),
+                           device=self.device)
+        out_dir = self.run_dir / "samples" / tag
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.domain.write(samples, out_dir, self.config.data_info)
+        metrics: dict[str, float] = {}
+        if self.reference is not None and len(self.reference) > 0:
+            metrics = self.domain.metrics(samples, self.reference, self.config.data_info)
+        self._log({"step": self.step, "event": "eval", "sampler": cfg.eval_sampler, "steps": cfg.eval_steps,
+                   "num": cfg.eval_samples, **metrics})
+        return metrics, out_dir
+
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train up to ``config.train.steps`` (or pause at ``stop_at``, checkpointed, to resume later).
+
+        Ctrl-C also checkpoints the current step before stopping, so ``--resume`` continues from it.
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        start_time = time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train",
+                   unit="step", dynamic_ncols=True)
+        try:
+            loss = self._loop(bar, end)
+        except KeyboardInterrupt:
+            bar.close()
+            self.save()
+            log.warning("interrupted at step %d; checkpoint saved, continue with --resume %s", self.step, self.run_dir)
+            raise
+        bar.close()
+        self.save()
+        metrics: dict[str, float] = {}
+        sample_dir = None
+        if cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps:
+            metrics, sample_dir = self.evaluate("final")
+        return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time)
+
+    def _loop(self, bar, end: int) -> float:
+        cfg = self.cfg
+        window_t, window_n = time.perf_counter(), 0
+        loss = float("nan")
+        ema_loss = None
+        while self.step < end:
+            loss, grad_norm = self.train_step()
+            window_n += cfg.batch_size * cfg.grad_accum
+            ema_loss = loss if ema_loss is None else 0.9 * ema_loss + 0.1 * loss
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                now = time.perf_counter()
+                rate = window_n / max(now - window_t, 1e-9)
+                window_t, window_n = now, 0
+                self._log({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": grad_norm, "samples_per_s": rate})
+                bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{rate:.1f}")
+            bar.update(1)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
+                self.save()
+            if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
+                metrics, _ = self.evaluate(f"step_{self.step:06d}")
+                bar.write(f"step {self.step}: " + _fmt(metrics))
+        return loss
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

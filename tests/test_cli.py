@@ -1,0 +1,127 @@
+"""The click CLI: happy paths on the toy domain, and one clear line + exit 2 for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from diffuse.cli.main import main
+
+from toy import EXAMPLES, points_domain
+
+FAST = ["--batch-size", "64", "--device", "cpu", "--no-progress", "--eval-samples", "32"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _register():
+    points_domain()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    res = CliRunner().invoke(main, ["train", "--domain", "points2d", "--steps", "20", "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _fails(args, match, tmp_path=None):
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    lines = [l for l in res.output.strip().splitlines() if l.strip()]
+    assert "Traceback" not in res.output
+    assert match in res.output, res.output
+    return lines
+
+
+def test_help_for_every_command():
+    for cmd in ([], ["train"], ["sample"], ["evaluate"], ["domains"]):
+        res = CliRunner().invoke(main, [*cmd, "--help"])
+        assert res.exit_code == 0 and "Usage:" in res.output
+
+
+def test_train_sample_evaluate(run_dir, tmp_path):
+    assert (run_dir / "config.json").is_file() and (run_dir / "checkpoint" / "ema.safetensors").is_file()
+    out = tmp_path / "samples"
+    res = CliRunner().invoke(main, ["sample", "-c", str(run_dir), "--num", "8", "--steps", "10", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len((out / "points.csv").read_text().splitlines()) == 8
+    res = CliRunner().invoke(main, ["evaluate", "-c", str(run_dir), "--num", "32", "--steps", "10",
+                                    "--out", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    assert "energy_distance" in res.output and (tmp_path / "m.json").is_file()
+
+
+def test_resume_continues(run_dir, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    res = CliRunner().invoke(main, ["train", "--resume", str(copy), "--steps", "25", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "trained 25 steps" in res.output
+
+
+def test_bad_inputs_exit_2_with_one_line(run_dir, tmp_path):
+    _fails(["train", "--domain", "points2d", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r1")],
+           "does not exist")
+    assert not (tmp_path / "r1").exists()
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    _fails(["train", "--domain", "points2d", "--data", str(empty), "--out", str(tmp_path / "r2")], "holds no points")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2\n3,oops\n")
+    _fails(["train", "--domain", "points2d", "--data", str(bad), "--out", str(tmp_path / "r3")], "line 2")
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+    _fails(["train", "--domain", "nope"], "unknown domain 'nope'")
+    _fails(["train", "--domain", "points2d", "--steps", "0"], "must be positive")
+    _fails(["train", "--domain", "points2d", "--steps", "-3"], "must be positive")
+    _fails(["sample", "-c", str(run_dir), "--steps", "0"], "must be positive")
+    _fails(["sample", "-c", str(run_dir), "--sampler", "magic"], "unknown sampler 'magic'")
+    _fails(["sample", "-c", str(tmp_path / "nowhere")], "does not exist")
+    _fails(["sample", "-c", str(run_dir), "--domain", "image"], "is a 'points2d' checkpoint, not 'image'")
+    _fails(["train", "--domain", "image", "--resume", str(run_dir)], "it is a 'points2d' run, not 'image'")
+    _fails(["sample", "-c", str(run_dir), "--eta", "2"], "eta must be in [0, 1]")
+    _fails(["sample", "-c", str(run_dir), "--steps", "5000", "--sampler", "ddpm"], "T=1000")
+    _fails(["train", "--domain", "points2d", "--out", str(run_dir)], "already holds a run")
+
+
+def test_corrupt_checkpoints(run_dir, tmp_path):
+    import shutil
+    for name, damage in [("model.safetensors", lambda b: b[: len(b) // 2]), ("ema.safetensors", lambda b: b"x" * 64)]:
+        copy = tmp_path / name
+        shutil.copytree(run_dir, copy)
+        f = copy / "checkpoint" / name
+        f.write_bytes(damage(f.read_bytes()))
+        out = tmp_path / f"out-{name}"
+        _fails(["sample", "-c", str(copy), "--raw-weights" if name.startswith("model") else "--num", *([] if name.startswith("model") else ["2"]), "--out", str(out)],
+               "corrupt or truncated")
+        assert not out.exists()
+    cfg = tmp_path / "badcfg"
+    shutil.copytree(run_dir, cfg)
+    (cfg / "config.json").write_text("{not json")
+    _fails(["evaluate", "-c", str(cfg)], "config.json is corrupt")
+
+
+def test_plugin_domain_through_entry_point(tmp_path):
+    """A third-party package registering through `diffuse.domains` shows up in the CLI."""
+    site = tmp_path / "site"
+    dist = site / "points2d_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: points2d-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[diffuse.domains]\npoints2d = points2d:PointsDomain\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLES)])}
+    cmd = [sys.executable, "-m", "diffuse.cli.main"]
+    res = subprocess.run([*cmd, "domains"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "points2d" in res.stdout and "ring of 8 Gaussians" in res.stdout
+    out = tmp_path / "run"
+    res = subprocess.run([*cmd, "train", "--domain", "points2d", "--steps", "5", "--out", str(out), *FAST],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (out / "samples" / "final" / "points.csv").is_file()
