@@ -149,6 +149,12 @@ class DiffusionModel:
         _, held = _split(dataset, self.config.train)
         return held if held is not None else dataset
 
+    def untrained(self, seed: int = 0) -> "DiffusionModel":
+        """The same architecture and configuration with freshly initialised weights (a baseline)."""
+        torch.manual_seed(seed)
+        den = self.diffusion.denoiser(self.domain.build_backbone(self.config.model, self.data_info)).to(self.device)
+        return DiffusionModel(self.domain, self.config, den, self.diffusion, self.device, self.run_dir)
+
     def evaluate(self, num: int = 256, *, data: str | Path | None = None, samples: Batch | None = None,
                  **sample_options: Any) -> dict[str, float]:
         """Metrics of ``num`` fresh samples (or the given ``samples``) against reference data."""

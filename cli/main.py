@@ -55,6 +55,16 @@ def _print_table(title: str, metrics: dict[str, Any]) -> None:
         click.echo(f"  {k:<{width}}  {val}")
 
 
+def _print_columns(title: str, columns: dict[str, dict[str, Any]]) -> None:
+    keys = list(next(iter(columns.values())).keys())
+    width = max(len(k) for k in keys)
+    click.echo(title)
+    click.echo(f"  {'':<{width}}  " + "  ".join(f"{name:>12}" for name in columns))
+    for k in keys:
+        vals = [c.get(k) for c in columns.values()]
+        click.echo(f"  {k:<{width}}  " + "  ".join(f"{v:>12.4f}" if isinstance(v, float) else f"{str(v):>12}" for v in vals))
+
+
 def _sampler_names() -> list[str]:
     return sorted(SAMPLERS)
 
@@ -165,20 +175,29 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--domain", default=None, help="Expected domain; an error if the checkpoint is of another.")
+@click.option("--baseline", is_flag=True,
+              help="Also evaluate an untrained model of the same architecture, side by side.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="JSON file for the metrics (default CHECKPOINT/evaluation.json).")
-def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, out) -> None:
+def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, baseline, out) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; expected one of {', '.join(_sampler_names())}")
     if data is not None and not Path(data).exists():
         raise UserError(f"data path {data} does not exist")
     model = _run(api.load, checkpoint, device=device, domain=domain)
-    metrics = _run(model.evaluate, num, data=data, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size)
-    _print_table(f"{model.domain.name}: {num} samples ({sampler}) vs reference", metrics)
-    out = out or Path(checkpoint) / "evaluation.json"
+    opts = dict(data=data, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size)
+    metrics = _run(model.evaluate, num, **opts)
     record = {"checkpoint": str(checkpoint), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
               "data": str(data) if data else None, "metrics": metrics}
+    title = f"{model.domain.name}: {num} samples ({sampler}) vs reference"
+    if baseline:
+        base = _run(model.untrained(seed).evaluate, num, **opts)
+        record["untrained"] = base
+        _print_columns(title, {"model": metrics, "untrained": base})
+    else:
+        _print_table(title, metrics)
+    out = out or Path(checkpoint) / "evaluation.json"
     atomic_write_text(Path(out), json.dumps(record, indent=2))
     click.echo(f"wrote {out}")
 

@@ -52,10 +52,13 @@ def test_train_sample_evaluate(run_dir, tmp_path):
     res = CliRunner().invoke(main, ["sample", "-c", str(run_dir), "--num", "8", "--steps", "10", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert len((out / "points.csv").read_text().splitlines()) == 8
-    res = CliRunner().invoke(main, ["evaluate", "-c", str(run_dir), "--num", "32", "--steps", "10",
+    res = CliRunner().invoke(main, ["evaluate", "-c", str(run_dir), "--num", "32", "--steps", "10", "--baseline",
                                     "--out", str(tmp_path / "m.json")])
     assert res.exit_code == 0, res.output
-    assert "energy_distance" in res.output and (tmp_path / "m.json").is_file()
+    assert "energy_distance" in res.output and "untrained" in res.output
+    import json
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert set(record["metrics"]) == set(record["untrained"]) == {"energy_distance"}
 
 
 def test_resume_continues(run_dir, tmp_path):
