@@ -67,10 +67,15 @@ class GaussianMixture:
         return torch.logsumexp(self._component_logp(x, alpha, sigma)[0], dim=1)
 
     def _component_logp(self, x: Tensor, alpha: Tensor, sigma: Tensor):
-        C = self._marginal(alpha, sigma)                                   # [B, K, D, D]
         diff = x[:, None, :] - alpha[:, None, None] * self.means[None]     # [B, K, D]
-        L = torch.linalg.cholesky(C)
-        sol = torch.cholesky_solve(diff[..., None], L)[..., 0]            # C^{-1} diff
+        if alpha.numel() > 1 and bool((alpha == alpha[0]).all()) and bool((sigma == sigma[0]).all()):
+            # one time for the whole batch (every sampler step): factor the K covariances once
+            L = torch.linalg.cholesky(self._marginal(alpha[:1], sigma[:1]))  # [1, K, D, D]
+            sol = torch.einsum("kij,bkj->bki", torch.cholesky_inverse(L[0]), diff)
+        else:
+            C = self._marginal(alpha, sigma)                               # [B, K, D, D]
+            L = torch.linalg.cholesky(C)
+            sol = torch.cholesky_solve(diff[..., None], L)[..., 0]        # C^{-1} diff
         maha = (diff * sol).sum(-1)
         logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
         logp = torch.log(self.weights)[None] - 0.5 * (maha + logdet + self.D * math.log(2 * math.pi))

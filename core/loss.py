@@ -59,5 +59,6 @@ class DiffusionLoss:
         """``out`` is the raw network output; ``alpha``/``sigma`` broadcast; ``snr`` per sample."""
         target = self.param.target(x0, eps, alpha, sigma)
         w = self.weighting(snr, self.param)
-        err = (out.float() - target.float()) ** 2
+        dtype = torch.promote_types(out.dtype, torch.float32)  # at least float32; float64 stays float64
+        err = (out.to(dtype) - target.to(dtype)) ** 2
         return space.coef(w, err) * err

@@ -210,7 +210,7 @@ class PolynomialSchedule(Schedule):
         self.power, self.precision, self.num_steps = float(power), float(precision), num_steps
         if num_steps:
             n = torch.arange(num_steps + 1, dtype=_F64) / num_steps
-            a2 = self._alpha2(n)
+            a2 = (1 - n ** self.power) ** 2  # raw, before the precision is applied (once, below)
             a2 = torch.cat([torch.ones(1, dtype=_F64), a2])
             ratio = (a2[1:] / a2[:-1]).clamp(min=0.001, max=1.0)
             a2 = torch.cumprod(ratio, 0)
