@@ -9,3 +9,4 @@ from .schedule import (CosineSchedule, LinearBetaSchedule, PolynomialSchedule, S
 from .space import DenseSpace, Space, per_sample_generators
 from .denoiser import Denoiser
 from .loss import DiffusionLoss
+from . import solvers  # registers the continuous samplers

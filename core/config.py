@@ -28,6 +28,13 @@ class DiffusionConfig:
     min_snr_gamma: float = 5.0
     #: backbone noise-level input is ``t * time_scale``
     time_scale: float = 1000.0
+    #: ``ddpm`` (the schedule's own times) | ``continuous`` (``t ~ U[t_eps, 1]``) | ``edm`` (EDM
+    #: preconditioning, log-normal noise levels, EDM loss); see ``core.precond.training_setup``
+    training: str = "ddpm"
+    t_eps: float = 1e-3
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
 
 
 @dataclass

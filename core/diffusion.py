@@ -22,6 +22,7 @@ from .denoiser import Denoiser
 from .domain import Batch
 from .loss import DiffusionLoss
 from .parameterization import make_parameterization
+from .precond import training_setup
 from .schedule import make_schedule
 
 __all__ = ["Diffusion"]
@@ -40,14 +41,17 @@ class Diffusion:
         self.param = make_parameterization(config.parameterization)
         kwargs = {"gamma": config.min_snr_gamma} if config.weighting == "min_snr" else {}
         self.loss = DiffusionLoss(self.param, config.weighting, **kwargs)
+        # training mode ddpm | continuous | edm (core.precond): denoiser wrapper, times, loss
+        self.training = training_setup(config)
+        self.schedule, self.loss = self.training.schedule, self.training.loss
 
     def denoiser(self, backbone: nn.Module) -> Denoiser:
-        """Wrap a backbone into a :class:`Denoiser` for this process."""
-        return Denoiser(backbone, self.schedule, self.param, time_scale=self.config.time_scale)
+        """Wrap a backbone into a :class:`Denoiser` (or, for ``edm`` training, an ``EDMPrecond``)."""
+        return self.training.build_denoiser(backbone)
 
     def sample_t(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
         """Training times (float64, ``[n]``)."""
-        return self.schedule.sample_t(n, generator=generator, device=device)
+        return self.training.sample_t(n, generator=generator, device=device)
 
     def training_losses(self, denoiser: Denoiser, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
         """Per-sample loss ``[B]`` of one batch (not yet averaged)."""

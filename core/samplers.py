@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 Callback = Callable[[dict[str, Any]], None]
-SPACINGS = ("linspace", "leading", "trailing", "karras")
+SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr")
 
 
 def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: float = 7.0,
@@ -52,12 +52,14 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     (the timesteps the model was trained on), with the spacings of Lin et al. 2023 ("Common
     Diffusion Noise Schedules and Sample Steps are Flawed", table 2; diffusers' names):
 
-    * ``linspace``: ``n = round(linspace(1, T, steps))``
+    * ``linspace``: ``n = 1 + round(linspace(0, T - 1, steps))`` (half-to-even ties on the 0-based index)
     * ``leading``:  ``n = 1 + k * (T // steps)``, ``k = 0..steps-1`` (never reaches ``T``)
     * ``trailing``: ``n = round(T - k * T / steps)``, ``k = 0..steps-1`` (always starts at ``T``)
     * ``karras``:   noise levels ``sigma/alpha`` spaced as in Karras et al. 2022 (eq. 5) with ``rho``,
       between the schedule's end points, mapped back to times (then rounded to the model's grid
       for a discrete schedule).
+    * ``logsnr``:   uniform in log-SNR between the end points (Lu et al. 2022, DPM-Solver's
+      ``logSNR`` skip type); never rounded, so a discrete model is queried between its nodes.
 
     For continuous schedules ``linspace`` / ``trailing`` / ``leading`` are uniform in ``t`` on
     ``[t_min, t_max]``. ``final`` (default 0, the clean data) is appended unless ``None``.
@@ -67,6 +69,8 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     if spacing not in SPACINGS:
         raise ValueError(f"unknown time spacing {spacing!r}; expected one of {SPACINGS}")
     T = schedule.num_steps
+    if T and steps > T:
+        raise ValueError(f"asked for {steps} steps but the model was trained with T={T}")
     hi = schedule.t_max if t_max is None else float(t_max)
     lo = schedule.t_min if t_min is None else float(t_min)
     if spacing == "karras":
@@ -81,11 +85,14 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
         if T:
             t = (t * T).round().clamp(1, T) / T
         t[0] = hi
+    elif spacing == "logsnr":
+        lam = torch.linspace(float(schedule.log_snr(torch.tensor(hi, dtype=torch.float64))),
+                             float(schedule.log_snr(torch.tensor(lo, dtype=torch.float64))), steps, dtype=torch.float64)
+        t = schedule.t_from_log_snr(lam) if steps > 1 else torch.tensor([hi], dtype=torch.float64)
+        t[0], t[-1] = hi, (lo if steps > 1 else hi)
     elif T:
-        if steps > T:
-            raise ValueError(f"asked for {steps} steps but the model was trained with T={T}")
         if spacing == "linspace":
-            n = torch.linspace(1, T, steps, dtype=torch.float64).round().flip(0)
+            n = (torch.linspace(0, T - 1, steps, dtype=torch.float64).round() + 1).flip(0)  # ties as diffusers
         elif spacing == "leading":
             n = (1 + torch.arange(steps, dtype=torch.float64) * (T // steps)).flip(0)
         else:

@@ -1,0 +1,394 @@
+"""Continuous-time samplers: reverse SDE, predictor-corrector, probability-flow ODE solvers,
+EDM's Heun sampler and DPM-Solver++(2M) / (3M).
+
+Every sampler keeps the signature of :mod:`diffuse.core.samplers`::
+
+    sampler(denoise, x, grid, *, schedule, space, generator=None, callback=None, **options) -> x_0
+
+and is registered in ``SAMPLERS`` under its CLI name (``diffuse sample --sampler NAME``):
+
+================ ======================================================== ===================
+name             algorithm                                                 evaluations / step
+================ ======================================================== ===================
+euler_maruyama   reverse-time SDE, Euler-Maruyama (Song et al. 2021, eq. 6) 1
+pc               predictor-corrector (Song et al. 2021, algorithms 2-3)      1 + corrector_steps
+ode_euler        probability-flow ODE in t, Euler (eq. 13)                   1
+ode_heun         probability-flow ODE in t, Heun                             2 (1 on a step to sigma=0)
+rk45             probability-flow ODE, adaptive RK45 (scipy ``solve_ivp``)   adaptive (+1 final denoise)
+edm_heun         Karras et al. 2022, algorithm 2 (Heun, optional churn)      2 (1 on a step to sigma=0)
+dpmpp_2m         DPM-Solver++(2M), Lu et al. 2022, algorithm 2               1
+dpmpp_3m         DPM-Solver++(3M), Lu et al. 2022 (third-order multistep)    1
+================ ======================================================== ===================
+
+Scores come from the denoiser as ``score = -eps / sigma_t``. The SDE coefficients ``f, g^2``
+come from the schedule (:func:`diffuse.core.sde.sde_coefficients`), so the same code serves the
+discrete DDPM chain, the continuous VP / sub-VP / VE SDEs and EDM's sigmas. EDM's sampler and
+RK45 work in the schedule-free variables ``x~ = x / alpha_t``, ``sigma~ = sigma_t / alpha_t``,
+in which the probability-flow ODE reads ``dx~ / dsigma~ = eps(x, t)`` for every schedule
+(Karras et al. 2022, eq. 4 with ``s(t) = alpha_t``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .parameterization import Prediction
+from .samplers import SAMPLERS, Callback, _call, _coefs
+from .schedule import Schedule
+from .sde import sde_coefficients
+from .space import GeneratorLike, Space
+
+__all__ = ["jump_logsnr_grid", "euler_maruyama", "pc", "ode_euler", "ode_heun", "rk45", "edm_heun", "dpmpp_2m", "dpmpp_3m"]
+
+
+def _fg2(schedule: Schedule, t: Tensor) -> tuple[float, float]:
+    f, g2 = sde_coefficients(schedule, torch.as_tensor(t, dtype=torch.float64))
+    return float(f), float(g2)
+
+
+def _report(callback: Callback | None, i: int, t, s, x: Tensor, x0: Tensor | None, **extra: Any) -> None:
+    if callback is not None:
+        callback({"i": i, "t": float(t), "t_next": float(s), "x": x, "x0": x0, **extra})
+
+
+def jump_logsnr_grid(schedule: Schedule, steps: int, t_jump: float = 0.8, t_min: float | None = None,
+                     final: float | None = 0.0) -> Tensor:
+    """A descending grid with ``steps`` evaluations: ``t = 1``, then ``steps - 1`` times uniform
+    in log-SNR from ``t_jump`` down to ``t_min`` (default ``schedule.t_min``), then ``final``.
+
+    At high noise the denoiser's output is nearly the data mean, for which a first-order
+    exponential-integrator step (DDIM / the first DPM-Solver++ step) is exact whatever its
+    length; one long first step frees evaluations for the mid-noise range where the
+    trajectories bend (see ``benchmarks/bench_samplers.py``).
+    """
+    from .samplers import time_grid
+    if steps < 2:
+        return time_grid(schedule, 1, "logsnr", final=final)
+    inner = time_grid(schedule, steps - 1, "logsnr", t_max=t_jump, t_min=t_min, final=final)
+    return torch.cat([torch.tensor([schedule.t_max], dtype=torch.float64), inner])
+
+
+# ---------------------------------------------------------------------------- reverse SDE
+def _em_step(pred: Prediction, x: Tensor, t: Tensor, s: Tensor, schedule: Schedule, space: Space,
+             generator: GeneratorLike) -> Tensor:
+    """One Euler-Maruyama step ``t -> s`` of ``dx = [f x - g^2 score] dt + g dW_bar``;
+    no noise on a step that ends at ``s = 0`` (Song et al.'s final "x_mean")."""
+    f, g2 = _fg2(schedule, t)
+    _, sig = _coefs(schedule, t)
+    dt = float(s) - float(t)                     # negative: time runs backwards
+    drift = f * x + (g2 / sig) * pred.eps        # f x - g^2 * (-eps / sigma)
+    x = x + dt * drift
+    if float(s) > 0:
+        x = x + math.sqrt(g2 * -dt) * space.noise(x, generator)
+    return space.project(x)
+
+
+@torch.no_grad()
+def euler_maruyama(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+                   generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
+    """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6):
+    ``x_s = x_t - [f(t) x_t - g(t)^2 score(x_t, t)] (t - s) + g(t) sqrt(t - s) z``."""
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        pred = _call(denoise, x, t, space)
+        x = _em_step(pred, x, t, s, schedule, space, generator)
+        _report(callback, i, t, s, x, pred.x0)
+    return x
+
+
+def _reverse_diffusion_step(pred: Prediction, x: Tensor, t: Tensor, s: Tensor, schedule: Schedule,
+                            space: Space, generator: GeneratorLike) -> Tensor:
+    """Song et al.'s reverse-diffusion predictor (eq. 46) for the discretised forward step
+    ``x_t = alpha_{t|s} x_s + sqrt(v) z``, ``v = sigma_t^2 - alpha_{t|s}^2 sigma_s^2``:
+    ``x_s = x_t - (alpha_{t|s} - 1) x_t + v score + sqrt(v) z``."""
+    a_t, s_t = _coefs(schedule, t)
+    a_s, s_s = _coefs(schedule, s)
+    a_ts = a_t / a_s
+    v = max(s_t ** 2 - a_ts ** 2 * s_s ** 2, 0.0)
+    x = (2.0 - a_ts) * x - (v / s_t) * pred.eps
+    if float(s) > 0:
+        x = x + math.sqrt(v) * space.noise(x, generator)
+    return space.project(x)
+
+
+_PREDICTORS = {"reverse_diffusion": _reverse_diffusion_step, "euler_maruyama": _em_step}
+
+
+@torch.no_grad()
+def pc(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+       generator: GeneratorLike = None, callback: Callback | None = None,
+       predictor: str = "reverse_diffusion", corrector_steps: int = 1, snr: float = 0.16) -> Tensor:
+    """Predictor-corrector sampling (Song et al. 2021, algorithms 2-5).
+
+    At each grid time ``t``: ``corrector_steps`` Langevin steps with target signal-to-noise
+    ratio ``snr`` (algorithm 4/5: ``step = 2 a (snr |z| / |score|)^2``,
+    ``x <- x + step * score + sqrt(2 step) z``, ``a = alpha_{t|s}^2`` i.e. ``1 - beta_i`` for
+    VP, 1 for VE), then one predictor step ``t -> s`` (``reverse_diffusion`` or
+    ``euler_maruyama``). As in the paper's code the norms are batch means of per-sample norms
+    (through the Space): a per-sample ratio explodes where the score vanishes, so the step
+    size, and hence a sample, depends on the batch. Evaluations: ``(1 + corrector_steps)`` per step.
+    """
+    if predictor not in _PREDICTORS:
+        raise ValueError(f"unknown predictor {predictor!r}; expected one of {sorted(_PREDICTORS)}")
+    if corrector_steps < 0:
+        raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
+    step_fn = _PREDICTORS[predictor]
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        a_t, s_t = _coefs(schedule, t)
+        a_s, _ = _coefs(schedule, s)
+        a_lang = (a_t / a_s) ** 2
+        for _ in range(corrector_steps):
+            score = -_call(denoise, x, t, space).eps / s_t
+            z = space.noise(x, generator)
+            ratio = float(torch.sqrt(space.inner(z, z)).mean() / torch.sqrt(space.inner(score, score)).mean().clamp_min(1e-30))
+            step = 2.0 * a_lang * (snr * ratio) ** 2
+            x = space.project(x + step * score + math.sqrt(2.0 * step) * z)
+        pred = _call(denoise, x, t, space)
+        x = step_fn(pred, x, t, s, schedule, space, generator)
+        _report(callback, i, t, s, x, pred.x0)
+    return x
+
+
+# ---------------------------------------------------------------------------- probability-flow ODE in t
+def _pf_drift(pred: Prediction, x: Tensor, t: Tensor, schedule: Schedule) -> Tensor:
+    """``dx/dt = f(t) x - g(t)^2 score / 2 = f x + g^2 eps / (2 sigma)`` (eq. 13)."""
+    f, g2 = _fg2(schedule, t)
+    _, sig = _coefs(schedule, t)
+    return f * x + (0.5 * g2 / sig) * pred.eps
+
+
+@torch.no_grad()
+def ode_euler(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+              generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
+    """Euler's method on the probability-flow ODE in ``t`` (Song et al. 2021, eq. 13)."""
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        pred = _call(denoise, x, t, space)
+        x = space.project(x + (float(s) - float(t)) * _pf_drift(pred, x, t, schedule))
+        _report(callback, i, t, s, x, pred.x0)
+    return x
+
+
+@torch.no_grad()
+def ode_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+             generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
+    """Heun's method (explicit trapezoid) on the probability-flow ODE in ``t``; a step ending
+    where ``sigma = 0`` (the score is singular there) is an Euler step."""
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        dt = float(s) - float(t)
+        pred = _call(denoise, x, t, space)
+        d1 = _pf_drift(pred, x, t, schedule)
+        x_next = space.project(x + dt * d1)
+        if _coefs(schedule, s)[1] > 0:
+            d2 = _pf_drift(_call(denoise, x_next, s, space), x_next, s, schedule)
+            x_next = space.project(x + 0.5 * dt * (d1 + d2))
+        x = x_next
+        _report(callback, i, t, s, x, pred.x0)
+    return x
+
+
+# ---------------------------------------------------------------------------- EDM variables
+def _sigma_ratio(schedule: Schedule, t) -> tuple[float, float]:
+    """``(alpha_t, sigma_t / alpha_t)``: the EDM scale ``s(t)`` and noise level."""
+    a, s = _coefs(schedule, t)
+    return a, s / a
+
+
+@torch.no_grad()
+def edm_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+             generator: GeneratorLike = None, callback: Callback | None = None,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
+             s_noise: float = 1.0) -> Tensor:
+    """EDM's stochastic Heun sampler (Karras et al. 2022, algorithm 2), on any schedule.
+
+    In the variables ``x~ = x / alpha_t``, ``sigma = sigma_t / alpha_t`` (eq. 4 with
+    ``s(t) = alpha_t``), step ``i`` with ``N = len(grid) - 1`` steps:
+
+    1. ``gamma = min(S_churn / N, sqrt(2) - 1)`` if ``S_tmin <= sigma_i <= S_tmax`` else 0;
+    2. ``sigma^ = sigma_i (1 + gamma)``, ``x^ = x~ + sqrt(sigma^2 - sigma_i^2) S_noise z``;
+    3. ``d = (x^ - D(x^, sigma^)) / sigma^`` (= eps), ``x~' = x^ + (sigma_{i+1} - sigma^) d``;
+    4. if ``sigma_{i+1} > 0``: ``d' = (x~' - D(x~', sigma_{i+1})) / sigma_{i+1}``,
+       ``x~' = x^ + (sigma_{i+1} - sigma^) (d + d') / 2``.
+
+    ``S_churn = 0`` is the deterministic Heun sampler (algorithm 1). Evaluations: 2 per step,
+    1 on the step to ``sigma = 0``.
+    """
+    n = len(grid) - 1
+    a0, _ = _sigma_ratio(schedule, grid[0])
+    xs = x / a0
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        _, sig = _sigma_ratio(schedule, t)
+        a_n, sig_n = _sigma_ratio(schedule, s)
+        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= sig <= s_tmax else 0.0
+        t_hat, sig_hat = t, sig
+        if gamma > 0:
+            t_hat = schedule.t_from_sigma_ratio(torch.tensor(sig * (1.0 + gamma), dtype=torch.float64))
+            sig_hat = _sigma_ratio(schedule, t_hat)[1]           # the schedule may cap sigma
+            xs = space.project(xs + math.sqrt(max(sig_hat ** 2 - sig ** 2, 0.0)) * s_noise * space.noise(xs, generator))
+        a_hat = _coefs(schedule, t_hat)[0]
+        pred = _call(denoise, a_hat * xs, t_hat, space)
+        d = pred.eps
+        x_next = space.project(xs + (sig_n - sig_hat) * d)
+        if sig_n > 0:
+            d2 = _call(denoise, a_n * x_next, s, space).eps
+            x_next = space.project(xs + (sig_n - sig_hat) * 0.5 * (d + d2))
+        xs = x_next
+        _report(callback, i, t, s, a_n * xs, pred.x0)
+    return _coefs(schedule, grid[-1])[0] * xs
+
+
+@torch.no_grad()
+def rk45(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+         generator: GeneratorLike = None, callback: Callback | None = None,
+         rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45",
+         stats: dict | None = None) -> Tensor:
+    """The probability-flow ODE solved adaptively with scipy's ``solve_ivp`` (Song et al. 2021,
+    section 4.3, which uses RK45 with ``rtol = atol = 1e-5``).
+
+    Integrates ``dx~ / dsigma = eps(alpha_t x~, t)`` (``x~ = x / alpha_t``, ``sigma =
+    sigma_t / alpha_t``; the ODE is the same for every schedule) from ``grid[0]`` to the last
+    positive-noise time of ``grid``; if ``grid`` ends where ``sigma = 0`` the result is then
+    denoised once (``x0_hat``, Song et al.'s final denoising step). The whole batch is one
+    system (one step size). The number of function evaluations is written to ``stats["nfe"]``
+    (when a dict is given) and passed to ``callback`` as ``info["nfe"]``.
+    """
+    from scipy.integrate import solve_ivp
+
+    t0, t_end = grid[0], grid[-1]
+    final_denoise = _coefs(schedule, t_end)[1] == 0.0
+    if final_denoise:
+        positive = [t for t in grid.tolist() if _coefs(schedule, t)[1] > 0]
+        t_end = torch.tensor(positive[-1], dtype=torch.float64)
+    a0, sig0 = _sigma_ratio(schedule, t0)
+    a_end, sig_end = _sigma_ratio(schedule, t_end)
+    shape, dtype, device = x.shape, x.dtype, x.device
+    nfe = 0
+
+    def fun(sig: float, y: np.ndarray) -> np.ndarray:
+        nonlocal nfe
+        nfe += 1
+        t = schedule.t_from_sigma_ratio(torch.tensor(sig, dtype=torch.float64))
+        a = _coefs(schedule, t)[0]
+        xs = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
+        eps = _call(denoise, a * xs, t, space).eps
+        return eps.to(torch.float64).reshape(-1).cpu().numpy()
+
+    y0 = (x / a0).to(torch.float64).reshape(-1).cpu().numpy()
+    sol = solve_ivp(fun, (sig0, sig_end), y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"probability-flow ODE solver failed: {sol.message}")
+    xs = space.project(torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype))
+    x = a_end * xs
+    x0 = None
+    if final_denoise:
+        x0 = _call(denoise, x, t_end, space).x0
+        nfe += 1
+        x = space.project(_coefs(schedule, grid[-1])[0] * x0)
+    if stats is not None:
+        stats["nfe"] = nfe
+    _report(callback, 0, grid[0], grid[-1], x, x0, nfe=nfe)
+    return x
+
+
+# ---------------------------------------------------------------------------- DPM-Solver++
+@torch.no_grad()
+def dpmpp_2m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+             generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", algorithm 2), multistep, data prediction.
+
+    With ``lambda_t = log(alpha_t / sigma_t)``, ``h_i = lambda_{t_i} - lambda_{t_{i-1}}`` and
+    ``r_i = h_{i-1} / h_i``:
+
+        D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2}     (D_1 = x0_0: first order)
+        x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (exp(-h_i) - 1) D_i
+
+    A step that ends where ``sigma = 0`` (``h = inf``) is first order: ``x = alpha x0_hat``.
+    One evaluation per step.
+    """
+    x0_prev, h_prev = None, None
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        if float(s) == float(t):       # a repeated time (rounded grids): nothing to do
+            continue
+        a_t, s_t = _coefs(schedule, t)
+        a_s, s_s = _coefs(schedule, s)
+        pred = _call(denoise, x, t, space)
+        if s_s == 0.0:
+            x = space.project(a_s * pred.x0)
+        else:
+            h = math.log(a_s / s_s) - math.log(a_t / s_t)
+            if x0_prev is None:
+                d = pred.x0
+            else:
+                r = h_prev / h
+                d = (1.0 + 0.5 / r) * pred.x0 - (0.5 / r) * x0_prev
+            x = space.project((s_s / s_t) * x - a_s * math.expm1(-h) * d)
+            h_prev = h
+        x0_prev = pred.x0
+        _report(callback, i, t, s, x, pred.x0)
+    return x
+
+
+@torch.no_grad()
+def dpmpp_3m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+             generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
+    """DPM-Solver++(3M): the third-order multistep data-prediction solver (Lu et al. 2022,
+    "DPM-Solver++", section 4 / appendix; the Taylor expansion of eq. 9 to second order).
+
+    With ``phi_1 = expm1(-h)``, ``phi_2 = phi_1 / h + 1``, ``phi_3 = phi_2 / h - 1/2`` and the
+    backward differences ``D1_0 = (x0_{i-1} - x0_{i-2}) / r_0``, ``D1_1 = (x0_{i-2} - x0_{i-3}) / r_1``
+    (``r_k = h_{i-1-k} / h_i``):
+
+        D1 = D1_0 + r_0 / (r_0 + r_1) (D1_0 - D1_1)    (~ h x0',   the slope at t_{i-1})
+        D2 = 2 (D1_0 - D1_1) / (r_0 + r_1)              (~ h^2 x0'')
+        x_{t_i} = (sigma_i / sigma_{i-1}) x - alpha_i phi_1 x0_{i-1} + alpha_i phi_2 D1 - alpha_i phi_3 D2
+
+    The first steps are DPM-Solver++(1) and (2M); a step to ``sigma = 0`` returns ``alpha x0_hat``.
+    One evaluation per step.
+    """
+    hist: list[Tensor] = []     # x0 at the last three grid times, newest last
+    hs: list[float] = []        # the steps h that separate them
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        if float(s) == float(t):       # a repeated time (rounded grids): nothing to do
+            continue
+        a_t, s_t = _coefs(schedule, t)
+        a_s, s_s = _coefs(schedule, s)
+        pred = _call(denoise, x, t, space)
+        hist = (hist + [pred.x0])[-3:]
+        if s_s == 0.0:
+            x = space.project(a_s * pred.x0)
+        else:
+            h = math.log(a_s / s_s) - math.log(a_t / s_t)
+            phi1 = math.expm1(-h)
+            x_new = (s_s / s_t) * x - a_s * phi1 * pred.x0
+            if len(hist) >= 2:
+                r0 = hs[-1] / h
+                d1_0 = (hist[-1] - hist[-2]) / r0
+                if len(hist) == 3:
+                    r1 = hs[-2] / h
+                    d1_1 = (hist[-2] - hist[-3]) / r1
+                    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+                    d2 = (2.0 / (r0 + r1)) * (d1_0 - d1_1)
+                    phi2 = phi1 / h + 1.0
+                    phi3 = phi2 / h - 0.5
+                    x_new = x_new + a_s * phi2 * d1 - a_s * phi3 * d2
+                else:                                  # DPM-Solver++(2M) step
+                    x_new = x_new - a_s * phi1 * 0.5 * d1_0
+            x = space.project(x_new)
+            hs.append(h)
+        _report(callback, i, t, s, x, pred.x0)
+    return x
+
+
+SAMPLERS.update({
+    "dpmpp_3m": dpmpp_3m,
+    "euler_maruyama": euler_maruyama,
+    "pc": pc,
+    "ode_euler": ode_euler,
+    "ode_heun": ode_heun,
+    "rk45": rk45,
+    "edm_heun": edm_heun,
+    "dpmpp_2m": dpmpp_2m,
+})
