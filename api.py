@@ -59,14 +59,18 @@ def _read_config_file(path: str | Path | None) -> dict[str, Any]:
 
 
 def make_config(domain: str | Domain, *, data: str | Path | None = None, config: dict[str, Any] | str | Path | None = None,
-                **train_overrides: Any) -> RunConfig:
-    """A :class:`RunConfig` from the domain's defaults, a config dict / JSON file, and keyword overrides
+                diffusion: dict[str, Any] | None = None, **train_overrides: Any) -> RunConfig:
+    """A :class:`RunConfig` from the domain's defaults, a config dict / JSON file, ``diffusion``
+    overrides of :class:`DiffusionConfig` fields (``{"training": "edm"}``...), and keyword overrides
     of :class:`TrainConfig` fields (``steps=``, ``batch_size=``, ``lr=``, ``device=``, ``seed=`` ...)."""
     dom = get_domain(domain) if isinstance(domain, str) else domain
     user = config if isinstance(config, dict) else _read_config_file(config)
     model = {**dom.default_model(), **user.get("model", {})}
     dom.check_config(model)
-    diffusion = update_dataclass(DiffusionConfig(), {**dom.default_diffusion(), **user.get("diffusion", {})}, "diffusion")
+    diff_over = {k: v for k, v in (diffusion or {}).items() if v is not None}
+    diffusion_cfg = update_dataclass(DiffusionConfig(),
+                                     {**dom.default_diffusion(), **user.get("diffusion", {}), **diff_over}, "diffusion")
+    Diffusion(diffusion_cfg)  # validate schedule / parameterization / training mode now, with a clear message
     train_cfg = update_dataclass(TrainConfig(), {**dom.default_train(), **user.get("train", {})}, "train")
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
     train_cfg = update_dataclass(train_cfg, overrides, "train")
@@ -74,7 +78,7 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
     data_options = {**dom.default_data(), **user.get("data_options", {})}
     data = data if data is not None else user.get("data")
     return RunConfig(domain=dom.name, data=str(data) if data is not None else None, data_options=data_options,
-                     model=model, diffusion=diffusion, train=train_cfg)
+                     model=model, diffusion=diffusion_cfg, train=train_cfg)
 
 
 def _check_train(cfg: TrainConfig) -> None:
@@ -155,6 +159,35 @@ class DiffusionModel:
         den = self.diffusion.denoiser(self.domain.build_backbone(self.config.model, self.data_info)).to(self.device)
         return DiffusionModel(self.domain, self.config, den, self.diffusion, self.device, self.run_dir)
 
+    def likelihood(self, num: int = 64, *, data: str | Path | None = None, batch_size: int = 64,
+                   exact_trace: bool | None = None, hutchinson_samples: int = 1, rtol: float = 1e-5,
+                   atol: float = 1e-5, seed: int = 0) -> dict[str, float]:
+        """Negative log-likelihood of ``num`` reference items under the probability-flow ODE
+        (``core.likelihood``): mean nats per sample, bits per dimension, and ODE evaluations."""
+        from .core.likelihood import batch_log_likelihood
+
+        if not isinstance(num, int) or num < 1:
+            raise ValueError(f"the number of likelihood samples must be a positive integer, got {num!r}")
+        reference = self.reference_data(data)
+        n = min(num, len(reference))
+        gen = torch.Generator(self.device).manual_seed(seed)
+        nll, bpd, nfe = [], [], 0
+        for start in range(0, n, batch_size):
+            idx = torch.arange(start, min(n, start + batch_size))
+            batch = reference.batch(idx, torch.Generator().manual_seed(seed)).to(self.device)
+            out = batch_log_likelihood(self.denoiser, batch, exact_trace=exact_trace,
+                                       hutchinson_samples=hutchinson_samples, rtol=rtol, atol=atol, generator=gen,
+                                       bins=self.domain.likelihood_bins)
+            nll.append(out["nll_nats"].cpu())
+            bpd.append(out["bits_per_dim"].cpu())
+            nfe += int(out["nfe"])
+        nll_t, bpd_t = torch.cat(nll), torch.cat(bpd)
+        result = {"nll_nats": float(nll_t.mean()), "bits_per_dim": float(bpd_t.mean()),
+                  "likelihood_items": n, "likelihood_nfe": nfe}
+        if self.domain.likelihood_unit == "nats":
+            result.pop("bits_per_dim")
+        return result
+
     def evaluate(self, num: int = 256, *, data: str | Path | None = None, samples: Batch | None = None,
                  **sample_options: Any) -> dict[str, float]:
         """Metrics of ``num`` fresh samples (or the given ``samples``) against reference data."""
@@ -184,7 +217,8 @@ def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, A
 
 def train(domain: str | Domain = "image", *, data: str | Path | None = None, out: str | Path | None = None,
           config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
-          progress: bool = True, stop_at: int | None = None, **train_overrides: Any) -> TrainResult:
+          progress: bool = True, stop_at: int | None = None, diffusion: dict[str, Any] | None = None,
+          **train_overrides: Any) -> TrainResult:
     """Train a model and leave a run folder at ``out`` (default ``runs/<domain>``).
 
     ``resume`` continues the run folder it names (its config, weights, optimiser state and step),
@@ -204,7 +238,7 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
             cfg.data = str(data)
     dom = get_domain(domain) if isinstance(domain, str) else domain
     if resume is None:
-        cfg = make_config(dom, data=data, config=config, **train_overrides)
+        cfg = make_config(dom, data=data, config=config, diffusion=diffusion, **train_overrides)
         run_dir = Path(out) if out is not None else Path("runs") / dom.name
     dataset = _load_data(dom, cfg)
     train_set, reference = _split(dataset, cfg.train)

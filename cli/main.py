@@ -69,6 +69,29 @@ def _sampler_names() -> list[str]:
     return sorted(SAMPLERS)
 
 
+def _parse_options(sampler: str, pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (values parsed as JSON where possible) checked against the sampler."""
+    import inspect
+
+    params = inspect.signature(SAMPLERS[sampler]).parameters
+    allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {
+        "schedule", "space", "generator", "callback", "stats"}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option expects KEY=VALUE, got {pair!r}")
+        if key not in allowed:
+            raise UserError(f"sampler {sampler!r} has no option {key!r}; it takes: {', '.join(sorted(allowed)) or 'none'}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    if "stats" in params:
+        out["stats"] = {}
+    return out
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Log more (INFO level).")
 @click.version_option(package_name="diffuse")
@@ -108,17 +131,28 @@ def domains() -> None:
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue the run in this folder.")
 @click.option("--sample-every", type=int, default=None, help="Sample and evaluate every N steps (0: only at the end).")
 @click.option("--eval-samples", type=int, default=None, help="Samples drawn for each evaluation.")
+@click.option("--training", type=click.Choice(["ddpm", "continuous", "edm"]), default=None,
+              help="Objective: ddpm (discrete T-step times, default), continuous (t ~ U[eps, 1]) or edm "
+                   "(EDM preconditioning, log-normal noise levels).")
+@click.option("--schedule", type=click.Choice(["linear", "cosine", "polynomial", "sigma", "subvp"]), default=None,
+              help="Noise schedule (default: the domain's; edm training wants sigma).")
+@click.option("--parameterization", type=click.Choice(["eps", "x0", "v"]), default=None,
+              help="What the network predicts (not used by edm training).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
-          eval_samples, no_progress) -> None:
+          eval_samples, training, schedule, parameterization, no_progress) -> None:
     """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples."""
     if domain is None and resume is None:
         raise UserError("--domain is required (or --resume RUN_DIR); see `diffuse domains`")
     if domain is None:
         domain = _run(api.read_run_config, resume).domain
+    diffusion = {"training": training, "parameterization": parameterization,
+                 "schedule": {"kind": schedule} if schedule else None}
+    if resume is not None and any(v is not None for v in diffusion.values()):
+        raise UserError("--training / --schedule / --parameterization cannot change when resuming a run")
     result = _run(api.train, domain, data=data, out=out, config=config_file, resume=resume,
-                  progress=not no_progress, steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
-                  sample_every=sample_every, eval_samples=eval_samples)
+                  progress=not no_progress, diffusion=diffusion, steps=steps, batch_size=batch_size, lr=lr,
+                  device=device, seed=seed, sample_every=sample_every, eval_samples=eval_samples)
     click.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}; "
                f"run folder {result.run_dir}")
     if result.sample_dir is not None:
@@ -141,23 +175,29 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
 @click.option("--device", default="auto", show_default=True)
 @click.option("--domain", default=None, help="Expected domain; an error if the checkpoint is of another.")
 @click.option("--raw-weights", is_flag=True, help="Use the raw instead of the EMA weights.")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Sampler option, repeatable: e.g. -o s_churn=10 (edm_heun), -o snr=0.16 (pc), -o rtol=1e-4 (rk45).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default CHECKPOINT/samples/sample).")
-def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, out) -> None:
+def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
+           out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; expected one of {', '.join(_sampler_names())}")
+    opts = _parse_options(sampler, options)
     model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
     from ..core.generate import default_steps
     n_steps = steps or default_steps(sampler, model.diffusion.schedule)
     with tqdm(total=num * n_steps, desc=f"sample ({sampler}, {n_steps} steps)", unit="step·sample",
               dynamic_ncols=True, disable=None) as bar:
         samples = _run(model.sample, num, sampler=sampler, steps=steps, eta=eta, spacing=spacing, seed=seed,
-                       batch_size=batch_size, progress=bar.update)
+                       batch_size=batch_size, progress=bar.update, **opts)
     out = out or Path(checkpoint) / "samples" / "sample"
     paths = _run(model.write, samples, out)
     click.echo(f"wrote {len(paths)} files to {out}")
+    if opts.get("stats"):
+        click.echo("sampler: " + "  ".join(f"{k}={v}" for k, v in opts["stats"].items()))
     report = model.describe(samples)
     if report:
         _print_table(f"{model.domain.name} samples ({num}):", report)
@@ -177,22 +217,40 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
 @click.option("--domain", default=None, help="Expected domain; an error if the checkpoint is of another.")
 @click.option("--baseline", is_flag=True,
               help="Also evaluate an untrained model of the same architecture, side by side.")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Sampler option, repeatable.")
+@click.option("--likelihood", is_flag=True,
+              help="Also the negative log-likelihood of reference data under the probability-flow ODE "
+                   "(bits/dim for images and audio, nats per molecule).")
+@click.option("--likelihood-num", type=int, default=64, show_default=True, callback=_positive,
+              help="Reference items for --likelihood.")
+@click.option("--exact-trace", is_flag=True, help="--likelihood with the exact divergence (small data only); "
+              "default: exact up to 16 dimensions, Hutchinson above.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="JSON file for the metrics (default CHECKPOINT/evaluation.json).")
-def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, baseline, out) -> None:
+def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, baseline, options, likelihood,
+             likelihood_num, exact_trace, out) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; expected one of {', '.join(_sampler_names())}")
     if data is not None and not Path(data).exists():
         raise UserError(f"data path {data} does not exist")
     model = _run(api.load, checkpoint, device=device, domain=domain)
-    opts = dict(data=data, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size)
+    opts = dict(data=data, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                **_parse_options(sampler, options))
     metrics = _run(model.evaluate, num, **opts)
+    opts.pop("stats", None)
+    if likelihood:
+        metrics.update(_run(model.likelihood, likelihood_num, data=data, batch_size=batch_size, seed=seed,
+                            exact_trace=True if exact_trace else None))
     record = {"checkpoint": str(checkpoint), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
               "data": str(data) if data else None, "metrics": metrics}
     title = f"{model.domain.name}: {num} samples ({sampler}) vs reference"
     if baseline:
-        base = _run(model.untrained(seed).evaluate, num, **opts)
+        untrained = model.untrained(seed)
+        base = _run(untrained.evaluate, num, **opts)
+        if likelihood:
+            base.update(_run(untrained.likelihood, likelihood_num, data=data, batch_size=batch_size, seed=seed,
+                             exact_trace=True if exact_trace else None))
         record["untrained"] = base
         _print_columns(title, {"model": metrics, "untrained": base})
     else:

@@ -115,6 +115,10 @@ class Domain(ABC):
     name: ClassVar[str]
     #: one line for ``diffuse domains``
     description: ClassVar[str]
+    #: how ``diffuse evaluate --likelihood`` reports: ``bits_per_dim`` or ``nats`` (per sample)
+    likelihood_unit: ClassVar[str] = "bits_per_dim"
+    #: quantisation levels of the data for the bits/dim offset (256 for 8-bit images), or None
+    likelihood_bins: ClassVar[int | None] = None
 
     # ---------------------------------------------------------------- configuration
     def default_model(self) -> dict[str, Any]:

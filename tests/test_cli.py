@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -128,3 +129,34 @@ def test_plugin_domain_through_entry_point(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     assert (out / "samples" / "final" / "points.csv").is_file()
+
+
+def test_continuous_training_every_sampler_and_likelihood(tmp_path):
+    """Issue 5 through the CLI: EDM training, every registered sampler, options, --likelihood."""
+    from diffuse.core.samplers import SAMPLERS
+
+    out = tmp_path / "edm"
+    res = CliRunner().invoke(main, ["train", "--domain", "points2d", "--steps", "30", "--training", "edm",
+                                    "--schedule", "sigma", "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    import json
+    assert json.loads((out / "config.json").read_text())["diffusion"]["training"] == "edm"
+    for name in sorted(SAMPLERS):
+        if name == "ddpm":
+            continue  # needs a discrete schedule's T; covered by the ddpm run above
+        args = ["sample", "-c", str(out), "--num", "4", "--steps", "6", "--sampler", name,
+                "--out", str(tmp_path / name)]
+        if name == "edm_heun":
+            args += ["-o", "s_churn=5"]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, (name, res.output)
+        assert len((tmp_path / name / "points.csv").read_text().splitlines()) == 4
+    res = CliRunner().invoke(main, ["sample", "-c", str(out), "--num", "4", "--sampler", "rk45", "--out",
+                                    str(tmp_path / "rk")])
+    assert "nfe=" in res.output
+    _fails(["sample", "-c", str(out), "--sampler", "pc", "-o", "nope=1"], "has no option 'nope'")
+    res = CliRunner().invoke(main, ["evaluate", "-c", str(out), "--num", "16", "--steps", "6", "--likelihood",
+                                    "--likelihood-num", "8", "--out", str(tmp_path / "ll.json")])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "ll.json").read_text())["metrics"]
+    assert metrics["likelihood_items"] == 8 and math.isfinite(metrics["bits_per_dim"])
