@@ -20,6 +20,7 @@ costs a handful of fused element-wise operations beside the network.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -64,10 +65,11 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     For continuous schedules ``linspace`` / ``trailing`` / ``leading`` are uniform in ``t`` on
     ``[t_min, t_max]``. ``final`` (default 0, the clean data) is appended unless ``None``.
     """
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"the number of sampling steps must be a positive integer, got {steps!r}")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown time spacing {spacing!r}; expected one of {SPACINGS}")
+    steps = int(steps)
     T = schedule.num_steps
     if T and steps > T:
         raise ValueError(f"asked for {steps} steps but the model was trained with T={T}")
@@ -121,6 +123,12 @@ def _coefs(schedule: Schedule, t: Tensor) -> tuple[float, float]:
     return float(a), float(s)
 
 
+def _grid_coefs(schedule: Schedule, grid: Tensor) -> list[tuple[float, float]]:
+    """``(alpha, sigma)`` at every grid time, computed once per call as Python floats."""
+    a, s = schedule.alpha_sigma(torch.as_tensor(grid, dtype=torch.float64))
+    return list(zip(a.tolist(), s.tolist()))
+
+
 def _clip(pred: Prediction, x: Tensor, a: float, s: float, clip: float | None) -> Prediction:
     """Clip x0 to ``[-clip, clip]`` and recompute eps consistently (DDPM's ``clip_denoised``)."""
     if clip is None:
@@ -152,9 +160,9 @@ def ddpm(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
     """
     if variance not in ("posterior", "large"):
         raise ValueError(f"variance must be 'posterior' or 'large', got {variance!r}")
+    coefs = _grid_coefs(schedule, grid)
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
-        a_t, s_t = _coefs(schedule, t)
-        a_s, s_s = _coefs(schedule, s)
+        (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
         pred = _clip(_call(denoise, x, t, space), x, a_t, s_t, clip_x0)
         a_ts = a_t / a_s
         var_ts = s_t ** 2 - a_ts ** 2 * s_s ** 2
@@ -182,9 +190,9 @@ def ddim(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
+    coefs = _grid_coefs(schedule, grid)
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
-        a_t, s_t = _coefs(schedule, t)
-        a_s, s_s = _coefs(schedule, s)
+        (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
         pred = _clip(_call(denoise, x, t, space), x, a_t, s_t, clip_x0)
         c = 0.0
         if eta > 0 and s_s > 0:
@@ -215,9 +223,9 @@ def ddim_invert(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: 
     """
     grid_up = grid.flip(0)
     steps = list(zip(grid_up[:-1], grid_up[1:]))
+    coefs = _grid_coefs(schedule, grid_up)
     for i, (s, t) in enumerate(steps):
-        a_t, s_t = _coefs(schedule, t)
-        a_s, s_s = _coefs(schedule, s)
+        (a_s, s_s), (a_t, s_t) = coefs[i], coefs[i + 1]
         k = s_s - a_s * s_t / a_t
         x_s = x
         eps = _call(denoise, x_s, t, space).eps

@@ -104,7 +104,54 @@ class Schedule(ABC):
         return f"{type(self).__name__}({args})"
 
 
-class LinearBetaSchedule(Schedule):
+class _VPSchedule(Schedule):
+    """Shared machinery of the VP schedules, defined by ``log alpha_bar(t)`` (``alpha_bar = alpha^2``).
+
+    A discrete schedule keeps the table ``log alpha_bar(n / T)``, ``n = 0..T``, and interpolates it
+    linearly in ``t``; a continuous one uses the closed form. Both directions are exact and
+    cheap: :meth:`t_from_log_snr` inverts the table (or the closed form) instead of bisecting.
+    """
+
+    _table: Tensor | None = None
+
+    def _continuous_lab(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _continuous_t(self, lab: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_alpha_bar(self, t: Tensor | float) -> Tensor:
+        t = _as64(t).clamp(0.0, 1.0)
+        if self._table is None:
+            return self._continuous_lab(t)
+        table = self._table.to(t.device)
+        pos = t * self.num_steps
+        lo = pos.floor().clamp(max=self.num_steps - 1).long()
+        frac = pos - lo.to(_F64)
+        return table[lo] * (1 - frac) + table[lo + 1] * frac
+
+    def alpha_sigma(self, t):
+        lab = self.log_alpha_bar(t)
+        return torch.exp(0.5 * lab), torch.sqrt(-torch.expm1(lab))
+
+    def log_snr(self, t):
+        lab = self.log_alpha_bar(t)
+        return lab - torch.log(-torch.expm1(lab))
+
+    def t_from_log_snr(self, log_snr, iters: int = 0):
+        lab = torch.nn.functional.logsigmoid(_as64(log_snr))  # alpha_bar = sigmoid(lambda) for VP
+        if self._table is None:
+            return self._continuous_t(lab).clamp(0.0, 1.0)
+        table = self._table.to(lab.device)
+        T = self.num_steps
+        # table is decreasing: first index k with table[k] <= lab, then interpolate on [k-1, k]
+        k = torch.searchsorted(-table, -lab.contiguous()).clamp(1, T)
+        hi, lo = table[k - 1], table[k]
+        frac = ((hi - lab) / (hi - lo).clamp(min=1e-300)).clamp(0.0, 1.0)
+        return ((k - 1).to(_F64) + frac) / T
+
+
+class LinearBetaSchedule(_VPSchedule):
     """DDPM's linear beta schedule (Ho et al. 2020): ``beta_n`` linear from 1e-4 to 0.02, T=1000.
 
     Discrete: ``alpha_bar_n = prod_{i<=n} (1 - beta_i)`` exactly, ``alpha_n = sqrt(alpha_bar_n)``
@@ -126,42 +173,33 @@ class LinearBetaSchedule(Schedule):
         if num_steps:
             betas = torch.linspace(beta_start, beta_end, num_steps, dtype=_F64)
             log_ab = torch.cumsum(torch.log1p(-betas), 0)
-            self._log_alpha_bar = torch.cat([torch.zeros(1, dtype=_F64), log_ab])  # n = 0..T
+            self._table = torch.cat([torch.zeros(1, dtype=_F64), log_ab])  # n = 0..T
 
-    def log_alpha_bar(self, t: Tensor | float) -> Tensor:
-        t = _as64(t).clamp(0.0, 1.0)
-        if not self.num_steps:
-            b0 = self.beta_start * self.continuous_scale
-            b1 = self.beta_end * self.continuous_scale
-            return -(b0 * t + 0.5 * (b1 - b0) * t * t)
-        table = self._log_alpha_bar.to(t.device)
-        pos = t * self.num_steps
-        lo = pos.floor().clamp(max=self.num_steps - 1).long()
-        frac = pos - lo.to(_F64)
-        return table[lo] * (1 - frac) + table[lo + 1] * frac
+    def _betas(self) -> tuple[float, float]:
+        return self.beta_start * self.continuous_scale, self.beta_end * self.continuous_scale
 
-    def alpha_sigma(self, t):
-        lab = self.log_alpha_bar(t)
-        alpha = torch.exp(0.5 * lab)
-        sigma = torch.sqrt(-torch.expm1(lab))
-        return alpha, sigma
+    def _continuous_lab(self, t):
+        b0, b1 = self._betas()
+        return -(b0 * t + 0.5 * (b1 - b0) * t * t)
 
-    def log_snr(self, t):
-        lab = self.log_alpha_bar(t)
-        return lab - torch.log(-torch.expm1(lab))
+    def _continuous_t(self, lab):
+        b0, b1 = self._betas()
+        if b1 == b0:
+            return -lab / b0
+        return (-b0 + torch.sqrt(b0 * b0 - 2.0 * (b1 - b0) * lab)) / (b1 - b0)
 
     def config(self):
         return {"kind": "linear", "beta_start": self.beta_start, "beta_end": self.beta_end,
                 "num_steps": self.num_steps, "continuous_scale": self.continuous_scale}
 
 
-class CosineSchedule(Schedule):
+class CosineSchedule(_VPSchedule):
     """Cosine schedule (Nichol & Dhariwal 2021): ``alpha_bar(t) = f(t) / f(0)``,
     ``f(t) = cos^2((t + s) / (1 + s) * pi / 2)``, ``s = 0.008``.
 
-    As in the paper, the discrete betas are clipped at ``max_beta = 0.999``; in continuous
-    time ``log alpha_bar`` is floored at ``log(1 - max_beta)`` times the per-step decrement,
-    which keeps ``t = 1`` finite (``alpha_1 ~ 1e-5`` rather than exactly zero).
+    As in the paper, the discrete betas are clipped at ``max_beta = 0.999``. In continuous time
+    ``alpha_bar`` is floored at ``min_alpha_bar = 1e-9``, which keeps ``t = 1`` finite
+    (``alpha_1 ~ 3e-5`` rather than exactly zero).
     """
 
     def __init__(self, s: float = 0.008, num_steps: int | None = 1000, min_alpha_bar: float = 1e-9) -> None:
@@ -170,40 +208,35 @@ class CosineSchedule(Schedule):
         self.min_alpha_bar = float(min_alpha_bar)
         if num_steps:
             n = torch.arange(num_steps + 1, dtype=_F64) / num_steps
-            lab = self._continuous_log_alpha_bar(n)
+            lab = self._continuous_lab(n)
             # clip betas at 0.999 as in the paper's discrete chain
             step = (lab[1:] - lab[:-1]).clamp(min=math.log1p(-0.999))
-            self._log_alpha_bar = torch.cat([torch.zeros(1, dtype=_F64), torch.cumsum(step, 0)])
+            self._table = torch.cat([torch.zeros(1, dtype=_F64), torch.cumsum(step, 0)])
 
-    def _continuous_log_alpha_bar(self, t: Tensor) -> Tensor:
+    def _f0(self) -> float:
+        return math.cos(self.s / (1 + self.s) * math.pi / 2) ** 2
+
+    def _continuous_lab(self, t):
         s = self.s
         f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
-        f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
-        return torch.log((f / f0).clamp(min=self.min_alpha_bar))
+        return torch.log((f / self._f0()).clamp(min=self.min_alpha_bar))
 
-    def log_alpha_bar(self, t):
-        t = _as64(t).clamp(0.0, 1.0)
-        if not self.num_steps:
-            return self._continuous_log_alpha_bar(t)
-        table = self._log_alpha_bar.to(t.device)
-        pos = t * self.num_steps
-        lo = pos.floor().clamp(max=self.num_steps - 1).long()
-        frac = pos - lo.to(_F64)
-        return table[lo] * (1 - frac) + table[lo + 1] * frac
-
-    alpha_sigma = LinearBetaSchedule.alpha_sigma
-    log_snr = LinearBetaSchedule.log_snr
+    def _continuous_t(self, lab):
+        ab = torch.exp(lab).clamp(min=self.min_alpha_bar, max=1.0)
+        c = torch.sqrt(ab * self._f0()).clamp(max=1.0)
+        return torch.acos(c) * 2 / math.pi * (1 + self.s) - self.s
 
     def config(self):
         return {"kind": "cosine", "s": self.s, "num_steps": self.num_steps,
                 "min_alpha_bar": self.min_alpha_bar}
 
 
-class PolynomialSchedule(Schedule):
+class PolynomialSchedule(_VPSchedule):
     """EDM-molecules polynomial schedule (Hoogeboom et al. 2022, appendix B):
     ``alpha_t^2 = (1 - 2s) (1 - t^p)^2 + s`` with power ``p = 2`` and precision ``s = 1e-5``;
     ``sigma_t^2 = 1 - alpha_t^2``. In the discrete chain the ratios ``alpha_n^2 / alpha_{n-1}^2``
-    are clipped below at 0.001 for stability, as in the paper.
+    of the raw ``(1 - t^p)^2`` are clipped below at 0.001 for stability before the precision
+    is applied, as in the paper's code.
     """
 
     def __init__(self, power: float = 2.0, precision: float = 1e-5, num_steps: int | None = 1000) -> None:
@@ -215,29 +248,19 @@ class PolynomialSchedule(Schedule):
             ratio = (a2[1:] / a2[:-1]).clamp(min=0.001, max=1.0)
             a2 = torch.cumprod(ratio, 0)
             s = self.precision
-            self._log_alpha2 = torch.log((1 - 2 * s) * a2 + s)
+            self._table = torch.log((1 - 2 * s) * a2 + s)
 
     def _alpha2(self, t: Tensor) -> Tensor:
         s = self.precision
         return (1 - 2 * s) * (1 - t ** self.power) ** 2 + s
 
-    def _log_alpha2_at(self, t: Tensor) -> Tensor:
-        t = _as64(t).clamp(0.0, 1.0)
-        if not self.num_steps:
-            return torch.log(self._alpha2(t))
-        table = self._log_alpha2.to(t.device)
-        pos = t * self.num_steps
-        lo = pos.floor().clamp(max=self.num_steps - 1).long()
-        frac = pos - lo.to(_F64)
-        return table[lo] * (1 - frac) + table[lo + 1] * frac
+    def _continuous_lab(self, t):
+        return torch.log(self._alpha2(t))
 
-    def alpha_sigma(self, t):
-        la2 = self._log_alpha2_at(t)
-        return torch.exp(0.5 * la2), torch.sqrt(-torch.expm1(la2))
-
-    def log_snr(self, t):
-        la2 = self._log_alpha2_at(t)
-        return la2 - torch.log(-torch.expm1(la2))
+    def _continuous_t(self, lab):
+        s = self.precision
+        r = ((torch.exp(lab) - s) / (1 - 2 * s)).clamp(0.0, 1.0)
+        return (1 - torch.sqrt(r)).clamp(0.0, 1.0) ** (1.0 / self.power)
 
     def config(self):
         return {"kind": "polynomial", "power": self.power, "precision": self.precision,
