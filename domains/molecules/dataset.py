@@ -1,0 +1,227 @@
+"""Molecules as a flat, PyG-style dataset and the model-space tensor they become.
+
+A batch of ``B`` molecules with ``N`` atoms in total is ``x[N, 3 + K (+ 1)]``: positions
+(Angstrom, zero centre of mass per molecule), then the one-hot element over a vocabulary of
+``K`` elements times ``onehot_scale`` (EDM: 1/4), then optionally the formal charge times
+``charge_scale`` (EDM: 1/10); a :class:`~diffuse.core.graph.GraphSpace` carries the batch index.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from rdkit import Chem
+from torch import Tensor
+
+from diffuse.core.domain import Batch, DataError, DomainDataset
+from diffuse.core.graph import GraphSpace
+
+from .chem import BondTables, analyze_molecule
+from .readers import RawMolecules, report_skipped
+
+__all__ = ["MoleculeDataset", "FeatureCodec", "QM9_ELEMENTS", "BUNDLED_FILE", "load_bundled"]
+
+log = logging.getLogger(__name__)
+
+#: EDM's QM9 vocabulary (with hydrogens).
+QM9_ELEMENTS = ["H", "C", "N", "O", "F"]
+BUNDLED_FILE = Path(__file__).with_name("data") / "qm9_subset.npz"
+
+
+class FeatureCodec:
+    """Maps (positions, element indices, charges) to model space ``x`` and back."""
+
+    def __init__(self, elements: Sequence[str], include_charges: bool = False, onehot_scale: float = 0.25,
+                 charge_scale: float = 0.1) -> None:
+        self.elements = list(elements)
+        self.include_charges = bool(include_charges)
+        self.onehot_scale = float(onehot_scale)
+        self.charge_scale = float(charge_scale)
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "FeatureCodec":
+        return cls(info["elements"], info.get("include_charges", False), info.get("onehot_scale", 0.25),
+                   info.get("charge_scale", 0.1))
+
+    @property
+    def num_features(self) -> int:
+        """Channels after the 3 coordinates."""
+        return len(self.elements) + int(self.include_charges)
+
+    def encode(self, pos: Tensor, types: Tensor, charges: Tensor | None = None) -> Tensor:
+        onehot = torch.nn.functional.one_hot(types, len(self.elements)).to(pos.dtype) * self.onehot_scale
+        parts = [pos, onehot]
+        if self.include_charges:
+            c = charges if charges is not None else torch.zeros_like(types)
+            parts.append(c.to(pos.dtype).unsqueeze(1) * self.charge_scale)
+        return torch.cat(parts, 1)
+
+    def decode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(positions, element index = argmax of the one-hot, rounded formal charges)``."""
+        k = len(self.elements)
+        pos = x[:, :3]
+        types = x[:, 3:3 + k].argmax(1)
+        if self.include_charges:
+            charges = torch.round(x[:, 3 + k] / self.charge_scale).long()
+        else:
+            charges = torch.zeros_like(types)
+        return pos, types, charges
+
+
+def split_batch(samples: Batch, info: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per molecule ``(positions [n, 3], element indices [n], charges [n])`` as numpy arrays."""
+    space: GraphSpace = samples.space
+    pos, types, charges = FeatureCodec.from_info(info).decode(samples.x.detach().float().cpu())
+    batch = space.batch.cpu()
+    order = torch.argsort(batch, stable=True)
+    counts = space.counts.cpu().tolist()
+    pos, types, charges = pos[order].numpy(), types[order].numpy(), charges[order].numpy()
+    out, start = [], 0
+    for n in counts:
+        out.append((pos[start:start + n].astype(np.float64), types[start:start + n], charges[start:start + n]))
+        start += n
+    return out
+
+
+class MoleculeDataset(DomainDataset):
+    """Molecules stored flat: ``types[N_total]``, ``pos[N_total, 3]``, ``ptr[M + 1]``."""
+
+    def __init__(self, types: np.ndarray, pos: np.ndarray, charges: np.ndarray, ptr: np.ndarray,
+                 codec: FeatureCodec, names: Sequence[str] | None = None) -> None:
+        self.codec = codec
+        self.types = torch.as_tensor(np.asarray(types), dtype=torch.long)
+        self.charges = torch.as_tensor(np.asarray(charges), dtype=torch.long)
+        self.ptr = torch.as_tensor(np.asarray(ptr), dtype=torch.long)
+        self.counts = self.ptr[1:] - self.ptr[:-1]
+        batch = torch.repeat_interleave(torch.arange(len(self.counts)), self.counts)
+        pos = torch.as_tensor(np.asarray(pos), dtype=torch.float64)
+        # zero centre of mass per molecule, computed in float64 then stored as float32
+        self.pos = GraphSpace(batch, len(self.counts)).project(pos).to(torch.float32)
+        self.names = list(names) if names is not None else [f"molecule {i}" for i in range(len(self.counts))]
+        self.skipped: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_raw(cls, raw: RawMolecules, source: str, options: dict[str, Any]) -> "MoleculeDataset":
+        """Map raw molecules onto a vocabulary (``options['elements']`` or the data's elements,
+        ordered by atomic number); molecules with other elements are skipped and reported."""
+        table = Chem.GetPeriodicTable()
+        vocab = options.get("elements")
+        if vocab is None:
+            seen = {s for syms in raw.symbols for s in syms}
+            vocab = sorted(seen, key=table.GetAtomicNumber)
+        vocab = list(vocab)
+        index = {s: i for i, s in enumerate(vocab)}
+        max_atoms = options.get("max_atoms")
+        types, pos, charges, ptr, names = [], [], [], [0], []
+        skipped = list(raw.skipped)
+        for syms, p, c, name in zip(raw.symbols, raw.positions, raw.charges, raw.names):
+            unknown = sorted({s for s in syms if s not in index})
+            if unknown:
+                skipped.append((name, f"element {', '.join(unknown)} not in the vocabulary {vocab}"))
+                continue
+            if max_atoms is not None and len(syms) > int(max_atoms):
+                skipped.append((name, f"more than max_atoms={max_atoms} atoms"))
+                continue
+            if not np.isfinite(p).all():
+                skipped.append((name, "non-finite coordinates"))
+                continue
+            types.append(np.array([index[s] for s in syms], np.int64))
+            pos.append(p)
+            charges.append(c)
+            ptr.append(ptr[-1] + len(syms))
+            names.append(name)
+        extra = RawMolecules(skipped=skipped[len(raw.skipped):])
+        report_skipped(source, extra, len(raw))
+        if not types:
+            first = skipped[0] if skipped else (source, "no molecules")
+            raise DataError(f"{source}: no usable molecules ({len(skipped)} skipped; first: {first[0]}: {first[1]})")
+        codec = FeatureCodec(vocab, options.get("include_charges", False), options.get("onehot_scale", 0.25),
+                             options.get("charge_scale", 0.1))
+        ds = cls(np.concatenate(types), np.concatenate(pos), np.concatenate(charges), np.array(ptr), codec, names)
+        ds.skipped = skipped
+        return ds
+
+    # ------------------------------------------------------------------ DomainDataset
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def info(self) -> dict[str, Any]:
+        hist = Counter(self.counts.tolist())
+        return {
+            "elements": list(self.codec.elements),
+            "include_charges": self.codec.include_charges,
+            "onehot_scale": self.codec.onehot_scale,
+            "charge_scale": self.codec.charge_scale,
+            "feature_dim": 3 + self.codec.num_features,
+            "num_atoms_hist": [[int(n), int(c)] for n, c in sorted(hist.items())],
+            "max_atoms": int(self.counts.max()) if len(self) else 0,
+            "num_molecules": len(self),
+        }
+
+    def node_index(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Flat atom indices of the molecules at ``indices`` and their per-molecule counts."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        counts = self.counts[idx]
+        starts = self.ptr[idx]
+        offsets = torch.cumsum(counts, 0) - counts
+        total = int(counts.sum())
+        within = torch.arange(total) - torch.repeat_interleave(offsets, counts)
+        return torch.repeat_interleave(starts, counts) + within, counts
+
+    def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
+        """The molecules at ``indices`` as a flat batch. No augmentation: the EGNN is exactly
+        E(3)-equivariant, so random rotations would not change what it learns."""
+        nodes, counts = self.node_index(indices)
+        batch = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        space = GraphSpace(batch, len(counts), centred=3)
+        x = self.codec.encode(self.pos[nodes], self.types[nodes], self.charges[nodes])
+        return Batch(x, space, None, {"elements": self.codec.elements})
+
+    # ------------------------------------------------------------------ chemistry helpers
+    def molecule(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, b = int(self.ptr[i]), int(self.ptr[i + 1])
+        return self.pos[a:b].double().numpy(), self.types[a:b].numpy(), self.charges[a:b].numpy()
+
+    def reports(self, limit: int | None = None) -> list:
+        """EDM analysis of the stored molecules (bonds from distances, stability, validity)."""
+        tables = BondTables(self.codec.elements)
+        n = len(self) if limit is None else min(limit, len(self))
+        out = []
+        for i in range(n):
+            p, t, c = self.molecule(i)
+            out.append(analyze_molecule(p, t, tables, c if self.codec.include_charges else None))
+        return out
+
+    @cached_property
+    def reference_smiles(self) -> set[str]:
+        """SMILES of the valid molecules of this data set, built the same way as for samples
+        (novelty is measured against these)."""
+        return {r.smiles for r in self.reports() if r.valid}
+
+
+def load_bundled(options: dict[str, Any]) -> MoleculeDataset:
+    """The bundled default: a seeded subset of QM9 (see ``data/README.md``)."""
+    if not BUNDLED_FILE.is_file():
+        raise DataError(f"{BUNDLED_FILE}: the bundled molecule data is missing from this installation")
+    with np.load(BUNDLED_FILE, allow_pickle=False) as f:
+        z, pos, ptr = f["z"], f["pos"], f["ptr"]
+        idx = f["qm9_index"]
+        smiles = f["smiles"] if "smiles" in f.files else None
+    table = Chem.GetPeriodicTable()
+    raw = RawMolecules()
+    for i in range(len(ptr) - 1):
+        a, b = int(ptr[i]), int(ptr[i + 1])
+        raw.add([table.GetElementSymbol(int(k)) for k in z[a:b]], pos[a:b].astype(np.float64), None,
+                name=f"QM9 {int(idx[i])}" + (f" {smiles[i]}" if smiles is not None else ""))
+    opts = dict(options)
+    opts.setdefault("elements", QM9_ELEMENTS)
+    if opts["elements"] is None:
+        opts["elements"] = QM9_ELEMENTS
+    return MoleculeDataset.from_raw(raw, str(BUNDLED_FILE), opts)
