@@ -96,7 +96,7 @@ def _check_train(cfg: TrainConfig) -> None:
 
 
 def _load_data(dom: Domain, config: RunConfig) -> DomainDataset:
-    if config.data is not None and not Path(config.data).exists():
+    if config.data is not None and config.data not in dom.named_datasets and not Path(config.data).exists():
         raise DataError(f"data path {config.data} does not exist")
     dataset = dom.load_data(config.data, config.data_options)
     if len(dataset) == 0:

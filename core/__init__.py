@@ -7,6 +7,7 @@ from .samplers import SAMPLERS, ddim, ddim_invert, ddpm, get_sampler, prior_samp
 from .schedule import (CosineSchedule, LinearBetaSchedule, PolynomialSchedule, Schedule, SigmaSchedule,
                        make_schedule)
 from .space import DenseSpace, Space, per_sample_generators
+from .graph import GraphSpace
 from .denoiser import Denoiser
 from .loss import DiffusionLoss
 from . import solvers  # registers the continuous samplers

@@ -119,6 +119,8 @@ class Domain(ABC):
     likelihood_unit: ClassVar[str] = "bits_per_dim"
     #: quantisation levels of the data for the bits/dim offset (256 for 8-bit images), or None
     likelihood_bins: ClassVar[int | None] = None
+    #: names ``--data`` accepts besides paths (e.g. ``"qm9"`` for an installed data package)
+    named_datasets: ClassVar[tuple[str, ...]] = ()
 
     # ---------------------------------------------------------------- configuration
     def default_model(self) -> dict[str, Any]:

@@ -84,6 +84,8 @@ class MoleculeDomain(Domain):
 
     name = "molecules"
     description = "3-D molecules (QM9, SDF/XYZ/SMILES): EGNN, stability / validity metrics, SDF + XYZ output"
+    likelihood_unit = "nats"
+    named_datasets = ("qm9", "qm9pack", "QM9")
 
     # ---------------------------------------------------------------- configuration
     def default_model(self) -> dict[str, Any]:
