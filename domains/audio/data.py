@@ -1,0 +1,232 @@
+"""Audio data: a folder (recursive) of WAV / FLAC / OGG files, or the bundled default set.
+
+Every file is read once with soundfile, mixed down (or copied) to the configured channel
+count, resampled to the configured rate with ``torchaudio.functional.resample`` and normalised
+(peak or RMS loudness) per file; :meth:`AudioDataset.batch` then crops (randomly, drawing only
+from the given generator, or from the start) or zero-pads each clip to the clip length.
+Model space is the normalised waveform ``[B, C, L]``.
+
+Options (``AudioDomain.default_data`` lists the defaults):
+
+=============== ===========================================================================
+sample_rate     target rate in Hz; ``None`` keeps the files' rate (they must then all agree)
+clip_seconds    clip length in seconds (``length = round(clip_seconds * sample_rate)``)
+channels        1 (mix down) or 2 (stereo; mono files are duplicated)
+normalise       ``peak`` | ``loudness`` | ``none``
+crop            ``random`` | ``start`` | ``auto`` (``start`` for the bundled one-shots, whose
+                onsets are at the start; ``random`` otherwise)
+short           what to do with a file shorter than the clip: ``pad`` (zeros at the end),
+                ``error`` or ``skip``
+labels          class labels from the first sub-folder name (bundled set: kick, snare, tom,
+                cymbal, tabla); when true, ``Batch.cond`` holds long labels ``[B]``
+skip_bad        skip unreadable / silent / bad files with a warning instead of failing
+=============== ===========================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...core.domain import Batch, DataError, DomainDataset
+from ...core.space import DenseSpace
+from .io import AUDIO_EXTENSIONS, normalise, num_samples, read_audio, resample, to_channels
+
+__all__ = ["AudioDataset", "DATA_OPTIONS", "load_audio_folder", "load_bundled", "BUNDLED_DIR",
+           "resolve_options"]
+
+log = logging.getLogger(__name__)
+BUNDLED_DIR = Path(__file__).resolve().parent / "data"
+
+DATA_OPTIONS: dict[str, Any] = {
+    "sample_rate": 16000,
+    "clip_seconds": 0.5,
+    "channels": 1,
+    "normalise": "peak",
+    "crop": "auto",
+    "short": "pad",
+    "labels": False,
+    "skip_bad": False,
+}
+
+
+def resolve_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults plus ``options``; unknown keys or impossible values raise ``ValueError``."""
+    opts = dict(DATA_OPTIONS)
+    unknown = sorted(set(options or {}) - set(DATA_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown audio data option(s): {', '.join(unknown)}; known: {', '.join(sorted(DATA_OPTIONS))}")
+    opts.update(options or {})
+    if opts["sample_rate"] is not None and int(opts["sample_rate"]) <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {opts['sample_rate']!r}")
+    if float(opts["clip_seconds"]) <= 0:
+        raise ValueError(f"clip_seconds must be positive, got {opts['clip_seconds']!r}")
+    if int(opts["channels"]) not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, got {opts['channels']!r}")
+    for key, allowed in (("normalise", ("peak", "loudness", "none")), ("crop", ("auto", "random", "start")),
+                         ("short", ("pad", "error", "skip"))):
+        if opts[key] not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {opts[key]!r}")
+    return opts
+
+
+class AudioDataset(DomainDataset):
+    """In-memory clips ``[C, N_i]`` (variable lengths) served as fixed-length ``[B, C, L]`` batches."""
+
+    def __init__(self, clips: list[Tensor], sample_rate: int, length: int, *, crop: str = "random",
+                 labels: list[int] | None = None, classes: list[str] | None = None,
+                 names: list[str] | None = None, normalise_mode: str = "peak", source: str = "") -> None:
+        if not clips:
+            raise DataError(f"{source or 'audio data'}: no usable audio clips")
+        self.clips = clips
+        self.sample_rate = int(sample_rate)
+        self.length = int(length)
+        self.channels = int(clips[0].shape[0])
+        self.crop = crop
+        self.labels = torch.as_tensor(labels, dtype=torch.long) if labels is not None else None
+        self.classes = classes
+        self.names = names or [f"clip{i}" for i in range(len(clips))]
+        self.normalise_mode = normalise_mode
+        self.source = source
+        self.space = DenseSpace()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "sample_rate": self.sample_rate, "channels": self.channels, "length": self.length,
+            "clip_seconds": self.length / self.sample_rate, "normalise": self.normalise_mode,
+            "num_clips": len(self.clips), "source": self.source,
+        }
+        if self.classes is not None:
+            out["classes"] = list(self.classes)
+        return out
+
+    def _fit(self, clip: Tensor, generator: torch.Generator | None) -> Tensor:
+        n = clip.shape[-1]
+        if n >= self.length:
+            off = 0
+            if self.crop == "random" and n > self.length:
+                off = int(torch.randint(0, n - self.length + 1, (1,), generator=generator))
+            return clip[:, off:off + self.length]
+        return torch.nn.functional.pad(clip, (0, self.length - n))
+
+    def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        x = torch.stack([self._fit(self.clips[int(i)], generator) for i in idx]).float()
+        cond = self.labels[idx] if self.labels is not None else None
+        return Batch(x, self.space, cond)
+
+
+def _prepare(x: Tensor, rate: int, name: str, opts: dict[str, Any], target_rate: int, length: int) -> Tensor | None:
+    """Channels, resampling, length check and normalisation of one decoded file."""
+    x = to_channels(x, int(opts["channels"]), name)
+    x = resample(x, rate, target_rate)
+    if x.shape[-1] < length and opts["short"] != "pad":
+        if opts["short"] == "skip":
+            log.warning("%s: skipped, %d samples at %d Hz is shorter than the clip (%d)", name, x.shape[-1], target_rate, length)
+            return None
+        raise DataError(f"{name}: {x.shape[-1] / target_rate:.3f} s long, shorter than the clip "
+                        f"({length / target_rate:.3f} s); use short='pad' or 'skip', or a shorter clip_seconds")
+    return normalise(x, opts["normalise"], name).contiguous()
+
+
+def _load(files: list[Path], labels: list[int] | None, classes: list[str] | None,
+          opts: dict[str, Any], source: str, default_crop: str) -> AudioDataset:
+    decoded: list[tuple[Path, Tensor, int, int | None]] = []
+    for i, f in enumerate(files):
+        try:
+            x, rate = read_audio(f)
+        except DataError as exc:
+            if not opts["skip_bad"]:
+                raise
+            log.warning("skipped bad file: %s", exc)
+            continue
+        decoded.append((f, x, rate, labels[i] if labels is not None else None))
+    if not decoded:
+        raise DataError(f"{source}: none of the {len(files)} audio files could be read")
+    target_rate = opts["sample_rate"]
+    if target_rate is None:
+        target_rate = decoded[0][2]
+        for f, _, rate, _ in decoded:
+            if rate != target_rate:
+                raise DataError(f"{f}: sample rate {rate} Hz differs from {target_rate} Hz of {decoded[0][0].name}; "
+                                f"set sample_rate to resample all files to one rate")
+    target_rate = int(target_rate)
+    length = num_samples(float(opts["clip_seconds"]), target_rate)
+    clips, kept_labels, names = [], [], []
+    for f, x, rate, lab in decoded:
+        try:
+            y = _prepare(x, rate, str(f), opts, target_rate, length)
+        except DataError as exc:
+            if not opts["skip_bad"]:
+                raise
+            log.warning("skipped bad file: %s", exc)
+            continue
+        if y is None:
+            continue
+        clips.append(y)
+        kept_labels.append(lab)
+        names.append(f.name)
+    if not clips:
+        raise DataError(f"{source}: no usable clips left after skipping bad or short files")
+    padded = sum(c.shape[-1] < length for c in clips)
+    if padded:
+        log.info("%d of %d clips are shorter than %.3f s and are zero-padded", padded, len(clips), length / target_rate)
+    crop = default_crop if opts["crop"] == "auto" else opts["crop"]
+    return AudioDataset(clips, target_rate, length, crop=crop,
+                        labels=kept_labels if labels is not None else None, classes=classes,
+                        names=names, normalise_mode=opts["normalise"], source=source)
+
+
+def load_audio_folder(path: str | Path, options: dict[str, Any] | None = None) -> AudioDataset:
+    """Read every WAV / FLAC / OGG under ``path`` (recursively), or the single file ``path``."""
+    opts = resolve_options(options)
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder; expected a folder of WAV / FLAC / OGG files")
+    if root.is_file():
+        files = [root]
+        if root.suffix.lower() not in AUDIO_EXTENSIONS:
+            raise DataError(f"{root}: unsupported audio format {root.suffix!r}; expected one of {', '.join(AUDIO_EXTENSIONS)}")
+    else:
+        everything = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = [p for p in everything if p.suffix.lower() in AUDIO_EXTENSIONS]
+        if not files:
+            others = ", ".join(p.name for p in everything[:3])
+            raise DataError(f"{root}: no WAV / FLAC / OGG files found" + (f" (found e.g. {others})" if others else " (folder is empty)"))
+    labels = classes = None
+    if opts["labels"]:
+        if root.is_file():
+            raise DataError(f"{root}: class labels need a folder with one sub-folder per class")
+        names = []
+        for f in files:
+            rel = f.relative_to(root)
+            if len(rel.parts) < 2:
+                raise DataError(f"{f}: not inside a class sub-folder; with labels=true every file must be in <folder>/<class>/...")
+            names.append(rel.parts[0])
+        classes = sorted(set(names))
+        labels = [classes.index(n) for n in names]
+    return _load(files, labels, classes, opts, str(root), default_crop="random")
+
+
+def load_bundled(options: dict[str, Any] | None = None) -> AudioDataset:
+    """The bundled default: 70 CC0 percussion one-shots from Sonic Pi (see ``data/README.md``)."""
+    opts = resolve_options(options)
+    manifest = BUNDLED_DIR / "manifest.csv"
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: bundled audio manifest is missing; the package install is incomplete")
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = sorted({r["label"] for r in rows})
+    files = [BUNDLED_DIR / r["file"] for r in rows]
+    labels = [classes.index(r["label"]) for r in rows]
+    if not opts["labels"]:
+        labels, classes = None, None
+    return _load(files, labels, classes, opts, "bundled:sonic-pi-percussion", default_crop="start")

@@ -1,0 +1,254 @@
+"""A 1-D waveform U-Net for diffusion on raw audio ``[B, C, L]``.
+
+The 2-D DDPM U-Net of Ho et al. 2020 (ResBlocks with GroupNorm and a time embedding,
+self-attention at low resolution, skip connections), made one-dimensional as in WaveGrad /
+DiffWave-style waveform models (Chen et al. 2021; Kong et al. 2021): strided convolutions
+downsample by a configurable factor per level, transposed convolutions (or nearest
+interpolation + conv) upsample, and ResBlocks may use dilated convolutions to widen the
+receptive field. Conditions enter through a class-label embedding added to the time
+embedding and/or a cross-attention slot (Rombach et al. 2022) at the attention levels.
+
+Shapes:
+    x: ``[B, C, L]`` (mono ``C = 1`` or stereo ``C = 2``; any ``L >= 1``, it is zero-padded
+    inside to a multiple of the total downsampling factor and cropped back),
+    noise_level: ``[B]`` float (``t * 1000``), cond: ``None`` | long ``[B]`` labels |
+    float ``[B, D]`` / ``[B, S, D]`` tokens; output: ``[B, C, L]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["UNet1D", "timestep_embedding"]
+
+
+def timestep_embedding(noise_level: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of the (continuous) noise level, Vaswani et al. 2017 / DDPM."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=noise_level.device, dtype=torch.float32) / half)
+    args = noise_level.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def _groups(ch: int, max_groups: int = 32) -> int:
+    for g in (max_groups, 16, 8, 4, 2, 1):
+        if g <= max_groups and ch % g == 0:
+            return g
+    return 1
+
+
+class ResBlock1D(nn.Module):
+    """GroupNorm -> SiLU -> dilated Conv -> FiLM(time) -> GroupNorm -> SiLU -> Dropout -> Conv, plus a skip."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dilation: int = 1, dropout: float = 0.0,
+                 kernel_size: int = 3) -> None:
+        super().__init__()
+        pad = dilation * (kernel_size - 1) // 2
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv1d(cin, cout, kernel_size, padding=pad, dilation=dilation)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv1d(cout, cout, kernel_size, padding=(kernel_size - 1) // 2)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention1D(nn.Module):
+    """Pre-norm multi-head attention over time steps; self-attention, or cross-attention to
+    condition tokens ``ctx [B, S, ctx_dim]`` when ``ctx_dim`` is given.
+
+    With ``pos_emb`` a learned projection of a sinusoidal embedding of the absolute frame
+    index is added to the normalised input: convolutions with zero padding only sense the
+    clip's edges locally, so without it nothing in the network knows *where* in the clip a
+    frame lies (needed e.g. for the decay envelope of onset-aligned one-shots)."""
+
+    def __init__(self, ch: int, heads: int = 4, ctx_dim: int | None = None, pos_emb: bool = False) -> None:
+        super().__init__()
+        if ch % heads:
+            raise ValueError(f"attention channels {ch} not divisible by {heads} heads")
+        self.heads = heads
+        self.norm = nn.GroupNorm(_groups(ch), ch)
+        self.pos = nn.Linear(ch, ch) if pos_emb else None
+        self.q = nn.Linear(ch, ch)
+        self.kv = nn.Linear(ctx_dim if ctx_dim else ch, 2 * ch)
+        self.out = nn.Linear(ch, ch)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, ctx: Tensor | None = None) -> Tensor:
+        b, c, n = x.shape
+        h = self.norm(x).transpose(1, 2)                                  # [B, N, C]
+        if self.pos is not None:
+            idx = torch.arange(n, device=x.device, dtype=torch.float32)
+            h = h + self.pos(timestep_embedding(idx, c, max_period=1000.0)).to(h.dtype)[None]
+        src = h if ctx is None else ctx.to(h.dtype)
+        q = self.q(h).view(b, n, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(src).chunk(2, dim=-1)
+        k = k.reshape(b, src.shape[1], self.heads, -1).transpose(1, 2)
+        v = v.reshape(b, src.shape[1], self.heads, -1).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return x + self.out(o).transpose(1, 2)
+
+
+class Downsample1D(nn.Module):
+    """Strided convolution by ``factor``: kernel ``factor + 2 * (factor // 2)``, exact ``L / factor``."""
+
+    def __init__(self, cin: int, cout: int, factor: int) -> None:
+        super().__init__()
+        p = factor // 2
+        self.conv = nn.Conv1d(cin, cout, factor + 2 * p, stride=factor, padding=p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample1D(nn.Module):
+    """Upsampling by ``factor``: a transposed convolution (exact ``L * factor``) or nearest
+    interpolation followed by a kernel-3 convolution."""
+
+    def __init__(self, cin: int, cout: int, factor: int, mode: str = "conv_transpose") -> None:
+        super().__init__()
+        self.factor, self.mode = factor, mode
+        if mode == "conv_transpose":
+            p = factor // 2
+            self.conv = nn.ConvTranspose1d(cin, cout, factor + 2 * p, stride=factor, padding=p)
+        elif mode == "interp":
+            self.conv = nn.Conv1d(cin, cout, 3, padding=1)
+        else:
+            raise ValueError(f"upsample must be 'conv_transpose' or 'interp', got {mode!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "interp":
+            x = F.interpolate(x, scale_factor=self.factor, mode="nearest")
+        return self.conv(x)
+
+
+class _Level(nn.Module):
+    def __init__(self, cin: int, ch: int, emb_dim: int, n_res: int, dilations: Sequence[int], dropout: float,
+                 attn: bool, heads: int, ctx_dim: int | None, pos_emb: bool = False) -> None:
+        super().__init__()
+        self.res = nn.ModuleList(ResBlock1D(cin if j == 0 else ch, ch, emb_dim, dilations[j % len(dilations)], dropout)
+                                 for j in range(n_res))
+        self.attn = Attention1D(ch, heads, pos_emb=pos_emb) if attn else None
+        self.cross = Attention1D(ch, heads, ctx_dim) if (attn and ctx_dim) else None
+
+    def forward(self, x: Tensor, emb: Tensor, ctx: Tensor | None) -> Tensor:
+        for blk in self.res:
+            x = blk(x, emb)
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.cross is not None and ctx is not None:
+            x = self.cross(x, ctx)
+        return x
+
+
+class UNet1D(nn.Module):
+    """1-D waveform U-Net (see the module docstring).
+
+    Args:
+        in_channels: audio channels ``C`` (1 mono, 2 stereo).
+        channels: feature channels per level, e.g. ``(32, 64, 128)``; level ``i + 1`` is
+            ``factors[i]`` times shorter than level ``i``.
+        factors: downsampling factor between consecutive levels (``len(channels) - 1`` entries).
+        num_res_blocks: ResBlocks per level (encoder and decoder each).
+        dilations: dilation of ResBlock ``j`` of a level is ``dilations[j % len(dilations)]``.
+        attn_levels: indices of levels with self-attention (negative counts from the deepest:
+            ``-1`` is the bottleneck, which has self-attention whenever ``mid_attn``; ``-2`` the
+            level above it, ``factors[-1]`` times longer).
+        num_classes: if set, a label embedding (with an extra "null" label ``num_classes`` for
+            classifier-free guidance) is added to the time embedding.
+        cond_dim: if set, cross-attention to condition tokens ``[B, S, cond_dim]`` (or ``[B, cond_dim]``)
+            at the attention levels.
+        upsample: ``conv_transpose`` or ``interp``.
+        pos_emb: add an absolute-position embedding before each self-attention (see
+            :class:`Attention1D`).
+    """
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 128),
+                 factors: Sequence[int] = (4, 4, 4), num_res_blocks: int = 2, dilations: Sequence[int] = (1, 3),
+                 attn_levels: Sequence[int] = (-1,), mid_attn: bool = True, heads: int = 4, dropout: float = 0.0,
+                 emb_dim: int | None = None, num_classes: int | None = None, cond_dim: int | None = None,
+                 upsample: str = "conv_transpose", stem_kernel: int = 7, pos_emb: bool = True) -> None:
+        super().__init__()
+        channels, factors = [int(c) for c in channels], [int(f) for f in factors]
+        if len(factors) != len(channels) - 1:
+            raise ValueError(f"need len(factors) == len(channels) - 1, got {len(factors)} factors for {len(channels)} levels")
+        if any(f < 1 for f in factors) or any(c < 1 for c in channels):
+            raise ValueError("factors and channels must be positive integers")
+        n = len(channels)
+        attn = {a % n for a in attn_levels}
+        emb_dim = int(emb_dim or 4 * channels[0])
+        self.in_channels, self.factors, self.num_classes = in_channels, factors, num_classes
+        self.total_factor = math.prod(factors) if factors else 1
+        self.base = channels[0]
+        self.time_mlp = nn.Sequential(nn.Linear(channels[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.stem = nn.Conv1d(in_channels, channels[0], stem_kernel, padding=stem_kernel // 2)
+        mk = lambda cin, ch, i: _Level(cin, ch, emb_dim, num_res_blocks, dilations, dropout, i in attn, heads, cond_dim, pos_emb)
+        self.down = nn.ModuleList(mk(channels[i], channels[i], i) for i in range(n - 1))
+        self.pool = nn.ModuleList(Downsample1D(channels[i], channels[i + 1], factors[i]) for i in range(n - 1))
+        self.mid1 = ResBlock1D(channels[-1], channels[-1], emb_dim, 1, dropout)
+        self.mid_attn = Attention1D(channels[-1], heads, pos_emb=pos_emb) if mid_attn else None
+        self.mid_cross = Attention1D(channels[-1], heads, cond_dim) if cond_dim else None
+        self.mid2 = ResBlock1D(channels[-1], channels[-1], emb_dim, 1, dropout)
+        self.unpool = nn.ModuleList(Upsample1D(channels[i + 1], channels[i], factors[i], upsample) for i in range(n - 1))
+        self.up = nn.ModuleList(mk(2 * channels[i], channels[i], i) for i in range(n - 1))
+        self.out_norm = nn.GroupNorm(_groups(channels[0]), channels[0])
+        self.out = nn.Conv1d(channels[0], in_channels, stem_kernel, padding=stem_kernel // 2)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def _context(self, cond: Any, b: int) -> tuple[Tensor | None, Tensor | None]:
+        """Split ``cond`` into (labels, cross-attention tokens)."""
+        if cond is None or not isinstance(cond, Tensor):
+            return None, None
+        if cond.dtype in (torch.long, torch.int, torch.int32, torch.int16, torch.uint8):
+            return cond.reshape(b).long(), None
+        return None, (cond[:, None, :] if cond.ndim == 2 else cond)
+
+    def forward(self, x: Tensor, noise_level: Tensor, cond: Any = None, space: Any = None) -> Tensor:
+        b, c, length = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"UNet1D built for {self.in_channels} channel(s), got input with {c}")
+        pad = (-length) % self.total_factor
+        h = F.pad(x, (0, pad)) if pad else x
+        emb = self.time_mlp(timestep_embedding(noise_level.reshape(-1).expand(b) if noise_level.numel() == 1
+                                               else noise_level.reshape(b), self.base))
+        labels, ctx = self._context(cond, b)
+        if self.label_emb is not None:
+            if labels is None:
+                labels = torch.full((b,), self.num_classes, device=x.device, dtype=torch.long)
+            emb = emb + self.label_emb(labels)
+        h = self.stem(h)
+        skips = []
+        for level, pool in zip(self.down, self.pool):
+            h = level(h, emb, ctx)
+            skips.append(h)
+            h = pool(h)
+        h = self.mid1(h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        if self.mid_cross is not None and ctx is not None:
+            h = self.mid_cross(h, ctx)
+        h = self.mid2(h, emb)
+        for level, unpool, skip in zip(reversed(self.up), reversed(self.unpool), reversed(skips)):
+            h = level(torch.cat([unpool(h), skip], dim=1), emb, ctx)
+        h = self.out(F.silu(self.out_norm(h)))
+        return h[..., :length]
