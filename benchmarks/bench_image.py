@@ -1,0 +1,314 @@
+"""Image-domain benchmark: U-Net training / sampling throughput against diffusers, and quality.
+
+1. Training throughput (images/s) and peak memory of the default U-Net at its default
+   resolution and batch size (28x28x1, batch 32): one step = eps-prediction loss on the DDPM
+   linear schedule, backward, AdamW. The same step for a diffusers ``UNet2DModel`` of the same
+   width, depth and attention placement (``block_out_channels=(32, 64, 64)``,
+   ``layers_per_block=1``, attention at 7x7; both 1,112,801 parameters), and the ratio.
+   Both models are timed in one process in short alternating chunks (so both see the same
+   machine load) and the table gives medians; memory comes from a fresh process per model
+   running three steps: on CPU the peak RSS (VmHWM) minus the RSS after imports, i.e. what the
+   model, its activations and optimizer add; on CUDA ``torch.cuda.max_memory_allocated``. On CUDA
+   steps run under bf16 autocast.
+2. Sampling throughput: images/s for DDIM with 50 steps (batch 64), both models.
+3. ``--quality``: trains the default model with the default recipe through ``diffuse.api``,
+   then compares FID / KID (bundled LeNet features, 500 held-out reference digits) of its samples
+   with an untrained model's, real held-out digits and blurred digits.
+
+    python benchmarks/bench_image.py [--device cpu|cuda] [--quick] [--threads N] [--quality]
+
+Prints tables and writes ``benchmarks/results/bench_image_<device>.json``. diffusers is optional
+(``pip install diffusers``); without it its rows are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ----------------------------------------------------------------------------- models
+def build(kind: str, device: torch.device) -> torch.nn.Module:
+    if kind == "ours":
+        from diffuse.domains.image import ImageDomain
+        model = ImageDomain().build_backbone({}, {"channels": 1, "height": 28, "width": 28})
+    else:
+        from diffusers import UNet2DModel
+        net = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
+                          layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                          up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8)
+
+        class Wrapped(torch.nn.Module):  # the backbone contract: f(x, noise_level) -> tensor
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x, noise_level, cond=None, space=None):
+                return self.net(x, noise_level).sample
+
+        model = Wrapped()
+    return model.to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """One model with its optimizer, a fixed data batch, a training step and a DDIM sampler."""
+
+    def __init__(self, kind: str, device: torch.device, batch: int) -> None:
+        from diffuse.core.schedule import LinearBetaSchedule
+
+        torch.manual_seed(0)
+        self.kind, self.device, self.batch = kind, device, batch
+        self.model = build(kind, device)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.sched = LinearBetaSchedule()
+        alpha, sigma = self.sched.alpha_sigma(torch.arange(1001, dtype=torch.float64) / 1000)
+        self.alpha, self.sigma = alpha.float().to(device), sigma.float().to(device)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        self.g = torch.Generator(device).manual_seed(0)
+        self.x0 = torch.rand(batch, 1, 28, 28, device=device, generator=self.g) * 2 - 1
+
+    def train_step(self) -> None:
+        """eps-prediction loss on the DDPM linear schedule, backward, AdamW."""
+        b = self.batch
+        n = torch.randint(1, 1001, (b,), device=self.device, generator=self.g)
+        eps = torch.randn(self.x0.shape, device=self.device, generator=self.g)
+        x_t = self.alpha[n][:, None, None, None] * self.x0 + self.sigma[n][:, None, None, None] * eps
+        self.model.train()
+        with self.autocast:
+            out = self.model(x_t, n.float())
+        loss = F.mse_loss(out.float(), eps)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def train_rate(self, steps: int) -> float:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.train_step()
+        _sync(self.device)
+        return self.batch * steps / (time.perf_counter() - t0)
+
+    def sample_rate(self, num: int, steps: int) -> float:
+        """images/s of DDIM sampling with ``steps`` network evaluations."""
+        from diffuse.core.denoiser import Denoiser
+        from diffuse.core.parameterization import EpsParam
+        from diffuse.core.samplers import ddim, prior_sample, time_grid
+        from diffuse.core.space import DenseSpace
+
+        self.model.eval()
+        den = Denoiser(self.model, self.sched, EpsParam())
+        space = DenseSpace()
+        like = torch.zeros(num, 1, 28, 28, device=self.device)
+        with torch.no_grad(), self.autocast:
+            x = prior_sample(self.sched, space, like, generator=torch.Generator(self.device).manual_seed(1))
+            _sync(self.device)
+            t0 = time.perf_counter()
+            out = ddim(den.bind(space), x, time_grid(self.sched, steps), schedule=self.sched, space=space)
+            _sync(self.device)
+            dt = time.perf_counter() - t0
+        assert torch.isfinite(out).all()
+        return num / dt
+
+
+def memory_worker(kind: str, device_name: str, batch: int, threads: int) -> dict:
+    """Peak memory of a few training steps of one model, in this fresh process."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    if kind == "diffusers":  # imports are not the model's memory
+        import diffusers  # noqa: F401
+    else:
+        import diffuse.domains.image  # noqa: F401
+    base = _rss_bytes()
+    r = Runner(kind, device, batch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(3):
+        r.train_step()
+    _sync(device)
+    if device.type == "cuda":
+        return {"model": kind, "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2 ** 20}
+    return {"model": kind, "peak_memory_mb": (_peak_rss_bytes() - base) / 2 ** 20}
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _rss_bytes() -> int:
+    kb = _status_kb("VmRSS")
+    return kb * 1024 if kb is not None else 0
+
+
+def _peak_rss_bytes() -> int:
+    """Peak RSS of this process image (VmHWM; ru_maxrss would include the parent's before exec)."""
+    kb = _status_kb("VmHWM")
+    return kb * 1024 if kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_memory(kind: str, args) -> float | None:
+    cmd = [sys.executable, __file__, "--worker", kind, "--device", args.device, "--batch", str(args.batch),
+           "--threads", str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"  [{kind}] memory run failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_memory_mb"]
+
+
+# ----------------------------------------------------------------------------- quality
+def quality(args) -> dict:
+    """Train with the domain's defaults, then FID / KID of trained vs untrained samples."""
+    import diffuse.api as api
+    from diffuse.core.diffusion import Diffusion
+    from diffuse.core.config import DiffusionConfig
+    from diffuse.core.domain import Batch
+    from diffuse.core.generate import generate
+    from diffuse.core.space import DenseSpace
+    from diffuse.domains.image import ImageDomain
+
+    dom = ImageDomain()
+    out = Path(tempfile.mkdtemp(prefix="bench_image_")) / "run"
+    overrides = {"device": args.device}
+    if args.quick:
+        overrides["steps"] = 200
+    t0 = time.perf_counter()
+    res = api.train("image", out=out, progress=False, **overrides)
+    total_s = time.perf_counter() - t0
+    ds = dom.load_data(None, {})
+    _, held = ds.split(0.1)
+    info = ds.info()
+    n = 500 if not args.quick else 128
+    model = api.load(out, device=args.device)
+    trained = model.sample(n, sampler="ddim", steps=50, seed=1)
+    untrained_net = Diffusion(DiffusionConfig(**dom.default_diffusion())).denoiser(dom.build_backbone({}, info))
+    # the fresh U-Net's output layer is zero-initialised (it predicts eps = 0); perturb it
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in untrained_net.parameters():
+            if not p.abs().sum():
+                p.normal_(0, 0.02)
+    untrained = generate(untrained_net.eval(), dom, info, n, sampler="ddim", steps=50, seed=1)
+    rest = ds.split(0.1)[0]
+    real = rest.batch(torch.arange(n))
+    blur = Batch(F.avg_pool2d(real.x, 5, stride=1, padding=2), DenseSpace())
+    rows = {}
+    for name, b in (("trained (default recipe)", trained), ("untrained", untrained),
+                    ("real held-out digits", real), ("blurred real digits", blur)):
+        m = dom.metrics(b, held, info)
+        rows[name] = {"fid": m["fid"], "kid": m["kid"]}
+    return {"train_seconds_incl_final_eval": total_s, "train_steps": res.steps, "final_loss": res.final_loss,
+            "trainer_final_metrics": res.metrics, "num_samples": n, "rows": rows, "run_dir": str(out)}
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=None, help="timed training steps per chunk")
+    p.add_argument("--repeats", type=int, default=None, help="alternating timed chunks per model")
+    p.add_argument("--sample-batch", type=int, default=64)
+    p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--quality", action="store_true", help="also train the default recipe and compare FIDs")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.steps is None:
+        args.steps = 3 if args.quick else (50 if args.device.startswith("cuda") else 8)
+    if args.worker:
+        print(json.dumps(memory_worker(args.worker, args.device, args.batch, args.threads)))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    repeats = args.repeats or (2 if args.quick else 6)
+    try:
+        import diffusers  # noqa: F401
+        kinds = ["ours", "diffusers"]
+    except ImportError:
+        kinds = ["ours"]
+        print("note: diffusers is not installed (pip install diffusers); its rows are skipped")
+    runners = {k: Runner(k, device, args.batch) for k in kinds}
+    for r in runners.values():  # warm-up
+        r.train_rate(2)
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    for i in range(repeats):  # alternate short timed chunks so both models see the same machine load
+        for k, r in runners.items():
+            rates[k].append(r.train_rate(args.steps))
+        print(f"  chunk {i + 1}/{repeats}: " + ", ".join(f"{k} {rates[k][-1]:.1f}" for k in kinds) + " train img/s",
+              flush=True)
+    sample = {k: [] for k in kinds}
+    for _ in range(1 if args.quick else 2):
+        for k, r in runners.items():
+            sample[k].append(r.sample_rate(args.sample_batch, args.sample_steps))
+    summary = {}
+    for k in kinds:
+        summary[k] = {"params": runners[k].params, "threads": torch.get_num_threads(),
+                      "train_images_per_s": statistics.median(rates[k]),
+                      "sample_images_per_s": statistics.median(sample[k]),
+                      "peak_memory_mb": _peak_memory(k, args),
+                      "train_chunks": [round(v, 1) for v in rates[k]]}
+    print(f"\nimage U-Net, 28x28x1, train batch {args.batch}, DDIM-{args.sample_steps} batch {args.sample_batch}, "
+          f"device {args.device}, {torch.get_num_threads()} threads, medians of {repeats} alternating chunks "
+          f"of {args.steps} steps")
+    mem_name = "peak GPU MB" if device.type == "cuda" else "train RSS MB"
+    print(f"{'model':10s} {'params':>9s} {'train img/s':>12s} {mem_name:>12s} {'sample img/s':>13s}")
+    for k, s_ in summary.items():
+        mem = f"{s_['peak_memory_mb']:.0f}" if s_["peak_memory_mb"] is not None else "n/a"
+        print(f"{k:10s} {s_['params']:9d} {s_['train_images_per_s']:12.1f} {mem:>12s} {s_['sample_images_per_s']:13.1f}")
+    result = {"device": args.device, "batch": args.batch, "steps_per_chunk": args.steps, "repeats": repeats,
+              "platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+              "load_average": os.getloadavg(), "models": summary}
+    if "ours" in summary and "diffusers" in summary:
+        ratio = summary["ours"]["train_images_per_s"] / summary["diffusers"]["train_images_per_s"]
+        sratio = summary["ours"]["sample_images_per_s"] / summary["diffusers"]["sample_images_per_s"]
+        paired = statistics.median(a / b for a, b in zip(rates["ours"], rates["diffusers"]))
+        result.update(train_ratio_vs_diffusers=ratio, train_ratio_paired_median=paired,
+                      sample_ratio_vs_diffusers=sratio)
+        print(f"ours / diffusers: training {ratio:.2f}x (median of paired chunks {paired:.2f}x), "
+              f"sampling {sratio:.2f}x (target: training >= 1.2x)")
+    if args.quality:
+        q = quality(args)
+        result["quality"] = q
+        print(f"\nquality: default recipe, {q['train_steps']} steps, {q['train_seconds_incl_final_eval']:.0f} s "
+              f"(training + final 64-sample evaluation); {q['num_samples']} samples, DDIM-50, vs 500 held-out digits")
+        print(f"{'samples':26s} {'FID':>9s} {'KID':>10s}")
+        for name, m in q["rows"].items():
+            print(f"{name:26s} {m['fid']:9.2f} {m['kid']:10.3f}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"bench_image_{args.device.replace(':', '')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

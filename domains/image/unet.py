@@ -1,0 +1,322 @@
+"""A 2-D U-Net for image diffusion (Ho et al. 2020, "Denoising Diffusion Probabilistic Models",
+after the PixelCNN++ / Wide-ResNet U-Net; conditioning as in Dhariwal & Nichol 2021 and
+Rombach et al. 2022).
+
+Structure (``L = len(channel_mult)`` levels, ``n = num_blocks``)::
+
+    conv_in -> [level 0: n x ResBlock(+attn), Downsample] -> ... -> [level L-1: n x ResBlock(+attn)]
+            -> mid: ResBlock, SelfAttention(+cross), ResBlock
+            -> [level L-1: (n+1) x ResBlock on concat skips (+attn), Upsample] -> ... -> level 0
+            -> GroupNorm, SiLU, conv_out
+
+* ResBlock: ``GN -> SiLU -> conv3x3 -> + time embedding -> GN -> SiLU -> dropout -> conv3x3``,
+  plus a 1x1 shortcut when the width changes; the last conv is zero-initialised so every block
+  starts as the identity.
+* Time: the noise level (``t * 1000``) through a sinusoidal embedding (Vaswani et al. 2017) and a
+  two-layer MLP. All blocks' time projections are one batched matrix product.
+* Conditions: class labels through a learned embedding added to the time embedding (index
+  ``num_classes`` is the reserved "null" class, used when no label is given, e.g. for
+  classifier-free guidance), and/or a sequence of context tokens ``[B, L, context_dim]`` read by
+  cross-attention after each self-attention layer.
+* Any input size: ``H`` and ``W`` are padded up to a multiple of ``2^(L-1)`` and the output is
+  cropped back (28x28 with three levels works).
+
+Speed: activations are kept in ``channels_last`` (oneDNN convolutions are faster in it on CPU
+and tensor cores prefer it on GPU), residual and time-embedding additions are done in place on
+convolution outputs, attention uses ``F.scaled_dot_product_attention`` on token views that need
+no copies (only where configured), and the time MLP output is projected for all blocks at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["UNet", "timestep_embedding", "split_condition"]
+
+
+def timestep_embedding(noise_level: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding ``[cos(n w_k), sin(n w_k)]`` with ``w_k = max_period^(-k / (dim/2))``
+    (Vaswani et al. 2017; the DDPM time embedding). ``noise_level``: ``[B]`` -> ``[B, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=noise_level.device,
+                                                           dtype=torch.float32) / half)
+    args = noise_level.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def split_condition(cond: Any) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Read a condition as ``(labels [B] long, context [B, L, D], context_mask [B, L] bool)``.
+
+    Accepted: ``None``; an integer tensor ``[B]`` of class labels; a float tensor ``[B, L, D]``
+    of context tokens; or a dict with any of the keys ``labels``, ``context``, ``context_mask``.
+    """
+    if cond is None:
+        return None, None, None
+    if isinstance(cond, dict):
+        return cond.get("labels"), cond.get("context"), cond.get("context_mask")
+    if isinstance(cond, Tensor):
+        if cond.is_floating_point():
+            if cond.ndim != 3:
+                raise ValueError(f"a float condition must be context tokens [B, L, D], got shape {tuple(cond.shape)}")
+            return None, cond, None
+        return cond, None, None
+    raise TypeError(f"unsupported condition type {type(cond).__name__}")
+
+
+def _groups(channels: int, groups: int) -> int:
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+class GroupNormSiLU(nn.GroupNorm):
+    """GroupNorm followed by SiLU (out of place: autograd's in-place SiLU backward is slower on CPU)."""
+
+    def __init__(self, groups: int, channels: int, act: bool = True, eps: float = 1e-5) -> None:
+        super().__init__(_groups(channels, groups), channels, eps=eps)
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return F.silu(h) if self.act else h
+
+
+class ResBlock(nn.Module):
+    """Wide-ResNet block with an additive time (and class) embedding and zero-initialised output."""
+
+    def __init__(self, c_in: int, c_out: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.c_out = c_out
+        self.norm1 = GroupNormSiLU(groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = GroupNormSiLU(groups, c_out)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        # in-place adds are safe: a convolution's backward needs its input and weight, not its output
+        h = self.conv1(self.norm1(x))
+        h += emb[:, :, None, None]
+        h = self.conv2(self.dropout(self.norm2(h)))
+        return h.add_(self.skip(x))
+
+
+def _tokens(x: Tensor) -> Tensor:
+    """``[B, C, H, W]`` -> ``[B, H*W, C]`` (a free view for channels-last tensors)."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+def _untokens(t: Tensor, like: Tensor) -> Tensor:
+    b, c, h, w = like.shape
+    return t.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over pixels (``context=None``) or cross-attention from pixels to
+    context tokens, pre-GroupNorm, residual, zero-initialised output projection."""
+
+    def __init__(self, channels: int, groups: int, head_dim: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.norm = GroupNormSiLU(groups, channels, act=False)
+        self.cross = context_dim is not None
+        if self.cross:
+            self.q = nn.Linear(channels, channels)
+            self.kv = nn.Linear(context_dim, 2 * channels)
+        else:
+            self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def _heads(self, t: Tensor) -> Tensor:
+        b, n, c = t.shape
+        return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        tok = _tokens(self.norm(x))
+        if self.cross:
+            q = self.q(tok)
+            k, v = self.kv(context.to(tok.dtype)).chunk(2, dim=-1)
+            attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
+        else:
+            q, k, v = self.qkv(tok).chunk(3, dim=-1)
+            attn_mask = None
+        o = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=attn_mask)
+        o = o.transpose(1, 2).reshape(tok.shape)
+        return _untokens(self.out(o), x).add_(x)
+
+
+class Stage(nn.Module):
+    """One ResBlock, optionally followed by self-attention and cross-attention."""
+
+    def __init__(self, c_in: int, c_out: int, groups: int, dropout: float, attn: bool, head_dim: int,
+                 context_dim: int | None) -> None:
+        super().__init__()
+        self.res = ResBlock(c_in, c_out, groups, dropout)
+        self.attn = Attention(c_out, groups, head_dim) if attn else None
+        self.cross = Attention(c_out, groups, head_dim, context_dim) if attn and context_dim else None
+
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None) -> Tensor:
+        x = self.res(x, emb)
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.cross is not None and context is not None:
+            x = self.cross(x, context, mask)
+        return x
+
+
+class UNet(nn.Module):
+    """Diffusion U-Net ``f(x_t, noise_level, cond=None, space=None) -> tensor like x_t``.
+
+    Args:
+        in_channels / out_channels: image channels (``out_channels`` defaults to ``in_channels``).
+        base_channels: width of level 0; level ``i`` has ``base_channels * channel_mult[i]``.
+        channel_mult: per-level width multipliers; ``len(channel_mult)`` levels, one fewer
+            downsamplings.
+        num_blocks: ResBlocks per level on the way down (``num_blocks + 1`` on the way up).
+        attn_levels: level indices (0 = full resolution) with self-attention; the middle block
+            always has one. Use ``attn_resolutions`` (side lengths, for a given ``image_size``)
+            as an alternative.
+        head_dim: channels per attention head.
+        dropout: dropout inside the ResBlocks.
+        num_classes: number of class labels (``None``: unconditional); label ``num_classes`` is
+            the null class.
+        context_dim: width of context tokens for cross-attention (``None``: no cross-attention).
+        groups: GroupNorm groups.
+        channels_last: keep activations in channels-last memory format.
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int | None = None, base_channels: int = 32,
+                 channel_mult: Sequence[int] = (1, 2, 2), num_blocks: int = 1,
+                 attn_levels: Sequence[int] | None = None, attn_resolutions: Sequence[int] | None = None,
+                 image_size: int | Sequence[int] | None = None, head_dim: int = 32, dropout: float = 0.0,
+                 num_classes: int | None = None, context_dim: int | None = None, groups: int = 8,
+                 channels_last: bool = True) -> None:
+        super().__init__()
+        mult = [int(m) for m in channel_mult]
+        if not mult or min(mult) < 1 or base_channels < 1 or num_blocks < 1:
+            raise ValueError("channel_mult must be non-empty positive integers; base_channels, num_blocks >= 1")
+        levels = len(mult)
+        if attn_levels is None:
+            if attn_resolutions is not None and image_size is not None:
+                size = image_size if isinstance(image_size, int) else max(image_size)
+                attn_levels = [i for i in range(levels) if math.ceil(size / 2 ** i) in set(attn_resolutions)]
+            else:
+                attn_levels = [levels - 1]
+        attn_set = {int(i) % levels for i in attn_levels}
+        out_channels = out_channels or in_channels
+        self.in_channels, self.out_channels, self.levels = in_channels, out_channels, levels
+        self.num_classes, self.context_dim, self.channels_last = num_classes, context_dim, channels_last
+        self.base_channels = base_channels
+
+        emb_dim = 4 * base_channels
+        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        def stage(ci: int, co: int, lvl: int) -> Stage:
+            return Stage(ci, co, groups, dropout, lvl in attn_set, head_dim, context_dim)
+
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        skips = [base_channels]
+        ch = base_channels
+        for lvl, m in enumerate(mult):
+            blocks = nn.ModuleList()
+            for _ in range(num_blocks):
+                blocks.append(stage(ch, base_channels * m, lvl))
+                ch = base_channels * m
+                skips.append(ch)
+            self.down.append(blocks)
+            if lvl < levels - 1:
+                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.mid1 = ResBlock(ch, ch, groups, dropout)
+        self.mid_attn = Attention(ch, groups, head_dim)
+        self.mid_cross = Attention(ch, groups, head_dim, context_dim) if context_dim else None
+        self.mid2 = ResBlock(ch, ch, groups, dropout)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for lvl in reversed(range(levels)):
+            blocks = nn.ModuleList()
+            for _ in range(num_blocks + 1):
+                blocks.append(stage(ch + skips.pop(), base_channels * mult[lvl], lvl))
+                ch = base_channels * mult[lvl]
+            self.up.append(blocks)
+            if lvl > 0:
+                self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
+        self.norm_out = GroupNormSiLU(groups, ch)
+        self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+        # every ResBlock's time projection, batched into one matrix product
+        self._emb_sizes = [m.c_out for m in self.modules() if isinstance(m, ResBlock)]
+        self.emb_proj = nn.Linear(emb_dim, sum(self._emb_sizes))
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # --------------------------------------------------------------------------- forward
+    def _embedding(self, noise_level: Tensor, labels: Tensor | None, batch: int, dtype: torch.dtype) -> list[Tensor]:
+        if noise_level.ndim == 0:
+            noise_level = noise_level.expand(batch)
+        emb = self.time_mlp(timestep_embedding(noise_level, self.base_channels).to(dtype))
+        if self.class_emb is not None:
+            if labels is None:
+                labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
+            emb = emb + self.class_emb(labels.to(emb.device).long())
+        return list(self.emb_proj(F.silu(emb)).split(self._emb_sizes, dim=1))
+
+    def forward(self, x: Tensor, noise_level: Tensor, cond: Any = None, space: Any = None) -> Tensor:
+        labels, context, mask = split_condition(cond)
+        if labels is not None and self.class_emb is None:
+            raise ValueError("this U-Net was built without num_classes, so it cannot take class labels")
+        if context is not None and self.context_dim is None:
+            raise ValueError("this U-Net was built without context_dim, so it cannot take context tokens")
+        b, _, h, w = x.shape
+        m = 2 ** (self.levels - 1)
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        embs = iter(self._embedding(noise_level, labels, b, x.dtype))
+
+        hcur = self.conv_in(x)
+        skips = [hcur]
+        for lvl, blocks in enumerate(self.down):
+            for blk in blocks:
+                hcur = blk(hcur, next(embs), context, mask)
+                skips.append(hcur)
+            if lvl < self.levels - 1:
+                hcur = self.downsample[lvl](hcur)
+                skips.append(hcur)
+        hcur = self.mid1(hcur, next(embs))
+        hcur = self.mid_attn(hcur)
+        if self.mid_cross is not None and context is not None:
+            hcur = self.mid_cross(hcur, context, mask)
+        hcur = self.mid2(hcur, next(embs))
+        for i, blocks in enumerate(self.up):
+            for blk in blocks:
+                hcur = blk(torch.cat([hcur, skips.pop()], dim=1), next(embs), context, mask)
+            if i < self.levels - 1:
+                hcur = F.interpolate(hcur, scale_factor=2.0, mode="nearest")
+                hcur = self.upsample[i](hcur)
+        out = self.conv_out(self.norm_out(hcur))
+        if ph or pw:
+            out = out[:, :, ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
+        return out.contiguous()
