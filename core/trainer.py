@@ -107,8 +107,9 @@ class Trainer:
         self.device = resolve_device(self.cfg.device)
         self.model = denoiser.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # fused kernels on CUDA; the multi-tensor (foreach) implementation on CPU
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
-                                           fused=self.device.type == "cuda")
+                                           **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(self.cfg))
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(self.cfg.ema_decay, self.cfg.ema_warmup),
                                  use_buffers=True)
@@ -144,15 +145,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ data order
     def _indices(self, position: int, count: int) -> torch.Tensor:
+        """Dataset indices of global sample positions ``position .. position + count - 1``:
+        epoch ``e`` walks a permutation seeded from ``(seed, e)``."""
         n = len(self.dataset)
-        out = []
-        for p in range(position, position + count):
-            epoch, offset = divmod(p, n)
+        pos = torch.arange(position, position + count)
+        epochs, offsets = pos // n, pos % n
+        out = torch.empty(count, dtype=torch.long)
+        for epoch in torch.unique(epochs).tolist():
             if epoch not in self._perms:
-                self._perms = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(
-                    _step_seed(self.cfg.seed, epoch, salt=17)))} | {k: v for k, v in self._perms.items() if k >= epoch - 1}
-            out.append(self._perms[epoch][offset])
-        return torch.stack(out)
+                self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}
+                self._perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(
+                    _step_seed(self.cfg.seed, epoch, salt=17)))
+            sel = epochs == epoch
+            out[sel] = self._perms[epoch][offsets[sel]]
+        return out
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> tuple[float, float]:
