@@ -160,3 +160,21 @@ def test_continuous_training_every_sampler_and_likelihood(tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "ll.json").read_text())["metrics"]
     assert metrics["likelihood_items"] == 8 and math.isfinite(metrics["bits_per_dim"])
+
+
+def test_image_domain_bad_data_through_the_cli(tmp_path):
+    """Corrupt, empty and missing image data: one line naming the problem, exit 2, no run folder."""
+    from PIL import Image
+
+    good = tmp_path / "imgs"
+    good.mkdir()
+    Image.new("L", (28, 28), 128).save(good / "ok.png")
+    (good / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    lines = _fails(["train", "--domain", "image", "--data", str(good), "--out", str(tmp_path / "r1")], "broken.png")
+    assert len(lines) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _fails(["train", "--domain", "image", "--data", str(empty), "--out", str(tmp_path / "r2")], str(empty))
+    _fails(["train", "--domain", "image", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r3")],
+           "does not exist")
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3"))
