@@ -31,13 +31,7 @@ N = {2: 3000, 4: 2000}
 GMS = {2: GM2, 4: GM4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: intra-op threads only add overhead (and thrash a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sample(sampler, gm, n, steps, seed=1, **kw):

@@ -11,13 +11,7 @@ from rdkit import Chem
 import diffuse.api as api
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small graphs on a shared 2-core machine run far faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small graphs: see conftest.py
 
 
 def test_tiny_training_run_lowers_loss_and_samples_molecules(tmp_path):
