@@ -85,7 +85,7 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
         if steps == 1:
             t = torch.tensor([hi], dtype=torch.float64)
         if T:
-            t = (t * T).round().clamp(1, T) / T
+            t = _distinct_steps((t * T).round().clamp(1, T), T) / T
         t[0] = hi
     elif spacing == "logsnr":
         lam = torch.linspace(float(schedule.log_snr(torch.tensor(hi, dtype=torch.float64))),
@@ -107,6 +107,18 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     if final is not None:
         t = torch.cat([t, torch.tensor([float(final)], dtype=torch.float64)])
     return t
+
+
+def _distinct_steps(n: Tensor, T: int) -> Tensor:
+    """Make rounded integer timesteps strictly decreasing within ``[1, T]`` (rounding a dense
+    Karras grid onto the T-step chain repeats the smallest ones; a repeat is a wasted call)."""
+    n = n.clone()
+    for i in range(len(n) - 2, -1, -1):  # from the low-noise end up: each above its successor
+        n[i] = max(n[i], n[i + 1] + 1)
+    n[0] = min(n[0], T)
+    for i in range(1, len(n)):            # then keep the top within T, pushing down
+        n[i] = min(n[i], n[i - 1] - 1)
+    return n
 
 
 def prior_sample(schedule: Schedule, space: Space, like: Tensor, t: float = 1.0,

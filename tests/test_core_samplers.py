@@ -449,3 +449,12 @@ def test_callback_called_once_per_step_with_documented_keys(sampler):
     assert torch.equal(calls[-1]["x"], out)
     if sampler != "ddim_invert":
         assert all(c["x0"].shape == x.shape for c in calls)
+
+
+@pytest.mark.parametrize("steps", [10, 100, 200, 999, 1000])
+def test_karras_grid_on_a_discrete_chain_has_no_repeated_timesteps(steps):
+    """Rounding a dense Karras grid onto the T=1000 chain must not repeat a timestep (a zero-length step)."""
+    grid = time_grid(LinearBetaSchedule(), steps, "karras")
+    n = (grid[:-1] * 1000).round()
+    assert len(n) == steps and bool((n[1:] < n[:-1]).all())
+    assert n[0] == 1000 and n[-1] >= 1 and grid[-1] == 0
