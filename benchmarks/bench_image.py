@@ -79,7 +79,10 @@ class Runner:
         self.kind, self.device, self.batch = kind, device, batch
         self.model = build(kind, device)
         self.params = sum(p.numel() for p in self.model.parameters())
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        # the optimizer settings of diffuse's Trainer, for both models: fused AdamW and gradients set
+        # to None on CUDA; multi-tensor AdamW and gradients zeroed in place on CPU
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4,
+                                     **({"fused": True} if device.type == "cuda" else {"foreach": True}))
         self.sched = LinearBetaSchedule()
         alpha, sigma = self.sched.alpha_sigma(torch.arange(1001, dtype=torch.float64) / 1000)
         self.alpha, self.sigma = alpha.float().to(device), sigma.float().to(device)
@@ -97,7 +100,7 @@ class Runner:
         with self.autocast:
             out = self.model(x_t, n.float())
         loss = F.mse_loss(out.float(), eps)
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=self.device.type != "cpu")
         loss.backward()
         self.opt.step()
 
