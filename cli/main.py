@@ -65,6 +65,30 @@ def _print_columns(title: str, columns: dict[str, dict[str, Any]]) -> None:
         click.echo(f"  {k:<{width}}  " + "  ".join(f"{v:>12.4f}" if isinstance(v, float) else f"{str(v):>12}" for v in vals))
 
 
+def _parse_condition(text: str | None, num: int) -> Any:
+    """``--condition`` JSON: a number applies to every sample, a list gives one value per sample."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise UserError(f"--condition must be JSON (e.g. 12 or [9, 12]), got {text!r}") from None
+    if isinstance(value, list):
+        if len(value) != num:
+            raise UserError(f"--condition lists {len(value)} values but --num is {num}; give one per sample")
+        import torch
+
+        try:
+            return torch.tensor(value)
+        except (TypeError, ValueError):
+            raise UserError(f"--condition list must hold numbers, got {text!r}") from None
+    if isinstance(value, (int, float)):
+        import torch
+
+        return torch.full((num,), value)
+    return value
+
+
 def _sampler_names() -> list[str]:
     return sorted(SAMPLERS)
 
@@ -177,22 +201,27 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
 @click.option("--raw-weights", is_flag=True, help="Use the raw instead of the EMA weights.")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Sampler option, repeatable: e.g. -o s_churn=10 (edm_heun), -o snr=0.16 (pc), -o rtol=1e-4 (rk45).")
+@click.option("--condition", default=None, metavar="JSON",
+              help="What to sample, as the domain understands it (JSON): molecules take atom counts, "
+                   "e.g. 12 or [9, 12, 15, ...] (one per sample); image / audio models trained with labels "
+                   "take class indices.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default CHECKPOINT/samples/sample).")
 def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
-           out) -> None:
+           condition, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; expected one of {', '.join(_sampler_names())}")
     opts = _parse_options(sampler, options)
+    cond = _parse_condition(condition, num)
     model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
     from ..core.generate import default_steps
     n_steps = steps or default_steps(sampler, model.diffusion.schedule)
     with tqdm(total=num * n_steps, desc=f"sample ({sampler}, {n_steps} steps)", unit="step·sample",
               dynamic_ncols=True, disable=None) as bar:
         samples = _run(model.sample, num, sampler=sampler, steps=steps, eta=eta, spacing=spacing, seed=seed,
-                       batch_size=batch_size, progress=bar.update, **opts)
+                       batch_size=batch_size, progress=bar.update, cond=cond, **opts)
     out = out or Path(checkpoint) / "samples" / "sample"
     paths = _run(model.write, samples, out)
     click.echo(f"wrote {len(paths)} files to {out}")
