@@ -24,16 +24,17 @@ from .space import Space
 
 __all__ = ["DiffusionLoss", "make_weighting", "WEIGHTINGS"]
 
-Weighting = Callable[[Tensor, Parameterization], Tensor]
+#: ``weight(snr, param, norm)``: ``snr`` and ``norm = alpha^2 + sigma^2`` broadcast like the loss
+Weighting = Callable[..., Tensor]
 
 
-def _uniform(snr: Tensor, param: Parameterization) -> Tensor:
+def _uniform(snr: Tensor, param: Parameterization, norm: Tensor | float = 1.0) -> Tensor:
     return torch.ones_like(snr)
 
 
 def _min_snr(gamma: float = 5.0) -> Weighting:
-    def weight(snr: Tensor, param: Parameterization) -> Tensor:
-        return snr.clamp(max=gamma) / param.x0_mse_factor(snr)
+    def weight(snr: Tensor, param: Parameterization, norm: Tensor | float = 1.0) -> Tensor:
+        return snr.clamp(max=gamma) / param.x0_mse_factor(snr, norm)
     return weight
 
 
@@ -58,7 +59,8 @@ class DiffusionLoss:
                  snr: Tensor, space: Space) -> Tensor:
         """``out`` is the raw network output; ``alpha``/``sigma`` broadcast; ``snr`` per sample."""
         target = self.param.target(x0, eps, alpha, sigma)
-        w = self.weighting(snr, self.param)
         dtype = torch.promote_types(out.dtype, torch.float32)  # at least float32; float64 stays float64
         err = (out.to(dtype) - target.to(dtype)) ** 2
-        return space.coef(w, err) * err
+        snr_el = space.coef(snr, err)
+        norm = (alpha.to(dtype) ** 2 + sigma.to(dtype) ** 2)
+        return self.weighting(snr_el, self.param, norm) * err

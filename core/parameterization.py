@@ -14,8 +14,9 @@ v           ``v = alpha eps - sigma x_0``          ``x0 = (alpha x_t - sigma v) 
 The score of the noisy marginal is ``grad log p_t(x_t) = -eps / sigma``. The ``eps`` view is
 used to recover ``x0`` only where ``alpha`` is not tiny; ``x0`` and ``v`` are stable at both ends.
 Each parameterization also says how its squared error relates to the x0 error
-(``x0_mse_factor``): ``|eps - eps_hat|^2 = snr |x0 - x0_hat|^2``, ``|v - v_hat|^2 = (snr + 1)
-|x0 - x0_hat|^2`` for VP schedules; loss weightings (min-SNR-gamma) use it.
+(``x0_mse_factor``): ``|eps - eps_hat|^2 = snr |x0 - x0_hat|^2``, ``|v - v_hat|^2 = (alpha^2 +
+sigma^2)(snr + 1) |x0 - x0_hat|^2`` (``snr + 1`` for VP schedules); loss weightings (min-SNR-gamma)
+use it.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class Parameterization:
         """Inverse of :meth:`to_prediction`: the network output that gives ``pred``."""
         return self.target(pred.x0, pred.eps, alpha, sigma)
 
-    def x0_mse_factor(self, snr: Tensor) -> Tensor:
-        """``|target - target_hat|^2 / |x0 - x0_hat|^2`` as a function of SNR (per sample)."""
+    def x0_mse_factor(self, snr: Tensor, norm: Tensor | float = 1.0) -> Tensor:
+        """``|target - target_hat|^2 / |x0 - x0_hat|^2`` from the SNR and ``norm = alpha^2 + sigma^2``
+        (1 for VP schedules)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -67,7 +69,7 @@ class EpsParam(Parameterization):
     def to_prediction(self, out, x_t, alpha, sigma):
         return Prediction((x_t - sigma * out) / alpha, out)
 
-    def x0_mse_factor(self, snr):
+    def x0_mse_factor(self, snr, norm=1.0):
         return snr
 
 
@@ -80,7 +82,7 @@ class X0Param(Parameterization):
     def to_prediction(self, out, x_t, alpha, sigma):
         return Prediction(out, (x_t - alpha * out) / sigma)
 
-    def x0_mse_factor(self, snr):
+    def x0_mse_factor(self, snr, norm=1.0):
         return snr.new_ones(snr.shape)
 
 
@@ -94,8 +96,9 @@ class VParam(Parameterization):
         norm = alpha * alpha + sigma * sigma
         return Prediction((alpha * x_t - sigma * out) / norm, (sigma * x_t + alpha * out) / norm)
 
-    def x0_mse_factor(self, snr):
-        return snr + 1.0
+    def x0_mse_factor(self, snr, norm=1.0):
+        # v - v_hat = -((alpha^2 + sigma^2) / sigma) (x0 - x0_hat)
+        return norm * (snr + 1.0)
 
 
 PARAMETERIZATIONS: dict[str, type[Parameterization]] = {"eps": EpsParam, "x0": X0Param, "v": VParam}

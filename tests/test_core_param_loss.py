@@ -94,9 +94,9 @@ def test_score_from_eps_equals_exact_mixture_score(t):
 
 
 # ------------------------------------------------------------------------------- losses
-def _predictions(seed: int):
-    """A VP problem and a (wrong) prediction expressed in each parameterization's output."""
-    x0, eps, a, s, alpha, sigma = _problem(seed, vp=True, shape=(32, 4, 6))
+def _predictions(seed: int, vp: bool = True):
+    """A VP (or general) problem and a (wrong) prediction expressed in each parameterization's output."""
+    x0, eps, a, s, alpha, sigma = _problem(seed, vp=vp, shape=(32, 4, 6))
     x_t = a * x0 + s * eps
     x0_hat = x0 + 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 100), dtype=F64)
     pred = Prediction(x0_hat, (x_t - a * x0_hat) / s)
@@ -119,19 +119,21 @@ def test_uniform_loss_is_unreduced_squared_error_on_the_target(param):
         torch.testing.assert_close(loss, (pred.eps - eps) ** 2, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("vp", [True, False], ids=["vp", "general"])
 @pytest.mark.parametrize("param", PARAMS, ids=IDS)
-def test_native_error_is_x0_error_times_factor(param):
-    x0, eps, a, s, snr, pred, x_t = _predictions(3)
+def test_native_error_is_x0_error_times_factor(param, vp):
+    x0, eps, a, s, snr, pred, x_t = _predictions(3, vp)
     out = param.from_prediction(pred, x_t, a, s)
     native = (out - param.target(x0, eps, a, s)) ** 2
     x0_err = (pred.x0 - x0) ** 2
-    torch.testing.assert_close(native, DenseSpace().coef(param.x0_mse_factor(snr), native) * x0_err,
-                               rtol=1e-9, atol=1e-12)
+    factor = param.x0_mse_factor(DenseSpace().coef(snr, native), a * a + s * s)
+    torch.testing.assert_close(native, factor * x0_err, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("vp", [True, False], ids=["vp", "general"])
 @pytest.mark.parametrize("gamma", [1.0, 5.0])
-def test_min_snr_loss_is_min_snr_gamma_times_x0_error_for_every_parameterization(gamma):
-    x0, eps, a, s, snr, pred, x_t = _predictions(4)
+def test_min_snr_loss_is_min_snr_gamma_times_x0_error_for_every_parameterization(gamma, vp):
+    x0, eps, a, s, snr, pred, x_t = _predictions(4, vp)
     space = DenseSpace()
     expected = space.coef(snr.clamp(max=gamma), x0) * (pred.x0 - x0) ** 2
     assert bool((snr > gamma).any() and (snr < gamma).any())       # both sides of the clamp are exercised
