@@ -55,9 +55,8 @@ class GaussianMixture:
     def _marginal(self, alpha: Tensor, sigma: Tensor):
         """Per-sample component covariances ``C_k`` for per-sample ``alpha, sigma`` ([B])."""
         eye = torch.eye(self.D, dtype=torch.float64, device=alpha.device)
-        a2 = (alpha ** 2)[:, None, None, None]
-        s2 = (sigma ** 2)[:, None, None, None]
-        return a2 * self.covs.to(alpha.device)[None] + s2 * eye  # [B, K, D, D]
+        scaled = torch.einsum("b,kij->bkij", alpha ** 2, self.covs.to(alpha.device))
+        return scaled + torch.einsum("b,ij->bij", sigma ** 2, eye).unsqueeze(1)  # [B, K, D, D]
 
     def log_prob(self, x: Tensor, alpha: Tensor | float = 1.0, sigma: Tensor | float = 0.0) -> Tensor:
         """``log p_t(x)`` of the noisy marginal (``alpha=1, sigma=0``: the data density)."""
