@@ -93,40 +93,58 @@ def _from_rdkit(mol: Chem.Mol) -> tuple[list[str], np.ndarray, np.ndarray]:
     return symbols, mol.GetConformer().GetPositions(), charges
 
 
-def read_sdf(path: Path, add_hydrogens: bool = True) -> RawMolecules:
-    """Records of an SDF (or ``.sdf.gz``) file with 3-D coordinates. Implicit hydrogens are
-    made explicit with coordinates (``Chem.AddHs(addCoords=True)``) when ``add_hydrogens``."""
+Record = tuple[str, "Chem.Mol | str"]  # a record's name and its molecule, or why it was skipped
+
+
+def _collect(path: Path, records: Iterator[Record], empty: str) -> RawMolecules:
+    """Gather a file's records with RDKit's own logging silenced while they are parsed; an empty
+    file is an error, skipped records are counted and reported with their reasons."""
     out = RawMolecules()
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     total = 0
     RDLogger.DisableLog("rdApp.*")
     try:
+        for rec, mol in records:
+            total += 1
+            if isinstance(mol, str):
+                out.skipped.append((rec, mol))
+            else:
+                out.add(*_from_rdkit(mol), name=rec)
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    if total == 0:
+        raise DataError(f"{path}: {empty}")
+    report_skipped(str(path), out, total)
+    return out
+
+
+def _sdf_records(path: Path, add_hydrogens: bool) -> Iterator[Record]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
         with opener(path, "rb") as fh:
             for k, mol in enumerate(Chem.ForwardSDMolSupplier(fh, removeHs=False, sanitize=True)):
-                total += 1
                 rec = f"{path.name} record {k + 1}"
                 if mol is None:
-                    out.skipped.append((rec, "RDKit could not parse the record"))
+                    yield rec, "RDKit could not parse the record"
                     continue
                 if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
                     rec += f" ({mol.GetProp('_Name').strip()})"
                 if mol.GetNumAtoms() == 0:
-                    out.skipped.append((rec, "no atoms"))
-                    continue
-                if not _check_3d(mol):
-                    out.skipped.append((rec, "no 3-D coordinates"))
-                    continue
-                if add_hydrogens and any(a.GetNumImplicitHs() for a in mol.GetAtoms()):
-                    mol = Chem.AddHs(mol, addCoords=True)
-                out.add(*_from_rdkit(mol), name=rec)
+                    yield rec, "no atoms"
+                elif not _check_3d(mol):
+                    yield rec, "no 3-D coordinates"
+                elif add_hydrogens and any(a.GetNumImplicitHs() for a in mol.GetAtoms()):
+                    yield rec, Chem.AddHs(mol, addCoords=True)
+                else:
+                    yield rec, mol
     except OSError as exc:
         raise DataError(f"{path}: cannot read the SDF file ({exc})") from None
-    finally:
-        RDLogger.EnableLog("rdApp.*")
-    if total == 0:
-        raise DataError(f"{path}: empty SDF file (expected at least one molecule record)")
-    report_skipped(str(path), out, total)
-    return out
+
+
+def read_sdf(path: Path, add_hydrogens: bool = True) -> RawMolecules:
+    """Records of an SDF (or ``.sdf.gz``) file with 3-D coordinates. Implicit hydrogens are
+    made explicit with coordinates (``Chem.AddHs(addCoords=True)``) when ``add_hydrogens``."""
+    return _collect(path, _sdf_records(path, add_hydrogens),
+                    "empty SDF file (expected at least one molecule record)")
 
 
 def _xyz_blocks(path: Path) -> Iterator[tuple[int, str]]:
@@ -148,24 +166,15 @@ def _xyz_blocks(path: Path) -> Iterator[tuple[int, str]]:
 
 def read_xyz(path: Path) -> RawMolecules:
     """One or more concatenated XYZ frames (atom count, comment, ``symbol x y z`` lines)."""
-    out = RawMolecules()
-    total = 0
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    def records() -> Iterator[Record]:
         for k, block in _xyz_blocks(path):
-            total += 1
-            rec = f"{path.name} frame {k}"
             mol = Chem.MolFromXYZBlock(block) if block else None
             if mol is None or mol.GetNumAtoms() == 0:
-                out.skipped.append((rec, "not a valid XYZ frame (atom count, comment, 'symbol x y z' lines)"))
-                continue
-            out.add(*_from_rdkit(mol), name=rec)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
-    if total == 0:
-        raise DataError(f"{path}: empty XYZ file (expected an atom count line, a comment line and coordinates)")
-    report_skipped(str(path), out, total)
-    return out
+                yield f"{path.name} frame {k}", "not a valid XYZ frame (atom count, comment, 'symbol x y z' lines)"
+            else:
+                yield f"{path.name} frame {k}", mol
+    return _collect(path, records(),
+                    "empty XYZ file (expected an atom count line, a comment line and coordinates)")
 
 
 def embed_smiles(smiles: str, seed: int) -> Chem.Mol | str:
@@ -188,27 +197,13 @@ def embed_smiles(smiles: str, seed: int) -> Chem.Mol | str:
 
 def read_smiles(path: Path, seed: int = 0) -> RawMolecules:
     """A SMILES list (``SMILES [name]`` per line; ``#`` comments), embedded to 3-D, seeded per line."""
-    out = RawMolecules()
-    total = 0
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    def records() -> Iterator[Record]:
         for k, line in enumerate(path.read_text(errors="replace").splitlines()):
             parts = line.split()
             if not parts or parts[0].startswith("#") or parts[0].lower() == "smiles":
                 continue
-            total += 1
-            rec = f"{path.name} line {k + 1} ({parts[0]})"
-            mol = embed_smiles(parts[0], seed + k)
-            if isinstance(mol, str):
-                out.skipped.append((rec, mol))
-                continue
-            out.add(*_from_rdkit(mol), name=rec)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
-    if total == 0:
-        raise DataError(f"{path}: empty SMILES file (expected one SMILES per line)")
-    report_skipped(str(path), out, total)
-    return out
+            yield f"{path.name} line {k + 1} ({parts[0]})", embed_smiles(parts[0], seed + k)
+    return _collect(path, records(), "empty SMILES file (expected one SMILES per line)")
 
 
 # ---------------------------------------------------------------------- QM9
