@@ -31,14 +31,14 @@ in which the probability-flow ODE reads ``dx~ / dsigma~ = eps(x, t)`` for every 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .parameterization import Prediction
-from .samplers import SAMPLERS, Callback, _call, _coefs
+from .samplers import SAMPLERS, Callback, _call, _coefs, _grid_coefs
 from .schedule import Schedule
 from .sde import sde_coefficients
 from .space import GeneratorLike, Space
@@ -54,6 +54,19 @@ def _fg2(schedule: Schedule, t: Tensor) -> tuple[float, float]:
 def _report(callback: Callback | None, i: int, t, s, x: Tensor, x0: Tensor | None, **extra: Any) -> None:
     if callback is not None:
         callback({"i": i, "t": float(t), "t_next": float(s), "x": x, "x0": x0, **extra})
+
+
+def _multistep_steps(schedule: Schedule, grid: Tensor) -> Iterator[tuple]:
+    """The steps of a multistep log-SNR solver: ``(i, t, s, a_t, s_t, a_s, s_s, h)`` with
+    ``h = lambda_s - lambda_t`` (``lambda = log(alpha / sigma)``; ``inf`` when ``sigma_s = 0``).
+    Coefficients are computed once per call; a repeated time (a zero-length step) is skipped."""
+    coefs = _grid_coefs(schedule, grid)
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        if float(s) == float(t):
+            continue
+        (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
+        h = math.inf if s_s == 0.0 else math.log(a_s / s_s) - math.log(a_t / s_t)
+        yield i, t, s, a_t, s_t, a_s, s_s, h
 
 
 def jump_logsnr_grid(schedule: Schedule, steps: int, t_jump: float = 0.8, t_min: float | None = None,
@@ -309,16 +322,11 @@ def dpmpp_2m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
     One evaluation per step.
     """
     x0_prev, h_prev = None, None
-    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
-        if float(s) == float(t):       # a repeated time (rounded grids): nothing to do
-            continue
-        a_t, s_t = _coefs(schedule, t)
-        a_s, s_s = _coefs(schedule, s)
+    for i, t, s, a_t, s_t, a_s, s_s, h in _multistep_steps(schedule, grid):
         pred = _call(denoise, x, t, space)
         if s_s == 0.0:
             x = space.project(a_s * pred.x0)
         else:
-            h = math.log(a_s / s_s) - math.log(a_t / s_t)
             if x0_prev is None:
                 d = pred.x0
             else:
@@ -350,17 +358,12 @@ def dpmpp_3m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
     """
     hist: list[Tensor] = []     # x0 at the last three grid times, newest last
     hs: list[float] = []        # the steps h that separate them
-    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
-        if float(s) == float(t):       # a repeated time (rounded grids): nothing to do
-            continue
-        a_t, s_t = _coefs(schedule, t)
-        a_s, s_s = _coefs(schedule, s)
+    for i, t, s, a_t, s_t, a_s, s_s, h in _multistep_steps(schedule, grid):
         pred = _call(denoise, x, t, space)
         hist = (hist + [pred.x0])[-3:]
         if s_s == 0.0:
             x = space.project(a_s * pred.x0)
         else:
-            h = math.log(a_s / s_s) - math.log(a_t / s_t)
             phi1 = math.expm1(-h)
             x_new = (s_s / s_t) * x - a_s * phi1 * pred.x0
             if len(hist) >= 2:
