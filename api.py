@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -146,9 +146,7 @@ class DiffusionModel:
     def reference_data(self, data: str | Path | None = None) -> DomainDataset:
         """The evaluation reference: all of ``data`` if given, else the training data's held-out split."""
         if data is not None:
-            cfg = RunConfig(**{**asdict(self.config), "data": str(data),
-                               "diffusion": self.config.diffusion, "train": self.config.train})
-            return _load_data(self.domain, cfg)
+            return _load_data(self.domain, replace(self.config, data=str(data)))
         dataset = _load_data(self.domain, self.config)
         _, held = _split(dataset, self.config.train)
         return held if held is not None else dataset

@@ -51,7 +51,7 @@ class Batch:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "Batch":
-        space = self.space.to(device) if hasattr(self.space, "to") else self.space
+        space = self.space.to(device)
         cond = self.cond.to(device) if isinstance(self.cond, Tensor) else self.cond
         return Batch(self.x.to(device), space, cond, self.extras)
 

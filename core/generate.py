@@ -28,14 +28,10 @@ def default_steps(sampler: str, schedule) -> int:
 
 
 def concat_batches(batches: list[Batch]) -> Batch:
-    """Concatenate chunks of samples (uses the space's ``concat`` when it has structure)."""
+    """Concatenate chunks of samples through their Space's ``concat``."""
     if len(batches) == 1:
         return batches[0]
-    space0 = batches[0].space
-    if hasattr(space0, "concat"):
-        x, space = space0.concat([b.x for b in batches], [b.space for b in batches])
-    else:
-        x, space = torch.cat([b.x for b in batches]), space0
+    x, space = batches[0].space.concat([b.x for b in batches], [b.space for b in batches])
     cond = None
     if isinstance(batches[0].cond, torch.Tensor):
         cond = torch.cat([b.cond for b in batches])

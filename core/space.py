@@ -77,6 +77,15 @@ class Space(ABC):
         """Per-sample inner product ``<a, b>``."""
         return self.sum(a * b)
 
+    def to(self, device: torch.device | str) -> "Space":
+        """This space on ``device`` (a space that holds batch structure moves it; dense ones hold none)."""
+        return self
+
+    @staticmethod
+    def concat(xs: Sequence[Tensor], spaces: Sequence["Space"]) -> tuple[Tensor, "Space"]:
+        """Join chunks of samples into one ``(x, space)`` (structured spaces renumber their batches)."""
+        return torch.cat(list(xs), 0), spaces[0]
+
     def coef(self, per_sample: Tensor | float, like: Tensor) -> Tensor:
         """Cast a float64 per-sample (or scalar) coefficient to ``like``'s dtype and expand it."""
         c = torch.as_tensor(per_sample, device=like.device)
