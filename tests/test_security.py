@@ -61,13 +61,10 @@ def _write_qm9_raw(root, smiles=("C", "N", "O", "CO")):
     rows = [f"gdb_{k + 1},{','.join(['0.0'] * 19)}" for k in range(len(smiles))]
     (raw / "gdb9.sdf.csv").write_text("mol_id,A,B,C,mu,alpha,homo,lumo,gap,r2,zpve,u0,u298,h298,g298,cv,"
                                       "u0_atom,u298_atom,h298_atom,g298_atom\n" + "\n".join(rows) + "\n")
-    (raw / "uncharacterized.txt").write_text(
-        " Indices of the molecules which failed the geometry consistency check\n"
-        " ----------------------------------------------------------------------\n"
-        "   Index   GDB17-ID   Ediff\n"
-        " ----------------------------------------------------------------------\n"
-        "       3      21725   0.1\n"
-        " ----------------------------------------------------------------------\n")
+    # QM9's layout, as torch-geometric reads it: 9 header lines, the table, a closing line
+    header = [" Indices of the molecules which failed the geometry consistency check"] + [" note"] * 6 + \
+        ["   Index   GDB17-ID   Ediff", " " + "-" * 60]
+    (raw / "uncharacterized.txt").write_text("\n".join(header + ["       3      21725   0.1", " " + "-" * 60]) + "\n")
     return mols
 
 

@@ -320,12 +320,17 @@ def is_qm9_folder(root: Path) -> bool:
 
 def _uncharacterized(path: Path) -> set[int]:
     """1-based QM9 indices listed in ``uncharacterized.txt`` (the 3,054 molecules that failed
-    QM9's geometry consistency check): the first integer of each table row."""
+    QM9's geometry consistency check): the first number of each table row, the table being the
+    file's lines after its 9 header lines and before its closing line (as torch-geometric reads it)."""
     out = set()
-    for line in path.read_text(errors="replace").splitlines():
+    for line in path.read_text(errors="replace").split("\n")[9:-2]:
         parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit():
-            out.add(int(parts[0]))
+        if not parts:
+            continue
+        if not parts[0].isdigit():
+            raise DataError(f"{path}: expected QM9's table of uncharacterized molecules (9 header lines, then "
+                            f"one index per line), got {line.strip()[:40]!r}")
+        out.add(int(parts[0]))
     return out
 
 
