@@ -152,3 +152,24 @@ def test_bundled_default_is_real_small_and_labelled():
     # peak-normalised real recordings with their onsets at the start
     assert torch.allclose(x.abs().amax(-1), torch.full((70, 1), 0.95), atol=1e-3)
     assert (x[..., :800].abs().amax(-1) > 0.05).all()
+
+
+def test_folder_summarises_skipped_files_in_one_line(tmp_path: Path, caplog):
+    import logging
+    sf.write(tmp_path / "good.wav", tone(440.0, 16000, 0.5), 16000)
+    sf.write(tmp_path / "quiet.wav", np.zeros(8000, np.float32), 16000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "song.mp3").write_bytes(b"ID3")
+    (tmp_path / "cover.gif").write_bytes(b"GIF89a")
+    (tmp_path / ".hidden.wav").write_bytes(b"junk")
+    with caplog.at_level(logging.WARNING):
+        ds = load_audio_folder(tmp_path, {"clip_seconds": 0.1, "skip_bad": True})
+    assert ds.names == ["good.wav"]
+    msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert msgs == [f"{tmp_path}: skipped 4 files: 2 unsupported extension (.gif, .mp3), 1 empty (empty.wav), "
+                    "1 unusable (silent or wrong channels) (quiet.wav)"]
+    only_empty = tmp_path / "only"
+    only_empty.mkdir()
+    (only_empty / "a.wav").write_bytes(b"")
+    with pytest.raises(DataError, match=r"no WAV / FLAC / OGG files found \(skipped 1 file: 1 empty \(a.wav\)\)"):
+        load_audio_folder(only_empty)

@@ -130,3 +130,36 @@ def test_conditional_batches_carry_labels():
     ds = ImageDomain().load_data(None, {"conditional": True, "max_images": 10})
     b = ds.batch(torch.arange(10))
     assert torch.equal(b.cond, ds.labels[:10]) and ds.info()["conditional"]
+
+
+def test_folder_skips_other_and_empty_files_with_one_summary_line(tmp_path, caplog):
+    import logging
+    for i in range(2):
+        Image.fromarray(np.full((4, 4), 50 * i, np.uint8), "L").save(tmp_path / f"{i}.png")
+    (tmp_path / "e.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hello")
+    Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(tmp_path / "anim.gif")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\1")
+    with caplog.at_level(logging.WARNING):
+        ds = load_images(tmp_path, {})
+    assert len(ds) == 2
+    msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert msgs == [f"{tmp_path}: skipped 3 files: 2 unsupported extension (.gif, .txt), 1 empty (e.png)"]
+
+
+@pytest.mark.parametrize("value", [200, 40000])
+def test_16_bit_png_is_scaled_by_its_bit_depth(tmp_path, value):
+    """A 16-bit PNG whose values are all <= 255 is still 16-bit: 200 / 65535 of full scale."""
+    a = np.full((6, 5), value, np.uint16)
+    a[0, 0] = 65535
+    Image.fromarray(a).save(tmp_path / "deep.png")
+    raw = (tmp_path / "deep.png").read_bytes()
+    assert raw[24] == 16                                  # IHDR bit depth: a real 16-bit PNG
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode in ("I;16", "I;16B", "I")
+    Image.fromarray(np.full((6, 5), 200, np.uint8), "L").save(tmp_path / "shallow.png")
+    ds = load_images(tmp_path, {})
+    deep, shallow = ds.images[0, 0], ds.images[1, 0]      # sorted names: deep.png, shallow.png
+    assert int(deep[0, 0]) == 255
+    assert int(deep[1, 1]) == round(value / 65535 * 255)  # 200 -> 1, 40000 -> 156
+    assert int(shallow[1, 1]) == 200                      # 8-bit files unchanged

@@ -100,7 +100,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, dom):
     w = Chem.SDWriter(str(flat))
     w.write(m)
     w.close()
-    with pytest.raises(DataError, match="no 3-D coordinates") as exc:
+    with pytest.raises(DataError, match="2-D coordinates") as exc:
         dom.load_data(flat, {})
     assert "\n" not in str(exc.value) and "flat.sdf" in str(exc.value)
     chloro = tmp_path / "cl.sdf"
@@ -161,3 +161,104 @@ def test_qm9pack_reader_or_clear_message():
         return
     assert len(mols) == 20 and index[0] == 1 and mols.symbols[0] == ["C", "H", "H", "H", "H"]
     assert mols.positions[0].shape == (5, 3)
+
+
+# ------------------------------------------------------------------ XYZ resynchronisation
+def _water_xyz() -> str:
+    return Chem.MolToXYZBlock(_embedded("O"))
+
+
+def test_xyz_junk_between_frames_is_skipped_and_counted(tmp_path, dom, caplog):
+    block = _water_xyz()
+    path = tmp_path / "w.xyz"
+    path.write_text(block + "this is not a frame\n" + block + block)
+    with caplog.at_level(logging.WARNING):
+        ds = dom.load_data(path, {})
+    assert len(ds) == 3
+    assert [r for _, r in ds.skipped] == ["not an XYZ frame (atom count, comment, 'symbol x y z' lines)"]
+    assert "w.xyz line 6" == ds.skipped[0][0]
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1 and "skipped 1 of 4 records" in lines[0] and "\n" not in lines[0]
+
+
+def test_xyz_wrong_atom_counts_skip_only_their_frame(tmp_path, dom):
+    block = _water_xyz()                       # "3\n<comment>\nO ..\nH ..\nH ..\n"
+    under = block.replace("3\n", "2\n", 1)     # count says 2, three atom lines follow
+    over = block.replace("3\n", "4\n", 1)      # count says 4, three atom lines follow
+    path = tmp_path / "w.xyz"
+    path.write_text(block + under + block + over + block)
+    ds = dom.load_data(path, {})
+    assert len(ds) == 3 and ds.counts.tolist() == [3, 3, 3]
+    assert [r for _, r in ds.skipped] == ["atom count 2 but 3 atom lines follow",
+                                          "atom count 4 but 3 atom lines follow"]
+    assert [rec for rec, _ in ds.skipped] == ["w.xyz frame at line 6", "w.xyz lines 16-20"]
+    for i in range(3):
+        assert np.allclose(ds.molecule(i)[0], ds.molecule(0)[0])
+
+
+def test_sdf_flat_coordinates_under_a_3d_flag_are_2d(tmp_path, dom, caplog):
+    flat = Chem.MolFromSmiles("CCO")
+    AllChem.Compute2DCoords(flat)
+    block = Chem.MolToMolBlock(flat)
+    lines = block.split("\n")
+    assert "2D" in lines[1]
+    lines[1] = lines[1].replace("2D", "3D")
+    path = tmp_path / "m.sdf"
+    path.write_text("\n".join(lines) + "$$$$\n" + Chem.MolToMolBlock(_embedded("CC")) + "$$$$\n")
+    with caplog.at_level(logging.WARNING):
+        ds = dom.load_data(path, {})
+    assert Chem.MolFromMolBlock("\n".join(lines)).GetConformer().Is3D()   # the flag claims 3-D
+    assert len(ds) == 1 and ds.skipped == [("m.sdf record 1", "2-D coordinates")]
+
+
+# ------------------------------------------------------------------ folders
+def test_folder_summarises_skipped_files_in_one_line(tmp_path, dom, caplog):
+    folder = tmp_path / "mols"
+    (folder / "sub").mkdir(parents=True)
+    w = Chem.SDWriter(str(folder / "a.sdf"))
+    w.write(_embedded("CCO"))
+    w.close()
+    (folder / "sub" / "b.xyz").write_text(_water_xyz())
+    (folder / "p.pdb").write_text("ATOM\n")
+    (folder / "sub" / "q.mol2").write_text("@<TRIPOS>\n")
+    (folder / "empty.xyz").write_text("")
+    (folder / ".hidden.sdf").write_text("junk")
+    (folder / "broken.smi").write_text("# only a comment\n")
+    with caplog.at_level(logging.WARNING):
+        ds = dom.load_data(folder, {})
+    assert len(ds) == 2
+    msgs = [r.getMessage() for r in caplog.records if r.getMessage().startswith(str(folder) + ":")]
+    assert msgs == [f"{folder}: skipped 4 files: 2 unsupported extension (.mol2, .pdb), 1 empty (empty.xyz), "
+                    "1 unreadable (broken.smi)"]
+
+
+def test_rdkit_log_settings_of_the_caller_are_kept(tmp_path):
+    """smiles_of and the readers silence RDKit while they work and then restore the caller's
+    settings (they used to switch every RDKit log level on afterwards)."""
+    from rdkit import RDLogger, rdBase
+
+    from diffuse.domains.molecules.chem import smiles_of
+    from diffuse.domains.molecules.readers import read_smiles
+
+    before = rdBase.LogStatus()
+    path = tmp_path / "a.smi"
+    path.write_text("CCO\nC1CC1(\n")
+    try:
+        RDLogger.DisableLog("rdApp.*")
+        off = rdBase.LogStatus()
+        assert "enabled" not in off
+        assert smiles_of(Chem.MolFromSmiles("CCO")) == "CCO"
+        assert smiles_of(Chem.RWMol(Chem.MolFromSmiles("C(C)(C)(C)(C)C", sanitize=False))) is None
+        read_smiles(path)
+        assert rdBase.LogStatus() == off
+        RDLogger.EnableLog("rdApp.warning")
+        mixed = rdBase.LogStatus()
+        assert mixed != off
+        smiles_of(Chem.MolFromSmiles("CCO"))
+        read_smiles(path)
+        assert rdBase.LogStatus() == mixed
+    finally:
+        for line in before.splitlines():
+            name, state = line.split(":")
+            (RDLogger.EnableLog if state == "enabled" else RDLogger.DisableLog)(name)
+    assert rdBase.LogStatus() == before

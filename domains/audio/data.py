@@ -19,8 +19,12 @@ short           what to do with a file shorter than the clip: ``pad`` (zeros at 
                 ``error`` or ``skip``
 labels          class labels from the first sub-folder name (bundled set: kick, snare, tom,
                 cymbal, tabla); when true, ``Batch.cond`` holds long labels ``[B]``
-skip_bad        skip unreadable / silent / bad files with a warning instead of failing
+skip_bad        skip unreadable / silent / bad files instead of failing
 =============== ===========================================================================
+
+A folder's files with other extensions, empty (0-byte) files and, with ``skip_bad`` or
+``short='skip'``, the files left out are summarised in one warning line by reason (each file's
+own reason is logged at INFO); hidden files are ignored.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...core.datafiles import log_skipped, scan_folder, skipped_summary
 from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
 from .io import AUDIO_EXTENSIONS, normalise, num_samples, read_audio, resample, to_channels
@@ -130,7 +135,7 @@ def _prepare(x: Tensor, rate: int, name: str, opts: dict[str, Any], target_rate:
     x = resample(x, rate, target_rate)
     if x.shape[-1] < length and opts["short"] != "pad":
         if opts["short"] == "skip":
-            log.warning("%s: skipped, %d samples at %d Hz is shorter than the clip (%d)", name, x.shape[-1], target_rate, length)
+            log.info("%s: skipped, %d samples at %d Hz is shorter than the clip (%d)", name, x.shape[-1], target_rate, length)
             return None
         raise DataError(f"{name}: {x.shape[-1] / target_rate:.3f} s long, shorter than the clip "
                         f"({length / target_rate:.3f} s); use short='pad' or 'skip', or a shorter clip_seconds")
@@ -138,7 +143,17 @@ def _prepare(x: Tensor, rate: int, name: str, opts: dict[str, Any], target_rate:
 
 
 def _load(files: list[Path], labels: list[int] | None, classes: list[str] | None,
-          opts: dict[str, Any], source: str, default_crop: str) -> AudioDataset:
+          opts: dict[str, Any], source: str, default_crop: str,
+          skipped: list[tuple[Path, str]] | None = None) -> AudioDataset:
+    skipped = list(skipped or [])
+    try:
+        return _decode_all(files, labels, classes, opts, source, default_crop, skipped)
+    finally:
+        log_skipped(source, skipped)
+
+
+def _decode_all(files: list[Path], labels: list[int] | None, classes: list[str] | None, opts: dict[str, Any],
+                source: str, default_crop: str, skipped: list[tuple[Path, str]]) -> AudioDataset:
     decoded: list[tuple[Path, Tensor, int, int | None]] = []
     for i, f in enumerate(files):
         try:
@@ -146,7 +161,8 @@ def _load(files: list[Path], labels: list[int] | None, classes: list[str] | None
         except DataError as exc:
             if not opts["skip_bad"]:
                 raise
-            log.warning("skipped bad file: %s", exc)
+            log.info("skipped bad file: %s", exc)
+            skipped.append((f, "unreadable"))
             continue
         decoded.append((f, x, rate, labels[i] if labels is not None else None))
     if not decoded:
@@ -167,9 +183,11 @@ def _load(files: list[Path], labels: list[int] | None, classes: list[str] | None
         except DataError as exc:
             if not opts["skip_bad"]:
                 raise
-            log.warning("skipped bad file: %s", exc)
+            log.info("skipped bad file: %s", exc)
+            skipped.append((f, "unusable (silent or wrong channels)"))
             continue
         if y is None:
+            skipped.append((f, "shorter than the clip"))
             continue
         clips.append(y)
         kept_labels.append(lab)
@@ -186,21 +204,22 @@ def _load(files: list[Path], labels: list[int] | None, classes: list[str] | None
 
 
 def load_audio_folder(path: str | Path, options: dict[str, Any] | None = None) -> AudioDataset:
-    """Read every WAV / FLAC / OGG under ``path`` (recursively), or the single file ``path``."""
+    """Read every WAV / FLAC / OGG under ``path`` (recursively), or the single file ``path``.
+    Other files and empty files in the folder are skipped (one summary line)."""
     opts = resolve_options(options)
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(f"{root}: no such file or folder; expected a folder of WAV / FLAC / OGG files")
+    skipped: list[tuple[Path, str]] = []
     if root.is_file():
         files = [root]
         if root.suffix.lower() not in AUDIO_EXTENSIONS:
             raise DataError(f"{root}: unsupported audio format {root.suffix!r}; expected one of {', '.join(AUDIO_EXTENSIONS)}")
     else:
-        everything = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-        files = [p for p in everything if p.suffix.lower() in AUDIO_EXTENSIONS]
+        files, skipped = scan_folder(root, AUDIO_EXTENSIONS)
         if not files:
-            others = ", ".join(p.name for p in everything[:3])
-            raise DataError(f"{root}: no WAV / FLAC / OGG files found" + (f" (found e.g. {others})" if others else " (folder is empty)"))
+            raise DataError(f"{root}: no WAV / FLAC / OGG files found ("
+                            + (skipped_summary(skipped) if skipped else "folder is empty") + ")")
     labels = classes = None
     if opts["labels"]:
         if root.is_file():
@@ -213,7 +232,7 @@ def load_audio_folder(path: str | Path, options: dict[str, Any] | None = None) -
             names.append(rel.parts[0])
         classes = sorted(set(names))
         labels = [classes.index(n) for n in names]
-    return _load(files, labels, classes, opts, str(root), default_crop="random")
+    return _load(files, labels, classes, opts, str(root), default_crop="random", skipped=skipped)
 
 
 def load_bundled(options: dict[str, Any] | None = None) -> AudioDataset:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from ...core.datafiles import log_skipped, scan_folder
 from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
 
@@ -144,12 +145,14 @@ def _channels(channels: Any) -> int | None:
 
 # ------------------------------------------------------------------------------ folders
 def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """The non-empty PNG / JPEG files under ``root`` (hidden files and folders ignored)."""
+    return scan_folder(root, IMAGE_SUFFIXES)[0]
 
 
 def read_folder(root: str | Path, image_size: Any = None, channels: int | None = None, labels: Any = "auto",
                 max_images: int | None = None) -> tuple[Tensor, Tensor | None, list[str] | None]:
-    """Read every PNG/JPEG under ``root`` (recursively).
+    """Read every PNG/JPEG under ``root`` (recursively). Other files and empty files are
+    skipped and summarised in one warning line; hidden files are ignored.
 
     Returns ``(images uint8 [N, C, H, W], labels [N] or None, class names or None)``. Labels are the
     names of the first-level sub-folders (sorted) when ``labels`` is true, or when it is ``"auto"``
@@ -157,7 +160,8 @@ def read_folder(root: str | Path, image_size: Any = None, channels: int | None =
     grayscale, else 3. ``image_size`` ``None`` keeps the images' own size (which must then agree).
     """
     root = Path(root)
-    files = _image_files(root)
+    files, skipped = scan_folder(root, IMAGE_SUFFIXES)
+    log_skipped(root, skipped)
     if not files:
         raise DataError(f"{root}: no PNG or JPEG images found (looked recursively for {', '.join(IMAGE_SUFFIXES)})")
     if max_images:
@@ -204,7 +208,7 @@ def read_folder(root: str | Path, image_size: Any = None, channels: int | None =
 
 def _is_gray(p: Image.Image) -> bool:
     """Grayscale by mode (L, LA, 1, I, F) or a palette whose used colours are all gray."""
-    if p.mode in ("1", "L", "LA", "I", "I;16", "F"):
+    if p.mode in ("1", "L", "LA", "F") or p.mode.startswith("I"):
         return True
     if p.mode != "P":
         return False
@@ -218,10 +222,12 @@ def _flatten_alpha(p: Image.Image) -> Image.Image:
         rgba = p.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
-    if p.mode in ("I", "I;16", "F"):
+    if p.mode.startswith("I") or p.mode == "F":
+        # integer modes come from 16-bit PNGs (I;16, I;16B, or I in older Pillow): the bit
+        # depth sets the scale, whatever values the picture happens to hold
         a = np.asarray(p, dtype=np.float64)
-        hi = 65535.0 if p.mode.startswith("I") and a.max() > 255 else 255.0
-        return Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
+        hi = 65535.0 if p.mode.startswith("I") else 255.0
+        return Image.fromarray(np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8), "L")
     return p
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem, rdBase
 from rdkit.Geometry import Point3D
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
@@ -152,16 +152,14 @@ def build_rdkit_mol(symbols: Sequence[str], pos: np.ndarray | None, orders: np.n
 def smiles_of(mol: Chem.Mol) -> str | None:
     """EDM's validity: sanitize; ``None`` when RDKit rejects it, else the largest fragment's SMILES."""
     mol = Chem.Mol(mol)
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        Chem.SanitizeMol(mol)
-        frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-        largest = max(frags, default=mol, key=lambda m: m.GetNumAtoms())
-        return Chem.MolToSmiles(largest)
-    except Exception:  # RDKit raises several exception types for bad valences / kekulization
-        return None
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+    with rdBase.BlockLogs():   # silent here; the caller's RDKit log settings are restored after
+        try:
+            Chem.SanitizeMol(mol)
+            frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+            largest = max(frags, default=mol, key=lambda m: m.GetNumAtoms())
+            return Chem.MolToSmiles(largest)
+        except Exception:  # RDKit raises several exception types for bad valences / kekulization
+            return None
 
 
 def analyze_molecule(pos: np.ndarray, types: np.ndarray, tables: BondTables,

@@ -19,6 +19,13 @@ Edges are all ordered pairs within each molecule, built per batch from the batch
 layer of each edge MLP acts on ``[h_i, h_j, e_ij]``; it is evaluated as ``A h_i + B h_j + C e_ij``
 with ``A h`` and ``B h`` computed once per node, which is the same function at a fraction of the
 per-edge cost.
+
+Determinism: node rows are gathered onto edges with ``index_select`` (its backward is
+``index_add_``, which adds in index order) and edge messages are summed with ``index_add_``; the
+backward of plain indexing ``h[row]`` is ``index_put_(accumulate=True)``, whose threads race, so
+two identical 2-thread training runs used to drift apart in the last bits. (Matrix products are
+still reduced in an order the BLAS picks by thread count: results are bit-identical for a given
+thread count, not across thread counts.)
 """
 
 from __future__ import annotations
@@ -102,7 +109,7 @@ class _PairLinear(nn.Module):
         self.edge = nn.Linear(edge_dim, out, bias=False)
 
     def forward(self, h: Tensor, row: Tensor, col: Tensor, edge_attr: Tensor) -> Tensor:
-        return self.src(h)[row] + self.dst(h)[col] + self.edge(edge_attr)
+        return self.src(h).index_select(0, row) + self.dst(h).index_select(0, col) + self.edge(edge_attr)
 
 
 class GCL(nn.Module):
@@ -144,7 +151,7 @@ class CoordUpdate(nn.Module):
 
 
 def _geometry(pos: Tensor, row: Tensor, col: Tensor, norm_constant: float) -> tuple[Tensor, Tensor]:
-    diff = pos[row] - pos[col]
+    diff = pos.index_select(0, row) - pos.index_select(0, col)
     d2 = (diff * diff).sum(1, keepdim=True)
     unit = diff / (torch.sqrt(d2 + 1e-8) + norm_constant)
     return d2, unit
@@ -181,7 +188,7 @@ class EGNN(nn.Module):
         batch = space.batch.to(x.device)
         row, col = space.edges()
         row, col = row.to(x.device), col.to(x.device)
-        t = (noise_level.to(x.dtype) / self.time_scale)[batch].unsqueeze(1)
+        t = (noise_level.to(x.dtype) / self.time_scale).index_select(0, batch).unsqueeze(1)
         h = self.embed(torch.cat([h, t], 1))
         d0, _ = _geometry(pos0, row, col, self.norm_constant)
         pos = pos0
@@ -192,5 +199,5 @@ class EGNN(nn.Module):
                 h = gcl(h, row, col, edge_attr)
             pos = upd(h, pos, row, col, unit, edge_attr)
         eps_pos = pos - pos0
-        eps_pos = eps_pos - space.graph_mean(eps_pos)[batch]
+        eps_pos = eps_pos - space.graph_mean(eps_pos).index_select(0, batch)
         return torch.cat([eps_pos, self.head(h)], 1)

@@ -1,8 +1,13 @@
-"""Readers of 3-D molecules: QM9 (qm9pack or torch-geometric), SDF, XYZ, SMILES (RDKit ETKDG).
+"""Readers of 3-D molecules: QM9 (qm9pack or the raw files of a torch-geometric QM9 folder), SDF,
+XYZ, SMILES (RDKit ETKDG).
 
 Every reader returns a :class:`RawMolecules`: per molecule its element symbols, coordinates
 (Angstrom), formal charges and a name, plus the records it skipped and why. Bad input raises
 :class:`~diffuse.core.domain.DataError` with one line naming the file (and record).
+
+No data file can run code: nothing here unpickles (torch-geometric's ``processed/*.pt`` files
+are pickles and are never opened), nothing is downloaded, and nothing is written into the
+user's folder.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
+from diffuse.core.datafiles import log_skipped, scan_folder
 from diffuse.core.domain import DataError
 
-__all__ = ["RawMolecules", "read_path", "read_qm9pack", "read_pyg_qm9", "read_sdf", "read_xyz", "read_smiles",
+__all__ = ["RawMolecules", "read_path", "read_qm9pack", "read_qm9_raw", "read_sdf", "read_xyz", "read_smiles",
            "qm9_split", "QM9_SPLIT_SIZES", "SUFFIXES"]
 
 log = logging.getLogger(__name__)
@@ -77,14 +83,17 @@ def report_skipped(source: str, mols: RawMolecules, total: int) -> None:
     log.warning("%s: skipped %d of %d records (%s); first: %s", source, len(mols.skipped), total, summary, first_rec)
 
 
-def _check_3d(mol: Chem.Mol) -> bool:
+def _flat(mol: Chem.Mol) -> str | None:
+    """Why a record has no usable 3-D coordinates, or ``None``. The coordinates decide, not the
+    header's 2D/3D flag: all ``z = 0`` (within 1e-6) is 2-D (for one or two atoms, which can lie
+    on a line in 3-D, only when the header also says 2D)."""
     if mol.GetNumConformers() == 0:
-        return False
+        return "no coordinates"
     conf = mol.GetConformer()
-    if conf.Is3D():
-        return True
     pos = conf.GetPositions()
-    return bool(np.abs(pos[:, 2]).max() > 1e-6) if len(pos) else False
+    if len(pos) and np.abs(pos[:, 2]).max() <= 1e-6 and (len(pos) >= 3 or not conf.Is3D()):
+        return "2-D coordinates"
+    return None
 
 
 def _from_rdkit(mol: Chem.Mol) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -101,16 +110,13 @@ def _collect(path: Path, records: Iterator[Record], empty: str) -> RawMolecules:
     file is an error, skipped records are counted and reported with their reasons."""
     out = RawMolecules()
     total = 0
-    RDLogger.DisableLog("rdApp.*")
-    try:
+    with rdBase.BlockLogs():   # restores the caller's RDKit log settings afterwards
         for rec, mol in records:
             total += 1
             if isinstance(mol, str):
                 out.skipped.append((rec, mol))
             else:
                 out.add(*_from_rdkit(mol), name=rec)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
     if total == 0:
         raise DataError(f"{path}: {empty}")
     report_skipped(str(path), out, total)
@@ -130,8 +136,8 @@ def _sdf_records(path: Path, add_hydrogens: bool) -> Iterator[Record]:
                     rec += f" ({mol.GetProp('_Name').strip()})"
                 if mol.GetNumAtoms() == 0:
                     yield rec, "no atoms"
-                elif not _check_3d(mol):
-                    yield rec, "no 3-D coordinates"
+                elif _flat(mol):
+                    yield rec, _flat(mol)
                 elif add_hydrogens and any(a.GetNumImplicitHs() for a in mol.GetAtoms()):
                     yield rec, Chem.AddHs(mol, addCoords=True)
                 else:
@@ -147,32 +153,88 @@ def read_sdf(path: Path, add_hydrogens: bool = True) -> RawMolecules:
                     "empty SDF file (expected at least one molecule record)")
 
 
-def _xyz_blocks(path: Path) -> Iterator[tuple[int, str]]:
+def _xyz_count(line: str) -> int | None:
+    parts = line.split()
+    if len(parts) == 1 and parts[0].isdigit() and int(parts[0]) > 0:
+        return int(parts[0])
+    return None
+
+
+def _xyz_atom(line: str) -> bool:
+    parts = line.split()
+    if len(parts) < 4 or not parts[0][:1].isalpha():
+        return False
+    try:
+        [float(v) for v in parts[1:4]]
+    except ValueError:
+        return False
+    return True
+
+
+def _xyz_records(path: Path) -> Iterator[tuple[str, str, bool]]:
+    """``(record name, frame text or reason, is a frame)`` for every frame of an XYZ file and
+    for every stretch of lines that is not one. A frame is an atom-count line, a comment line
+    and that many ``symbol x y z`` lines; after a bad stretch reading resynchronises on the next
+    line that starts a valid frame. A count followed by more atom lines than it says is bad
+    (the molecule would be truncated and its remaining atoms mistaken for the next frame)."""
     lines = path.read_text(errors="replace").splitlines()
-    i, k = 0, 0
+
+    def atoms_from(i: int) -> int:        # consecutive atom lines from line i
+        j = i
+        while j < len(lines) and _xyz_atom(lines[j]):
+            j += 1
+        return j - i
+
+    def frame_at(i: int) -> int | None:   # atom count when a valid frame starts at line i
+        n = _xyz_count(lines[i])
+        if n is None or i + 1 >= len(lines) or atoms_from(i + 2) < n:
+            return None
+        return n
+
+    i = 0
     while i < len(lines):
         if not lines[i].strip():
             i += 1
             continue
-        k += 1
-        try:
-            n = int(lines[i].split()[0])
-        except ValueError:
-            yield k, ""    # unparsable header: report and stop
-            return
-        yield k, "\n".join(lines[i:i + n + 2])
-        i += n + 2
+        n = frame_at(i)
+        if n is not None:
+            rec = f"{path.name} frame at line {i + 1}"
+            end = i + 2 + n
+            extra = atoms_from(end)
+            if extra:
+                yield rec, f"atom count {n} but {n + extra} atom lines follow", False
+                i = end + extra
+            else:
+                yield rec, "\n".join(lines[i:end]), True
+                i = end
+            continue
+        j = i + 1
+        while j < len(lines) and frame_at(j) is None:
+            j += 1
+        while j > i + 1 and not lines[j - 1].strip():
+            j -= 1
+        count = _xyz_count(lines[i])
+        if count is not None:
+            reason = f"atom count {count} but {atoms_from(i + 2)} atom lines follow"
+        else:
+            reason = "not an XYZ frame (atom count, comment, 'symbol x y z' lines)"
+        yield (f"{path.name} line {i + 1}" if j == i + 1 else f"{path.name} lines {i + 1}-{j}"), reason, False
+        i = j
 
 
 def read_xyz(path: Path) -> RawMolecules:
-    """One or more concatenated XYZ frames (atom count, comment, ``symbol x y z`` lines)."""
+    """One or more concatenated XYZ frames (atom count, comment, ``symbol x y z`` lines).
+    Anything between frames that is not a frame is skipped (counted, with its reason), and
+    reading carries on at the next valid frame."""
     def records() -> Iterator[Record]:
-        for k, block in _xyz_blocks(path):
-            mol = Chem.MolFromXYZBlock(block) if block else None
-            if mol is None or mol.GetNumAtoms() == 0:
-                yield f"{path.name} frame {k}", "not a valid XYZ frame (atom count, comment, 'symbol x y z' lines)"
+        for rec, text, is_frame in _xyz_records(path):
+            mol = Chem.MolFromXYZBlock(text) if is_frame else None
+            if not is_frame:
+                yield rec, text
+            elif mol is None or mol.GetNumAtoms() == 0:
+                yield rec, "RDKit could not read the frame (unknown element symbol?)"
             else:
-                yield f"{path.name} frame {k}", mol
+                yield rec, mol
     return _collect(path, records(),
                     "empty XYZ file (expected an atom count line, a comment line and coordinates)")
 
@@ -248,25 +310,68 @@ def read_qm9pack(limit: int | None = None) -> tuple[RawMolecules, np.ndarray]:
     return out, np.array(index)
 
 
-def read_pyg_qm9(root: Path) -> RawMolecules:
-    """QM9 as stored by torch-geometric's ``datasets.QM9(root)`` (already downloaded / processed)."""
-    from torch_geometric.datasets import QM9
+QM9_RAW_FILES = ("gdb9.sdf", "gdb9.sdf.csv", "uncharacterized.txt")
 
+
+def is_qm9_folder(root: Path) -> bool:
+    """A torch-geometric QM9 folder: it has ``processed/`` or ``raw/`` with one of QM9's raw files."""
+    return (root / "processed").is_dir() or any((root / "raw" / n).is_file() for n in QM9_RAW_FILES)
+
+
+def _uncharacterized(path: Path) -> set[int]:
+    """1-based QM9 indices listed in ``uncharacterized.txt`` (the 3,054 molecules that failed
+    QM9's geometry consistency check): the first number of each table row, the table being the
+    file's lines after its 9 header lines and before its closing line (as torch-geometric reads it)."""
+    out = set()
+    for line in path.read_text(errors="replace").split("\n")[9:-2]:
+        parts = line.split()
+        if not parts:
+            continue
+        if not parts[0].isdigit():
+            raise DataError(f"{path}: expected QM9's table of uncharacterized molecules (9 header lines, then "
+                            f"one index per line), got {line.strip()[:40]!r}")
+        out.add(int(parts[0]))
+    return out
+
+
+def read_qm9_raw(root: Path) -> RawMolecules:
+    """QM9 from the raw files a torch-geometric QM9 folder keeps (``raw/gdb9.sdf``,
+    ``raw/gdb9.sdf.csv``, ``raw/uncharacterized.txt``), read as torch-geometric reads them
+    (RDKit ``SDMolSupplier``, ``removeHs=False, sanitize=False``; uncharacterized molecules
+    dropped) but with our own code: ``processed/*.pt`` files are pickles, which can run code, so
+    they are never loaded, and nothing is downloaded or written into the folder."""
     raw = root / "raw"
-    processed = root / "processed"
-    has_raw = all((raw / n).is_file() for n in ("gdb9.sdf", "gdb9.sdf.csv", "uncharacterized.txt"))
-    if not (processed.is_dir() and any(processed.glob("*.pt"))) and not has_raw:
-        raise DataError(f"{root}: not a torch-geometric QM9 folder (expected processed/*.pt or raw/gdb9.sdf); "
-                        "no download is attempted")
-    ds = QM9(str(root))
-    z = ds._data.z.numpy()
-    pos = ds._data.pos.numpy()
-    ptr = ds.slices["z"].numpy()
-    table = Chem.GetPeriodicTable()
-    out = RawMolecules()
-    for i in range(len(ptr) - 1):
-        a, b = int(ptr[i]), int(ptr[i + 1])
-        out.add([table.GetElementSymbol(int(k)) for k in z[a:b]], pos[a:b], None, name=f"QM9 {i}")
+    missing = [n for n in QM9_RAW_FILES if not (raw / n).is_file()]
+    if missing:
+        have = " (its processed/*.pt files are never loaded: they are pickles, which can run code)" \
+            if (root / "processed").is_dir() else ""
+        raise DataError(f"{root}: a torch-geometric QM9 folder needs the raw files raw/gdb9.sdf, raw/gdb9.sdf.csv "
+                        f"and raw/uncharacterized.txt; missing {', '.join('raw/' + n for n in missing)}{have}; "
+                        "nothing is downloaded")
+    sdf, table = raw / "gdb9.sdf", raw / "gdb9.sdf.csv"
+    try:
+        rows = sum(1 for line in table.read_text(errors="replace").splitlines()[1:] if line.strip())
+        drop = _uncharacterized(raw / "uncharacterized.txt")
+    except OSError as exc:
+        raise DataError(f"{raw}: cannot read QM9's raw files ({exc})") from None
+
+    def records() -> Iterator[Record]:
+        for k, mol in enumerate(Chem.SDMolSupplier(str(sdf), removeHs=False, sanitize=False)):
+            if k + 1 in drop:
+                continue
+            rec = f"{sdf.name} record {k + 1}"
+            if mol is None or mol.GetNumAtoms() == 0:
+                yield rec, "RDKit could not parse the record"
+                continue
+            name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
+            yield f"QM9 {k + 1}" + (f" ({name})" if name else ""), mol
+
+    out = _collect(sdf, records(), "empty SDF file (expected QM9's molecule records)")
+    total = len(out) + len(out.skipped) + len(drop)
+    if total != rows:
+        raise DataError(f"{sdf}: {total} records but {table.name} has {rows} rows; "
+                        "expected the matching files of one QM9 download")
+    log.info("%s: %d QM9 molecules (%d uncharacterized dropped)", root, len(out), len(drop))
     return out
 
 
@@ -297,7 +402,9 @@ def read_file(path: Path, options: dict) -> RawMolecules:
 
 
 def read_path(path: str | Path, options: dict) -> RawMolecules:
-    """Read a molecule file, a folder of them, ``qm9`` (qm9pack) or a torch-geometric QM9 folder."""
+    """Read a molecule file, a folder of them, ``qm9`` (qm9pack) or a torch-geometric QM9 folder
+    (its raw files). A folder's files with other extensions, empty files and files that cannot
+    be used are skipped and summarised in one warning line."""
     if str(path).lower() in ("qm9", "qm9pack"):
         mols, _ = read_qm9pack()
         return _apply_split(mols, options)
@@ -305,17 +412,20 @@ def read_path(path: str | Path, options: dict) -> RawMolecules:
     if not p.exists():
         raise DataError(f"{p}: no such file or folder (expected SDF / XYZ / SMILES files, or 'qm9')")
     if p.is_dir():
-        if (p / "processed").is_dir() or (p / "raw" / "gdb9.sdf").is_file():
-            return _apply_split(read_pyg_qm9(p), options)
-        files = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f))
+        if is_qm9_folder(p):
+            return _apply_split(read_qm9_raw(p), options)
+        files, skipped = scan_folder(p, SUFFIXES)
         if not files:
+            log_skipped(p, skipped)
             raise DataError(f"{p}: folder holds no molecule files (expected {', '.join(sorted(SUFFIXES))})")
         out = RawMolecules()
         for f in files:
             try:
                 out.extend(read_file(f, options))
             except DataError as exc:
+                skipped.append((f, "unreadable"))
                 out.skipped.append((str(f), str(exc)))
+        log_skipped(p, skipped)
         return out
     return read_file(p, options)
 
