@@ -43,12 +43,20 @@ def _read_config_file(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     p = Path(path)
+    if str(path).strip() == "":
+        raise ValueError("--config is an empty string; give a JSON file")
+    if p.is_dir():
+        raise IsADirectoryError(f"config file {p} is a folder; give a JSON file")
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"config file {p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {p} is not UTF-8 text; expected a JSON file") from None
+    except RecursionError:
+        raise ValueError(f"config file {p} is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {p} must hold a JSON object with keys model / diffusion / train / data_options")
     unknown = set(data) - {"model", "diffusion", "train", "data_options", "domain", "data"}

@@ -73,6 +73,18 @@ class _Group(click.Group):
             raise _usage_line(exc) from None
 
 
+class _PathType(click.Path):
+    """A path option that refuses an empty string (which would otherwise mean the current folder)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip() == "":
+            self.fail("is an empty string; give a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = _PathType(path_type=Path)
+
+
 def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
@@ -250,17 +262,17 @@ def domains() -> None:
 
 @main.command()
 @click.option("--domain", "-d", default=None, help="Domain to train (see `diffuse domains`). Required unless --resume.")
-@click.option("--data", type=click.Path(path_type=Path), default=None,
+@click.option("--data", type=PATH, default=None,
               help="Training data (file or folder); default: the domain's bundled data set.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+@click.option("--config", "config_file", type=PATH, default=None,
               help="JSON file with sections model / diffusion / train / data_options.")
 @click.option("--steps", type=int, default=None, callback=_positive, help="Optimizer steps (total, also when resuming).")
 @click.option("--batch-size", type=int, default=None, callback=_positive, help="Samples per optimizer step.")
 @click.option("--lr", type=float, default=None, callback=_positive, help="Peak learning rate (AdamW).")
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Seed for data order, noise and initialisation.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default runs/DOMAIN).")
-@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue the run in this folder.")
+@click.option("--out", type=PATH, default=None, help="Run folder (default runs/DOMAIN).")
+@click.option("--resume", type=PATH, default=None, help="Continue the run in this folder.")
 @click.option("--sample-every", type=int, default=None, callback=_non_negative,
               help="Sample and evaluate every N steps (0: only at the end).")
 @click.option("--eval-samples", type=int, default=None, callback=_non_negative,
@@ -307,7 +319,7 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
 
 
 @main.command()
-@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), required=True, help="Run folder from `diffuse train`.")
+@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`.")
 @click.option("--num", "-n", type=int, default=16, show_default=True, callback=_positive, help="Number of samples.")
 @click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(_sampler_names()) + ".")
 @click.option("--steps", type=int, default=None, callback=_positive,
@@ -325,7 +337,7 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
               help="What to sample, as the domain understands it (JSON): molecules take atom counts, "
                    "e.g. 12 or [9, 12, 15, ...] (one per sample); image / audio models trained with labels "
                    "take class indices.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=PATH, default=None,
               help="Output folder, new or empty (default CHECKPOINT/samples/sample, or sample-2, sample-3, ... "
                    "when that is taken).")
 def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
@@ -363,9 +375,9 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
 
 
 @main.command()
-@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), required=True, help="Run folder from `diffuse train`.")
+@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`.")
 @click.option("--num", "-n", type=int, default=256, show_default=True, callback=_positive, help="Samples to generate.")
-@click.option("--data", type=click.Path(path_type=Path), default=None,
+@click.option("--data", type=PATH, default=None,
               help="Reference data (default: the training data's held-out split).")
 @click.option("--sampler", default="ddim", show_default=True)
 @click.option("--steps", type=int, default=None, callback=_positive)
@@ -383,7 +395,7 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
               help="Reference items for --likelihood.")
 @click.option("--exact-trace", is_flag=True, help="--likelihood with the exact divergence (small data only); "
               "default: exact up to 16 dimensions, Hutchinson above.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=PATH, default=None,
               help="JSON file for the metrics (default CHECKPOINT/evaluation.json).")
 def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, baseline, options, likelihood,
              likelihood_num, exact_trace, out) -> None:
