@@ -47,8 +47,10 @@ def _read_config_file(path: str | Path | None) -> dict[str, Any]:
         raise ValueError("--config is an empty string; give a JSON file")
     if p.is_dir():
         raise IsADirectoryError(f"config file {p} is a folder; give a JSON file")
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"config file {p} does not exist")
+    if not p.is_file():
+        raise ValueError(f"config file {p} is not a regular file; give a JSON file")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
