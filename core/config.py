@@ -49,6 +49,8 @@ class Range:
         return None
 
     def describe(self) -> str:
+        if self.lo == 1 and self.hi is None and not self.lo_open:
+            return "a positive integer"
         if self.lo is not None and self.hi is not None:
             return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
         if self.lo is not None:
