@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from .core.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, read_run_config
-from .core.config import DiffusionConfig, RunConfig, TrainConfig, update_dataclass
+from .core.config import DiffusionConfig, RunConfig, TrainConfig, check_device, update_dataclass
 from .core.diffusion import Diffusion
 from .core.domain import Batch, DataError, Domain, DomainDataset
 from .core.generate import generate
@@ -34,7 +34,7 @@ from .core.registry import available_domains, get_domain
 from .core.trainer import Trainer, TrainResult, resolve_device
 
 __all__ = ["train", "load", "build", "DiffusionModel", "make_config", "available_domains", "get_domain",
-           "TrainResult", "write_samples"]
+           "TrainResult", "write_samples", "write_text", "fresh_sample_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,22 @@ def _read_config_file(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     p = Path(path)
-    if not p.is_file():
+    if str(path).strip() == "":
+        raise ValueError("--config is an empty string; give a JSON file")
+    if p.is_dir():
+        raise IsADirectoryError(f"config file {p} is a folder; give a JSON file")
+    if not p.exists():
         raise FileNotFoundError(f"config file {p} does not exist")
+    if not p.is_file():
+        raise ValueError(f"config file {p} is not a regular file; give a JSON file")
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"config file {p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {p} is not UTF-8 text; expected a JSON file") from None
+    except RecursionError:
+        raise ValueError(f"config file {p} is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {p} must hold a JSON object with keys model / diffusion / train / data_options")
     unknown = set(data) - {"model", "diffusion", "train", "data_options", "domain", "data"}
@@ -62,37 +72,45 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
                 diffusion: dict[str, Any] | None = None, **train_overrides: Any) -> RunConfig:
     """A :class:`RunConfig` from the domain's defaults, a config dict / JSON file, ``diffusion``
     overrides of :class:`DiffusionConfig` fields (``{"training": "edm"}``...), and keyword overrides
-    of :class:`TrainConfig` fields (``steps=``, ``batch_size=``, ``lr=``, ``device=``, ``seed=`` ...)."""
+    of :class:`TrainConfig` fields (``steps=``, ``batch_size=``, ``lr=``, ``device=``, ``seed=`` ...).
+
+    Everything is validated here (types and ranges of every field, the model section through the
+    domain's ``check_config``, the schedule by building it, the evaluation sampler and its step
+    count against the schedule) so that a mistake is a ``ValueError`` before any file exists."""
     dom = get_domain(domain) if isinstance(domain, str) else domain
     user = config if isinstance(config, dict) else _read_config_file(config)
+    for section in ("model", "diffusion", "train", "data_options"):
+        if not isinstance(user.get(section, {}), dict):
+            raise ValueError(f"config section {section!r} must be a JSON object, got {user[section]!r}")
+    if "data" in user and user["data"] is not None and not isinstance(user["data"], str):
+        raise ValueError(f"config 'data' must be a path string, got {user['data']!r}")
     model = {**dom.default_model(), **user.get("model", {})}
     dom.check_config(model)
     diff_over = {k: v for k, v in (diffusion or {}).items() if v is not None}
     diffusion_cfg = update_dataclass(DiffusionConfig(),
                                      {**dom.default_diffusion(), **user.get("diffusion", {}), **diff_over}, "diffusion")
-    Diffusion(diffusion_cfg)  # validate schedule / parameterization / training mode now, with a clear message
+    diffusion_cfg.validate()
+    diff = Diffusion(diffusion_cfg)  # the training mode's own checks, with a clear message
     train_cfg = update_dataclass(TrainConfig(), {**dom.default_train(), **user.get("train", {})}, "train")
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
     train_cfg = update_dataclass(train_cfg, overrides, "train")
-    _check_train(train_cfg)
+    _check_train(train_cfg, diff)
     data_options = {**dom.default_data(), **user.get("data_options", {})}
     data = data if data is not None else user.get("data")
+    if data is not None and str(data).strip() == "":
+        raise ValueError("--data is an empty string; give a file or folder, or leave it out for the bundled data")
     return RunConfig(domain=dom.name, data=str(data) if data is not None else None, data_options=data_options,
                      model=model, diffusion=diffusion_cfg, train=train_cfg)
 
 
-def _check_train(cfg: TrainConfig) -> None:
-    for name in ("steps", "batch_size", "grad_accum"):
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
-    if not cfg.lr > 0:
-        raise ValueError(f"lr must be positive, got {cfg.lr!r}")
-    if not 0 <= cfg.ema_decay < 1:
-        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
-    if not 0 <= cfg.holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction must be in [0, 1), got {cfg.holdout_fraction!r}")
-    resolve_device(cfg.device)
+def _check_train(cfg: TrainConfig, diffusion: Diffusion | None = None) -> None:
+    """Types and ranges of every field (``TrainConfig.validate``), and, given the diffusion
+    process, that the evaluation sampler can run ``eval_steps`` steps on its schedule."""
+    cfg.validate()
+    if diffusion is not None:
+        T = diffusion.schedule.num_steps
+        if T and cfg.eval_steps > T:
+            raise ValueError(f"train.eval_steps is {cfg.eval_steps} but the schedule has only T={T} steps")
 
 
 def _load_data(dom: Domain, config: RunConfig) -> DomainDataset:
@@ -207,8 +225,8 @@ def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, A
         diff_cfg = update_dataclass(DiffusionConfig(), {**dom.default_diffusion(), **(diffusion or {})}, "diffusion")
     cfg = RunConfig(domain=dom.name, model=model_cfg, diffusion=diff_cfg, data_info=dict(data_info))
     torch.manual_seed(seed)
-    diff = Diffusion(diff_cfg)
-    dev = resolve_device(device)
+    diff = Diffusion(diff_cfg.validate())
+    dev = resolve_device(check_device(device))
     den = diff.denoiser(dom.build_backbone(model_cfg, cfg.data_info)).to(dev)
     return DiffusionModel(dom, cfg, den, diff, dev)
 
@@ -308,3 +326,33 @@ def write_samples(domain: Domain, samples: Batch, out_dir: str | Path, data_info
             os.replace(f, dest)
         tmp.rmdir()
     return [out / Path(p).relative_to(tmp) if Path(p).is_relative_to(tmp) else Path(p) for p in paths]
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary sibling, then a rename); the temporary
+    file never outlives an error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def fresh_sample_dir(base: str | Path) -> Path:
+    """``base`` if it does not exist or is an empty folder, else the first free ``base-2``,
+    ``base-3``, ...: new samples never land among old ones."""
+    base = Path(base)
+
+    def free(p: Path) -> bool:
+        return not p.exists() or (p.is_dir() and not any(p.iterdir()))
+
+    if free(base):
+        return base
+    k = 2
+    while not free(base.with_name(f"{base.name}-{k}")):
+        k += 1
+    return base.with_name(f"{base.name}-{k}")

@@ -6,8 +6,11 @@ one line ``error: ...`` with exit code 2, never as a traceback.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,20 +18,71 @@ from typing import Any
 import click
 
 from .. import api
-from ..core.checkpoint import CheckpointError, atomic_write_text
+from ..core.checkpoint import CheckpointError
+from ..core.config import check_device
 from ..core.domain import DataError
 from ..core.registry import UnknownDomainError
-from ..core.samplers import SAMPLERS, SPACINGS
+from ..core import solvers  # noqa: F401 - registers the continuous samplers
+from ..core.samplers import SAMPLERS, SPACINGS, check_sampler_options
 
 USER_ERRORS = (DataError, CheckpointError, UnknownDomainError, FileNotFoundError, FileExistsError, ValueError,
                NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "invalid input"
+
+
 class UserError(click.ClickException):
+    """A user mistake: printed as one line ``error: ...`` on stderr, exit code 2."""
+
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(message))
 
     def show(self, file=None) -> None:
         click.echo(f"error: {self.message}", err=True)
+
+
+def _usage_line(exc: click.UsageError) -> UserError:
+    """click's usage errors (bad option values, unknown options, missing ones) as one line."""
+    msg = exc.format_message().rstrip(".")
+    ctx = exc.ctx
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return UserError(f"{msg}{where}")
+
+
+class _Group(click.Group):
+    """Formats click's usage errors as one ``error: ...`` line (exit 2) for every command."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
+
+
+class _PathType(click.Path):
+    """A path option that refuses an empty string (which would otherwise mean the current folder)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip() == "":
+            self.fail("is an empty string; give a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = _PathType(path_type=Path)
 
 
 def _run(fn, *args, **kwargs):
@@ -40,8 +94,15 @@ def _run(fn, *args, **kwargs):
 
 
 def _positive(ctx, param, value):
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be positive, got {value}")
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise click.BadParameter(f"must be {'a finite positive number' if isinstance(value, float) else 'positive'}, "
+                                 f"got {value}")
+    return value
+
+
+def _non_negative(ctx, param, value):
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be >= 0, got {value}")
     return value
 
 
@@ -65,58 +126,117 @@ def _print_columns(title: str, columns: dict[str, dict[str, Any]]) -> None:
         click.echo(f"  {k:<{width}}  " + "  ".join(f"{v:>12.4f}" if isinstance(v, float) else f"{str(v):>12}" for v in vals))
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -2 ** 63 <= v < 2 ** 63
+
+
 def _parse_condition(text: str | None, num: int) -> Any:
-    """``--condition`` JSON: a number applies to every sample, a list gives one value per sample."""
+    """``--condition`` JSON: an integer applies to every sample, a list gives one integer per
+    sample (atom counts, class indices). Booleans, fractions, strings, objects and nulls are
+    refused here; the domain checks the values themselves (``Domain.check_structure``)."""
     if text is None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise UserError(f"--condition must be JSON (e.g. 12 or [9, 12]), got {text!r}") from None
+    import torch
+
     if isinstance(value, list):
         if len(value) != num:
             raise UserError(f"--condition lists {len(value)} values but --num is {num}; give one per sample")
-        import torch
-
-        try:
-            return torch.tensor(value)
-        except (TypeError, ValueError):
-            raise UserError(f"--condition list must hold numbers, got {text!r}") from None
-    if isinstance(value, (int, float)):
-        import torch
-
-        return torch.full((num,), value)
-    return value
+        bad = [v for v in value if not _is_int(v)]
+        if bad:
+            raise UserError(f"--condition values must be whole numbers (atom counts or class indices), "
+                            f"got {json.dumps(bad[0])}")
+        return torch.tensor(value, dtype=torch.long)
+    if _is_int(value):
+        return torch.full((num,), value, dtype=torch.long)
+    raise UserError(f"--condition must be a whole number or a list of {num} of them (e.g. 12 or [9, 12, ...]), "
+                    f"got {text!r}")
 
 
 def _sampler_names() -> list[str]:
     return sorted(SAMPLERS)
 
 
-def _parse_options(sampler: str, pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (values parsed as JSON where possible) checked against the sampler."""
-    import inspect
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    try:
+        return float(raw)       # inf, -inf, nan (the latter refused by the type check)
+    except ValueError:
+        return raw
 
-    params = inspect.signature(SAMPLERS[sampler]).parameters
-    allowed = {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY} - {
-        "schedule", "space", "generator", "callback", "stats"}
+
+def _parse_options(sampler: str, pairs: tuple[str, ...], eta: float | None = None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (values parsed as JSON where possible) checked against the sampler's
+    signature: known names, types, ranges. ``--eta E`` is the same as ``-o eta=E`` (not both)."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; expected one of {', '.join(_sampler_names())}")
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise UserError(f"--option expects KEY=VALUE, got {pair!r}")
-        if key not in allowed:
-            raise UserError(f"sampler {sampler!r} has no option {key!r}; it takes: {', '.join(sorted(allowed)) or 'none'}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    if "stats" in params:
+        if key in out:
+            raise UserError(f"sampler option {key!r} is given twice")
+        out[key] = _parse_value(raw)
+    if eta is not None:
+        if "eta" in out:
+            raise UserError("eta is given twice (--eta and -o eta=...); give one")
+        out["eta"] = eta
+    _run(check_sampler_options, sampler, out)
+    if "stats" in inspect.signature(SAMPLERS[sampler]).parameters:
         out["stats"] = {}
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _check_device(device: str) -> str:
+    return _run(check_device, device)
+
+
+def _check_out_file(path: Path) -> Path:
+    """``--out FILE``: not a folder, in an existing writable folder; checked before any work."""
+    if str(path).strip() == "":
+        raise UserError("--out is an empty string; give a file name")
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"--out {p} is a folder; give a file name (e.g. {p / 'evaluation.json'})")
+    parent = p.parent
+    if not parent.exists():
+        raise UserError(f"--out {p}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise UserError(f"--out {p}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"--out {p}: no permission to write there")
+    return p
+
+
+def _check_out_dir(path: Path) -> Path:
+    """``--out DIR`` for samples: a new or empty folder (never mixed with old samples) whose
+    nearest existing parent is a writable folder."""
+    if str(path).strip() == "":
+        raise UserError("--out is an empty string; give a folder")
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {p} is a file; give a folder for the samples")
+    if p.is_dir() and any(p.iterdir()):
+        raise UserError(f"--out {p} is not empty; give a new or empty folder (samples are never mixed with old ones)")
+    anc = p if p.exists() else p.parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UserError(f"--out {p}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UserError(f"--out {p}: no permission to write in {anc}")
+    return p
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Log more (INFO level).")
 @click.version_option(package_name="diffuse")
 def main(verbose: bool) -> None:
@@ -142,19 +262,21 @@ def domains() -> None:
 
 @main.command()
 @click.option("--domain", "-d", default=None, help="Domain to train (see `diffuse domains`). Required unless --resume.")
-@click.option("--data", type=click.Path(path_type=Path), default=None,
+@click.option("--data", type=PATH, default=None,
               help="Training data (file or folder); default: the domain's bundled data set.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+@click.option("--config", "config_file", type=PATH, default=None,
               help="JSON file with sections model / diffusion / train / data_options.")
 @click.option("--steps", type=int, default=None, callback=_positive, help="Optimizer steps (total, also when resuming).")
 @click.option("--batch-size", type=int, default=None, callback=_positive, help="Samples per optimizer step.")
 @click.option("--lr", type=float, default=None, callback=_positive, help="Peak learning rate (AdamW).")
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Seed for data order, noise and initialisation.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default runs/DOMAIN).")
-@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue the run in this folder.")
-@click.option("--sample-every", type=int, default=None, help="Sample and evaluate every N steps (0: only at the end).")
-@click.option("--eval-samples", type=int, default=None, help="Samples drawn for each evaluation.")
+@click.option("--out", type=PATH, default=None, help="Run folder (default runs/DOMAIN).")
+@click.option("--resume", type=PATH, default=None, help="Continue the run in this folder.")
+@click.option("--sample-every", type=int, default=None, callback=_non_negative,
+              help="Sample and evaluate every N steps (0: only at the end).")
+@click.option("--eval-samples", type=int, default=None, callback=_non_negative,
+              help="Samples drawn for each evaluation (0: none).")
 @click.option("--training", type=click.Choice(["ddpm", "continuous", "edm"]), default=None,
               help="Objective: ddpm (discrete T-step times, default), continuous (t ~ U[eps, 1]) or edm "
                    "(EDM preconditioning, log-normal noise levels).")
@@ -168,6 +290,16 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
     """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples."""
     if domain is None and resume is None:
         raise UserError("--domain is required (or --resume RUN_DIR); see `diffuse domains`")
+    for name, value in (("--data", data), ("--out", out), ("--resume", resume), ("--config", config_file),
+                        ("--domain", domain), ("--device", device)):
+        if value is not None and str(value).strip() == "":
+            raise UserError(f"{name} is an empty string")
+    if resume is not None and (out is not None or config_file is not None):
+        raise UserError("--out and --config cannot be combined with --resume (the run keeps its folder and config)")
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the run")
+    if device is not None:
+        _check_device(device)
     if domain is None:
         domain = _run(api.read_run_config, resume).domain
     diffusion = {"training": training, "parameterization": parameterization,
@@ -187,12 +319,12 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
 
 
 @main.command()
-@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), required=True, help="Run folder from `diffuse train`.")
+@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`.")
 @click.option("--num", "-n", type=int, default=16, show_default=True, callback=_positive, help="Number of samples.")
 @click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(_sampler_names()) + ".")
 @click.option("--steps", type=int, default=None, callback=_positive,
               help="Sampler steps (default: T for ddpm, 50 otherwise).")
-@click.option("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (default 0).")
+@click.option("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (default 0); same as -o eta=E.")
 @click.option("--spacing", type=click.Choice(SPACINGS), default=None, help="Time-grid spacing (default trailing).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples (any batch size).")
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
@@ -205,38 +337,47 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
               help="What to sample, as the domain understands it (JSON): molecules take atom counts, "
                    "e.g. 12 or [9, 12, 15, ...] (one per sample); image / audio models trained with labels "
                    "take class indices.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default CHECKPOINT/samples/sample).")
+@click.option("--out", type=PATH, default=None,
+              help="Output folder, new or empty (default CHECKPOINT/samples/sample, or sample-2, sample-3, ... "
+                   "when that is taken).")
 def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
            condition, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; expected one of {', '.join(_sampler_names())}")
-    opts = _parse_options(sampler, options)
+    opts = _parse_options(sampler, options, eta)
     cond = _parse_condition(condition, num)
+    _check_device(device)
+    if out is not None:
+        _check_out_dir(out)
     model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
-    from ..core.generate import default_steps
+    if out is None:
+        out = api.fresh_sample_dir(Path(checkpoint) / "samples" / "sample")
+        _check_out_dir(out)
+    from ..core.generate import check_generate_args, default_steps
+    _run(check_generate_args, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
+         options=opts)
+    _run(model.domain.check_structure, cond, model.data_info, batch_size=min(batch_size, num))
     n_steps = steps or default_steps(sampler, model.diffusion.schedule)
     with tqdm(total=num * n_steps, desc=f"sample ({sampler}, {n_steps} steps)", unit="step·sample",
               dynamic_ncols=True, disable=None) as bar:
-        samples = _run(model.sample, num, sampler=sampler, steps=steps, eta=eta, spacing=spacing, seed=seed,
+        samples = _run(model.sample, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
                        batch_size=batch_size, progress=bar.update, cond=cond, **opts)
-    out = out or Path(checkpoint) / "samples" / "sample"
+    report = model.describe(samples)
     paths = _run(model.write, samples, out)
+    if report:
+        _run(api.write_text, Path(out) / "summary.json", json.dumps(report, indent=2))
     click.echo(f"wrote {len(paths)} files to {out}")
     if opts.get("stats"):
         click.echo("sampler: " + "  ".join(f"{k}={v}" for k, v in opts["stats"].items()))
-    report = model.describe(samples)
     if report:
         _print_table(f"{model.domain.name} samples ({num}):", report)
-        atomic_write_text(Path(out) / "summary.json", json.dumps(report, indent=2))
 
 
 @main.command()
-@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), required=True, help="Run folder from `diffuse train`.")
+@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`.")
 @click.option("--num", "-n", type=int, default=256, show_default=True, callback=_positive, help="Samples to generate.")
-@click.option("--data", type=click.Path(path_type=Path), default=None,
+@click.option("--data", type=PATH, default=None,
               help="Reference data (default: the training data's held-out split).")
 @click.option("--sampler", default="ddim", show_default=True)
 @click.option("--steps", type=int, default=None, callback=_positive)
@@ -254,18 +395,25 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
               help="Reference items for --likelihood.")
 @click.option("--exact-trace", is_flag=True, help="--likelihood with the exact divergence (small data only); "
               "default: exact up to 16 dimensions, Hutchinson above.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=PATH, default=None,
               help="JSON file for the metrics (default CHECKPOINT/evaluation.json).")
 def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, baseline, options, likelihood,
              likelihood_num, exact_trace, out) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; expected one of {', '.join(_sampler_names())}")
+    sampler_opts = _parse_options(sampler, options)
+    if data is not None and str(data).strip() == "":
+        raise UserError("--data is an empty string; give a file or folder, or leave it out for the held-out split")
     if data is not None and not Path(data).exists():
         raise UserError(f"data path {data} does not exist")
+    _check_device(device)
+    if out is not None:
+        _check_out_file(out)
     model = _run(api.load, checkpoint, device=device, domain=domain)
-    opts = dict(data=data, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
-                **_parse_options(sampler, options))
+    out = _check_out_file(out or Path(checkpoint) / "evaluation.json")
+    from ..core.generate import check_generate_args
+    _run(check_generate_args, num, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+         options=sampler_opts)
+    opts = dict(data=data, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, **sampler_opts)
     metrics = _run(model.evaluate, num, **opts)
     opts.pop("stats", None)
     if likelihood:
@@ -274,6 +422,7 @@ def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, do
     record = {"checkpoint": str(checkpoint), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
               "data": str(data) if data else None, "metrics": metrics}
     title = f"{model.domain.name}: {num} samples ({sampler}) vs reference"
+    columns = None
     if baseline:
         untrained = model.untrained(seed)
         base = _run(untrained.evaluate, num, **opts)
@@ -281,11 +430,12 @@ def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, do
             base.update(_run(untrained.likelihood, likelihood_num, data=data, batch_size=batch_size, seed=seed,
                              exact_trace=True if exact_trace else None))
         record["untrained"] = base
-        _print_columns(title, {"model": metrics, "untrained": base})
+        columns = {"model": metrics, "untrained": base}
+    _run(api.write_text, out, json.dumps(record, indent=2))
+    if columns is not None:
+        _print_columns(title, columns)
     else:
         _print_table(title, metrics)
-    out = out or Path(checkpoint) / "evaluation.json"
-    atomic_write_text(Path(out), json.dumps(record, indent=2))
     click.echo(f"wrote {out}")
 
 

@@ -173,3 +173,8 @@ class Domain(ABC):
 
     def check_config(self, model: dict[str, Any]) -> None:
         """Validate user-given model options (raise ``ValueError`` with a clear message)."""
+
+    def check_structure(self, value: Any, data_info: dict[str, Any], batch_size: int | None = None) -> None:
+        """Validate a requested sampling structure (e.g. per-sample atom counts) before sampling:
+        raise ``ValueError`` with one clear line if it is impossible or would not fit in memory
+        (``batch_size``: samples drawn at once, when known). Default: accept."""

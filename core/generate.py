@@ -14,10 +14,10 @@ from typing import Any, Callable
 import torch
 
 from .domain import Batch, Domain
-from .samplers import get_sampler, prior_sample, time_grid
+from .samplers import SPACINGS, check_sampler_options, get_sampler, prior_sample, time_grid
 from .space import per_sample_generators
 
-__all__ = ["generate", "concat_batches", "default_steps"]
+__all__ = ["generate", "check_generate_args", "concat_batches", "default_steps"]
 
 
 def default_steps(sampler: str, schedule) -> int:
@@ -38,6 +38,26 @@ def concat_batches(batches: list[Batch]) -> Batch:
     return Batch(x, space, cond, batches[0].extras)
 
 
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_generate_args(num: int, *, sampler: str = "ddim", steps: int | None = None, spacing: str | None = None,
+                        seed: int = 0, batch_size: int = 64, options: dict[str, Any] | None = None) -> None:
+    """Check what :func:`generate` is asked for (types, ranges, the sampler and its options)
+    before anything runs; a ``ValueError`` naming the argument otherwise."""
+    _positive_int("the number of samples", num)
+    _positive_int("the batch size", batch_size)
+    if steps is not None:
+        _positive_int("the number of sampling steps", steps)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"the seed must be an integer in [0, 2^63), got {seed!r}")
+    if spacing is not None and spacing not in SPACINGS:
+        raise ValueError(f"unknown time spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+    check_sampler_options(sampler, options or {})
+
+
 @torch.no_grad()
 def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, sampler: str = "ddim",
              steps: int | None = None, spacing: str | None = None, seed: int = 0, batch_size: int = 64,
@@ -46,12 +66,12 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
     """Draw ``num`` samples. ``progress(n)`` is called after each sampler step with the chunk's size.
 
     ``denoise_wrapper(denoise_fn, batch) -> denoise_fn`` lets callers add guidance.
-    Returns one :class:`Batch` on CPU with all samples.
+    Arguments, sampler options and the domain's structure (``Domain.check_structure(cond)``)
+    are checked first. Returns one :class:`Batch` on CPU with all samples.
     """
-    if not isinstance(num, int) or num < 1:
-        raise ValueError(f"the number of samples must be a positive integer, got {num!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be positive, got {batch_size}")
+    check_generate_args(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
+                        options=sampler_options)
+    domain.check_structure(cond, data_info, batch_size=min(batch_size, num))
     fn = get_sampler(sampler)
     schedule = denoiser.schedule
     steps = default_steps(sampler, schedule) if steps is None else steps

@@ -19,6 +19,7 @@ costs a handful of fused element-wise operations beside the network.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Any, Callable
@@ -38,6 +39,8 @@ __all__ = [
     "ddim_invert",
     "SAMPLERS",
     "get_sampler",
+    "check_sampler_options",
+    "OPTION_LIMITS",
     "SPACINGS",
 ]
 
@@ -255,6 +258,51 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim}
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(sorted(SAMPLERS))}")
     return SAMPLERS[name]
+
+
+#: the arguments every sampler gets from the caller, not from the user
+RESERVED_OPTIONS = ("schedule", "space", "generator", "callback", "stats")
+
+#: ranges / choices of user options beyond their types (keyed by option name; the same name means
+#: the same thing in every sampler); checked by :func:`check_sampler_options`
+OPTION_LIMITS: dict[str, Any] = {}
+
+
+def _limits():
+    from .config import NON_NEGATIVE, POSITIVE, UNIT, OneOf
+
+    if not OPTION_LIMITS:
+        OPTION_LIMITS.update({"eta": UNIT, "clip_x0": POSITIVE, "variance": OneOf(("posterior", "large")),
+                              "fixed_point_iters": NON_NEGATIVE})
+    return OPTION_LIMITS
+
+
+def sampler_options(name: str) -> list[str]:
+    """The options a user may give sampler ``name`` (its keyword-only arguments)."""
+    params = inspect.signature(get_sampler(name)).parameters
+    return sorted(n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n not in RESERVED_OPTIONS)
+
+
+def check_sampler_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Check user options of sampler ``name``: known names, types from the signature (a number
+    where the default is a number, a bool for a bool...), and :data:`OPTION_LIMITS`. Returns
+    ``options``; a ``ValueError`` naming the option otherwise."""
+    from .config import check_kwargs
+
+    fn = get_sampler(name)
+    user = {k: v for k, v in options.items() if k not in RESERVED_OPTIONS}
+    allowed = sampler_options(name)
+    unknown = sorted(set(user) - set(allowed))
+    if unknown:
+        raise ValueError(f"sampler {name!r} has no option {unknown[0]!r}; it takes: {', '.join(allowed) or 'none'}")
+    check_kwargs(fn, user, f"sampler {name!r} option", limits=_limits(), skip=RESERVED_OPTIONS, sep=" ")
+    if "s_tmin" in user or "s_tmax" in user:
+        params = inspect.signature(fn).parameters
+        lo = user.get("s_tmin", params["s_tmin"].default)
+        hi = user.get("s_tmax", params["s_tmax"].default)
+        if lo > hi:
+            raise ValueError(f"sampler option s_tmin ({lo}) must not exceed s_tmax ({hi})")
+    return options

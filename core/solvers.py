@@ -38,7 +38,8 @@ import torch
 from torch import Tensor
 
 from .parameterization import Prediction
-from .samplers import SAMPLERS, Callback, _call, _coefs, _grid_coefs
+from .config import NON_NEGATIVE, POSITIVE, OneOf
+from .samplers import OPTION_LIMITS, SAMPLERS, Callback, _call, _coefs, _grid_coefs, _limits
 from .schedule import Schedule
 from .sde import sde_coefficients
 from .space import GeneratorLike, Space
@@ -384,6 +385,13 @@ def dpmpp_3m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
         _report(callback, i, t, s, x, pred.x0)
     return x
 
+
+_limits()
+OPTION_LIMITS.update({
+    "s_churn": NON_NEGATIVE, "s_tmin": NON_NEGATIVE, "s_tmax": NON_NEGATIVE, "s_noise": NON_NEGATIVE,
+    "rtol": POSITIVE, "atol": POSITIVE, "method": OneOf(("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")),
+    "snr": POSITIVE, "corrector_steps": NON_NEGATIVE, "predictor": OneOf(tuple(sorted(_PREDICTORS))),
+})
 
 SAMPLERS.update({
     "dpmpp_3m": dpmpp_3m,

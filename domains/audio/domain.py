@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
 from ...core.domain import Batch, Domain, DomainDataset
 from ...core.space import DenseSpace
 from .data import DATA_OPTIONS, AudioDataset, load_audio_folder, load_bundled, resolve_options
@@ -97,7 +98,8 @@ class AudioDomain(Domain):
         return dict(DATA_OPTIONS)
 
     def check_config(self, model: dict[str, Any]) -> None:
-        resolve_model(model)
+        check_kwargs(UNet1D, resolve_model(model), "model", skip=("in_channels",),
+                     limits={"num_res_blocks": AT_LEAST_ONE, "heads": AT_LEAST_ONE, "dropout": FRACTION})
 
     # ---------------------------------------------------------------- data and model
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:

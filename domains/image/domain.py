@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
 from ...core.domain import Batch, DataError, Domain, DomainDataset
 from ...core.space import DenseSpace
 from .data import BUNDLED_SOURCE, ImageDataset, load_images
@@ -86,6 +87,9 @@ class ImageDomain(Domain):
         unknown = sorted(set(model) - _UNET_OPTIONS)
         if unknown:
             raise ValueError(f"unknown image model option(s): {', '.join(unknown)}; known: {', '.join(sorted(_UNET_OPTIONS))}")
+        check_kwargs(UNet, model, "model", limits={"base_channels": AT_LEAST_ONE, "num_blocks": AT_LEAST_ONE,
+                                                   "head_dim": AT_LEAST_ONE, "groups": AT_LEAST_ONE,
+                                                   "dropout": FRACTION})
 
     # ------------------------------------------------------------------ data and model
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:

@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from diffuse.core.config import check_kwargs
 from diffuse.core.domain import Batch, DataError, Domain, DomainDataset
 from diffuse.core.graph import GraphSpace
 from diffuse.core.space import GeneratorLike
@@ -79,6 +81,48 @@ def _num_atoms(num: int, data_info: dict[str, Any], generator: GeneratorLike, co
     return sizes[draw]
 
 
+#: a lower bound of the memory one ordered atom pair costs while sampling: the int64 index tensors
+#: of ``full_edges`` (~6 x 8 bytes) and three float32 ``[pairs, hidden]`` activations of the
+#: smallest preset (hidden 32); real models use more, so a refusal on this bound is certain
+BYTES_PER_PAIR = 6 * 8 + 3 * 4 * 32
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), or None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _atom_counts(value: Any) -> list[int]:
+    """Requested atom counts as Python ints; a ValueError for bools, non-integers, or nesting."""
+    if isinstance(value, dict):
+        value = value.get("num_atoms")
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise ValueError(f"atom counts must be integers, got a {value.dtype} tensor")
+        flat = value.reshape(-1)
+        if flat.is_floating_point():
+            if not bool(torch.isfinite(flat).all()) or bool((flat != flat.round()).any()):
+                bad = flat[~torch.isfinite(flat) | (flat != flat.round())][0].item()
+                raise ValueError(f"atom counts must be whole numbers, got {bad}")
+        return [int(v) for v in flat.tolist()]
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError(f"atom counts must be whole numbers, got {v!r}")
+        out.append(int(v))
+    return out
+
+
 class MoleculeDomain(Domain):
     """3-D molecules with hydrogens; EDM's E(3)-equivariant diffusion."""
 
@@ -104,7 +148,35 @@ class MoleculeDomain(Domain):
         return dict(_DATA_DEFAULTS)
 
     def check_config(self, model: dict[str, Any]) -> None:
+        check_kwargs(EGNN, {k: v for k, v in model.items() if k != "preset"}, "model", skip=("in_features",),
+                     allow_unknown=True)
         model_kwargs(model)
+
+    def check_structure(self, value: Any, data_info: dict[str, Any], batch_size: int | None = None) -> None:
+        """Atom counts (``--condition``): whole numbers >= 1, at most twice the largest molecule
+        of the training data, and an all-pairs edge set per batch that fits in memory."""
+        if value is None:
+            return
+        counts = _atom_counts(value)
+        if not counts:
+            raise ValueError("no atom counts given")
+        if min(counts) < 1:
+            raise ValueError(f"atom counts must be at least 1, got {min(counts)}")
+        hist = data_info.get("num_atoms_hist") or []
+        largest = max([int(data_info.get("max_atoms") or 0)] + [int(h[0]) for h in hist])
+        if largest and max(counts) > 2 * largest:
+            raise ValueError(f"atom counts must be at most {2 * largest} (twice the largest molecule in the "
+                             f"training data, {largest} atoms), got {max(counts)}")
+        per = batch_size or len(counts)
+        if len(counts) == 1:
+            pairs = per * counts[0] ** 2
+        else:
+            pairs = max(sum(n * n for n in counts[i:i + per]) for i in range(0, len(counts), per))
+        need, avail = pairs * BYTES_PER_PAIR, available_memory()
+        if avail is not None and need > avail:
+            raise ValueError(f"sampling {max(counts)}-atom molecules {per} at a time needs at least "
+                             f"{need / 2 ** 30:.1f} GiB for the all-pairs edges but {avail / 2 ** 30:.1f} GiB is "
+                             "available; use a smaller --batch-size or fewer atoms")
 
     # ---------------------------------------------------------------- data and model
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:
