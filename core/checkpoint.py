@@ -240,14 +240,10 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], wher
     mismatched tensor (``size mismatch for NAME: checkpoint [..] vs model [..]``) and how many
     others do not fit."""
     own = module.state_dict()
-    problems = []
-    for name, tensor in weights.items():
-        if name not in own:
-            problems.append(f"unexpected tensor {name} in the checkpoint")
-        elif tuple(tensor.shape) != tuple(own[name].shape):
-            problems.append(f"size mismatch for {name}: checkpoint {list(tensor.shape)} vs model {list(own[name].shape)}")
+    problems = [f"size mismatch for {name}: checkpoint {list(weights[name].shape)} vs model {list(t.shape)}"
+                for name, t in own.items() if name in weights and tuple(weights[name].shape) != tuple(t.shape)]
     problems += [f"tensor {name} of the model is missing from the checkpoint" for name in own if name not in weights]
-    problems.sort(key=lambda p: not p.startswith("size mismatch"))
+    problems += [f"unexpected tensor {name} in the checkpoint" for name in weights if name not in own]
     if problems:
         more = f" (and {len(problems) - 1} other mismatched tensor{'s' if len(problems) > 2 else ''})" \
             if len(problems) > 1 else ""
