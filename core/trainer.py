@@ -337,7 +337,7 @@ class Trainer:
                     self.save(stop_on_signal=False)
                 raise TrainingDiverged(
                     f"training diverged at step {self.step + 1} ({exc}); the last good checkpoint (step {self.step}) "
-                    f"is in {self.run_dir}; lower --lr (now {cfg.lr:g}) or use fp32 precision and start a new run"
+                    f"is in {self.run_dir}; lower --lr (now {cfg.lr:g}) and start a new run"
                 ) from None
         metrics: dict[str, float] = {}
         sample_dir = None
