@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .core.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, read_run_config
+from .core.checkpoint import (CheckpointError, atomic_write_text, check_writable, is_run_folder, load_checkpoint,
+                              load_weights, read_run_config)
 from .core.config import DiffusionConfig, RunConfig, TrainConfig, check_device, update_dataclass
 from .core.diffusion import Diffusion
 from .core.domain import Batch, DataError, Domain, DomainDataset
 from .core.generate import generate
 from .core.registry import available_domains, get_domain
+from .core.io import atomic_write_text as write_text, fresh_sample_dir, write_samples
 from .core.trainer import Trainer, TrainResult, resolve_device
 
 __all__ = ["train", "load", "build", "DiffusionModel", "make_config", "available_domains", "get_domain",
@@ -231,6 +231,71 @@ def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, A
     return DiffusionModel(dom, cfg, den, diff, dev)
 
 
+#: TrainConfig keys a resumed run may change: the total steps, evaluation / logging, the device
+RESUMABLE_TRAIN_KEYS = ("steps", "eval_samples", "eval_sampler", "eval_steps", "sample_every", "log_every",
+                        "checkpoint_every", "final_eval", "device")
+
+
+def _refuse_change(run_dir: Path, key: str, new: Any, old: Any) -> None:
+    raise ValueError(f"cannot resume {run_dir} with {key} = {new!r}: the run was trained with {old!r}, and only "
+                     f"train.{', train.'.join(RESUMABLE_TRAIN_KEYS)} can change on resume; start a new run to change it")
+
+
+def _resume_config(run_dir: Path, cfg: RunConfig, config: dict[str, Any] | str | Path | None,
+                   diffusion: dict[str, Any] | None, train_overrides: dict[str, Any]) -> RunConfig:
+    """The run's config with what may change on resume applied (``RESUMABLE_TRAIN_KEYS``, from the
+    config file / dict and then the keyword overrides); any other key that differs is an error."""
+    user = config if isinstance(config, dict) else _read_config_file(config)
+    for key in ("domain", "data"):
+        if key in user and user[key] != getattr(cfg, key):
+            _refuse_change(run_dir, key, user[key], getattr(cfg, key))
+    for section in ("model", "data_options"):
+        for key, value in (user.get(section) or {}).items():
+            old = getattr(cfg, section).get(key)
+            if value != old:
+                _refuse_change(run_dir, f"{section}.{key}", value, old)
+    diff_values = {**(user.get("diffusion") or {}), **{k: v for k, v in (diffusion or {}).items() if v is not None}}
+    update_dataclass(cfg.diffusion, diff_values, "diffusion")  # unknown keys: a clear error
+    for key, value in diff_values.items():
+        if value != getattr(cfg.diffusion, key):
+            _refuse_change(run_dir, f"diffusion.{key}", value, getattr(cfg.diffusion, key))
+    train_values = {**(user.get("train") or {}), **{k: v for k, v in train_overrides.items() if v is not None}}
+    update_dataclass(cfg.train, train_values, "train")
+    for key, value in train_values.items():
+        if key not in RESUMABLE_TRAIN_KEYS and value != getattr(cfg.train, key):
+            _refuse_change(run_dir, f"train.{key}", value, getattr(cfg.train, key))
+    return replace(cfg, train=update_dataclass(cfg.train, train_values, "train"))
+
+
+def _check_resume_steps(run_dir: Path, old: TrainConfig, new: TrainConfig, done: int) -> None:
+    """Resume only forward, and only where the result is the run it claims to be: the same total
+    (always exact) or, with a constant learning rate, any larger total (exact too)."""
+    if done >= new.steps:
+        if new.steps == old.steps:
+            raise ValueError(f"{run_dir} is already finished ({done} of {old.steps} steps); pass --steps N above "
+                             f"{done} to train on (lr_schedule constant runs only), or start a new run with --out")
+        raise ValueError(f"cannot resume {run_dir} to {new.steps} steps: its checkpoint is already at step {done}; "
+                         f"pass --steps N above {done}")
+    if new.steps != old.steps and old.lr_schedule != "constant":
+        raise ValueError(f"cannot change the total steps of {run_dir} from {old.steps} to {new.steps}: its "
+                         f"{old.lr_schedule} learning-rate schedule depends on the total, so the result would match "
+                         "neither run; start a new run, with lr_schedule \"constant\" (--config: {\"train\": "
+                         "{\"lr_schedule\": \"constant\"}}) if you want runs that can be extended")
+
+
+def _check_out(run_dir: Path) -> None:
+    """A new run's folder: absent, or an empty folder (checked before anything is created)."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file, not a folder")
+    if is_run_folder(run_dir):
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
+                              "or choose another --out")
+    if any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} is not empty and is not a diffuse run folder; choose a new or empty --out")
+
+
 def train(domain: str | Domain = "image", *, data: str | Path | None = None, out: str | Path | None = None,
           config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
           progress: bool = True, stop_at: int | None = None, diffusion: dict[str, Any] | None = None,
@@ -238,24 +303,34 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     """Train a model and leave a run folder at ``out`` (default ``runs/<domain>``).
 
     ``resume`` continues the run folder it names (its config, weights, optimiser state and step),
-    up to ``steps`` (the run's own total unless given). ``stop_at`` pauses the run at that step
+    up to ``steps`` (the run's own total unless given). On resume, ``config`` (a dict or JSON
+    file) and the keyword overrides may change ``RESUMABLE_TRAIN_KEYS`` only; a differing value
+    of any other key is an error. The total ``steps`` may change only for ``lr_schedule="constant"``
+    runs (see :func:`_check_resume_steps`). ``stop_at`` pauses the run at that step
     (checkpointed); resuming it later gives exactly the weights of an uninterrupted run.
+
+    Everything (data, config, checkpoint, weight shapes, writability of the run folder) is
+    checked before anything is written; ``config.json`` is written only then.
     """
     name = domain if isinstance(domain, str) else domain.name
+    checkpoint = None
     if resume is not None:
         run_dir = Path(resume)
-        cfg = read_run_config(run_dir)
-        if cfg.domain != name:
-            raise CheckpointError(f"cannot resume {run_dir}: it is a {cfg.domain!r} run, not {name!r}")
-        overrides = {k: v for k, v in train_overrides.items() if v is not None}
-        cfg.train = update_dataclass(cfg.train, overrides, "train")
+        run_cfg = read_run_config(run_dir)
+        if run_cfg.domain != name:
+            raise CheckpointError(f"cannot resume {run_dir}: it is a {run_cfg.domain!r} run, not {name!r}")
+        cfg = _resume_config(run_dir, run_cfg, config, diffusion, train_overrides)
         _check_train(cfg.train)
         if data is not None:
             cfg.data = str(data)
+        checkpoint = load_checkpoint(run_dir, with_state=True)
+        _check_resume_steps(run_dir, run_cfg.train, cfg.train, int(checkpoint["state"]["step"]))
+        check_writable(run_dir)
     dom = get_domain(domain) if isinstance(domain, str) else domain
     if resume is None:
         cfg = make_config(dom, data=data, config=config, diffusion=diffusion, **train_overrides)
         run_dir = Path(out) if out is not None else Path("runs") / dom.name
+        _check_out(run_dir)
     dataset = _load_data(dom, cfg)
     train_set, reference = _split(dataset, cfg.train)
     info = dataset.info()
@@ -266,15 +341,14 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     torch.manual_seed(cfg.train.seed)
     diff = Diffusion(cfg.diffusion)
     denoiser = diff.denoiser(dom.build_backbone(cfg.model, info))
-    if resume is None:
-        if run_dir.exists() and (run_dir / "checkpoint").exists():
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
-                                  "or choose another --out")
+    trainer = Trainer(run_dir, cfg, dom, diff, denoiser, train_set, reference, progress=progress)
+    if checkpoint is not None:
+        trainer.load(checkpoint)  # weight shapes checked here, before anything is written
+    else:
         run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", cfg.to_json())
-    trainer = Trainer(run_dir, cfg, dom, diff, denoiser, train_set, reference, progress=progress)
-    if resume is not None:
-        trainer.load()
+    if checkpoint is not None:
+        trainer.prepare_resume()
     n_params = sum(p.numel() for p in denoiser.parameters())
     log.info("training %s: %d parameters, %d training samples, device %s", dom.name, n_params,
              len(train_set), trainer.device)
@@ -293,66 +367,6 @@ def load(checkpoint: str | Path, *, device: str = "auto", ema: bool = True,
     diff = Diffusion(cfg.diffusion)
     den = diff.denoiser(dom.build_backbone(cfg.model, cfg.data_info))
     weights = ck["ema"] if (ema and ck["ema"] is not None) else ck["model"]
-    try:
-        den.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"weights in {run_dir} do not fit the model its config describes "
-                              f"({str(exc).splitlines()[0][:160]})") from None
+    load_weights(den, weights, run_dir)
     dev = resolve_device(device)
     return DiffusionModel(dom, cfg, den.to(dev), diff, dev, run_dir)
-
-
-def write_samples(domain: Domain, samples: Batch, out_dir: str | Path, data_info: dict[str, Any]) -> list[Path]:
-    """Write into a temporary sibling folder, then move the files into ``out_dir``: an error
-    or a kill never leaves a half-written set of samples."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        paths = domain.write(samples, tmp, data_info)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not out.exists():
-        os.replace(tmp, out)
-    else:
-        for f in sorted(tmp.iterdir()):
-            dest = out / f.name
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            os.replace(f, dest)
-        tmp.rmdir()
-    return [out / Path(p).relative_to(tmp) if Path(p).is_relative_to(tmp) else Path(p) for p in paths]
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (a temporary sibling, then a rename); the temporary
-    file never outlives an error."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def fresh_sample_dir(base: str | Path) -> Path:
-    """``base`` if it does not exist or is an empty folder, else the first free ``base-2``,
-    ``base-3``, ...: new samples never land among old ones."""
-    base = Path(base)
-
-    def free(p: Path) -> bool:
-        return not p.exists() or (p.is_dir() and not any(p.iterdir()))
-
-    if free(base):
-        return base
-    k = 2
-    while not free(base.with_name(f"{base.name}-{k}")):
-        k += 1
-    return base.with_name(f"{base.name}-{k}")

@@ -294,8 +294,8 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
                         ("--domain", domain), ("--device", device)):
         if value is not None and str(value).strip() == "":
             raise UserError(f"{name} is an empty string")
-    if resume is not None and (out is not None or config_file is not None):
-        raise UserError("--out and --config cannot be combined with --resume (the run keeps its folder and config)")
+    if resume is not None and out is not None:
+        raise UserError("--out cannot be combined with --resume (the run keeps its folder)")
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the run")
     if device is not None:

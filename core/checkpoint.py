@@ -2,21 +2,35 @@
 
 Layout of a run folder::
 
-    config.json                 RunConfig: everything needed to rebuild the model
+    config.json                 RunConfig: everything needed to rebuild the model (written once validated)
     metrics.jsonl               one JSON object per line (training losses, evaluations)
-    checkpoint/
+    checkpoint/                 the current checkpoint
         model.safetensors       raw weights (the optimiser's copy)
         ema.safetensors         EMA weights (used for sampling by default)
         state.pt                optimiser, LR scheduler, EMA count, step (loaded weights_only)
-        meta.json               domain, step, format version
+        meta.json               domain, step, generation, format; written last: the completeness marker
+    checkpoint.tmp/             only after an interrupted save (see below)
+    checkpoint.old/             idem
+    samples/final/              samples of the final evaluation (samples/step_NNNNNN/ for periodic ones)
 
-A checkpoint is written into ``checkpoint.tmp`` and swapped in with renames, so a kill at any
-moment leaves either the previous or the new checkpoint, never a half-written one.
+Saving is recoverable from every intermediate state. A checkpoint folder is *complete* only
+when its ``meta.json`` exists: it is written (fsynced, renamed into place) after every other
+file is on disk, and removed first when a folder is deleted, so a folder with a marker is
+always whole. Each save carries a ``generation`` one above the newest complete checkpoint.
+:func:`save_checkpoint` (1) removes every folder but the newest complete one, (2) writes the new
+checkpoint into a staging folder (``checkpoint.tmp``, or ``checkpoint.old`` if the newest
+complete one is ``checkpoint.tmp``), marker last, (3) removes the previous checkpoint and (4)
+renames the staging folder to ``checkpoint``. A kill at any point leaves the previous or the
+new checkpoint complete; :func:`load_checkpoint` takes the complete folder with the highest
+generation and ignores the others, which the next save (or a resume) removes, saying so in a
+log line. Run folders of earlier versions (``meta.json`` without a generation) still load.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,25 +38,24 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 
 from .config import RunConfig
+from .io import atomic_write_text
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_run_config", "atomic_write_text",
-           "CHECKPOINT_FORMAT"]
+           "clean_checkpoints", "check_writable", "is_run_folder", "load_weights", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = 1
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 2
+_MARKER = "meta.json"
+#: candidate checkpoint folders, in order of preference between equal generations
+_NAMES = ("checkpoint", "checkpoint.old", "checkpoint.tmp")
 
 
 class CheckpointError(ValueError):
     """A run folder or checkpoint that cannot be used (missing, corrupt, wrong domain)."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _state_dict_for_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -50,42 +63,152 @@ def _state_dict_for_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _marker(folder: Path) -> dict[str, Any] | None:
+    """The folder's meta.json if it marks a complete checkpoint, else None."""
+    try:
+        meta = json.loads((folder / _MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    if folder.name == "checkpoint.tmp" and int(meta.get("format", 1)) < 2:
+        return None  # a staging folder of format 1 was never known to be complete
+    return meta
+
+
+def _scan(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[Path]]:
+    """(newest complete checkpoint folder, its meta, every other checkpoint folder present)."""
+    present, complete = [], []
+    for rank, name in enumerate(_NAMES):
+        folder = run_dir / name
+        if not (folder.exists() or folder.is_symlink()):
+            continue
+        present.append(folder)
+        meta = _marker(folder) if folder.is_dir() else None
+        if meta is not None:
+            complete.append((int(meta.get("generation", 0)), -rank, folder, meta))
+    if not complete:
+        return None, None, present
+    _, _, best, meta = max(complete, key=lambda c: c[:2])
+    return best, meta, [f for f in present if f != best]
+
+
+def _remove(folder: Path) -> None:
+    """Delete a checkpoint folder, marker first: a kill half-way leaves an incomplete folder."""
+    if folder.is_dir() and not folder.is_symlink():
+        if (folder / _MARKER).exists():
+            os.unlink(folder / _MARKER)
+        shutil.rmtree(folder)
+    else:
+        os.unlink(folder)
+
+
+def clean_checkpoints(run_dir: str | Path) -> None:
+    """Remove every checkpoint folder but the newest complete one (left by an interrupted save)."""
+    run_dir = Path(run_dir)
+    best, _, others = _scan(run_dir)
+    for folder in others:
+        what = "an older checkpoint" if _marker(folder) is not None else "an incomplete checkpoint"
+        _remove(folder)
+        log.warning("removed %s: %s left by an interrupted save%s", folder, what,
+                    f" (using {best.name})" if best is not None else "")
+
+
+def _checkpoint_folders(run_dir: Path) -> list[Path]:
+    return [run_dir / n for n in _NAMES if (run_dir / n).is_dir()]
+
+
+def check_writable(run_dir: str | Path, training: bool = True) -> None:
+    """Raise PermissionError naming the first folder (or file) of a run that must be written but
+    cannot: the run folder and its checkpoint folders (a save replaces them), and with
+    ``training`` also metrics.jsonl and samples/."""
+    run_dir = Path(run_dir)
+    paths = [run_dir, *_checkpoint_folders(run_dir)]
+    if training:
+        paths += [p for p in (run_dir / "metrics.jsonl", run_dir / "samples") if p.exists()]
+    for p in paths:
+        if not os.access(p, os.W_OK | (os.X_OK if p.is_dir() else 0)):
+            raise PermissionError(f"{p} is not writable; training must write the run folder, its checkpoint, "
+                                  "metrics and samples (fix the permissions or copy the run)")
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` looks like a run folder written by ``diffuse train``."""
+    path = Path(path)
+    return (path / "config.json").exists() or any((path / n).exists() for n in _NAMES)
+
+
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, ema: torch.nn.Module | None,
                     state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Atomically replace ``run_dir/checkpoint`` with the given weights and state."""
+    """Write a new ``run_dir/checkpoint`` (see the module docstring for the protocol).
+
+    Everything is serialised in memory and the run folder's writability checked before the
+    first change on disk, so a failure (an exception) leaves the previous checkpoint current.
+    """
     run_dir = Path(run_dir)
-    final = run_dir / "checkpoint"
-    tmp = run_dir / "checkpoint.tmp"
-    old = run_dir / "checkpoint.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(_state_dict_for_save(model), str(tmp / "model.safetensors"))
+    blobs = {"model.safetensors": safetensors_bytes(_state_dict_for_save(model))}
     if ema is not None:
-        save_file(_state_dict_for_save(ema), str(tmp / "ema.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"format": CHECKPOINT_FORMAT, **meta}, indent=2))
-    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+        blobs["ema.safetensors"] = safetensors_bytes(_state_dict_for_save(ema))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    blobs["state.pt"] = buf.getvalue()
+    best, best_meta, _ = _scan(run_dir)
+    generation = int(best_meta.get("generation", 0)) + 1 if best_meta is not None else 1
+    marker = json.dumps({"format": CHECKPOINT_FORMAT, **meta, "generation": generation}, indent=2).encode()
+    check_writable(run_dir, training=False)
+    clean_checkpoints(run_dir)                                         # (1)
+    staging = run_dir / ("checkpoint.old" if best is not None and best.name == "checkpoint.tmp" else "checkpoint.tmp")
+    os.mkdir(staging)                                                  # (2)
+    for name, data in blobs.items():
+        _write_file(staging / name, data)
+    _write_file(staging / f"{_MARKER}.tmp", marker)
+    os.replace(staging / f"{_MARKER}.tmp", staging / _MARKER)
+    _fsync_dir(staging)
+    _fsync_dir(run_dir)
+    if best is not None:                                               # (3)
+        _remove(best)
+    final = run_dir / "checkpoint"
+    if staging != final:                                               # (4)
+        os.replace(staging, final)
+        _fsync_dir(run_dir)
     return final
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:
-    final = run_dir / "checkpoint"
-    if final.is_dir():
-        return final
-    old = run_dir / "checkpoint.old"
-    if old.is_dir():  # killed between the two renames: the previous checkpoint is intact
-        return old
-    raise CheckpointError(f"{run_dir} has no checkpoint/ folder; is it a run folder written by 'diffuse train'?")
+    best, _, others = _scan(run_dir)
+    if best is None:
+        if others:
+            raise CheckpointError(f"{run_dir} has no complete checkpoint (only {', '.join(p.name for p in others)}, "
+                                  "left by a save that was interrupted before it finished)")
+        raise CheckpointError(f"{run_dir} has no checkpoint/ folder; is it a run folder written by 'diffuse train'?")
+    for folder in others:
+        log.warning("ignoring %s (%s); the next save removes it", folder,
+                    "an older checkpoint" if _marker(folder) is not None else "incomplete, left by an interrupted save")
+    return best
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
@@ -112,21 +235,35 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
 
 
-def load_checkpoint(run_dir: str | Path, with_state: bool = False) -> dict[str, Any]:
-    """Read weights (and optionally training state) of a run folder.
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where: str | Path) -> None:
+    """``module.load_state_dict(weights)``, or one CheckpointError line naming the first
+    mismatched tensor (``size mismatch for NAME: checkpoint [..] vs model [..]``) and how many
+    others do not fit."""
+    own = module.state_dict()
+    problems = [f"size mismatch for {name}: checkpoint {list(weights[name].shape)} vs model {list(t.shape)}"
+                for name, t in own.items() if name in weights and tuple(weights[name].shape) != tuple(t.shape)]
+    problems += [f"tensor {name} of the model is missing from the checkpoint" for name in own if name not in weights]
+    problems += [f"unexpected tensor {name} in the checkpoint" for name in weights if name not in own]
+    if problems:
+        more = f" (and {len(problems) - 1} other mismatched tensor{'s' if len(problems) > 2 else ''})" \
+            if len(problems) > 1 else ""
+        raise CheckpointError(f"weights in {where} do not fit the model its config describes: {problems[0]}{more}")
+    module.load_state_dict(weights)
 
-    Returns ``{"config", "meta", "model", "ema", "state"}`` with state dicts on CPU.
+
+def load_checkpoint(run_dir: str | Path, with_state: bool = False) -> dict[str, Any]:
+    """Read weights (and optionally training state) of the newest complete checkpoint of a run.
+
+    Returns ``{"config", "meta", "model", "ema", "state", "path"}`` with state dicts on CPU.
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     ckpt = _checkpoint_dir(run_dir)
-    try:
-        meta = json.loads((ckpt / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{ckpt / 'meta.json'} is missing or corrupt ({exc})") from None
+    meta = _marker(ckpt) or {}
     if meta.get("domain") != config.domain:
         raise CheckpointError(f"{ckpt} belongs to domain {meta.get('domain')!r} but config.json says {config.domain!r}")
-    out: dict[str, Any] = {"config": config, "meta": meta, "model": _load_weights(ckpt / "model.safetensors")}
+    out: dict[str, Any] = {"config": config, "meta": meta, "path": ckpt,
+                           "model": _load_weights(ckpt / "model.safetensors")}
     ema_path = ckpt / "ema.safetensors"
     out["ema"] = _load_weights(ema_path) if ema_path.exists() else None
     if with_state:

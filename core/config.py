@@ -331,6 +331,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0          # cosine decays to lr * min_lr_ratio
+    # cosine (warm-up, then cosine decay over `steps`) | constant (warm-up, then lr): only a constant
+    # schedule lets a resumed run extend its total steps and still match an uninterrupted run
+    lr_schedule: str = "cosine"
     grad_clip: float = 1.0             # max global grad norm; 0 disables
     grad_accum: int = 1                # micro-batches per optimizer step
     ema_decay: float = 0.999

@@ -1,14 +1,21 @@
 """One training loop for every domain.
 
-AdamW with linear warm-up then cosine decay, global gradient-norm clipping, an EMA of the
-weights (``torch.optim.swa_utils.AveragedModel``), gradient accumulation, bf16 autocast on
-CUDA, a progress bar with loss and throughput, a JSONL metrics log, periodic sampling and
-evaluation, atomic checkpoints and exact resumption.
+AdamW with linear warm-up then cosine decay (or a constant rate, ``lr_schedule="constant"``),
+global gradient-norm clipping, an EMA of the weights (``torch.optim.swa_utils.AveragedModel``),
+gradient accumulation, bf16 autocast on CUDA, a progress bar with loss and throughput, a JSONL
+metrics log, periodic sampling and evaluation, atomic checkpoints and exact resumption.
 
 Reproducibility: every random draw of step ``k`` (batch composition, augmentation, times,
 noise, dropout) comes from generators seeded with ``(seed, k)``, and the data order of epoch
 ``e`` from ``(seed, e)``. Training N steps, stopping, and resuming for N more therefore
-gives the same weights as 2N steps in one go.
+gives the same weights as 2N steps in one go, as long as the learning rate of every step is
+the same in both: always for the same total ``steps``; when the total is extended on resume,
+only with ``lr_schedule="constant"`` (the cosine decay depends on the total).
+
+Stopping: Ctrl-C and SIGTERM checkpoint the current step and stop; a signal that arrives while
+a checkpoint is being written is held until the save is complete. A non-finite loss (or
+gradient norm) is caught before the optimizer step: the last good step is checkpointed and
+:class:`TrainingDiverged` raised.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,13 +35,18 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_text, clean_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .diffusion import Diffusion
 from .domain import Domain, DomainDataset
 from .generate import generate
+from .io import write_samples
 
-__all__ = ["Trainer", "TrainResult", "resolve_device", "ema_avg_fn"]
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "resolve_device", "ema_avg_fn", "LR_SCHEDULES"]
+
+#: ``cosine``: linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at ``steps`` (depends on
+#: the total); ``constant``: linear warm-up, then ``lr`` (independent of the total)
+LR_SCHEDULES = ("cosine", "constant")
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +80,57 @@ def ema_avg_fn(decay: float, warmup: bool = True):
     return update
 
 
+class TrainingDiverged(ValueError):
+    """The training loss (or gradient norm) became non-finite; the last good step is checkpointed."""
+
+
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    schedule = getattr(cfg, "lr_schedule", "cosine")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+
     def f(step: int) -> float:
         if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
+        if schedule == "constant":
+            return 1.0
         span = max(1, cfg.steps - cfg.warmup_steps)
         progress = min(1.0, (step - cfg.warmup_steps) / span)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
+
+
+@contextmanager
+def _signals_held():
+    """Hold SIGINT / SIGTERM for the duration (yields the list of signals that arrived)."""
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield pending
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) for the duration."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -114,6 +171,7 @@ class Trainer:
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(self.cfg.ema_decay, self.cfg.ema_warmup),
                                  use_buffers=True)
         self.step = 0
+        self._saved_step: int | None = None
         self._perms: dict[int, torch.Tensor] = {}
         precision = self.cfg.precision
         if precision == "auto":
@@ -128,20 +186,54 @@ class Trainer:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "ema_n_averaged": int(self.ema.n_averaged)}
 
-    def save(self) -> None:
-        save_checkpoint(self.run_dir, self.model, self.ema.module, self.state(),
-                        {"domain": self.config.domain, "step": self.step})
+    def save(self, stop_on_signal: bool = True) -> None:
+        """Checkpoint the current step. SIGINT / SIGTERM arriving meanwhile are held until the
+        checkpoint is complete, then (with ``stop_on_signal``) raise KeyboardInterrupt."""
+        with _signals_held() as pending:
+            save_checkpoint(self.run_dir, self.model, self.ema.module, self.state(),
+                            {"domain": self.config.domain, "step": self.step})
+        self._saved_step = self.step
+        if pending and stop_on_signal:
+            log.warning("%s arrived while saving the checkpoint of step %d; stopping after the save",
+                        signal.Signals(pending[0]).name, self.step)
+            raise KeyboardInterrupt
 
-    def load(self) -> None:
-        ck = load_checkpoint(self.run_dir, with_state=True)
-        self.model.load_state_dict(ck["model"])
+    def load(self, checkpoint: dict[str, Any] | None = None) -> None:
+        """Restore weights, EMA, optimizer, scheduler and step from a run folder (or from the
+        already read ``load_checkpoint(..., with_state=True)`` result). Writes nothing."""
+        ck = checkpoint if checkpoint is not None else load_checkpoint(self.run_dir, with_state=True)
+        where = ck.get("path", self.run_dir)
+        load_weights(self.model, ck["model"], where)
         if ck["ema"] is not None:
-            self.ema.module.load_state_dict(ck["ema"])
+            load_weights(self.ema.module, ck["ema"], where)
         st = ck["state"]
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.ema.n_averaged.fill_(int(st.get("ema_n_averaged", st["step"])))
         self.step = int(st["step"])
+        self._saved_step = self.step
+
+    def prepare_resume(self) -> None:
+        """Before continuing a loaded run: remove checkpoint folders left by an interrupted save,
+        and drop the metrics.jsonl records of steps after the checkpoint (a killed run logged
+        them; the resumed run logs them again), atomically."""
+        clean_checkpoints(self.run_dir)
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                ok = int(json.loads(line)["step"]) <= self.step
+            except (ValueError, KeyError, TypeError):
+                ok = False  # a line torn by a kill
+            if ok:
+                keep.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text(path, "".join(keep))
+            log.info("metrics.jsonl: dropped %d records after the checkpoint's step %d", dropped, self.step)
 
     # ------------------------------------------------------------------ data order
     def _indices(self, position: int, count: int) -> torch.Tensor:
@@ -174,14 +266,15 @@ class Trainer:
             batch = self.dataset.batch(self._indices(pos, cfg.batch_size), cpu_gen).to(self.device)
             with self.autocast:
                 loss = self.diffusion.training_losses(self.model, batch, dev_gen).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {self.step}; "
-                                         "try a lower --lr or fp32 precision")
+            if not torch.isfinite(loss):  # before any update: the weights are still the last good ones
+                raise TrainingDiverged(f"loss {loss.item()}")
             (loss / cfg.grad_accum).backward()
             total += loss.item() / cfg.grad_accum
         grad_norm = 0.0
         if cfg.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            if not math.isfinite(grad_norm):
+                raise TrainingDiverged(f"gradient norm {grad_norm}")
         self.optimizer.step()
         self.scheduler.step()
         # on CPU, zeroing in place avoids freeing and re-allocating every gradient each step
@@ -204,8 +297,7 @@ class Trainer:
                            steps=cfg.eval_steps, seed=cfg.seed, batch_size=max(cfg.batch_size, 64),
                            device=self.device)
         out_dir = self.run_dir / "samples" / tag
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.domain.write(samples, out_dir, self.config.data_info)
+        write_samples(self.domain, samples, out_dir, self.config.data_info)
         metrics: dict[str, float] = {}
         if self.reference is not None and len(self.reference) > 0:
             metrics = self.domain.metrics(samples, self.reference, self.config.data_info)
@@ -216,7 +308,9 @@ class Trainer:
     def fit(self, stop_at: int | None = None) -> TrainResult:
         """Train up to ``config.train.steps`` (or pause at ``stop_at``, checkpointed, to resume later).
 
-        Ctrl-C also checkpoints the current step before stopping, so ``--resume`` continues from it.
+        Ctrl-C and SIGTERM also checkpoint the current step before stopping (KeyboardInterrupt
+        propagates), so ``--resume`` continues from it. A non-finite loss checkpoints the last
+        good step and raises :class:`TrainingDiverged`.
         """
         from tqdm.auto import tqdm
 
@@ -225,15 +319,26 @@ class Trainer:
         start_time = time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train",
                    unit="step", dynamic_ncols=True)
-        try:
-            loss = self._loop(bar, end)
-        except KeyboardInterrupt:
-            bar.close()
-            self.save()
-            log.warning("interrupted at step %d; checkpoint saved, continue with --resume %s", self.step, self.run_dir)
-            raise
-        bar.close()
-        self.save()
+        with _sigterm_as_interrupt():
+            try:
+                loss = self._loop(bar, end)
+                bar.close()
+                self.save()
+            except KeyboardInterrupt:
+                bar.close()
+                if self._saved_step != self.step:
+                    self.save(stop_on_signal=False)
+                log.warning("interrupted at step %d; checkpoint saved, continue with --resume %s",
+                            self.step, self.run_dir)
+                raise
+            except TrainingDiverged as exc:
+                bar.close()
+                if self._saved_step != self.step:
+                    self.save(stop_on_signal=False)
+                raise TrainingDiverged(
+                    f"training diverged at step {self.step + 1} ({exc}); the last good checkpoint (step {self.step}) "
+                    f"is in {self.run_dir}; lower --lr (now {cfg.lr:g}) and start a new run"
+                ) from None
         metrics: dict[str, float] = {}
         sample_dir = None
         if cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps:

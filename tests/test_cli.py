@@ -67,9 +67,17 @@ def test_resume_continues(run_dir, tmp_path):
     import shutil
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    res = CliRunner().invoke(main, ["train", "--resume", str(copy), "--steps", "25", "--no-progress"])
+    # a finished cosine run cannot be extended (its schedule depends on the total): one clear line
+    _fails(["train", "--resume", str(copy), "--steps", "25", "--no-progress"], "cosine learning-rate schedule")
+    _fails(["train", "--resume", str(copy), "--no-progress"], "already finished (20 of 20 steps)")
+    cfg = tmp_path / "constant.json"
+    cfg.write_text(json.dumps({"train": {"lr_schedule": "constant"}}))
+    res = CliRunner().invoke(main, ["train", "--domain", "points2d", "--steps", "10", "--out", str(tmp_path / "c"),
+                                    "--config", str(cfg), *FAST])
     assert res.exit_code == 0, res.output
-    assert "trained 25 steps" in res.output
+    res = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "c"), "--steps", "15", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "trained 15 steps" in res.output
 
 
 def test_bad_inputs_exit_2_with_one_line(run_dir, tmp_path):
