@@ -222,7 +222,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise CheckpointError(f"{run_dir} has no config.json; expected a run folder written by 'diffuse train'")
     try:
         return RunConfig.load(cfg)
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError) as exc:  # JSON, unknown keys, bad values
         raise CheckpointError(f"{cfg} is corrupt or not a diffuse run config ({exc})") from None
 
 
