@@ -145,3 +145,98 @@ def test_condition_dropout_in_the_training_loss():
     assert torch.equal(loss(0.5, None), loss(0.0, None))       # no condition: no draw, no change
     with pytest.raises(ValueError, match="cond_drop"):
         Diffusion(DiffusionConfig(cond_drop=1.5))
+
+
+# ------------------------------------------------------------------ image labels end to end (CLI + API)
+TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "attn_levels": [1], "groups": 4,
+             "head_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def image_runs(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from diffuse.cli.main import main
+
+    root = tmp_path_factory.mktemp("cond_cli")
+    cfg = root / "tiny.json"
+    cfg.write_text(json.dumps({"model": TINY_UNET, "train": {"final_eval": False}}))
+    runs = {}
+    for name, extra in (("labels", ["--condition", "label", "--cond-drop", "0.3"]), ("plain", [])):
+        runs[name] = root / name
+        res = CliRunner().invoke(main, ["train", "--domain", "image", "--config", str(cfg), "--steps", "2",
+                                        "--batch-size", "8", "--no-progress", "--device", "cpu",
+                                        "--out", str(runs[name]), *extra])
+        assert res.exit_code == 0, res.output
+    return runs
+
+
+def test_image_label_training_records_its_condition_and_samples_by_label(image_runs, tmp_path):
+    from click.testing import CliRunner
+
+    import diffuse.api as api
+    from diffuse.cli.main import main
+
+    cfg = json.loads((image_runs["labels"] / "config.json").read_text())
+    assert cfg["diffusion"]["cond_drop"] == 0.3 and cfg["data_info"]["conditions"]["label"]["num_classes"] == 10
+    model = api.load(image_runs["labels"], device="cpu")
+    assert list(model.condition_kinds()) == ["label"]
+    s = model.sample(4, steps=3, cond={"label": "seven"}, guidance_scale=3, guidance_rescale=0.5)
+    assert s.cond["label"].tolist() == [7] * 4 and s.x.shape == (4, 1, 28, 28) and torch.isfinite(s.x).all()
+    cycled = model.sample(4, steps=3, cond={"label": [1, 2]}, batch_size=3)
+    assert cycled.cond["label"].tolist() == [1, 2, 1, 2]
+    # guidance scale 1 = the conditional model itself; scale 0 = the null label
+    one = model.sample(2, steps=3, cond={"label": 4}, guidance_scale=1)
+    plain = model.sample(2, steps=3, cond={"label": 4})
+    torch.testing.assert_close(one.x, plain.x, rtol=1e-4, atol=1e-4)
+    zero = model.sample(2, steps=3, cond={"label": 4}, guidance_scale=0)
+    torch.testing.assert_close(zero.x, model.sample(2, steps=3).x, rtol=0, atol=0)
+    out = tmp_path / "s"
+    res = CliRunner().invoke(main, ["sample", "-c", str(image_runs["labels"]), "--num", "3", "--steps", "3",
+                                    "--label", "7", "--label", "seven", "--guidance-scale", "2",
+                                    "--guidance-interval", "0.1,20", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "grid.png").is_file() and (out / "sample_0002.png").is_file()
+
+
+@pytest.mark.parametrize("run, args, match", [
+    ("labels", ["--label", "eleven"], "unknown label 'eleven'"),
+    ("labels", ["--label", "12"], "out of range"),
+    ("labels", ["--label", "7", "--guidance-scale", "abc"], "guidance scale must be a number"),
+    ("labels", ["--guidance-scale", "3"], "guidance needs a condition"),
+    ("labels", ["--label", "7", "--guidance-rescale", "2", "--guidance-scale", "3"], "rescale must lie in [0, 1]"),
+    ("labels", ["--label", "7", "--guidance-scale", "3", "--guidance-interval", "3"], "LO,HI"),
+    ("plain", ["--label", "7"], "trained without conditions"),
+    ("plain", ["--guidance-scale", "3"], "guidance needs a conditional model"),
+])
+def test_bad_condition_input_is_one_error_line_and_writes_nothing(image_runs, tmp_path, run, args, match):
+    from click.testing import CliRunner
+
+    from diffuse.cli.main import main
+
+    out = tmp_path / "never"
+    res = CliRunner().invoke(main, ["sample", "-c", str(image_runs[run]), "--num", "2", "--steps", "2",
+                                    "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--condition", "text"], "cannot condition on text"),
+    (["--condition", "label", "--cond-drop", "abc"], "--cond-drop must be a number"),
+    (["--condition", "label", "--cond-drop", "1.5"], "--cond-drop must be a number in [0, 1]"),
+])
+def test_bad_training_condition_options(tmp_path, args, match):
+    from click.testing import CliRunner
+
+    from diffuse.cli.main import main
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--domain", "image", "--steps", "1", "--no-progress", "--device", "cpu",
+                                    "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], res.output
+    assert not out.exists()
