@@ -161,7 +161,9 @@ class ImageDomain(Domain):
         feats = extract_features(net, x)
         out = {"fid": fid_from_features(feats, ref)}
         out["kid"], out["kid_std"] = kid_from_features(feats, ref)
-        labels = samples.cond.get("label") if isinstance(samples.cond, Condition) else None
+        labels = samples.cond.get("label") if isinstance(samples.cond, Condition) else samples.cond
+        if not isinstance(labels, Tensor) or labels.is_floating_point():
+            labels = None
         n_cls = data_info.get("num_classes")
         if labels is not None and isinstance(net, LeNet) and n_cls and net.num_classes == n_cls:
             keep = labels.cpu() < n_cls  # the null class has no accuracy
