@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffuse.core import Batch, Denoiser, DenseSpace, GraphSpace, LinearBetaSchedule
+from diffuse.core import Batch, DenseSpace, GraphSpace, LinearBetaSchedule
 from diffuse.core.condition import Condition, LabelKind
 from diffuse.core.config import DiffusionConfig
 from diffuse.core.diffusion import Diffusion
