@@ -5,6 +5,10 @@
     result = diffuse.train("image", steps=500, out="runs/image")      # bundled default data
     model = diffuse.load("runs/image")                                 # EMA weights by default
     samples = model.sample(16, sampler="ddim", steps=50, seed=0)
+
+    # conditional: train with labels (condition dropout 0.1), sample class 7 with guidance 3
+    diffuse.train("image", conditions=["label"], out="runs/digits")
+    samples = diffuse.load("runs/digits").sample(16, cond={"label": 7}, guidance_scale=3)
     model.write(samples, "out/")
     print(model.evaluate(num=256))
 
@@ -26,9 +30,11 @@ import torch
 from .core.checkpoint import (CheckpointError, atomic_write_text, check_writable, is_run_folder, load_checkpoint,
                               load_weights, read_run_config)
 from .core.config import DiffusionConfig, RunConfig, TrainConfig, check_device, update_dataclass
+from .core.condition import Condition, parse_condition
 from .core.diffusion import Diffusion
 from .core.domain import Batch, DataError, Domain, DomainDataset
 from .core.generate import generate
+from .core.guidance import Guidance
 from .core.registry import available_domains, get_domain
 from .core.io import atomic_write_text as write_text, fresh_sample_dir, write_samples
 from .core.trainer import Trainer, TrainResult, resolve_device
@@ -69,7 +75,8 @@ def _read_config_file(path: str | Path | None) -> dict[str, Any]:
 
 
 def make_config(domain: str | Domain, *, data: str | Path | None = None, config: dict[str, Any] | str | Path | None = None,
-                diffusion: dict[str, Any] | None = None, **train_overrides: Any) -> RunConfig:
+                diffusion: dict[str, Any] | None = None, conditions: list[str] | str | None = None,
+                **train_overrides: Any) -> RunConfig:
     """A :class:`RunConfig` from the domain's defaults, a config dict / JSON file, ``diffusion``
     overrides of :class:`DiffusionConfig` fields (``{"training": "edm"}``...), and keyword overrides
     of :class:`TrainConfig` fields (``steps=``, ``batch_size=``, ``lr=``, ``device=``, ``seed=`` ...).
@@ -96,6 +103,7 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
     train_cfg = update_dataclass(train_cfg, overrides, "train")
     _check_train(train_cfg, diff)
     data_options = {**dom.default_data(), **user.get("data_options", {})}
+    data_options.update(_condition_data_options(dom, conditions))   # cond: --condition NAME
     data = data if data is not None else user.get("data")
     if data is not None and str(data).strip() == "":
         raise ValueError("--data is an empty string; give a file or folder, or leave it out for the bundled data")
@@ -143,16 +151,53 @@ class DiffusionModel:
 
     def sample(self, num: int, *, sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
                spacing: str | None = None, seed: int = 0, batch_size: int = 64, cond: Any = None,
-               progress: Callable[[int], None] | None = None, **options: Any) -> Batch:
+               progress: Callable[[int], None] | None = None, structure: Any = None,
+               guidance_scale: float | str | None = None, guidance_rescale: float | str | None = None,
+               guidance_interval: Any = None, **options: Any) -> Batch:
         """Draw ``num`` samples (a :class:`Batch` in model space, on CPU). Same seed, same samples,
-        whatever ``batch_size``. ``eta`` applies to DDIM; other options go to the sampler."""
+        whatever ``batch_size``. ``eta`` applies to DDIM; other options go to the sampler.
+
+        ``cond``: the network condition, ``{name: value}`` (``{"label": 7}``, ``{"label": "seven"}``,
+        ``{"label": [0, 1, 2]}`` cycled over the samples) or a :class:`Condition`; names the model
+        knows but ``cond`` leaves out are null. ``structure``: the domain's sampling structure
+        (molecules: atom counts). ``guidance_scale`` s: classifier-free guidance (0 unconditional,
+        1 conditional, > 1 guided), with ``guidance_rescale`` phi and ``guidance_interval``
+        ``(lo, hi)`` of noise levels (see ``core.guidance``)."""
+        condition, guidance = self.prepare_condition(num, cond, guidance_scale, guidance_rescale, guidance_interval)
         if eta is not None:
             if sampler != "ddim":
                 raise ValueError(f"--eta applies to the ddim sampler only, not {sampler!r}")
             options["eta"] = eta
         return generate(self.denoiser, self.domain, self.data_info, num, sampler=sampler, steps=steps,
-                        spacing=spacing, seed=seed, batch_size=batch_size, device=self.device, cond=cond,
-                        progress=progress, **options)
+                        spacing=spacing, seed=seed, batch_size=batch_size, device=self.device, cond=condition,
+                        progress=progress, structure=structure, guidance=guidance, **options)
+
+    # --- conditional generation (cond helper) ---
+    def condition_kinds(self) -> dict[str, Any]:
+        """The conditions this model understands (``{}``: unconditional)."""
+        return self.domain.condition_kinds(self.data_info)
+
+    def prepare_condition(self, num: int, cond: Any = None, scale: Any = None, rescale: Any = None,
+                          interval: Any = None) -> tuple[Condition | None, Guidance | None]:
+        """``(Condition or None, Guidance or None)`` from user values; ``ValueError`` for bad input
+        (unknown label, a condition for an unconditional model, a scale that is not a number...)."""
+        kinds = self.condition_kinds()
+        if cond is not None and not isinstance(cond, (dict, Condition)):
+            raise ValueError(f"a condition is given as {{name: value}}, e.g. {{'label': 7}}, not {type(cond).__name__}; "
+                             "sampling structure such as atom counts goes in structure=")
+        n = num if isinstance(num, int) and num > 0 else 1
+        condition = parse_condition(kinds, cond, n)
+        if scale is None:
+            if rescale is not None or interval is not None:
+                raise ValueError("--guidance-rescale / --guidance-interval need --guidance-scale")
+            return condition, None
+        guidance = Guidance.parse(scale, 0.0 if rescale is None else rescale, interval)
+        if not kinds:
+            raise ValueError("guidance needs a conditional model; this one was trained without conditions")
+        if cond is None:
+            raise ValueError(f"guidance needs a condition to guide towards (e.g. --label); this model takes: "
+                             f"{', '.join(sorted(kinds))}")
+        return condition, guidance
 
     def write(self, samples: Batch, out_dir: str | Path) -> list[Path]:
         """Write samples with the domain's writer, atomically (see :func:`write_samples`)."""
@@ -299,7 +344,7 @@ def _check_out(run_dir: Path) -> None:
 def train(domain: str | Domain = "image", *, data: str | Path | None = None, out: str | Path | None = None,
           config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
           progress: bool = True, stop_at: int | None = None, diffusion: dict[str, Any] | None = None,
-          **train_overrides: Any) -> TrainResult:
+          conditions: list[str] | str | None = None, **train_overrides: Any) -> TrainResult:
     """Train a model and leave a run folder at ``out`` (default ``runs/<domain>``).
 
     ``resume`` continues the run folder it names (its config, weights, optimiser state and step),
@@ -315,6 +360,8 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     name = domain if isinstance(domain, str) else domain.name
     checkpoint = None
     if resume is not None:
+        if conditions:
+            raise ValueError("--condition cannot change when resuming a run")
         run_dir = Path(resume)
         run_cfg = read_run_config(run_dir)
         if run_cfg.domain != name:
@@ -328,12 +375,12 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
         check_writable(run_dir)
     dom = get_domain(domain) if isinstance(domain, str) else domain
     if resume is None:
-        cfg = make_config(dom, data=data, config=config, diffusion=diffusion, **train_overrides)
+        cfg = make_config(dom, data=data, config=config, diffusion=diffusion, conditions=conditions, **train_overrides)
         run_dir = Path(out) if out is not None else Path("runs") / dom.name
         _check_out(run_dir)
     dataset = _load_data(dom, cfg)
     train_set, reference = _split(dataset, cfg.train)
-    info = dataset.info()
+    info = _record_conditions(dom, dataset.info())
     if resume is not None and cfg.data_info and info != cfg.data_info:
         log.warning("data_info of the data differs from the checkpoint's; keeping the checkpoint's")
         info = cfg.data_info
@@ -370,3 +417,21 @@ def load(checkpoint: str | Path, *, device: str = "auto", ema: bool = True,
     load_weights(den, weights, run_dir)
     dev = resolve_device(device)
     return DiffusionModel(dom, cfg, den.to(dev), diff, dev, run_dir)
+
+
+# --- conditional generation (cond helper) ---
+def _condition_data_options(dom: Domain, conditions: list[str] | str | None) -> dict[str, Any]:
+    """Data options that make the domain's data carry the requested conditions."""
+    if not conditions:
+        return {}
+    names = [conditions] if isinstance(conditions, str) else list(conditions)
+    return dom.condition_data_options(names)
+
+
+def _record_conditions(dom: Domain, info: dict[str, Any]) -> dict[str, Any]:
+    """``data_info["conditions"] = {name: kind spec}`` of a conditional model (saved with the run)."""
+    kinds = dom.condition_kinds(info)
+    if kinds:
+        info = {**info, "conditions": {k: kind.spec() for k, kind in kinds.items()}}
+    return info
+

@@ -156,6 +156,27 @@ def _parse_condition(text: str | None, num: int) -> Any:
                     f"got {text!r}")
 
 
+# --- conditional generation (cond helper) ---
+def _parse_labels(labels: tuple[str, ...]) -> dict[str, Any] | None:
+    """``--label 7``, ``--label seven``, ``--label 0,1,2`` or repeated ``--label``: ``{"label": ...}``."""
+    values = [v.strip() for text in labels for v in text.split(",") if v.strip()]
+    if not values:
+        return None
+    return {"label": values[0] if len(values) == 1 else values}
+
+
+def _parse_probability(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        p = float(text)
+    except ValueError:
+        raise UserError(f"{what} must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= p <= 1.0:
+        raise UserError(f"{what} must be a number in [0, 1], got {text!r}")
+    return p
+
+
 def _sampler_names() -> list[str]:
     return sorted(SAMPLERS)
 
@@ -285,8 +306,13 @@ def domains() -> None:
 @click.option("--parameterization", type=click.Choice(["eps", "x0", "v"]), default=None,
               help="What the network predicts (not used by edm training).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+# --- conditional generation (cond helper) ---
+@click.option("--condition", "conditions", multiple=True, metavar="NAME",
+              help="Train a conditional model on this condition of the data, repeatable (image: label).")
+@click.option("--cond-drop", default=None, metavar="P",
+              help="Condition dropout probability (default 0.1): the share of samples trained unconditionally.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
-          eval_samples, training, schedule, parameterization, no_progress) -> None:
+          eval_samples, training, schedule, parameterization, no_progress, conditions, cond_drop) -> None:
     """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples."""
     if domain is None and resume is None:
         raise UserError("--domain is required (or --resume RUN_DIR); see `diffuse domains`")
@@ -306,7 +332,10 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
                  "schedule": {"kind": schedule} if schedule else None}
     if resume is not None and any(v is not None for v in diffusion.values()):
         raise UserError("--training / --schedule / --parameterization cannot change when resuming a run")
-    result = _run(api.train, domain, data=data, out=out, config=config_file, resume=resume,
+    diffusion["cond_drop"] = _parse_probability(cond_drop, "--cond-drop")
+    if resume is not None and (conditions or cond_drop is not None):
+        raise UserError("--condition / --cond-drop cannot change when resuming a run")
+    result = _run(api.train, domain, data=data, out=out, config=config_file, resume=resume, conditions=list(conditions),
                   progress=not no_progress, diffusion=diffusion, steps=steps, batch_size=batch_size, lr=lr,
                   device=device, seed=seed, sample_every=sample_every, eval_samples=eval_samples)
     click.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}; "
@@ -334,35 +363,49 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Sampler option, repeatable: e.g. -o s_churn=10 (edm_heun), -o snr=0.16 (pc), -o rtol=1e-4 (rk45).")
 @click.option("--condition", default=None, metavar="JSON",
-              help="What to sample, as the domain understands it (JSON): molecules take atom counts, "
-                   "e.g. 12 or [9, 12, 15, ...] (one per sample); image / audio models trained with labels "
-                   "take class indices.")
+              help="Sampling structure, as the domain understands it (JSON): molecules take atom counts, "
+                   "e.g. 12 or [9, 12, 15, ...] (one per sample).")
+# --- conditional generation (cond helper) ---
+@click.option("--label", "labels", multiple=True, metavar="LABEL",
+              help="Class label(s) to sample (index or name, e.g. 7 or seven); a list 0,1,2 or repeated "
+                   "--label cycles over the samples. Needs a model trained with --condition label.")
+@click.option("--guidance-scale", default=None, metavar="S",
+              help="Classifier-free guidance scale: 0 unconditional, 1 conditional, > 1 guided.")
+@click.option("--guidance-rescale", default=None, metavar="PHI",
+              help="Rescale the guided prediction's std towards the conditional one (0..1; Lin et al. 2023).")
+@click.option("--guidance-interval", default=None, metavar="LO,HI",
+              help="Guide only at noise levels sigma/alpha in [LO, HI] (Kynkaanniemi et al. 2024).")
 @click.option("--out", type=PATH, default=None,
               help="Output folder, new or empty (default CHECKPOINT/samples/sample, or sample-2, sample-3, ... "
                    "when that is taken).")
 def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
-           condition, out) -> None:
+           condition, labels, guidance_scale, guidance_rescale, guidance_interval, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 
     opts = _parse_options(sampler, options, eta)
-    cond = _parse_condition(condition, num)
+    structure = _parse_condition(condition, num)
+    cond = _parse_labels(labels)
     _check_device(device)
     if out is not None:
         _check_out_dir(out)
     model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
+    guidance = {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
+                "guidance_interval": guidance_interval}
+    _run(model.prepare_condition, num, cond, *guidance.values())   # checked before anything is written
     if out is None:
         out = api.fresh_sample_dir(Path(checkpoint) / "samples" / "sample")
         _check_out_dir(out)
     from ..core.generate import check_generate_args, default_steps
     _run(check_generate_args, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
          options=opts)
-    _run(model.domain.check_structure, cond, model.data_info, batch_size=min(batch_size, num))
+    _run(model.domain.check_structure, structure, model.data_info, batch_size=min(batch_size, num))
     n_steps = steps or default_steps(sampler, model.diffusion.schedule)
     with tqdm(total=num * n_steps, desc=f"sample ({sampler}, {n_steps} steps)", unit="step·sample",
               dynamic_ncols=True, disable=None) as bar:
         samples = _run(model.sample, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
-                       batch_size=batch_size, progress=bar.update, cond=cond, **opts)
+                       batch_size=batch_size, progress=bar.update, cond=cond, structure=structure,
+                       **guidance, **opts)
     report = model.describe(samples)
     paths = _run(model.write, samples, out)
     if report:

@@ -1,7 +1,7 @@
 """Domain-agnostic core: schedules, parameterizations, losses, spaces, samplers, trainer."""
 
 from .domain import Batch, DataError, Domain, DomainDataset
-from .parameterization import EpsParam, Prediction, VParam, X0Param, make_parameterization
+from .parameterization import EDMParam, EpsParam, Prediction, Scalings, VParam, X0Param, make_parameterization
 from .registry import available_domains, get_domain, register_domain
 from .samplers import SAMPLERS, ddim, ddim_invert, ddpm, get_sampler, prior_sample, time_grid
 from .schedule import (CosineSchedule, LinearBetaSchedule, PolynomialSchedule, Schedule, SigmaSchedule,
@@ -10,4 +10,6 @@ from .space import DenseSpace, Space, per_sample_generators
 from .graph import GraphSpace
 from .denoiser import Denoiser
 from .loss import DiffusionLoss
+from .condition import Condition, ConditionKind, LabelKind, TokensKind, VectorKind
+from .guidance import Guidance, classifier_free_guidance, classifier_guidance
 from . import solvers  # registers the continuous samplers

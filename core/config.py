@@ -284,7 +284,7 @@ def _weightings():
 
 
 def _training_modes():
-    from .precond import TRAINING_MODES
+    from .diffusion import TRAINING_MODES
     return TRAINING_MODES
 
 
@@ -303,12 +303,16 @@ class DiffusionConfig:
     #: backbone noise-level input is ``t * time_scale``
     time_scale: float = 1000.0
     #: ``ddpm`` (the schedule's own times) | ``continuous`` (``t ~ U[t_eps, 1]``) | ``edm`` (EDM
-    #: preconditioning, log-normal noise levels, EDM loss); see ``core.precond.training_setup``
+    #: preconditioning, log-normal noise levels, EDM loss); see ``core.diffusion``
     training: str = "ddpm"
     t_eps: float = 1e-3
     sigma_data: float = 0.5
     p_mean: float = -1.2
     p_std: float = 1.2
+    # --- conditional generation (cond helper) ---
+    #: probability that a training sample's condition is replaced by its null value (condition
+    #: dropout; only used when batches carry a condition), so the model is also unconditional
+    cond_drop: float = 0.1
 
     def validate(self) -> "DiffusionConfig":
         """Check every field's type and range and build the schedule; ``ValueError`` naming the key."""

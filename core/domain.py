@@ -14,7 +14,12 @@ or from your own package's ``pyproject.toml`` so that ``pip install`` adds it to
 What flows between core and a domain:
 
 * :class:`Batch`: ``x`` (the tensor diffusion runs on), its bound :class:`~diffuse.core.space.Space`,
-  and an optional condition ``cond`` (e.g. class labels ``[B]``).
+  and an optional network condition ``cond``: a :class:`~diffuse.core.condition.Condition`
+  (class labels, text tokens, property values; see ``core.condition``).
+* sampling *structure* (atom counts, clip length) is not a condition: ``Domain.template`` takes
+  it as ``structure``.
+* conditions: ``Domain.condition_kinds(data_info)`` declares what a trained model understands;
+  ``Domain.condition_data_options(names)`` turns ``--condition NAME`` into data options.
 * ``data_info``: a JSON-serialisable dict a dataset reports (shapes, vocabularies, statistics)
   and that is saved in every checkpoint, so a model can be rebuilt and sampled without the data.
 * model config: a plain JSON dict of backbone keyword arguments (``Domain.default_model``,
@@ -31,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .condition import Condition, ConditionKind, kinds_from_spec
 from .space import Space
 
 __all__ = ["Batch", "DomainDataset", "Domain", "DataError"]
@@ -46,13 +52,15 @@ class Batch:
 
     x: Tensor
     space: Space
-    cond: Any = None
+    #: the network condition (a :class:`Condition`, or ``None``; a raw tensor from older domains
+    #: is passed to the backbone as is, without dropout)
+    cond: Condition | Any = None
     #: domain-specific extras that travel with the batch (e.g. element vocabularies); not used by core.
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "Batch":
         space = self.space.to(device)
-        cond = self.cond.to(device) if isinstance(self.cond, Tensor) else self.cond
+        cond = self.cond.to(device) if isinstance(self.cond, (Tensor, Condition)) else self.cond
         return Batch(self.x.to(device), space, cond, self.extras)
 
     def __len__(self) -> int:
@@ -153,9 +161,26 @@ class Domain(ABC):
 
     @abstractmethod
     def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
-                 cond: Any = None) -> Batch:
-        """A :class:`Batch` of ``num`` zero samples with the right shapes and bound Space,
-        used to start sampling (e.g. a molecule domain draws atom counts from ``generator``)."""
+                 structure: Any = None) -> Batch:
+        """A :class:`Batch` of ``num`` zero samples with the right shapes and bound Space, used to
+        start sampling. ``structure`` is the sampling structure when the user fixes it (e.g. atom
+        counts); otherwise the domain draws it from ``generator`` (one, or one per sample)."""
+
+    # ---------------------------------------------------------------- conditions
+    def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
+        """The conditions a model trained on ``data_info`` understands (``{}``: unconditional).
+
+        Default: the kinds recorded under ``data_info["conditions"]`` (``{name: kind spec}``),
+        which training writes from the data's conditions."""
+        return kinds_from_spec(data_info.get("conditions"))
+
+    def condition_data_options(self, names: list[str]) -> dict[str, Any]:
+        """Data options that make :meth:`load_data` attach the conditions ``names`` (from
+        ``diffuse train --condition NAME``) to its batches. Raise ``ValueError`` for a name the
+        domain cannot condition on."""
+        if names:
+            raise ValueError(f"the {self.name} domain cannot condition on {', '.join(names)} (it supports no conditions)")
+        return {}
 
     # ---------------------------------------------------------------- results
     @abstractmethod

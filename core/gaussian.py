@@ -9,6 +9,12 @@ and the optimal (MMSE) denoiser is
 
 with score ``grad log p_t(x_t) = -sum_k r_k C_k^{-1} (x_t - alpha mu_k)``. These are truths
 no one here chose: tests and benchmarks compare samplers and likelihoods against them.
+
+Read as a labelled data set (one class per component), the class-``k`` conditional of the
+mixture is component ``k`` alone (``r = onehot(k)`` above), and the exact noise-aware classifier
+is ``p(k | x_t) = r_k(x_t)``: :meth:`GaussianMixture.component`,
+:meth:`GaussianMixture.class_log_prob` and :meth:`GaussianMixture.conditional_model` give the
+closed forms that guidance is tested against.
 Vectors are dense ``[B, D]``; everything runs in float64.
 """
 
@@ -80,11 +86,30 @@ class GaussianMixture:
         logp = torch.log(self.weights)[None] - 0.5 * (maha + logdet + self.D * math.log(2 * math.pi))
         return logp, sol, diff
 
+    # ------------------------------------------------------------------ classes
+    def component(self, k: int) -> "GaussianMixture":
+        """Component ``k`` alone: the class-``k`` conditional of the mixture."""
+        return GaussianMixture(self.weights.new_ones(1), self.means[k:k + 1], self.covs[k:k + 1])
+
+    def class_log_prob(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Exact ``log p(k | x_t)`` ``[B, K]`` (the responsibilities of the noisy marginal)."""
+        logp, _, _ = self._component_logp(x.to(torch.float64), alpha, sigma)
+        return torch.log_softmax(logp, dim=1)
+
     # ------------------------------------------------------------------ exact model
-    def denoise_at(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact ``(E[x_0 | x_t], score)`` for per-sample ``alpha, sigma`` ([B])."""
+    def denoise_at(self, x: Tensor, alpha: Tensor, sigma: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Exact ``(E[x_0 | x_t], score)`` for per-sample ``alpha, sigma`` ([B]).
+
+        With ``labels [B]`` (``K`` = no label): for labelled rows, the class-conditional answer
+        ``(E[x_0 | x_t, k], grad log p_t(x_t | k))``, i.e. component ``k`` alone."""
         x64 = x.to(torch.float64)
         logp, sol, diff = self._component_logp(x64, alpha, sigma)
+        if labels is not None:
+            labels = labels.to(logp.device).long()
+            given = labels < self.K
+            if bool(given.any()):
+                onehot = torch.nn.functional.one_hot(labels.clamp(max=self.K - 1), self.K).bool()
+                logp = torch.where(given[:, None] & ~onehot, torch.full_like(logp, -math.inf), logp)
         r = torch.softmax(logp, dim=1)                                     # [B, K]
         Sk_sol = torch.einsum("kij,bkj->bki", self.covs, sol)              # S_k C_k^{-1} diff
         x0_k = self.means[None] + alpha[:, None, None] * Sk_sol
@@ -100,6 +125,17 @@ class GaussianMixture:
             eps = -sigma[:, None] * score
             return Prediction(x0.to(x.dtype), eps.to(x.dtype))
         return denoise
+
+    def conditional_model(self, schedule: Schedule, name: str = "label"):
+        """The exact conditional model ``model(x, t, cond=None, space=None) -> Prediction``, where
+        ``cond[name]`` holds class labels (``K``, the null label, or no condition: the mixture)."""
+        def model(x: Tensor, t: Tensor, cond=None, space=None) -> Prediction:
+            alpha, sigma = schedule.alpha_sigma(t.to(torch.float64))
+            labels = None if cond is None else cond[name]
+            x0, score = self.denoise_at(x, alpha, sigma, labels)
+            eps = -sigma[:, None] * score
+            return Prediction(x0.to(x.dtype), eps.to(x.dtype))
+        return model
 
 
 def energy_distance(x: Tensor, y: Tensor, max_n: int = 4000) -> float:

@@ -5,6 +5,11 @@ own generators (seeded from ``(seed, index)``), asks the domain for a template o
 and runs a sampler from core's registry on an explicit time grid. Because each sample's
 structure and noise come only from its own generators, the same seed gives the same samples
 whatever the batch size.
+
+``cond`` is the network condition of all ``num`` samples (a
+:class:`~diffuse.core.condition.Condition`, sliced per chunk), ``structure`` the sampling
+structure the domain's template takes (atom counts...), and ``guidance`` a
+:class:`~diffuse.core.guidance.Guidance` (classifier-free guidance around the denoiser).
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from typing import Any, Callable
 
 import torch
 
+from .condition import Condition
 from .domain import Batch, Domain
+from .guidance import Guidance, classifier_free_guidance
 from .samplers import SPACINGS, check_sampler_options, get_sampler, prior_sample, time_grid
 from .space import per_sample_generators
 
@@ -33,7 +40,9 @@ def concat_batches(batches: list[Batch]) -> Batch:
         return batches[0]
     x, space = batches[0].space.concat([b.x for b in batches], [b.space for b in batches])
     cond = None
-    if isinstance(batches[0].cond, torch.Tensor):
+    if isinstance(batches[0].cond, Condition):
+        cond = Condition.concat([b.cond for b in batches])
+    elif isinstance(batches[0].cond, torch.Tensor):
         cond = torch.cat([b.cond for b in batches])
     return Batch(x, space, cond, batches[0].extras)
 
@@ -62,21 +71,29 @@ def check_generate_args(num: int, *, sampler: str = "ddim", steps: int | None = 
 def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, sampler: str = "ddim",
              steps: int | None = None, spacing: str | None = None, seed: int = 0, batch_size: int = 64,
              device: torch.device | str = "cpu", cond: Any = None, progress: Callable[[int], None] | None = None,
-             denoise_wrapper: Callable | None = None, **sampler_options) -> Batch:
+             denoise_wrapper: Callable | None = None, structure: Any = None, guidance: Guidance | None = None,
+             **sampler_options) -> Batch:
     """Draw ``num`` samples. ``progress(n)`` is called after each sampler step with the chunk's size.
 
-    ``denoise_wrapper(denoise_fn, batch) -> denoise_fn`` lets callers add guidance.
-    Arguments, sampler options and the domain's structure (``Domain.check_structure(cond)``)
-    are checked first. Returns one :class:`Batch` on CPU with all samples.
+    ``cond``: a :class:`Condition` of ``num`` samples (or ``None``; a raw tensor is passed to
+    the backbone as is). ``structure``: given to ``domain.template`` (a per-sample tensor or
+    list is sliced per chunk). ``guidance``: classifier-free guidance (needs ``cond``).
+    ``denoise_wrapper(denoise_fn, batch) -> denoise_fn`` lets callers add other guidance.
+    Arguments, sampler options and the domain's structure (``Domain.check_structure``)
+    are checked first. Returns one :class:`Batch` on CPU with all samples (``cond`` carried along).
     """
     check_generate_args(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
                         options=sampler_options)
-    domain.check_structure(cond, data_info, batch_size=min(batch_size, num))
+    domain.check_structure(structure, data_info, batch_size=min(batch_size, num))
     fn = get_sampler(sampler)
     schedule = denoiser.schedule
     steps = default_steps(sampler, schedule) if steps is None else steps
     if spacing is None:
         spacing = "karras" if not schedule.variance_preserving else "trailing"
+    if guidance is not None and not isinstance(cond, Condition):
+        raise ValueError("guidance needs a condition (e.g. a label) to guide towards")
+    if isinstance(cond, (Condition, torch.Tensor)) and len(cond) != num:
+        raise ValueError(f"the condition holds {len(cond)} samples, expected {num}")
     grid = time_grid(schedule, steps, spacing)
     device = torch.device(device)
     out: list[Batch] = []
@@ -84,11 +101,19 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
         n = min(batch_size, num - start)
         struct_gens = per_sample_generators(seed + 7919, n, start)
         noise_gens = per_sample_generators(seed, n, start, device=device)
-        chunk_cond = cond[start:start + n] if isinstance(cond, torch.Tensor) else cond
-        template = domain.template(n, data_info, struct_gens, cond=chunk_cond).to(device)
+        chunk_cond = (cond.select(slice(start, start + n)) if isinstance(cond, Condition)
+                      else cond[start:start + n] if isinstance(cond, torch.Tensor) else cond)
+        chunk_struct = (structure[start:start + n]
+                        if isinstance(structure, (torch.Tensor, list, tuple)) and len(structure) == num else structure)
+        template = domain.template(n, data_info, struct_gens, chunk_struct)  # positional: older plug-ins named it `cond`
+        template = Batch(template.x, template.space, chunk_cond, template.extras).to(device)
         x = prior_sample(schedule, template.space, template.x, t=float(grid[0]), generator=noise_gens)
         x = template.space.project(x)
-        denoise = denoiser.bind(template.space, template.cond)
+        if guidance is not None:
+            denoise = classifier_free_guidance(denoiser, template.space, template.cond, guidance.scale, schedule,
+                                               rescale=guidance.rescale, interval=guidance.interval)
+        else:
+            denoise = denoiser.bind(template.space, template.cond)
         if denoise_wrapper is not None:
             denoise = denoise_wrapper(denoise, template)
         cb = (lambda info, n=n: progress(n)) if progress is not None else None

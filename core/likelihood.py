@@ -150,7 +150,7 @@ def log_likelihood(denoise, x0: Tensor, schedule: Schedule, space: Space, *,
 
 def batch_log_likelihood(denoiser, batch, **options: Any) -> dict[str, Any]:
     """:func:`log_likelihood` of a :class:`~diffuse.core.domain.Batch` under a trained
-    ``Denoiser`` / ``EDMPrecond`` (its schedule, the batch's Space and condition)."""
+    ``Denoiser`` (its schedule, the batch's Space and condition)."""
     return log_likelihood(denoiser.bind(batch.space, batch.cond), batch.x, denoiser.schedule, batch.space, **options)
 
 

@@ -91,7 +91,7 @@ class PointsDomain(Domain):
     def build_backbone(self, model, data_info):
         return MLP(data_info.get("dim", 2), **model)
 
-    def template(self, num, data_info, generator=None, cond=None):
+    def template(self, num, data_info, generator=None, structure=None):
         return Batch(torch.zeros(num, data_info.get("dim", 2)), DenseSpace())
 
     def metrics(self, samples, reference, data_info):

@@ -128,7 +128,7 @@ def test_plugin_domain_through_entry_point(tmp_path):
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: points2d-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[diffuse.domains]\npoints2d = points2d:PointsDomain\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLES)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "diffuse.cli.main"]
     res = subprocess.run([*cmd, "domains"], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -8,12 +8,13 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 from diffuse.core.gaussian import GaussianMixture
 from diffuse.core.loss import DiffusionLoss, make_weighting
-from diffuse.core.parameterization import (EpsParam, Prediction, VParam, X0Param, make_parameterization)
+from diffuse.core.parameterization import (EDMParam, EpsParam, Parameterization, Prediction, VParam, X0Param,
+                                          edm_scalings, make_parameterization)
 from diffuse.core.schedule import LinearBetaSchedule
 from diffuse.core.space import DenseSpace
 
 F64 = torch.float64
-PARAMS = [EpsParam(), X0Param(), VParam()]
+PARAMS = [EpsParam(), X0Param(), VParam(), EDMParam(0.5)]
 IDS = [p.name for p in PARAMS]
 
 
@@ -158,3 +159,83 @@ def test_loss_keeps_float32_for_float32_and_low_precision_outputs():
 def test_unknown_weighting_raises():
     with pytest.raises(ValueError, match="unknown loss weighting"):
         make_weighting("edm2")
+
+
+# ------------------------------------------------------------------ one denoiser: the scalings
+def _old_closed_form(name, out, x_t, a, s):
+    """The pre-scalings closed forms: eps / x0 / v conversions and EDM's wrapper on x~ = x_t / alpha."""
+    if name == "eps":
+        return (x_t - s * out) / a, out
+    if name == "x0":
+        return out, (x_t - a * out) / s
+    if name == "v":
+        n = a * a + s * s
+        return (a * x_t - s * out) / n, (s * x_t + a * out) / n
+    c_skip, c_out, _, _ = edm_scalings(s / a, 0.5)
+    x0 = c_skip * (x_t / a) + c_out * out
+    return x0, (x_t - a * x0) / s
+
+
+@pytest.mark.parametrize("vp", [True, False], ids=["vp", "non-vp"])
+@pytest.mark.parametrize("param", PARAMS, ids=IDS)
+def test_scalings_give_the_closed_forms(param, vp):
+    """x0 = c_skip x_t + c_out F and eps = e_skip x_t + e_out F equal each parameterization's
+    closed form; the generic target (x0 - c_skip x_t) / c_out equals the closed-form target."""
+    x0, eps, a, s, alpha, sigma = _problem(6, vp)
+    x_t = a * x0 + s * eps
+    out = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    sc = param.scalings(a, s)
+    want_x0, want_eps = _old_closed_form(param.name, out, x_t, a, s)
+    scale = 1 + (x_t.abs() + out.abs()) * (1 + s / a + a / s)
+    assert float(((sc.c_skip * x_t + sc.c_out * out - want_x0).abs() / scale).max()) < 1e-13
+    assert float(((sc.e_skip * x_t + sc.e_out * out - want_eps).abs() / scale).max()) < 1e-13
+    generic = Parameterization.target(param, x0, eps, a, s)
+    direct = (x0 - sc.c_skip * x_t) / sc.c_out
+    torch.testing.assert_close(generic, param.target(x0, eps, a, s), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(generic, direct, rtol=1e-6, atol=1e-6)     # direct form cancels digits
+    torch.testing.assert_close(1 / sc.c_out ** 2, param.x0_mse_factor(a ** 2 / s ** 2, a * a + s * s), rtol=1e-10, atol=0)
+
+
+def test_time_scaling_is_owned_by_the_parameterization():
+    t = torch.tensor([0.0, 0.25, 1.0], dtype=F64)
+    a, s = torch.tensor([1.0, 0.8, 0.1], dtype=F64), torch.tensor([0.1, 0.6, 1.0], dtype=F64)
+    for name in ("eps", "x0", "v"):
+        sc = make_parameterization(name, time_scale=1000.0).scalings(a, s, t)
+        torch.testing.assert_close(sc.c_noise, t * 1000)
+        torch.testing.assert_close(sc.c_in, torch.ones_like(a), rtol=0, atol=0)
+    sc = make_parameterization("edm", sigma_data=0.5).scalings(a, s, t)
+    c_skip, c_out, c_in, c_noise = edm_scalings(s / a, 0.5)
+    torch.testing.assert_close(sc.c_noise, c_noise)
+    torch.testing.assert_close(sc.c_in, c_in / a)
+    eps = EpsParam().scalings(a, s)
+    assert torch.equal(eps.e_skip, torch.zeros_like(a)) and torch.equal(eps.e_out, torch.ones_like(a))
+
+
+@pytest.mark.parametrize("param", PARAMS, ids=IDS)
+def test_one_denoiser_applies_the_scalings(param):
+    """The Denoiser with any backbone equals the closed forms evaluated on that backbone's output
+    at input c_in x_t and noise input c_noise."""
+    from torch import nn
+    from diffuse.core import Denoiser, LinearBetaSchedule
+
+    seen = {}
+
+    class Net(nn.Module):
+        def forward(self, x, noise_level, cond=None, space=None):
+            seen["x"], seen["noise"] = x, noise_level
+            return torch.tanh(x) + noise_level[:, None].to(x.dtype) * 1e-3
+
+    sch = LinearBetaSchedule(num_steps=None)
+    den = Denoiser(Net(), sch, param)
+    t = torch.tensor([0.01, 0.3, 0.6, 0.95], dtype=F64)
+    x_t = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(8))
+    pred = den(x_t, t, space=DenseSpace())
+    alpha, sigma = sch.alpha_sigma(t)
+    a, s = alpha[:, None], sigma[:, None]
+    sc = param.scalings(alpha, sigma, t)
+    torch.testing.assert_close(seen["x"], sc.c_in[:, None] * x_t)
+    torch.testing.assert_close(seen["noise"], sc.c_noise.float())
+    out = Net()(sc.c_in[:, None] * x_t, sc.c_noise.float())
+    want_x0, want_eps = _old_closed_form(param.name, out, x_t, a, s)
+    torch.testing.assert_close(pred.x0, want_x0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(pred.eps, want_eps, rtol=1e-10, atol=1e-10)

@@ -129,7 +129,7 @@ def test_bundled_digits():
 def test_conditional_batches_carry_labels():
     ds = ImageDomain().load_data(None, {"conditional": True, "max_images": 10})
     b = ds.batch(torch.arange(10))
-    assert torch.equal(b.cond, ds.labels[:10]) and ds.info()["conditional"]
+    assert torch.equal(b.cond["label"], ds.labels[:10]) and ds.info()["conditional"]
 
 
 def test_folder_skips_other_and_empty_files_with_one_summary_line(tmp_path, caplog):

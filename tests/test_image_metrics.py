@@ -111,8 +111,10 @@ def test_domain_metrics_and_template(digits):
     cinfo = {**info, "conditional": True}
     net = dom.build_backbone({"base_channels": 8, "head_dim": 8}, cinfo)
     assert net.num_classes == 10 and net.class_emb.num_embeddings == 11  # + the null class
-    t = dom.template(2, cinfo, cond=torch.tensor([3, 10]))
-    assert net(t.x, torch.tensor([5.0, 5.0]), cond=t.cond).shape == t.x.shape
+    from diffuse.core.condition import Condition
+    t = dom.template(2, cinfo)
+    cond = Condition({"label": torch.tensor([3, 10])}, dom.condition_kinds(cinfo))
+    assert net(t.x, torch.tensor([5.0, 5.0]), cond=cond).shape == t.x.shape
     with pytest.raises(ValueError, match="unknown image model option"):
         dom.build_backbone({"width": 3}, info)
 

@@ -53,10 +53,10 @@ def test_charges_feature_and_template(dom):
     assert torch.equal(tpl.space.counts, tpl2.space.counts)
     sizes = {n for n, _ in info["num_atoms_hist"]}
     assert set(tpl.space.counts.tolist()) <= sizes and tpl.x.shape[1] == 9
-    fixed = dom.template(3, info, cond=[4, 6, 9])
+    fixed = dom.template(3, info, structure=[4, 6, 9])
     assert fixed.space.counts.tolist() == [4, 6, 9]
     with pytest.raises(ValueError):
-        dom.template(2, info, cond=[4, 6, 9])
+        dom.template(2, info, structure=[4, 6, 9])
 
 
 def test_sdf_with_mixed_records_reports_skips(tmp_path, dom, caplog):

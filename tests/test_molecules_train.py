@@ -26,11 +26,11 @@ def test_tiny_training_run_lowers_loss_and_samples_molecules(tmp_path):
 
     model = api.load(run, device="cpu")
     assert model.config.diffusion.schedule["kind"] == "polynomial"
-    samples = model.sample(4, sampler="ddpm", steps=10, seed=1, cond=torch.tensor([5, 7, 7, 9]))
+    samples = model.sample(4, sampler="ddpm", steps=10, seed=1, structure=torch.tensor([5, 7, 7, 9]))
     assert samples.space.counts.tolist() == [5, 7, 7, 9]
     assert torch.allclose(samples.space.graph_mean(samples.x[:, :3]), torch.zeros(4, 3), atol=1e-4)
     # the same seed gives the same molecules whatever the batch size
-    again = model.sample(4, sampler="ddpm", steps=10, seed=1, cond=torch.tensor([5, 7, 7, 9]), batch_size=2)
+    again = model.sample(4, sampler="ddpm", steps=10, seed=1, structure=torch.tensor([5, 7, 7, 9]), batch_size=2)
     # (float32 matmuls of other shapes differ in the last bits; the early, barely trained sampler
     # amplifies them, so compare relative to the sample scale)
     scale = float(samples.x.abs().max())

@@ -1,4 +1,5 @@
-"""EDM preconditioning (Karras et al. 2022, table 1, eqs. 7-8) and the training modes."""
+"""EDM preconditioning (Karras et al. 2022, table 1, eqs. 7-8) as a parameterization of the one
+Denoiser, and the training modes."""
 
 import math
 
@@ -8,7 +9,19 @@ from torch import nn
 
 from diffuse.core import DenseSpace, Denoiser, LinearBetaSchedule, SigmaSchedule
 from diffuse.core.config import DiffusionConfig
-from diffuse.core.precond import (EDMLoss, EDMPrecond, edm_scalings, edm_weight, lognormal_t, training_setup)
+from diffuse.core.diffusion import Diffusion, lognormal_t
+from diffuse.core.loss import DiffusionLoss
+from diffuse.core.parameterization import EDMParam, edm_scalings, edm_weight
+
+
+def EDMPrecond(backbone, schedule, sigma_data=0.5):
+    """The former EDM wrapper: now the one Denoiser with the EDM parameterization."""
+    return Denoiser(backbone, schedule, EDMParam(sigma_data))
+
+
+def EDMLoss(sigma_data=0.5):
+    """The former EDM loss: now the one loss, uniform weighting, EDM parameterization."""
+    return DiffusionLoss(EDMParam(sigma_data), "uniform")
 
 F64 = torch.float64
 
@@ -85,17 +98,17 @@ def test_lognormal_training_noise_levels():
 
 def test_training_setup_modes():
     base = DiffusionConfig()
-    ddpm = training_setup(base)
-    assert ddpm.mode == "ddpm" and isinstance(ddpm.build_denoiser(Zero()), Denoiser)
+    ddpm = Diffusion(base)
+    assert ddpm.mode == "ddpm" and isinstance(ddpm.denoiser(Zero()), Denoiser)
     t = ddpm.sample_t(500, torch.Generator().manual_seed(0))
     torch.testing.assert_close(t * 1000, (t * 1000).round())          # the T-step chain's times
-    cont = training_setup({**base.__dict__, "training": "continuous", "t_eps": 1e-3})
+    cont = Diffusion({**base.__dict__, "training": "continuous", "t_eps": 1e-3})
     t = cont.sample_t(500, torch.Generator().manual_seed(0))
     assert float(t.min()) >= 1e-3 and float(t.max()) <= 1 and not torch.allclose(t * 1000, (t * 1000).round())
-    edm = training_setup({"schedule": {"kind": "sigma"}, "training": "edm", "sigma_data": 0.5})
-    assert isinstance(edm.build_denoiser(Zero()), EDMPrecond) and isinstance(edm.loss, EDMLoss)
+    edm = Diffusion({"schedule": {"kind": "sigma"}, "training": "edm", "sigma_data": 0.5})
+    assert isinstance(edm.denoiser(Zero()).param, EDMParam) and edm.loss.weighting_name == "uniform"
     with pytest.raises(ValueError, match="training mode"):
-        training_setup({"training": "flow"})
+        Diffusion({"training": "flow"})
 
 
 def test_edm_wrapper_with_oracle_network_is_the_exact_denoiser():
@@ -174,7 +187,7 @@ def test_diffusion_config_selects_the_training_mode(mode):
 
     diff = Diffusion(DiffusionConfig(training=mode))
     den = diff.denoiser(Tiny())
-    assert isinstance(den, EDMPrecond if mode == "edm" else Denoiser)
+    assert isinstance(den, Denoiser) and isinstance(den.param, EDMParam) == (mode == "edm")
     batch = Batch(torch.randn(16, 2), SPACE)
     loss = diff.training_losses(den, batch, torch.Generator().manual_seed(0))
     assert loss.shape == (16,) and torch.isfinite(loss).all()

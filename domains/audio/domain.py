@@ -114,9 +114,9 @@ class AudioDomain(Domain):
         return UNet1D(in_channels=int(data_info.get("channels", 1)), **kwargs)
 
     def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
-                 cond: Any = None) -> Batch:
+                 structure: Any = None) -> Batch:
         shape = (int(num), int(data_info.get("channels", 1)), int(data_info["length"]))
-        return Batch(torch.zeros(shape), DenseSpace(), cond)
+        return Batch(torch.zeros(shape), DenseSpace())
 
     # ---------------------------------------------------------------- results
     def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:

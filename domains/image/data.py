@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ...core.datafiles import log_skipped, scan_folder
+from ...core.condition import Condition, LabelKind
 from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
 
@@ -44,7 +45,8 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dty
 class ImageDataset(DomainDataset):
     """Images in memory as ``uint8 [N, C, H, W]`` with optional labels ``[N]``.
 
-    ``batch`` returns ``x`` in ``[-1, 1]`` and, when ``conditional``, the labels as ``cond``.
+    ``batch`` returns ``x`` in ``[-1, 1]`` and, when ``conditional``, the labels as the
+    condition ``cond["label"]`` (a :class:`~diffuse.core.condition.Condition`).
     """
 
     def __init__(self, images: Tensor, labels: Tensor | None = None, class_names: Sequence[str] | None = None,
@@ -79,7 +81,8 @@ class ImageDataset(DomainDataset):
         if self.flip and len(idx):
             mask = torch.rand(len(idx), generator=generator) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-        cond = self.labels[idx] if self.conditional else None
+        cond = (Condition({"label": self.labels[idx]}, {"label": LabelKind(self.num_classes, self.class_names)})
+                if self.conditional else None)
         extras = {} if self.labels is None else {"labels": self.labels[idx]}
         return Batch(x, DenseSpace(), cond, extras)
 

@@ -6,13 +6,18 @@ Data options (``default_data``; given to :meth:`ImageDomain.load_data`):
 ``image_size``  ``None`` (the data's own size) or an int / ``[height, width]``: resize to cover, centre-crop
 ``channels``    ``None`` (1 if every image is grayscale, else 3), 1 or 3
 ``flip``        random horizontal flips in training (off: digits are not mirror-symmetric)
-``conditional`` feed class labels to the model as the condition (needs labels)
+``conditional`` feed class labels to the model as the condition ``label`` (needs labels; set by
+                ``diffuse train --condition label``)
 ``labels``      ``"auto"`` (sub-folder names when every image sits in one), ``True`` or ``False``
 ``labels_file`` an IDX label file for an IDX image file whose name does not follow MNIST's
 ``max_images``  read at most this many images
 ``feature_net`` ``"auto"`` (LeNet: shipped for the bundled data, else trained on the reference
                 set) or the path of an Inception-v3 TorchScript file for FID / KID
 =============== ============================================================================
+
+Conditions: ``label`` (class labels; :class:`~diffuse.core.condition.LabelKind`, null label
+``num_classes``, which the U-Net's class embedding reserves). Labels are given by index, class
+name, or, for digit classes ``"0".."9"``, the English word (``--label seven``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
+from ...core.condition import Condition, ConditionKind, LabelKind
 from ...core.domain import Batch, DataError, Domain, DomainDataset
 from ...core.space import DenseSpace
 from .data import BUNDLED_SOURCE, ImageDataset, load_images
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 _DATA_DEFAULTS: dict[str, Any] = {"image_size": None, "channels": None, "flip": False, "conditional": False,
                                   "labels": "auto", "labels_file": None, "max_images": None, "feature_net": "auto"}
 _UNET_OPTIONS = set(inspect.signature(UNet.__init__).parameters) - {"self"}
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def reference_images(reference: DomainDataset) -> tuple[Tensor, Tensor | None]:
@@ -108,10 +115,26 @@ class ImageDomain(Domain):
         return UNet(**kwargs)
 
     def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
-                 cond: Any = None) -> Batch:
+                 structure: Any = None) -> Batch:
         shape = (int(num), int(data_info.get("channels", 1)), int(data_info.get("height", 28)),
                  int(data_info.get("width", 28)))
-        return Batch(torch.zeros(shape), DenseSpace(), cond)
+        return Batch(torch.zeros(shape), DenseSpace())
+
+    # ------------------------------------------------------------------ conditions
+    def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
+        """``{"label": LabelKind}`` for a model trained with labels, else ``{}``."""
+        if not (data_info.get("conditional") and data_info.get("num_classes")):
+            return super().condition_kinds(data_info)
+        names = data_info.get("class_names")
+        aliases = ({w: i for i, w in enumerate(_DIGIT_WORDS)}
+                   if names is not None and list(names) == [str(i) for i in range(10)] else None)
+        return {"label": LabelKind(int(data_info["num_classes"]), names, aliases)}
+
+    def condition_data_options(self, names: list[str]) -> dict[str, Any]:
+        unknown = sorted(set(names) - {"label"})
+        if unknown:
+            raise ValueError(f"the image domain cannot condition on {', '.join(unknown)}; it supports: label")
+        return {"conditional": True} if names else {}
 
     # ------------------------------------------------------------------ results
     def feature_network(self, reference: DomainDataset, data_info: dict[str, Any]) -> tuple[Any, Tensor]:
@@ -142,7 +165,9 @@ class ImageDomain(Domain):
         feats = extract_features(net, x)
         out = {"fid": fid_from_features(feats, ref)}
         out["kid"], out["kid_std"] = kid_from_features(feats, ref)
-        labels = samples.cond if isinstance(samples.cond, Tensor) and not samples.cond.is_floating_point() else None
+        labels = samples.cond.get("label") if isinstance(samples.cond, Condition) else samples.cond
+        if not isinstance(labels, Tensor) or labels.is_floating_point():
+            labels = None
         n_cls = data_info.get("num_classes")
         if labels is not None and isinstance(net, LeNet) and n_cls and net.num_classes == n_cls:
             keep = labels.cpu() < n_cls  # the null class has no accuracy

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...core.condition import Condition
+
 __all__ = ["UNet", "timestep_embedding", "split_condition"]
 
 
@@ -55,11 +57,15 @@ def timestep_embedding(noise_level: Tensor, dim: int, max_period: float = 10000.
 def split_condition(cond: Any) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Read a condition as ``(labels [B] long, context [B, L, D], context_mask [B, L] bool)``.
 
-    Accepted: ``None``; an integer tensor ``[B]`` of class labels; a float tensor ``[B, L, D]``
-    of context tokens; or a dict with any of the keys ``labels``, ``context``, ``context_mask``.
+    Accepted: ``None``; a :class:`~diffuse.core.condition.Condition` with any of ``label``
+    (null label = ``num_classes``), ``context``, ``context_mask``; an integer tensor ``[B]`` of
+    class labels; a float tensor ``[B, L, D]`` of context tokens; or a dict with any of the keys
+    ``labels``, ``context``, ``context_mask``.
     """
     if cond is None:
         return None, None, None
+    if isinstance(cond, Condition):
+        return cond.get("label"), cond.get("context"), cond.get("context_mask")
     if isinstance(cond, dict):
         return cond.get("labels"), cond.get("context"), cond.get("context_mask")
     if isinstance(cond, Tensor):

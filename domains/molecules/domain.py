@@ -197,11 +197,11 @@ class MoleculeDomain(Domain):
         return EGNN(codec.num_features, **model_kwargs(model))
 
     def template(self, num: int, data_info: dict[str, Any], generator: GeneratorLike = None,
-                 cond: Any = None) -> Batch:
-        """``num`` zero molecules; atom counts from ``cond`` (an int, a list, or
+                 structure: Any = None) -> Batch:
+        """``num`` zero molecules; atom counts from ``structure`` (an int, a list, or
         ``{"num_atoms": ...}``) or drawn from the training histogram with ``generator`` (one
         generator, or one per molecule)."""
-        counts = _num_atoms(num, data_info, generator, cond)
+        counts = _num_atoms(num, data_info, generator, structure)
         batch = torch.repeat_interleave(torch.arange(num), counts)
         dim = int(data_info.get("feature_dim", 3 + FeatureCodec.from_info(data_info).num_features))
         x = torch.zeros(int(counts.sum()), dim)
