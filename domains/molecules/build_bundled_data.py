@@ -6,21 +6,57 @@ Run once by a maintainer with qm9pack installed (``pip install --no-deps qm9pack
 
 Molecules are drawn uniformly at random (seeded) from all 130,831 QM9 molecules, i.e. across
 all three qm9pack CSV parts (they are ordered small-first). Stored: atomic numbers ``z``
-(uint8), coordinates ``pos`` in Angstrom (float32), offsets ``ptr``, the QM9 indices and QM9's own SMILES (GDB-17 / B3LYP relaxed).
+(uint8), coordinates ``pos`` in Angstrom (float32), offsets ``ptr``, the QM9 indices and QM9's own SMILES (GDB-17 / B3LYP relaxed),
+and the six properties EDM conditions on (``properties`` float32 ``[N, 6]``, columns ``property_names`` in
+``property_units``): dipole moment mu (D), isotropic polarizability alpha (Bohr^3), HOMO, LUMO and their gap
+(meV, converted from Hartree with 1 Ha = 27211.386 meV as EDM does) and heat capacity Cv (cal/mol K).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
 
-from .readers import read_qm9pack
+from .readers import qm9pack_files, read_qm9pack
 
 log = logging.getLogger(__name__)
+
+HARTREE_MEV = 27211.386
+#: name -> (qm9pack CSV column, unit, factor to the unit)
+PROPERTIES = {"mu": ("Dipole_debye", "D", 1.0), "alpha": ("Polarizability_bohr3", "Bohr^3", 1.0),
+              "homo": ("HOMO_au", "meV", HARTREE_MEV), "lumo": ("LUMO_au", "meV", HARTREE_MEV),
+              "gap": ("HOMO_LUMO_gap_au", "meV", HARTREE_MEV), "Cv": ("Heatcapacity_Cv_cal_mol_K", "cal/mol K", 1.0)}
+
+
+def read_properties(indices: np.ndarray) -> np.ndarray:
+    """The :data:`PROPERTIES` of the QM9 molecules with the given indices, ``[len(indices), 6]`` float32."""
+    csv.field_size_limit(1 << 27)
+    want = {int(i): k for k, i in enumerate(indices.tolist())}
+    out = np.full((len(want), len(PROPERTIES)), np.nan, np.float32)
+    for f in qm9pack_files():
+        with open(f, newline="") as fh:
+            for row in csv.DictReader(fh):
+                k = want.get(int(row["Index"]))
+                if k is not None:
+                    out[k] = [float(row[col]) * factor for col, _, factor in PROPERTIES.values()]
+    if np.isnan(out).any():
+        raise ValueError("some requested QM9 indices are not in qm9pack's CSVs")
+    return out
+
+
+def add_properties(path: Path) -> Path:
+    """Add the property arrays to an existing bundled npz (same molecules, other arrays unchanged)."""
+    data = dict(np.load(path))
+    data["properties"] = read_properties(data["qm9_index"])
+    data["property_names"] = np.array(list(PROPERTIES))
+    data["property_units"] = np.array([u for _, u, _ in PROPERTIES.values()])
+    np.savez_compressed(path, **data)
+    return path
 
 
 def build(num: int, seed: int, out: Path) -> Path:
@@ -36,6 +72,7 @@ def build(num: int, seed: int, out: Path) -> Path:
     np.savez_compressed(out, z=np.concatenate(z), pos=np.concatenate(pos), ptr=np.array(ptr, np.int32),
                         qm9_index=index[pick].astype(np.int32),
                         smiles=np.array([mols.names[i].split()[2] for i in pick.tolist()]))
+    add_properties(out)
     log.info("wrote %d molecules (%d atoms) to %s", num, ptr[-1], out)
     return out
 
