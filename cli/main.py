@@ -269,7 +269,7 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
               help="Guide only at noise levels sigma/alpha in [LO, HI] (Kynkaanniemi et al. 2024).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default CHECKPOINT/samples/sample).")
 def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
-           condition, labels, guidance_scale, guidance_rescale, guidance_interval, out) -> None:
+           condition, labels, properties, guidance_scale, guidance_rescale, guidance_interval, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 

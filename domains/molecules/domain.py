@@ -170,8 +170,8 @@ class MoleculeDomain(Domain):
 
     def conditional_structure(self, num: int, data_info: dict[str, Any], cond: Condition,
                               generator: GeneratorLike = None) -> Any:
-        """Atom counts drawn jointly with the target property: ``N ~ p(N | property)`` from the
-        training data's (count, property-decile) histogram (see ``property.py``); molecules
+        """Atom counts drawn jointly with the target property: ``N ~ p(N | property)``, the count
+        of one of the 50 training molecules nearest the target (see ``property.py``); molecules
         without a given property draw from the plain count histogram."""
         table = data_info.get("property_atoms")
         if CONDITION_NAME not in cond or not table or not data_info.get("num_atoms_hist"):

@@ -10,14 +10,15 @@ it as extra invariant node features, broadcast to every atom, as EDM concatenate
 to ``h``; the model stays E(3)-equivariant.
 
 Atom counts stay *sampling structure*. When the user gives a target property but no counts,
-each molecule's count is drawn from ``p(N | property)``, estimated from the training data as a
-joint histogram of (atom count, property bin) with bins at the training property's deciles
-(:func:`atom_count_table`, stored in ``data_info["property_atoms"]``). EDM goes the other way
-(a property drawn given ``N``); drawing ``N`` given the property is what sampling at a target
-value needs. Several given properties combine as ``p(N) * prod_j p(bin_j | N)`` (independent
-given ``N``, a naive-Bayes assumption, with a small additive smoothing so that an unseen
-combination still has a count to draw); an absent property contributes nothing, so a molecule
-with none draws from the plain histogram ``p(N)``.
+each molecule's count is drawn from ``p(N | property)``, estimated from the training data by
+nearest neighbours: the atom counts of the ``k = 50`` training molecules whose properties are
+nearest the target (in the given properties, each scaled by its training std), one drawn
+uniformly (:func:`draw_atom_counts`; the (property, count) pairs are kept in
+``data_info["property_atoms"]``, at most 5,000 molecules, a seeded subset for larger data).
+EDM goes the other way (a property drawn given ``N`` from per-``N`` histograms); drawing ``N``
+given the property is what sampling at a target value needs, and nearest neighbours stay local
+in the tails where fixed bins would be wide, and handle several properties jointly. An absent
+property is ignored; a molecule with none draws from the plain count histogram ``p(N)``.
 
 Measurement (EDM's protocol, ``benchmarks/bench_molecule_property.py``):
 :class:`PropertyPredictor`, an E(3)-invariant EGNN regressor (the denoiser's invariant
@@ -47,8 +48,8 @@ PROPERTY_NAMES = ["mu", "alpha", "homo", "lumo", "gap", "Cv"]
 PROPERTY_UNITS = {"mu": "D", "alpha": "Bohr^3", "homo": "meV", "lumo": "meV", "gap": "meV", "Cv": "cal/mol K"}
 #: the condition's name in ``Batch.cond`` and ``model.sample(cond={"property": {...}})``
 CONDITION_NAME = "property"
-_BINS = 10
-_SMOOTH = 1e-3
+_K = 50             # neighbours whose atom counts p(N | property) draws from
+_MAX_ROWS = 5000    # training molecules kept for it in data_info
 
 
 def parse_property_names(spec: str | Sequence[str], known: Sequence[str] = PROPERTY_NAMES) -> list[str]:
@@ -71,47 +72,52 @@ def parse_property_names(spec: str | Sequence[str], known: Sequence[str] = PROPE
 
 
 # ---------------------------------------------------------------------- p(N | property)
-def atom_count_table(counts: np.ndarray, props: np.ndarray, names: Sequence[str], bins: int = _BINS) -> dict[str, Any]:
-    """JSON ``{name: {"edges": inner bin edges, "sizes": [N...], "counts": [[c_bin0, ...] per N]}}``:
-    the joint histogram of atom count and property bin (bins at the data's quantiles)."""
+def atom_count_table(counts: np.ndarray, props: np.ndarray, names: Sequence[str],
+                     max_rows: int = _MAX_ROWS, seed: int = 0) -> dict[str, Any]:
+    """JSON ``{"names", "values": [[v per name] per molecule], "num_atoms": [...], "k"}``: the
+    (property, atom count) pairs of the training molecules that :func:`draw_atom_counts` draws
+    from (a seeded subset of ``max_rows`` molecules for large data, to keep checkpoints small)."""
     counts = np.asarray(counts, np.int64)
-    sizes = np.unique(counts)
-    out: dict[str, Any] = {}
-    for j, name in enumerate(names):
-        col = np.asarray(props[:, j], np.float64)
-        edges = np.unique(np.quantile(col, np.linspace(0, 1, bins + 1)[1:-1])) if len(col) > 1 else np.array([])
-        b = np.searchsorted(edges, col, side="right")
-        table = np.zeros((len(sizes), len(edges) + 1), np.int64)
-        np.add.at(table, (np.searchsorted(sizes, counts), b), 1)
-        out[name] = {"edges": edges.tolist(), "sizes": sizes.tolist(), "counts": table.tolist()}
-    return out
+    props = np.asarray(props, np.float64).reshape(len(counts), len(names))
+    keep = np.arange(len(counts))
+    if len(keep) > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(len(keep), max_rows, replace=False))
+    return {"names": list(names), "values": [[float(f"{v:.6g}") for v in row] for row in props[keep]],
+            "num_atoms": counts[keep].tolist(), "k": int(min(_K, len(keep)))}
 
 
 def draw_atom_counts(table: dict[str, Any], hist: Sequence[Sequence[int]], cond: Condition,
                      generators: Sequence[torch.Generator]) -> Tensor:
-    """One atom count per sample from ``p(N | given properties)`` (module docstring); sample
-    ``i`` draws from ``generators[i]`` only, so the draw does not depend on the batch size."""
+    """One atom count per sample from ``p(N | given properties)``: the counts of the ``k``
+    training molecules nearest to the target in the given properties (each scaled by its
+    training std), one drawn uniformly; a sample with no property given draws from the count
+    histogram ``hist``. Sample ``i`` draws from ``generators[i]`` only, so the draw does not
+    depend on the batch size."""
     kind = cond.kinds[CONDITION_NAME]
     assert isinstance(kind, VectorKind)
     values = cond[CONDITION_NAME].detach().cpu().double()
     d = len(kind.names)
-    sizes = np.array([h[0] for h in hist], np.int64)
-    prior = np.array([h[1] for h in hist], np.float64)
+    ref = torch.tensor(table["values"], dtype=torch.float64).reshape(-1, len(table["names"]))
+    ref_counts = torch.tensor(table["num_atoms"], dtype=torch.long)
+    k = int(table["k"])
+    sizes = torch.tensor([h[0] for h in hist], dtype=torch.long)
+    prior = torch.tensor([float(h[1]) for h in hist], dtype=torch.float64)
     out = []
     for i in range(values.shape[0]):
-        logp = np.log(np.maximum(prior, 1e-300))
+        dist = torch.zeros(len(ref_counts), dtype=torch.float64)
+        given = False
         for j, name in enumerate(kind.names):
-            if values[i, d + j] <= 0 or name not in table:
+            if values[i, d + j] <= 0 or name not in table["names"]:
                 continue
-            t = table[name]
-            value = float(values[i, j]) * kind.std[j] + kind.mean[j]
-            b = int(np.searchsorted(np.asarray(t["edges"], np.float64), value, side="right"))
-            per_size = dict(zip(t["sizes"], (row[b] for row in t["counts"])))
-            joint = np.array([per_size.get(int(s), 0) for s in sizes], np.float64)
-            logp += np.log(joint + _SMOOTH) - np.log(prior + _SMOOTH * (len(t["edges"]) + 1))
-        p = np.exp(logp - logp.max())
-        w = torch.tensor(p / p.sum(), dtype=torch.float64)
-        out.append(int(sizes[int(torch.multinomial(w, 1, generator=generators[i]))]))
+            given = True
+            col = ref[:, table["names"].index(name)]
+            target = float(values[i, j]) * kind.std[j] + kind.mean[j]
+            dist += ((col - target) / kind.std[j]) ** 2
+        if not given:
+            out.append(int(sizes[int(torch.multinomial(prior, 1, generator=generators[i]))]))
+            continue
+        near = torch.sort(dist, stable=True).indices[:k]
+        out.append(int(ref_counts[near[int(torch.randint(len(near), (1,), generator=generators[i]))]]))
     return torch.tensor(out, dtype=torch.long)
 
 
