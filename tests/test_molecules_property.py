@@ -306,3 +306,36 @@ def test_cli_property_sampling_and_bad_input(runs, tmp_path):
     xyz.write_text("3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
     _fails([*train, "--data", str(xyz), "--condition", "property:alpha"], "carries no properties")
     assert not train_out.exists()
+
+
+def test_qm9pack_data_carries_the_same_properties(tmp_path, monkeypatch):
+    """``--data qm9`` reads the properties from qm9pack's CSV columns into the bundled data's
+    units: a stand-in qm9pack built from 30 bundled molecules gives back their bundled values."""
+    import csv
+
+    from diffuse.domains.molecules.build_bundled_data import PROPERTIES
+    from rdkit import Chem
+
+    raw = np.load(BUNDLED_FILE)
+    table = Chem.GetPeriodicTable()
+    pkg = tmp_path / "site" / "qm9pack"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    cols = ["Index", "SMILES", "Elements", "XYZ_Ang"] + [c for c, _, _ in PROPERTIES.values()]
+    picks = np.arange(30)
+    for part, chunk in enumerate(np.array_split(picks, 3), start=1):
+        with open(pkg / "data" / f"qm9_part{part}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            for i in chunk.tolist():
+                a, b = int(raw["ptr"][i]), int(raw["ptr"][i + 1])
+                syms = [table.GetElementSymbol(int(z)) for z in raw["z"][a:b]]
+                props = [float(raw["properties"][i, k]) / factor for k, (_, _, factor) in enumerate(PROPERTIES.values())]
+                w.writerow([int(raw["qm9_index"][i]), str(raw["smiles"][i]), str(syms),
+                            str(raw["pos"][a:b].tolist()), *props])
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    ds = DOM.load_data("qm9", {"split": "all", **DOM.condition_data_options(["property:alpha,gap"])})
+    assert len(ds) == 30 and ds.condition_properties == ["alpha", "gap"]
+    order = [int(n.split()[1]) for n in ds.names]
+    want = {int(q): k for k, q in enumerate(raw["qm9_index"][:30].tolist())}
+    np.testing.assert_allclose(ds.properties.numpy(), raw["properties"][[want[q] for q in order]], rtol=1e-5)

@@ -7,7 +7,10 @@
 * backbone: :class:`~diffuse.domains.molecules.egnn.EGNN` (presets ``small``, ``edm``);
 * diffusion: the polynomial schedule, eps prediction, 1000 steps;
 * metrics: EDM's atom / molecule stability, RDKit validity, uniqueness, novelty, connected share;
-* writer: one SDF with all samples plus one XYZ per molecule.
+* writer: one SDF with all samples plus one XYZ per molecule;
+* conditions: ``property`` (``--condition property:alpha[,gap...]``; QM9's mu, alpha, homo,
+  lumo, gap, Cv, normalised by the training data, given to the EGNN as invariant node context);
+  atom counts stay sampling structure, drawn given the property (``property.py``) or given.
 """
 
 from __future__ import annotations
