@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=1.0, help="CFG scale (1 = plain conditional, as EDM)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--run-dir", default=None, help="where the diffusion run goes (default: a temp folder)")
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--out", default=None,
+                    help="results JSON (default benchmarks/results/molecule_property_<property>.json)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
@@ -171,8 +172,10 @@ def main() -> None:
                       "unconditional_same_n": mae_uncond},
               "corr_conditioned": corr, "stability": {"conditioned": stab_cond, "unconditional": stab_uncond},
               "edm": edm}
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"molecule_property_{prop}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    log(f"wrote {out}")
 
 
 if __name__ == "__main__":
