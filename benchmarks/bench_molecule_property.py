@@ -95,12 +95,12 @@ def main() -> None:
     log(f"{n} molecules: A {len(a_idx)} (predictor), B {len(b_idx)} (generator), test {len(test_idx)}")
 
     # -- the property predictor, on A only
-    ds_a = full.subset(a_idx)
+    ds_a = full.take(a_idx)
     t_pred = time.time()
     predictor = train_predictor(ds_a, [prop], steps=args.predictor_steps, batch_size=args.batch_size,
                                 seed=args.seed, log=log)
     t_pred = time.time() - t_pred
-    ds_test = full.subset(test_idx)
+    ds_test = full.take(test_idx)
     target = y[test_idx.numpy()]
     pred_real = predict(predictor, ds_test.batch(torch.arange(len(ds_test))))[:, 0].double().numpy()
     mae_real = float(np.abs(pred_real - target).mean())
@@ -111,7 +111,7 @@ def main() -> None:
     log(f"predictor ({t_pred:.0f} s): MAE real {mae_real:.3f}, shuffled {mae_shuffled:.3f}, #atoms {mae_atoms:.3f}")
 
     # -- the conditional diffusion model, on B only (normalised with B's statistics)
-    ds_b = full.subset(b_idx)
+    ds_b = full.take(b_idx)
     ds_b.with_properties(ds_b.properties.numpy(), ds_b.property_names, ds_b.condition_properties)
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="bench_props_")) / "run"
     cfg = api.make_config(dom, data=args.data, config={"model": {"preset": args.preset}},

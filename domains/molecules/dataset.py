@@ -132,8 +132,11 @@ class MoleculeDataset(DomainDataset):
         self._property_kind = self._fit_property_kind()
         return self
 
-    def subset(self, indices: Tensor) -> "MoleculeDataset":
-        """The molecules at ``indices`` as a dataset of their own (its ``info`` describes them only)."""
+    def take(self, indices: Tensor) -> "MoleculeDataset":
+        """The molecules at ``indices`` as a dataset of their own: its ``info`` (count histogram,
+        references) describes them only, while the property normalisation stays the parent's
+        (``with_properties`` on the result refits it). ``subset`` / ``split`` keep viewing the
+        parent, as for every domain."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         nodes, counts = self.node_index(idx)
         ptr = np.concatenate([[0], np.cumsum(counts.numpy())])
@@ -141,13 +144,13 @@ class MoleculeDataset(DomainDataset):
                               self.charges[nodes].numpy(), ptr, self.codec, [self.names[i] for i in idx.tolist()])
         if self.properties is not None:
             out.with_properties(self.properties[idx].numpy(), self.property_names, self.condition_properties)
-            out._property_kind = self._property_kind   # a split keeps the normalisation of the data it came from
+            out._property_kind = self._property_kind
         return out
 
     def property_kind(self) -> VectorKind | None:
         """The ``property`` condition kind (None: unconditional), normalised by the mean / std of
-        the data as loaded (a subset keeps its parent's, so every split of one training set
-        normalises alike and matches the ``data_info`` recorded for the model)."""
+        the data as loaded (splits view this dataset, so they normalise alike and match the
+        ``data_info`` recorded for the model)."""
         return getattr(self, "_property_kind", None)
 
     def _fit_property_kind(self) -> VectorKind | None:
