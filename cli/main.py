@@ -165,6 +165,25 @@ def _parse_labels(labels: tuple[str, ...]) -> dict[str, Any] | None:
     return {"label": values[0] if len(values) == 1 else values}
 
 
+# --- property conditions (props helper) ---
+def _parse_properties(items: tuple[str, ...], cond: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``--property alpha=80`` (repeatable, one property each; ``alpha=70,80,90`` cycles over the
+    samples) -> ``cond["property"] = {"alpha": ...}``; the model checks the names and values."""
+    if not items:
+        return cond
+    props: dict[str, Any] = {}
+    for text in items:
+        name, eq, value = text.partition("=")
+        name = name.strip()
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        if not eq or not name or not values:
+            raise UserError(f"--property takes NAME=VALUE (e.g. alpha=80, or alpha=70,80,90 per sample), got {text!r}")
+        if name in props:
+            raise UserError(f"--property {name} is given twice; give a list NAME=V1,V2,... instead")
+        props[name] = values[0] if len(values) == 1 else values
+    return {**(cond or {}), "property": props}
+
+
 def _parse_probability(text: str | None, what: str) -> float | None:
     if text is None:
         return None
@@ -369,6 +388,11 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
 @click.option("--label", "labels", multiple=True, metavar="LABEL",
               help="Class label(s) to sample (index or name, e.g. 7 or seven); a list 0,1,2 or repeated "
                    "--label cycles over the samples. Needs a model trained with --condition label.")
+# --- property conditions (props helper) ---
+@click.option("--property", "properties", multiple=True, metavar="NAME=VALUE",
+              help="Molecule property to sample at, repeatable (e.g. alpha=80; alpha=70,80,90 cycles over the "
+                   "samples); atom counts are drawn given it unless --condition fixes them. Needs a model "
+                   "trained with --condition property:NAME.")
 @click.option("--guidance-scale", default=None, metavar="S",
               help="Classifier-free guidance scale: 0 unconditional, 1 conditional, > 1 guided.")
 @click.option("--guidance-rescale", default=None, metavar="PHI",
@@ -379,7 +403,7 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
               help="Output folder, new or empty (default CHECKPOINT/samples/sample, or sample-2, sample-3, ... "
                    "when that is taken).")
 def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
-           condition, labels, guidance_scale, guidance_rescale, guidance_interval, out) -> None:
+           condition, labels, properties, guidance_scale, guidance_rescale, guidance_interval, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 
@@ -389,6 +413,7 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
     _check_device(device)
     if out is not None:
         _check_out_dir(out)
+    cond = _parse_properties(properties, cond)   # props helper
     model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
     guidance = {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
                 "guidance_interval": guidance_interval}

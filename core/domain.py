@@ -182,6 +182,14 @@ class Domain(ABC):
             raise ValueError(f"the {self.name} domain cannot condition on {', '.join(names)} (it supports no conditions)")
         return {}
 
+    # --- property conditions (props helper) ---
+    def conditional_structure(self, num: int, data_info: dict[str, Any], cond: Condition,
+                              generator: torch.Generator | list[torch.Generator] | None = None) -> Any:
+        """Sampling structure drawn *given* the network condition, used when the user fixes none
+        (e.g. atom counts drawn from ``p(N | property)``); ``None`` (the default): ``template``
+        draws the structure as usual. ``generator``: one per sample (as ``template`` gets)."""
+        return None
+
     # ---------------------------------------------------------------- results
     @abstractmethod
     def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:

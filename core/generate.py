@@ -105,6 +105,8 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
                       else cond[start:start + n] if isinstance(cond, torch.Tensor) else cond)
         chunk_struct = (structure[start:start + n]
                         if isinstance(structure, (torch.Tensor, list, tuple)) and len(structure) == num else structure)
+        if chunk_struct is None and isinstance(chunk_cond, Condition):   # e.g. atom counts given a property
+            chunk_struct = domain.conditional_structure(n, data_info, chunk_cond, struct_gens)
         template = domain.template(n, data_info, struct_gens, chunk_struct)  # positional: older plug-ins named it `cond`
         template = Batch(template.x, template.space, chunk_cond, template.extras).to(device)
         x = prior_sample(schedule, template.space, template.x, t=float(grid[0]), generator=noise_gens)

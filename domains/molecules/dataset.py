@@ -19,6 +19,7 @@ import torch
 from rdkit import Chem
 from torch import Tensor
 
+from diffuse.core.condition import Condition, VectorKind
 from diffuse.core.domain import Batch, DataError, DomainDataset
 from diffuse.core.graph import GraphSpace
 
@@ -105,12 +106,70 @@ class MoleculeDataset(DomainDataset):
         self.pos = GraphSpace(batch, len(self.counts)).project(pos).to(torch.float32)
         self.names = list(names) if names is not None else [f"molecule {i}" for i in range(len(self.counts))]
         self.skipped: list[tuple[str, str]] = []
+        # --- property conditions (props helper) ---
+        #: per-molecule properties ``float64 [M, P]`` (columns ``property_names``), or None
+        self.properties: Tensor | None = None
+        self.property_names: list[str] = []
+        #: the properties batches carry as the ``property`` condition (``[]``: unconditional)
+        self.condition_properties: list[str] = []
+
+    def with_properties(self, values: np.ndarray, names: Sequence[str],
+                        condition: Sequence[str] = ()) -> "MoleculeDataset":
+        """Attach per-molecule properties ``[M, P]`` (and condition batches on ``condition``)."""
+        values = np.asarray(values, np.float64).reshape(len(self), -1)
+        if values.shape[1] != len(names):
+            raise DataError(f"{values.shape[1]} property columns for {len(names)} names")
+        missing = [n for n in condition if n not in names]
+        if missing:
+            raise DataError(f"this molecule data carries no property {', '.join(missing)}"
+                            + (f" (it has: {', '.join(names)})" if names else " (it has no properties)"))
+        cols = [list(names).index(n) for n in condition]
+        if cols and not np.isfinite(values[:, cols]).all():
+            raise DataError(f"property {', '.join(condition)} is missing for some molecules")
+        self.properties = torch.as_tensor(values)
+        self.property_names = list(names)
+        self.condition_properties = list(condition)
+        self._property_kind = self._fit_property_kind()
+        return self
+
+    def take(self, indices: Tensor) -> "MoleculeDataset":
+        """The molecules at ``indices`` as a dataset of their own: its ``info`` (count histogram,
+        references) describes them only, while the property normalisation stays the parent's
+        (``with_properties`` on the result refits it). ``subset`` / ``split`` keep viewing the
+        parent, as for every domain."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        nodes, counts = self.node_index(idx)
+        ptr = np.concatenate([[0], np.cumsum(counts.numpy())])
+        out = MoleculeDataset(self.types[nodes].numpy(), self.pos[nodes].double().numpy(),
+                              self.charges[nodes].numpy(), ptr, self.codec, [self.names[i] for i in idx.tolist()])
+        if self.properties is not None:
+            out.with_properties(self.properties[idx].numpy(), self.property_names, self.condition_properties)
+            out._property_kind = self._property_kind
+        return out
+
+    def property_kind(self) -> VectorKind | None:
+        """The ``property`` condition kind (None: unconditional), normalised by the mean / std of
+        the data as loaded (splits view this dataset, so they normalise alike and match the
+        ``data_info`` recorded for the model)."""
+        return getattr(self, "_property_kind", None)
+
+    def _fit_property_kind(self) -> VectorKind | None:
+        if not self.condition_properties:
+            return None
+        cols = [self.property_names.index(n) for n in self.condition_properties]
+        y = self.properties[:, cols]
+        std = y.std(0) if len(self) > 1 else torch.ones(len(cols), dtype=y.dtype)
+        return VectorKind(self.condition_properties, y.mean(0).tolist(),
+                          [float(s) if s > 0 else 1.0 for s in std.tolist()])
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_raw(cls, raw: RawMolecules, source: str, options: dict[str, Any]) -> "MoleculeDataset":
+    def from_raw(cls, raw: RawMolecules, source: str, options: dict[str, Any],
+                 properties: tuple[np.ndarray, Sequence[str]] | None = None) -> "MoleculeDataset":
         """Map raw molecules onto a vocabulary (``options['elements']`` or the data's elements,
-        ordered by atomic number); molecules with other elements are skipped and reported."""
+        ordered by atomic number); molecules with other elements are skipped and reported.
+        ``properties``: ``(values [len(raw), P], names)`` aligned with ``raw``; the rows of kept
+        molecules are attached, and ``options['properties']`` names those batches carry."""
         table = Chem.GetPeriodicTable()
         vocab = options.get("elements")
         if vocab is None:
@@ -119,9 +178,9 @@ class MoleculeDataset(DomainDataset):
         vocab = list(vocab)
         index = {s: i for i, s in enumerate(vocab)}
         max_atoms = options.get("max_atoms")
-        types, pos, charges, ptr, names = [], [], [], [0], []
+        types, pos, charges, ptr, names, kept = [], [], [], [0], [], []
         skipped = list(raw.skipped)
-        for syms, p, c, name in zip(raw.symbols, raw.positions, raw.charges, raw.names):
+        for k, (syms, p, c, name) in enumerate(zip(raw.symbols, raw.positions, raw.charges, raw.names)):
             unknown = sorted({s for s in syms if s not in index})
             if unknown:
                 skipped.append((name, f"element {', '.join(unknown)} not in the vocabulary {vocab}"))
@@ -137,6 +196,7 @@ class MoleculeDataset(DomainDataset):
             charges.append(c)
             ptr.append(ptr[-1] + len(syms))
             names.append(name)
+            kept.append(k)
         extra = RawMolecules(skipped=skipped[len(raw.skipped):])
         report_skipped(source, extra, len(raw))
         if not types:
@@ -146,6 +206,12 @@ class MoleculeDataset(DomainDataset):
                              options.get("charge_scale", 0.1))
         ds = cls(np.concatenate(types), np.concatenate(pos), np.concatenate(charges), np.array(ptr), codec, names)
         ds.skipped = skipped
+        wanted = list(options.get("properties") or [])
+        if properties is not None:
+            ds.with_properties(np.asarray(properties[0])[kept], properties[1], wanted)
+        elif wanted:
+            raise DataError(f"{source}: this molecule data carries no properties, so it cannot condition on "
+                            f"{', '.join(wanted)} (the bundled QM9 subset and --data qm9 carry them)")
         return ds
 
     # ------------------------------------------------------------------ DomainDataset
@@ -163,7 +229,19 @@ class MoleculeDataset(DomainDataset):
             "num_atoms_hist": [[int(n), int(c)] for n, c in sorted(hist.items())],
             "max_atoms": int(self.counts.max()) if len(self) else 0,
             "num_molecules": len(self),
+            **self._property_info(),
         }
+
+    def _property_info(self) -> dict[str, Any]:
+        kind = self.property_kind()
+        if kind is None:
+            return {}
+        from .property import CONDITION_NAME, PROPERTY_UNITS, atom_count_table
+
+        cols = [self.property_names.index(n) for n in kind.names]
+        return {"conditions": {CONDITION_NAME: kind.spec()},
+                "property_units": {n: PROPERTY_UNITS.get(n, "") for n in kind.names},
+                "property_atoms": atom_count_table(self.counts.numpy(), self.properties[:, cols].numpy(), kind.names)}
 
     def node_index(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         """Flat atom indices of the molecules at ``indices`` and their per-molecule counts."""
@@ -182,7 +260,16 @@ class MoleculeDataset(DomainDataset):
         batch = torch.repeat_interleave(torch.arange(len(counts)), counts)
         space = GraphSpace(batch, len(counts), centred=3)
         x = self.codec.encode(self.pos[nodes], self.types[nodes], self.charges[nodes])
-        return Batch(x, space, None, {"elements": self.codec.elements})
+        cond = None
+        kind = self.property_kind()
+        if kind is not None:
+            cols = [self.property_names.index(n) for n in kind.names]
+            values = {n: self.properties[torch.as_tensor(indices, dtype=torch.long), c].tolist()
+                      for n, c in zip(kind.names, cols)}
+            from .property import CONDITION_NAME
+            cond = Condition({CONDITION_NAME: kind.parse(values, len(counts))}, {CONDITION_NAME: kind})
+        return Batch(x, space, cond, {"elements": self.codec.elements})
+
 
     # ------------------------------------------------------------------ chemistry helpers
     def molecule(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,6 +301,7 @@ def load_bundled(options: dict[str, Any]) -> MoleculeDataset:
         z, pos, ptr = f["z"], f["pos"], f["ptr"]
         idx = f["qm9_index"]
         smiles = f["smiles"] if "smiles" in f.files else None
+        props = (f["properties"], [str(n) for n in f["property_names"]]) if "properties" in f.files else None
     table = Chem.GetPeriodicTable()
     raw = RawMolecules()
     for i in range(len(ptr) - 1):
@@ -224,4 +312,4 @@ def load_bundled(options: dict[str, Any]) -> MoleculeDataset:
     opts.setdefault("elements", QM9_ELEMENTS)
     if opts["elements"] is None:
         opts["elements"] = QM9_ELEMENTS
-    return MoleculeDataset.from_raw(raw, str(BUNDLED_FILE), opts)
+    return MoleculeDataset.from_raw(raw, str(BUNDLED_FILE), opts, props)

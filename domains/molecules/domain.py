@@ -7,7 +7,10 @@
 * backbone: :class:`~diffuse.domains.molecules.egnn.EGNN` (presets ``small``, ``edm``);
 * diffusion: the polynomial schedule, eps prediction, 1000 steps;
 * metrics: EDM's atom / molecule stability, RDKit validity, uniqueness, novelty, connected share;
-* writer: one SDF with all samples plus one XYZ per molecule.
+* writer: one SDF with all samples plus one XYZ per molecule;
+* conditions: ``property`` (``--condition property:alpha[,gap...]``; QM9's mu, alpha, homo,
+  lumo, gap, Cv, normalised by the training data, given to the EGNN as invariant node context);
+  atom counts stay sampling structure, drawn given the property (``property.py``) or given.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from diffuse.core.config import check_kwargs
+from diffuse.core.condition import Condition
 from diffuse.core.domain import Batch, DataError, Domain, DomainDataset
 from diffuse.core.graph import GraphSpace
 from diffuse.core.space import GeneratorLike
@@ -28,6 +32,7 @@ from diffuse.core.space import GeneratorLike
 from .chem import BondTables, MoleculeReport, analyze_molecule, validity_table
 from .dataset import QM9_ELEMENTS, FeatureCodec, MoleculeDataset, load_bundled, split_batch
 from .egnn import EGNN, model_kwargs
+from .property import CONDITION_NAME, PROPERTY_NAMES, draw_atom_counts, parse_property_names
 from .readers import read_path
 from .writer import write_sdf, write_xyz
 
@@ -45,6 +50,7 @@ _DATA_DEFAULTS: dict[str, Any] = {
     "split_seed": 0,
     "seed": 0,                 # ETKDG seed for SMILES input
     "max_atoms": None,
+    "properties": None,        # property names batches carry as the ``property`` condition (--condition property:NAME)
 }
 
 
@@ -123,6 +129,17 @@ def _atom_counts(value: Any) -> list[int]:
     return out
 
 
+def _qm9pack_properties(raw) -> tuple[Any, list[str]]:
+    """QM9's properties for molecules read from qm9pack (names ``QM9 <index> <smiles>``), in the
+    bundled data's columns and units (:data:`~.build_bundled_data.PROPERTIES`)."""
+    import numpy as np
+
+    from .build_bundled_data import PROPERTIES, read_properties
+
+    index = np.array([int(n.split()[1]) for n in raw.names], np.int64)
+    return read_properties(index), list(PROPERTIES)
+
+
 class MoleculeDomain(Domain):
     """3-D molecules with hydrogens; EDM's E(3)-equivariant diffusion."""
 
@@ -185,16 +202,23 @@ class MoleculeDomain(Domain):
             raise DataError(f"unknown molecule data option(s) {', '.join(unknown)}; known: "
                             f"{', '.join(sorted(_DATA_DEFAULTS))}")
         opts = {**_DATA_DEFAULTS, **options}
+        if opts["properties"] is not None:
+            opts["properties"] = parse_property_names(opts["properties"])
         if path is None:
             return load_bundled(opts)
         if str(path).lower() in ("qm9", "qm9pack") and opts["elements"] is None:
             opts["elements"] = QM9_ELEMENTS
         raw = read_path(path, opts)
-        return MoleculeDataset.from_raw(raw, str(path), opts)
+        props = None
+        if str(path).lower() in ("qm9", "qm9pack") and opts["properties"]:
+            props = _qm9pack_properties(raw)
+        return MoleculeDataset.from_raw(raw, str(path), opts, props)
 
     def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
         codec = FeatureCodec.from_info(data_info)
-        return EGNN(codec.num_features, **model_kwargs(model))
+        kind = self.condition_kinds(data_info).get(CONDITION_NAME)
+        context = 2 * len(kind.names) if kind is not None else 0   # normalised values + presence mask
+        return EGNN(codec.num_features, **model_kwargs(model), context_dim=context, context_key=CONDITION_NAME)
 
     def template(self, num: int, data_info: dict[str, Any], generator: GeneratorLike = None,
                  structure: Any = None) -> Batch:
@@ -206,6 +230,31 @@ class MoleculeDomain(Domain):
         dim = int(data_info.get("feature_dim", 3 + FeatureCodec.from_info(data_info).num_features))
         x = torch.zeros(int(counts.sum()), dim)
         return Batch(x, GraphSpace(batch, num, centred=3), None, {"elements": list(data_info["elements"])})
+
+    # --- property conditions (props helper) ---
+    def condition_data_options(self, names: list[str]) -> dict[str, Any]:
+        """``property:alpha`` or ``property:alpha,gap`` (repeatable) -> ``{"properties": [...]}``."""
+        props: list[str] = []
+        for name in names:
+            head, _, rest = str(name).partition(":")
+            if head.strip() != CONDITION_NAME:
+                raise ValueError(f"the molecules domain cannot condition on {name!r}; it supports "
+                                 f"property:NAME[,NAME...] with NAME in {', '.join(PROPERTY_NAMES)}")
+            props += [p for p in parse_property_names(rest) if p not in props]
+        return {"properties": props} if props else {}
+
+    def conditional_structure(self, num: int, data_info: dict[str, Any], cond: Condition,
+                              generator: GeneratorLike = None) -> Any:
+        """Atom counts drawn jointly with the target property: ``N ~ p(N | property)``, the count
+        of one of the 50 training molecules nearest the target (see ``property.py``); molecules
+        without a given property draw from the plain count histogram."""
+        table = data_info.get("property_atoms")
+        if CONDITION_NAME not in cond or not table or not data_info.get("num_atoms_hist"):
+            return None
+        gens = generator if isinstance(generator, (list, tuple)) else [generator] * num
+        if len(gens) != num:
+            raise ValueError(f"got {len(gens)} generators for {num} molecules")
+        return draw_atom_counts(table, data_info["num_atoms_hist"], cond, gens)
 
     # ---------------------------------------------------------------- results
     def describe_samples(self, samples: Batch, data_info: dict[str, Any]) -> dict[str, float]:
