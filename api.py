@@ -12,6 +12,11 @@
     model.write(samples, "out/")
     print(model.evaluate(num=256))
 
+    # classifier guidance: a noise-aware classifier steers any model of the same data
+    diffuse.train_classifier("image", out="runs/digits-clf")
+    samples = model.sample(16, cond={"label": 7}, guidance="classifier", classifier="runs/digits-clf",
+                           guidance_scale=4)
+
 ``train`` reads the data, builds the domain's backbone and the diffusion process from a
 :class:`~diffuse.core.config.RunConfig`, runs the :class:`~diffuse.core.trainer.Trainer` and
 leaves a run folder; ``load`` rebuilds the model from that folder alone.

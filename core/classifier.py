@@ -350,8 +350,9 @@ def fit_classifier(module: NoisyClassifier, domain: Domain, dataset: DomainDatas
         batch = dataset.batch(idx, gen)
         y = target.values(domain, batch, data_info)
         b = batch.to(device)
-        loss = noisy_classifier_loss(fn, b.x, y, b.space, schedule, sample_t, gen if device.type == "cpu" else None,
-                                     criterion=target.loss).mean()
+        dev_gen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(
+            int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
+        loss = noisy_classifier_loss(fn, b.x, y, b.space, schedule, sample_t, dev_gen, criterion=target.loss).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"classifier loss became {loss.item()} at step {step}; try a lower --lr")
         opt.zero_grad(set_to_none=True)
