@@ -330,3 +330,10 @@ def test_existing_classifier_run_is_not_overwritten(image_runs):
     res = CliRunner().invoke(main, ["train-classifier", "--domain", "image", "--steps", "1", "--no-progress",
                                     "--out", str(image_runs["clf"])])
     assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_help_lists_the_classifier_options():
+    res = CliRunner().invoke(main, ["train-classifier", "--help"])
+    assert res.exit_code == 0 and "--target" in res.output
+    res = CliRunner().invoke(main, ["sample", "--help"])
+    assert res.exit_code == 0 and "--classifier" in res.output and "--guidance [free|classifier]" in res.output
