@@ -399,11 +399,20 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
               help="Rescale the guided prediction's std towards the conditional one (0..1; Lin et al. 2023).")
 @click.option("--guidance-interval", default=None, metavar="LO,HI",
               help="Guide only at noise levels sigma/alpha in [LO, HI] (Kynkaanniemi et al. 2024).")
+# --- classifier guidance (clf helper) ---
+@click.option("--guidance", "guidance_kind", type=click.Choice(["free", "classifier"]), default=None,
+              help="free: classifier-free guidance (default); classifier: the gradient of a noise-aware "
+                   "classifier (--classifier RUN), also for an unconditional model.")
+@click.option("--classifier", type=click.Path(path_type=Path), default=None, metavar="RUN",
+              help="Classifier run folder from `diffuse train-classifier` (for --guidance classifier).")
+@click.option("--target-value", "target_values", multiple=True, metavar="NAME=VALUE",
+              help="Target of a property classifier, e.g. gyration=2.5 (for --guidance classifier).")
 @click.option("--out", type=PATH, default=None,
               help="Output folder, new or empty (default CHECKPOINT/samples/sample, or sample-2, sample-3, ... "
                    "when that is taken).")
 def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
-           condition, labels, properties, guidance_scale, guidance_rescale, guidance_interval, out) -> None:
+           condition, labels, properties, guidance_scale, guidance_rescale, guidance_interval, guidance_kind,
+           classifier, target_values, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 
@@ -417,7 +426,15 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
     model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
     guidance = {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
                 "guidance_interval": guidance_interval}
-    _run(model.prepare_condition, num, cond, *guidance.values())   # checked before anything is written
+    if guidance_kind == "classifier" or classifier is not None:   # clf helper: classifier guidance
+        cond = _parse_target_values(cond, target_values)
+        clf = _run(api.prepare_classifier_guidance, model, num, cond, guidance_kind or "classifier", classifier,
+                   *guidance.values())[0]
+        guidance = {"guidance_scale": guidance_scale, "guidance": "classifier", "classifier": clf}
+    elif target_values:
+        raise UserError("--target-value needs --guidance classifier --classifier RUN")
+    else:
+        _run(model.prepare_condition, num, cond, *guidance.values())   # checked before anything is written
     if out is None:
         out = api.fresh_sample_dir(Path(checkpoint) / "samples" / "sample")
         _check_out_dir(out)
@@ -505,6 +522,45 @@ def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, do
     else:
         _print_table(title, metrics)
     click.echo(f"wrote {out}")
+
+
+# --- noise-aware classifiers (clf helper) ---
+def _parse_target_values(cond: dict[str, Any] | None, pairs: tuple[str, ...]) -> dict[str, Any] | None:
+    """``--target-value NAME=VALUE`` (repeatable; ``VALUE`` a number or a list ``1.5,2.5``) into ``cond``."""
+    out = dict(cond or {})
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip() or not raw.strip():
+            raise UserError(f"--target-value expects NAME=VALUE, e.g. gyration=2.5, got {pair!r}")
+        vals = [v.strip() for v in raw.split(",") if v.strip()]
+        out[name.strip()] = vals[0] if len(vals) == 1 else vals
+    return out or None
+
+
+@main.command("train-classifier")
+@click.option("--domain", "-d", required=True, help="Domain (see `diffuse domains`).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Training data (file or folder); default: the domain's bundled data set.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="JSON file with sections model (classifier options) / train / data_options.")
+@click.option("--target", default="label", show_default=True, metavar="label|property:NAME",
+              help="What to predict: class labels, or a real property (molecules: property:gyration).")
+@click.option("--steps", type=int, default=None, callback=_positive, help="Optimizer steps (default 500).")
+@click.option("--batch-size", type=int, default=None, callback=_positive, help="Samples per step (default 64).")
+@click.option("--lr", type=float, default=None, callback=_positive, help="Peak learning rate (default 1e-3).")
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=None, help="Seed for data order, noise and initialisation.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default runs/DOMAIN-classifier).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train_classifier(domain, data, config_file, target, steps, batch_size, lr, device, seed, out, no_progress) -> None:
+    """Train a noise-aware classifier for classifier guidance (`diffuse sample --guidance classifier`)."""
+    result = _run(api.train_classifier, domain, data=data, out=out, target=target, config=config_file,
+                  progress=not no_progress,
+                  steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    click.echo(f"trained a {result['target']} classifier, {result['steps']} steps in {result['seconds']:.0f} s; "
+               f"final loss {result['final_loss']:.4f}; run folder {result['run_dir']}")
+    _print_table(f"held-out ({result['metrics'].get('held_out_items', 0)} items; level = sigma/alpha):",
+                 result["metrics"])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -190,6 +190,28 @@ class Domain(ABC):
         draws the structure as usual. ``generator``: one per sample (as ``template`` gets)."""
         return None
 
+    # ---------------------------------------------------------------- noise-aware classifiers
+    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+        """A noise-aware classifier network ``f(x, noise_level, space=...) -> [B, target.out_dim]``
+        (logits, or one standardised value for a real property) for classifier guidance (see
+        ``core.classifier``; ``noise_level`` is ``100 ln(sigma / alpha)``). ``model``: user options."""
+        raise ValueError(f"the {self.name} domain has no noise-aware classifier")
+
+    def classifier_data_options(self, target: Any) -> dict[str, Any]:
+        """Data options that make batches carry what ``target`` needs (default: for ``label``, the
+        ``label`` condition's options, if the domain has that condition)."""
+        if target.kind != "label":
+            return {}
+        try:
+            return self.condition_data_options(["label"])
+        except ValueError:
+            return {}
+
+    def classifier_property(self, name: str, batch: Batch, data_info: dict[str, Any]) -> Tensor:
+        """Per-sample values ``[B]`` of the real property ``name`` of a data batch (a
+        ``--target property:NAME`` classifier's regression target)."""
+        raise ValueError(f"the {self.name} domain has no property {name!r} to train a classifier on")
+
     # ---------------------------------------------------------------- results
     @abstractmethod
     def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:

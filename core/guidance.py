@@ -169,14 +169,18 @@ def classifier_guidance(denoise: DenoiseFn, log_prob_fn: Callable[[Tensor, Tenso
 
 def noisy_classifier_loss(classifier: Callable[..., Tensor], x0: Tensor, labels: Tensor, space: Space,
                           schedule: Schedule, sample_t: Callable[..., Tensor],
-                          generator: torch.Generator | None = None) -> Tensor:
+                          generator: torch.Generator | None = None,
+                          criterion: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """Per-sample cross-entropy ``[B]`` of a noise-aware classifier (Dhariwal & Nichol 2021):
     ``t ~ sample_t`` (the diffusion's training times), ``x_t = alpha x_0 + sigma eps``,
-    ``logits = classifier(x_t, t, space=space)`` ``[B, C]``."""
+    ``logits = classifier(x_t, t, space=space)`` ``[B, C]``. ``criterion(output, labels) -> [B]``
+    replaces the cross-entropy (e.g. a Gaussian negative log-likelihood for a real property)."""
     n = space.batch_size(x0)
     t = sample_t(n, generator, x0.device)
     eps = space.noise(x0, generator)
     alpha, sigma = schedule.alpha_sigma(t)
     x_t = space.coef(alpha, x0) * x0 + space.coef(sigma, x0) * eps
     logits = classifier(x_t, t, space=space)
+    if criterion is not None:
+        return criterion(logits, labels)
     return torch.nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long(), reduction="none")

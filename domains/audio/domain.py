@@ -113,6 +113,21 @@ class AudioDomain(Domain):
             kwargs["num_classes"] = len(classes)
         return UNet1D(in_channels=int(data_info.get("channels", 1)), **kwargs)
 
+    # --- noise-aware classifier (clf helper) ---
+    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+        """The waveform U-Net's encoder with the time embedding, pooled, and a linear head (``classifier.py``)."""
+        from .classifier import DEFAULT_CLASSIFIER, AudioClassifier
+
+        unknown = sorted(set(model) - set(DEFAULT_CLASSIFIER) - {"dropout"})
+        if unknown:
+            raise ValueError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(DEFAULT_CLASSIFIER))}")
+        return AudioClassifier(int(data_info.get("channels", 1)), target.out_dim, **{**DEFAULT_CLASSIFIER, **model})
+
+    def classifier_data_options(self, target: Any) -> dict[str, Any]:
+        """Class labels from the sub-folder names / the bundled manifest for a ``label`` classifier."""
+        return {"labels": True} if target.kind == "label" else {}
+
     def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
                  structure: Any = None) -> Batch:
         shape = (int(num), int(data_info.get("channels", 1)), int(data_info["length"]))

@@ -114,6 +114,17 @@ class ImageDomain(Domain):
         kwargs.setdefault("image_size", [int(data_info.get("height", 28)), int(data_info.get("width", 28))])
         return UNet(**kwargs)
 
+    # --- noise-aware classifier (clf helper) ---
+    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+        """The U-Net's down path with the time embedding, pooled, and a linear head (``classifier.py``)."""
+        from .classifier import DEFAULT_CLASSIFIER, ImageClassifier
+
+        unknown = sorted(set(model) - set(DEFAULT_CLASSIFIER) - {"dropout"})
+        if unknown:
+            raise ValueError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(DEFAULT_CLASSIFIER))}")
+        return ImageClassifier(int(data_info.get("channels", 1)), target.out_dim, **{**DEFAULT_CLASSIFIER, **model})
+
     def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
                  structure: Any = None) -> Batch:
         shape = (int(num), int(data_info.get("channels", 1)), int(data_info.get("height", 28)),

@@ -220,6 +220,24 @@ class MoleculeDomain(Domain):
         context = 2 * len(kind.names) if kind is not None else 0   # normalised values + presence mask
         return EGNN(codec.num_features, **model_kwargs(model), context_dim=context, context_key=CONDITION_NAME)
 
+    # --- noise-aware classifier (clf helper) ---
+    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+        """An E(3)-invariant EGNN classifier / property regressor, mean-pooled (``classifier.py``)."""
+        from .classifier import DEFAULT_CLASSIFIER, MoleculeClassifier
+
+        unknown = sorted(set(model) - set(DEFAULT_CLASSIFIER))
+        if unknown:
+            raise ValueError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(DEFAULT_CLASSIFIER))}")
+        return MoleculeClassifier(FeatureCodec.from_info(data_info).num_features, target.out_dim,
+                                  **{**DEFAULT_CLASSIFIER, **model})
+
+    def classifier_property(self, name: str, batch: Batch, data_info: dict[str, Any]) -> torch.Tensor:
+        """Properties computed from the positions (``gyration``: radius of gyration, Angstrom)."""
+        from .classifier import molecule_property
+
+        return molecule_property(name, batch.x, batch.space)
+
     def template(self, num: int, data_info: dict[str, Any], generator: GeneratorLike = None,
                  structure: Any = None) -> Batch:
         """``num`` zero molecules; atom counts from ``structure`` (an int, a list, or
