@@ -98,6 +98,16 @@ def _parse_labels(labels: tuple[str, ...]) -> dict[str, Any] | None:
     return {"label": values[0] if len(values) == 1 else values}
 
 
+# --- text prompts (text helper) ---
+def _parse_prompts(prompts: tuple[str, ...], cond: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``--prompt "a handwritten seven"`` (repeat it to cycle prompts over the samples) added to
+    the ``--label`` condition as ``{"text": ...}``; the model's text kind checks the words."""
+    if not prompts:
+        return cond
+    return {**(cond or {}), "text": prompts[0] if len(prompts) == 1 else list(prompts)}
+# --- end text prompts ---
+
+
 def _parse_probability(text: str | None, what: str) -> float | None:
     if text is None:
         return None
@@ -186,7 +196,7 @@ def domains() -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 # --- conditional generation (cond helper) ---
 @click.option("--condition", "conditions", multiple=True, metavar="NAME",
-              help="Train a conditional model on this condition of the data, repeatable (image: label).")
+              help="Train a conditional model on this condition of the data, repeatable (image, audio: label, text).")
 @click.option("--cond-drop", default=None, metavar="P",
               help="Condition dropout probability (default 0.1): the share of samples trained unconditionally.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
@@ -237,6 +247,11 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
 @click.option("--label", "labels", multiple=True, metavar="LABEL",
               help="Class label(s) to sample (index or name, e.g. 7 or seven); a list 0,1,2 or repeated "
                    "--label cycles over the samples. Needs a model trained with --condition label.")
+# --- text prompts (text helper) ---
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help='Text prompt, e.g. "a handwritten seven"; repeat it to cycle prompts over the samples. '
+                   "Needs a model trained with --condition text.")
+# --- end text prompts ---
 @click.option("--guidance-scale", default=None, metavar="S",
               help="Classifier-free guidance scale: 0 unconditional, 1 conditional, > 1 guided.")
 @click.option("--guidance-rescale", default=None, metavar="PHI",
@@ -245,7 +260,7 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
               help="Guide only at noise levels sigma/alpha in [LO, HI] (Kynkaanniemi et al. 2024).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default CHECKPOINT/samples/sample).")
 def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
-           condition, labels, guidance_scale, guidance_rescale, guidance_interval, out) -> None:
+           condition, labels, prompts, guidance_scale, guidance_rescale, guidance_interval, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 
@@ -254,6 +269,7 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
     opts = _parse_options(sampler, options)
     structure = _parse_condition(condition, num)
     cond = _parse_labels(labels)
+    cond = _parse_prompts(prompts, cond)   # --- text prompts (text helper) ---
     model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
     guidance = {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
                 "guidance_interval": guidance_interval}
