@@ -43,13 +43,15 @@ AUDIO_PROMPTS = {"kick": ("a kick drum", "the kick sound"), "snare": ("a snare d
                  "tabla": ("a tabla hit", "the tabla sound")}
 
 
-def train(domain: str, condition: str, out: Path, steps: int | None, seed: int) -> Path:
+def train(domain: str, condition: str, out: Path, steps: int | None, seed: int, config: Path | None) -> Path:
     if (out / "config.json").exists():
         return out
     cmd = [sys.executable, "-m", "diffuse.cli.main", "train", "--domain", domain, "--condition", condition,
            "--seed", str(seed), "--out", str(out), "--eval-samples", "8", "--no-progress"]
     if steps:
         cmd += ["--steps", str(steps)]
+    if config:
+        cmd += ["--config", str(config)]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return out
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument(f"--{d}-{c}", type=Path, default=None, help=f"reuse this {d} {c} run folder")
     p.add_argument("--image-steps", type=int, default=None, help="training steps (default: the domain's)")
     p.add_argument("--audio-steps", type=int, default=None)
+    p.add_argument("--image-config", type=Path, default=None, help="JSON config for the image trainings")
+    p.add_argument("--audio-config", type=Path, default=None, help="JSON config for the audio trainings")
     p.add_argument("--scales", default="0,1,2,4")
     p.add_argument("--per-class", type=int, default=10, help="samples per class and scale")
     p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
@@ -108,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     for domain in args.domains.split(","):
         for condition in ("label", "text"):
             run = getattr(args, f"{domain}_{condition}") or train(
-                domain, condition, args.work / f"{domain}_{condition}", getattr(args, f"{domain}_steps"), args.seed)
+                domain, condition, args.work / f"{domain}_{condition}", getattr(args, f"{domain}_steps"), args.seed,
+                getattr(args, f"{domain}_config"))
             steps_trained = json.loads((Path(run) / "config.json").read_text()).get("train", {}).get("steps")
             for prompt_set, name in ([(0, "label")] if condition == "label" else [(0, "text (train)"), (1, "text (held-out)")]):
                 t0 = time.time()
