@@ -26,8 +26,8 @@ One place, used by the image and the audio domain alike (domains do not copy eac
   cross-attention one valid token (the learned "no text" context) instead of an all-masked row.
 * :class:`HFTextEncoder`: optional adapter for a pretrained CLIP / T5 text encoder the user has
   as local files (model option ``{"text_encoder": {"kind": "hf", "path": "/local/dir"}}``);
-  loaded through ``transformers`` with ``local_files_only=True`` and kept frozen, with a trained
-  projection. The prompt reaches it through the word tokenizer above (ids are decoded back to
+  loaded through ``transformers`` with ``local_files_only=True`` and kept frozen (outside the
+  saved state: it is reloaded from ``path``), with a trained projection. The prompt reaches it through the word tokenizer above (ids are decoded back to
   words and re-tokenized by the pretrained tokenizer), so words outside the shipped vocabulary
   arrive as ``<unk>``.
 
@@ -288,15 +288,19 @@ class HFTextEncoder(nn.Module):
         if not p.is_dir():
             raise FileNotFoundError(f"{p}: no such folder (expected a local Hugging Face model folder)")
         self.words = tokenizer
-        self.hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-        config = transformers.AutoConfig.from_pretrained(str(p), local_files_only=True)
-        if getattr(config, "model_type", "") == "t5":
-            model = transformers.T5EncoderModel.from_pretrained(str(p), local_files_only=True)
-        elif getattr(config, "model_type", "") == "clip":
-            model = transformers.CLIPTextModel.from_pretrained(str(p), local_files_only=True)
-        else:
-            model = transformers.AutoModel.from_pretrained(str(p), local_files_only=True)
-        self.model = model.eval().requires_grad_(False)
+        try:
+            self.hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+            config = transformers.AutoConfig.from_pretrained(str(p), local_files_only=True)
+            if getattr(config, "model_type", "") == "t5":
+                model = transformers.T5EncoderModel.from_pretrained(str(p), local_files_only=True)
+            elif getattr(config, "model_type", "") == "clip":
+                model = transformers.CLIPTextModel.from_pretrained(str(p), local_files_only=True)
+            else:
+                model = transformers.AutoModel.from_pretrained(str(p), local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{p}: cannot load a pretrained text encoder from this folder ({exc})") from None
+        # kept out of the module tree: frozen, not saved in checkpoints (reloaded from `path`), not EMA'd
+        object.__setattr__(self, "hf_model", model.eval().requires_grad_(False))
         width = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "d_model"))
         self.proj = nn.Linear(width, dim)
         self.dim, self.hf_max_len = int(dim), int(max_len)
@@ -305,8 +309,9 @@ class HFTextEncoder(nn.Module):
         texts = [self.words.decode(row) for row in ids.cpu()]
         enc = self.hf_tokenizer(texts, padding="max_length", truncation=True, max_length=self.hf_max_len,
                                 return_tensors="pt").to(ids.device)
+        model = self.hf_model.to(ids.device)
         with torch.no_grad():
-            hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
         mask = enc["attention_mask"].bool()
         mask[:, 0] = True   # never an all-masked row (the empty prompt)
         return self.proj(hidden.float()), mask

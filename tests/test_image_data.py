@@ -129,4 +129,4 @@ def test_bundled_digits():
 def test_conditional_batches_carry_labels():
     ds = ImageDomain().load_data(None, {"conditional": True, "max_images": 10})
     b = ds.batch(torch.arange(10))
-    assert torch.equal(b.cond, ds.labels[:10]) and ds.info()["conditional"]
+    assert torch.equal(b.cond["label"], ds.labels[:10]) and ds.info()["conditional"]
