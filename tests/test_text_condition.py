@@ -141,6 +141,8 @@ def test_unets_read_the_text_condition_through_their_encoder():
     kind = TextKind(max_len=8)
     for net, x in [(UNet(base_channels=8, channel_mult=[1, 2], attn_levels=[1], groups=4, head_dim=8,
                          text_encoder=build_text_encoder({"dim": 16}, kind)), torch.randn(2, 1, 12, 12)),
+                   (UNet(base_channels=8, channel_mult=[1, 2], attn_levels=[1], groups=4, head_dim=8, text_pool=True,
+                         text_encoder=build_text_encoder({"dim": 16}, kind)), torch.randn(2, 1, 12, 12)),
                    (UNet1D(channels=(8, 16), factors=(4,), attn_levels=(-1,), heads=2,
                            text_encoder=build_text_encoder({"dim": 16, "layers": 1}, kind)), torch.randn(2, 1, 64))]:
         for p in net.parameters():   # leave the zero-initialised identity start

@@ -207,6 +207,9 @@ class UNet(nn.Module):
         context_dim: width of context tokens for cross-attention (``None``: no cross-attention).
         text_encoder: a module ``ids [B, L] -> (context [B, S, D], mask [B, S])`` that encodes the
             condition ``text`` for the cross-attention (``context_dim`` defaults to its ``dim``).
+        text_pool: also add the mean of the valid text tokens, projected, to the time embedding
+            (as Imagen does with its pooled text embedding), so the prompt reaches every ResBlock
+            like a class label does, not only the attention levels.
         groups: GroupNorm groups.
         channels_last: keep activations in channels-last memory format.
     """
@@ -216,7 +219,7 @@ class UNet(nn.Module):
                  attn_levels: Sequence[int] | None = None, attn_resolutions: Sequence[int] | None = None,
                  image_size: int | Sequence[int] | None = None, head_dim: int = 32, dropout: float = 0.0,
                  num_classes: int | None = None, context_dim: int | None = None, groups: int = 8,
-                 channels_last: bool = True, text_encoder: nn.Module | None = None) -> None:
+                 channels_last: bool = True, text_encoder: nn.Module | None = None, text_pool: bool = False) -> None:
         super().__init__()
         if text_encoder is not None and context_dim is None:
             context_dim = int(text_encoder.dim)
@@ -240,6 +243,7 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.text_pool = nn.Linear(int(text_encoder.dim), emb_dim) if text_encoder is not None and text_pool else None
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def stage(ci: int, co: int, lvl: int) -> Stage:
@@ -285,10 +289,15 @@ class UNet(nn.Module):
             self.to(memory_format=torch.channels_last)
 
     # --------------------------------------------------------------------------- forward
-    def _embedding(self, noise_level: Tensor, labels: Tensor | None, batch: int, dtype: torch.dtype) -> list[Tensor]:
+    def _embedding(self, noise_level: Tensor, labels: Tensor | None, batch: int, dtype: torch.dtype,
+                   text: tuple[Tensor, Tensor] | None = None) -> list[Tensor]:
         if noise_level.ndim == 0:
             noise_level = noise_level.expand(batch)
         emb = self.time_mlp(timestep_embedding(noise_level, self.base_channels).to(dtype))
+        if self.text_pool is not None and text is not None:
+            ctx, mask = text
+            m = mask[..., None].to(ctx.dtype)
+            emb = emb + self.text_pool((ctx * m).sum(1) / m.sum(1)).to(emb.dtype)
         if self.class_emb is not None:
             if labels is None:
                 labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
@@ -311,7 +320,7 @@ class UNet(nn.Module):
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        embs = iter(self._embedding(noise_level, labels, b, x.dtype))
+        embs = iter(self._embedding(noise_level, labels, b, x.dtype, text))
 
         hcur = self.conv_in(x)
         skips = [hcur]
