@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--domains", default="image,audio")
+    p.add_argument("--conditions", default="label,text", help="which models to measure")
+    p.add_argument("--held-out", choices=["yes", "no"], default="yes", help="also the held-out text phrasing")
     p.add_argument("--out", type=Path, default=None, help="JSON results (default WORK/conditional.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -129,12 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         real = real_accuracy(domain)
         print(f"{domain:6s} classifier on real clean data: {real:.2f}", flush=True)
         rows.append({"domain": domain, "condition": "real data", "accuracy": {"real": real}})
-        for condition in ("label", "text"):
+        for condition in args.conditions.split(","):
             run = getattr(args, f"{domain}_{condition}") or train(
                 domain, condition, args.work / f"{domain}_{condition}", getattr(args, f"{domain}_steps"), args.seed,
                 getattr(args, f"{domain}_config"))
             steps_trained = json.loads((Path(run) / "config.json").read_text()).get("train", {}).get("steps")
-            for prompt_set, name in ([(0, "label")] if condition == "label" else [(0, "text (train)"), (1, "text (held-out)")]):
+            for prompt_set, name in ([(0, "label")] if condition == "label" else [(0, "text (train)"), (1, "text (held-out)")][: 2 if args.held_out == "yes" else 1]):
                 t0 = time.time()
                 acc = accuracy(Path(run), domain, condition, scales, args.per_class, args.sample_steps, args.seed, prompt_set)
                 rows.append({"domain": domain, "condition": name, "train_steps": steps_trained, "run": str(run),
