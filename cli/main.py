@@ -182,6 +182,14 @@ def _parse_properties(items: tuple[str, ...], cond: dict[str, Any] | None) -> di
             raise UserError(f"--property {name} is given twice; give a list NAME=V1,V2,... instead")
         props[name] = values[0] if len(values) == 1 else values
     return {**(cond or {}), "property": props}
+# --- text prompts (text helper) ---
+def _parse_prompts(prompts: tuple[str, ...], cond: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``--prompt "a handwritten seven"`` (repeat it to cycle prompts over the samples) added to
+    the ``--label`` condition as ``{"text": ...}``; the model's text kind checks the words."""
+    if not prompts:
+        return cond
+    return {**(cond or {}), "text": prompts[0] if len(prompts) == 1 else list(prompts)}
+# --- end text prompts ---
 
 
 def _parse_probability(text: str | None, what: str) -> float | None:
@@ -327,7 +335,7 @@ def domains() -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 # --- conditional generation (cond helper) ---
 @click.option("--condition", "conditions", multiple=True, metavar="NAME",
-              help="Train a conditional model on this condition of the data, repeatable (image: label).")
+              help="Train a conditional model on this condition of the data, repeatable (image, audio: label, text).")
 @click.option("--cond-drop", default=None, metavar="P",
               help="Condition dropout probability (default 0.1): the share of samples trained unconditionally.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
@@ -393,6 +401,11 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
               help="Molecule property to sample at, repeatable (e.g. alpha=80; alpha=70,80,90 cycles over the "
                    "samples); atom counts are drawn given it unless --condition fixes them. Needs a model "
                    "trained with --condition property:NAME.")
+# --- text prompts (text helper) ---
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help='Text prompt, e.g. "a handwritten seven"; repeat it to cycle prompts over the samples. '
+                   "Needs a model trained with --condition text.")
+# --- end text prompts ---
 @click.option("--guidance-scale", default=None, metavar="S",
               help="Classifier-free guidance scale: 0 unconditional, 1 conditional, > 1 guided.")
 @click.option("--guidance-rescale", default=None, metavar="PHI",
@@ -411,7 +424,7 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
               help="Output folder, new or empty (default CHECKPOINT/samples/sample, or sample-2, sample-3, ... "
                    "when that is taken).")
 def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
-           condition, labels, properties, guidance_scale, guidance_rescale, guidance_interval, guidance_kind,
+           condition, labels, properties, prompts, guidance_scale, guidance_rescale, guidance_interval, guidance_kind,
            classifier, target_values, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
@@ -423,6 +436,7 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
     if out is not None:
         _check_out_dir(out)
     cond = _parse_properties(properties, cond)   # props helper
+    cond = _parse_prompts(prompts, cond)   # --- text prompts (text helper) ---
     model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
     guidance = {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
                 "guidance_interval": guidance_interval}

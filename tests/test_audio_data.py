@@ -87,7 +87,7 @@ def test_labels_from_sub_folders(tmp_path: Path):
             sf.write(tmp_path / cls / f"{i}.flac", tone(100 + 50 * i, 16000, 0.3), 16000)
     ds = load_audio_folder(tmp_path, {"labels": True, "clip_seconds": 0.2})
     assert ds.info()["classes"] == ["kick", "snare"]
-    assert ds.batch(torch.arange(4)).cond.tolist() == [0, 0, 1, 1]
+    assert ds.batch(torch.arange(4)).cond["label"].tolist() == [0, 0, 1, 1]
 
 
 def _bad(tmp_path: Path, kind: str) -> Path:

@@ -224,7 +224,7 @@ def test_bad_condition_input_is_one_error_line_and_writes_nothing(image_runs, tm
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--condition", "text"], "cannot condition on text"),
+    (["--condition", "colour"], "cannot condition on colour"),
     (["--condition", "label", "--cond-drop", "abc"], "--cond-drop must be a number"),
     (["--condition", "label", "--cond-drop", "1.5"], "--cond-drop must be a number in [0, 1]"),
 ])

@@ -18,8 +18,11 @@ crop            ``random`` | ``start`` | ``auto`` (``start`` for the bundled one
 short           what to do with a file shorter than the clip: ``pad`` (zeros at the end),
                 ``error`` or ``skip``
 labels          class labels from the first sub-folder name (bundled set: kick, snare, tom,
-                cymbal, tabla); when true, ``Batch.cond`` holds long labels ``[B]``
-skip_bad        skip unreadable / silent / bad files instead of failing
+                cymbal, tabla); when true, ``Batch.cond["label"]`` holds them (``--condition label``)
+text            captions drawn from the class labels ("a kick drum", "an 808 bass drum hit", ...;
+                :data:`CLASS_PHRASES`, else generic phrasings of the sub-folder name) as the
+                condition ``text`` (``--condition text``); reads the labels like ``labels``
+skip_bad        skip unreadable / silent / bad files with a warning instead of failing
 =============== ===========================================================================
 
 A folder's files with other extensions, empty (0-byte) files and, with ``skip_bad`` or
@@ -38,11 +41,13 @@ import torch
 from torch import Tensor
 
 from ...core.datafiles import log_skipped, scan_folder, skipped_summary
+from ...core.condition import Condition, LabelKind
 from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
+from ..text import Captioner, generic_phrases, text_kind_for
 from .io import AUDIO_EXTENSIONS, normalise, num_samples, read_audio, resample, to_channels
 
-__all__ = ["AudioDataset", "DATA_OPTIONS", "load_audio_folder", "load_bundled", "BUNDLED_DIR",
+__all__ = ["AudioDataset", "DATA_OPTIONS", "CLASS_PHRASES", "audio_phrases", "load_audio_folder", "load_bundled", "BUNDLED_DIR",
            "resolve_options"]
 
 log = logging.getLogger(__name__)
@@ -56,8 +61,24 @@ DATA_OPTIONS: dict[str, Any] = {
     "crop": "auto",
     "short": "pad",
     "labels": False,
+    "text": False,
     "skip_bad": False,
 }
+
+#: caption phrasings of the bundled classes (``text`` conditioning); other classes get generic ones
+CLASS_PHRASES: dict[str, list[str]] = {
+    "kick": ["a kick drum", "a kick", "a bass drum", "a bass drum hit", "an 808 bass drum hit", "a kick drum hit",
+             "a deep kick", "kick"],
+    "snare": ["a snare", "a snare drum", "a snare drum hit", "a snare hit", "a crisp snare", "snare"],
+    "tom": ["a tom", "a tom drum", "a tom hit", "a tom tom", "a low tom", "tom"],
+    "cymbal": ["a cymbal", "a cymbal crash", "a cymbal hit", "a hi hat", "a splash cymbal", "cymbal"],
+    "tabla": ["a tabla", "a tabla hit", "an indian tabla drum", "a tabla stroke", "a hand drum", "tabla"],
+}
+
+
+def audio_phrases(classes: list[str] | None) -> list[list[str]]:
+    """Caption phrasings per class: :data:`CLASS_PHRASES` or generic ones ("a NAME sound", ...)."""
+    return [CLASS_PHRASES.get(c, generic_phrases(c, "sound")) for c in classes or []]
 
 
 def resolve_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -85,7 +106,8 @@ class AudioDataset(DomainDataset):
 
     def __init__(self, clips: list[Tensor], sample_rate: int, length: int, *, crop: str = "random",
                  labels: list[int] | None = None, classes: list[str] | None = None,
-                 names: list[str] | None = None, normalise_mode: str = "peak", source: str = "") -> None:
+                 names: list[str] | None = None, normalise_mode: str = "peak", source: str = "",
+                 label_condition: bool = True, text: bool = False) -> None:
         if not clips:
             raise DataError(f"{source or 'audio data'}: no usable audio clips")
         self.clips = clips
@@ -99,6 +121,12 @@ class AudioDataset(DomainDataset):
         self.normalise_mode = normalise_mode
         self.source = source
         self.space = DenseSpace()
+        has = self.labels is not None and classes is not None
+        if text and not has:
+            raise DataError(f"{source or 'audio data'}: text conditioning needs class labels (one sub-folder per class)")
+        self.label_condition = bool(label_condition) and has
+        self._label_kind = LabelKind(len(classes), classes) if has else None
+        self._captioner = Captioner(audio_phrases(classes), text_kind_for(classes)) if text else None
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -111,6 +139,8 @@ class AudioDataset(DomainDataset):
         }
         if self.classes is not None:
             out["classes"] = list(self.classes)
+            out["label_condition"] = self.label_condition
+        out["text"] = self._captioner is not None
         return out
 
     def _fit(self, clip: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -125,8 +155,13 @@ class AudioDataset(DomainDataset):
     def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
         x = torch.stack([self._fit(self.clips[int(i)], generator) for i in idx]).float()
-        cond = self.labels[idx] if self.labels is not None else None
-        return Batch(x, self.space, cond)
+        values: dict[str, Tensor] = {}
+        kinds: dict[str, Any] = {}
+        if self.label_condition:
+            values["label"], kinds["label"] = self.labels[idx], self._label_kind
+        if self._captioner is not None:   # one caption per clip, drawn from the batch generator
+            values["text"], kinds["text"] = self._captioner(self.labels[idx], generator), self._captioner.kind
+        return Batch(x, self.space, Condition(values, kinds) if values else None)
 
 
 def _prepare(x: Tensor, rate: int, name: str, opts: dict[str, Any], target_rate: int, length: int) -> Tensor | None:
@@ -200,7 +235,8 @@ def _decode_all(files: list[Path], labels: list[int] | None, classes: list[str] 
     crop = default_crop if opts["crop"] == "auto" else opts["crop"]
     return AudioDataset(clips, target_rate, length, crop=crop,
                         labels=kept_labels if labels is not None else None, classes=classes,
-                        names=names, normalise_mode=opts["normalise"], source=source)
+                        names=names, normalise_mode=opts["normalise"], source=source,
+                        label_condition=bool(opts["labels"]), text=bool(opts["text"]))
 
 
 def load_audio_folder(path: str | Path, options: dict[str, Any] | None = None) -> AudioDataset:
@@ -221,7 +257,7 @@ def load_audio_folder(path: str | Path, options: dict[str, Any] | None = None) -
             raise DataError(f"{root}: no WAV / FLAC / OGG files found ("
                             + (skipped_summary(skipped) if skipped else "folder is empty") + ")")
     labels = classes = None
-    if opts["labels"]:
+    if opts["labels"] or opts["text"]:
         if root.is_file():
             raise DataError(f"{root}: class labels need a folder with one sub-folder per class")
         names = []
@@ -246,6 +282,6 @@ def load_bundled(options: dict[str, Any] | None = None) -> AudioDataset:
     classes = sorted({r["label"] for r in rows})
     files = [BUNDLED_DIR / r["file"] for r in rows]
     labels = [classes.index(r["label"]) for r in rows]
-    if not opts["labels"]:
+    if not (opts["labels"] or opts["text"]):
         labels, classes = None, None
     return _load(files, labels, classes, opts, "bundled:sonic-pi-percussion", default_crop="start")

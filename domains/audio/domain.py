@@ -12,6 +12,14 @@ base      channels 32-64-128-256, x4 x4 x4 GPU; 16 kHz 1 s clips (``clip_seconds
 large     channels 64-128-256-512-512,     GPU; 16 kHz 1-4 s clips, 2 ResBlocks, dilations 1-3-9
           x4 x4 x4 x2
 ========= ================================ ======================================================
+
+Conditions (``diffuse train --domain audio --condition label|text``): ``label`` (the class of
+the sub-folder, bundled: cymbal, kick, snare, tabla, tom; :class:`~diffuse.core.condition.LabelKind`,
+also ``bass``/``bd`` for kick, ``hihat``/``hat`` for cymbal) through the U-Net's label embedding,
+and ``text`` (captions such as "an 808 bass drum hit" drawn per clip from
+:data:`~diffuse.domains.audio.data.CLASS_PHRASES`; :class:`~diffuse.domains.text.TextKind`) through
+a small text encoder inside the U-Net and its cross-attention. Model option ``text_encoder``:
+see :func:`~diffuse.domains.text.build_text_encoder`.
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ import torch
 from torch import Tensor, nn
 
 from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
+from ...core.condition import ConditionKind, LabelKind
 from ...core.domain import Batch, Domain, DomainDataset
 from ...core.space import DenseSpace
 from .data import DATA_OPTIONS, AudioDataset, load_audio_folder, load_bundled, resolve_options
+from ..text import build_text_encoder, check_text_encoder_options, text_kind_for
 from .io import write_spectrogram_png, write_wav
 from .metrics import set_metrics
 from .unet import UNet1D
@@ -48,6 +58,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 #: at most this many reference clips enter the Frechet distances
 MAX_REFERENCE = 2000
 _UNET_KEYS = set(inspect.signature(UNet1D.__init__).parameters) - {"self", "in_channels"}
+#: extra label names (lower case) for the bundled classes
+_LABEL_ALIASES = {"bass": "kick", "bd": "kick", "bass drum": "kick", "kick drum": "kick", "sn": "snare",
+                  "snare drum": "snare", "hat": "cymbal", "hihat": "cymbal", "hi hat": "cymbal", "crash": "cymbal"}
 
 
 def resolve_model(model: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +111,9 @@ class AudioDomain(Domain):
         return dict(DATA_OPTIONS)
 
     def check_config(self, model: dict[str, Any]) -> None:
-        check_kwargs(UNet1D, resolve_model(model), "model", skip=("in_channels",),
+        check_text_encoder_options(model.get("text_encoder"))
+        check_kwargs(UNet1D, {k: v for k, v in resolve_model(model).items() if k != "text_encoder"}, "model",
+                     skip=("in_channels",),
                      limits={"num_res_blocks": AT_LEAST_ONE, "heads": AT_LEAST_ONE, "dropout": FRACTION})
 
     # ---------------------------------------------------------------- data and model
@@ -109,8 +124,12 @@ class AudioDomain(Domain):
     def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
         kwargs = resolve_model(model)
         classes = data_info.get("classes")
-        if classes and "num_classes" not in (model or {}):
+        if classes and "num_classes" not in (model or {}) and data_info.get("label_condition", True):
             kwargs["num_classes"] = len(classes)
+        text_options = kwargs.pop("text_encoder", None)
+        if data_info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
+            encoder = build_text_encoder(text_options, self.condition_kinds(data_info)["text"])
+            kwargs["text_encoder"], kwargs["cond_dim"] = encoder, encoder.dim
         return UNet1D(in_channels=int(data_info.get("channels", 1)), **kwargs)
 
     # --- noise-aware classifier (clf helper) ---
@@ -132,6 +151,24 @@ class AudioDomain(Domain):
                  structure: Any = None) -> Batch:
         shape = (int(num), int(data_info.get("channels", 1)), int(data_info["length"]))
         return Batch(torch.zeros(shape), DenseSpace())
+
+    # ---------------------------------------------------------------- conditions
+    def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
+        """``label`` for a model trained with labels, ``text`` for one trained with captions."""
+        kinds: dict[str, ConditionKind] = {}
+        classes = data_info.get("classes")
+        if classes and data_info.get("label_condition", True):
+            aliases = {a: classes.index(c) for a, c in _LABEL_ALIASES.items() if c in classes}
+            kinds["label"] = LabelKind(len(classes), classes, aliases)
+        if data_info.get("text"):
+            kinds["text"] = text_kind_for(classes)
+        return kinds or super().condition_kinds(data_info)
+
+    def condition_data_options(self, names: list[str]) -> dict[str, Any]:
+        unknown = sorted(set(names) - {"label", "text"})
+        if unknown:
+            raise ValueError(f"the audio domain cannot condition on {', '.join(unknown)}; it supports: label, text")
+        return {**({"labels": True} if "label" in names else {}), **({"text": True} if "text" in names else {})}
 
     # ---------------------------------------------------------------- results
     def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:

@@ -205,7 +205,7 @@ def train_bundled_feature_net(steps: int = 600, out: str | Path = FEATURE_NET_PA
     from .data import load_bundled
     ds = load_bundled({"sample_rate": FEATURE_RATE, "clip_seconds": 1.0, "labels": True})
     b = ds.batch(torch.arange(len(ds)))
-    net, acc = train_feature_net(b.x, b.cond, ds.sample_rate, len(ds.classes), steps=steps, seed=seed)
+    net, acc = train_feature_net(b.x, b.cond["label"], ds.sample_rate, len(ds.classes), steps=steps, seed=seed)
     log.info("feature net: training accuracy %.3f on %d clips", acc, len(ds))
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
     Path(out).chmod(0o644)

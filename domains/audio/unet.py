@@ -12,7 +12,9 @@ Shapes:
     x: ``[B, C, L]`` (mono ``C = 1`` or stereo ``C = 2``; any ``L >= 1``, it is zero-padded
     inside to a multiple of the total downsampling factor and cropped back),
     noise_level: ``[B]`` float (``t * 1000``), cond: ``None`` | long ``[B]`` labels |
-    float ``[B, D]`` / ``[B, S, D]`` tokens; output: ``[B, C, L]``.
+    float ``[B, D]`` / ``[B, S, D]`` tokens | a :class:`~diffuse.core.condition.Condition` with
+    ``label`` (null = ``num_classes``) and/or ``text`` (token ids, encoded by the U-Net's
+    ``text_encoder``, see :mod:`diffuse.domains.text`); output: ``[B, C, L]``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ...core.condition import Condition
+from ..text import text_context
 
 __all__ = ["UNet1D", "timestep_embedding"]
 
@@ -92,7 +97,7 @@ class Attention1D(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, ctx: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, ctx: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         b, c, n = x.shape
         h = self.norm(x).transpose(1, 2)                                  # [B, N, C]
         if self.pos is not None:
@@ -103,7 +108,8 @@ class Attention1D(nn.Module):
         k, v = self.kv(src).chunk(2, dim=-1)
         k = k.reshape(b, src.shape[1], self.heads, -1).transpose(1, 2)
         v = v.reshape(b, src.shape[1], self.heads, -1).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        attn_mask = None if mask is None or ctx is None else mask[:, None, None, :].to(torch.bool)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).reshape(b, n, c)
         return x + self.out(o).transpose(1, 2)
 
 
@@ -149,13 +155,13 @@ class _Level(nn.Module):
         self.attn = Attention1D(ch, heads, pos_emb=pos_emb) if attn else None
         self.cross = Attention1D(ch, heads, ctx_dim) if (attn and ctx_dim) else None
 
-    def forward(self, x: Tensor, emb: Tensor, ctx: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, ctx: Tensor | None, mask: Tensor | None = None) -> Tensor:
         for blk in self.res:
             x = blk(x, emb)
         if self.attn is not None:
             x = self.attn(x)
         if self.cross is not None and ctx is not None:
-            x = self.cross(x, ctx)
+            x = self.cross(x, ctx, mask)
         return x
 
 
@@ -179,14 +185,20 @@ class UNet1D(nn.Module):
         upsample: ``conv_transpose`` or ``interp``.
         pos_emb: add an absolute-position embedding before each self-attention (see
             :class:`Attention1D`).
+        text_encoder: a module ``ids [B, L] -> (tokens [B, S, D], mask [B, S])`` for the condition
+            ``text`` (``cond_dim`` defaults to its ``dim``); it trains and saves with the U-Net.
     """
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 128),
                  factors: Sequence[int] = (4, 4, 4), num_res_blocks: int = 2, dilations: Sequence[int] = (1, 3),
                  attn_levels: Sequence[int] = (-1,), mid_attn: bool = True, heads: int = 4, dropout: float = 0.0,
                  emb_dim: int | None = None, num_classes: int | None = None, cond_dim: int | None = None,
-                 upsample: str = "conv_transpose", stem_kernel: int = 7, pos_emb: bool = True) -> None:
+                 upsample: str = "conv_transpose", stem_kernel: int = 7, pos_emb: bool = True,
+                 text_encoder: nn.Module | None = None) -> None:
         super().__init__()
+        if text_encoder is not None and cond_dim is None:
+            cond_dim = int(text_encoder.dim)
+        self.text_encoder = text_encoder
         channels, factors = [int(c) for c in channels], [int(f) for f in factors]
         if len(factors) != len(channels) - 1:
             raise ValueError(f"need len(factors) == len(channels) - 1, got {len(factors)} factors for {len(channels)} levels")
@@ -215,13 +227,19 @@ class UNet1D(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def _context(self, cond: Any, b: int) -> tuple[Tensor | None, Tensor | None]:
-        """Split ``cond`` into (labels, cross-attention tokens)."""
+    def _context(self, cond: Any, b: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Split ``cond`` into (labels, cross-attention tokens, token mask)."""
+        if isinstance(cond, Condition):
+            text = text_context(self.text_encoder, cond)
+            labels = cond.get("label")
+            if labels is not None and self.label_emb is None:
+                raise ValueError("this U-Net was built without num_classes, so it cannot take class labels")
+            return labels, *(text if text is not None else (None, None))
         if cond is None or not isinstance(cond, Tensor):
-            return None, None
+            return None, None, None
         if cond.dtype in (torch.long, torch.int, torch.int32, torch.int16, torch.uint8):
-            return cond.reshape(b).long(), None
-        return None, (cond[:, None, :] if cond.ndim == 2 else cond)
+            return cond.reshape(b).long(), None, None
+        return None, (cond[:, None, :] if cond.ndim == 2 else cond), None
 
     def forward(self, x: Tensor, noise_level: Tensor, cond: Any = None, space: Any = None) -> Tensor:
         b, c, length = x.shape
@@ -231,7 +249,7 @@ class UNet1D(nn.Module):
         h = F.pad(x, (0, pad)) if pad else x
         emb = self.time_mlp(timestep_embedding(noise_level.reshape(-1).expand(b) if noise_level.numel() == 1
                                                else noise_level.reshape(b), self.base))
-        labels, ctx = self._context(cond, b)
+        labels, ctx, mask = self._context(cond, b)
         if self.label_emb is not None:
             if labels is None:
                 labels = torch.full((b,), self.num_classes, device=x.device, dtype=torch.long)
@@ -239,16 +257,16 @@ class UNet1D(nn.Module):
         h = self.stem(h)
         skips = []
         for level, pool in zip(self.down, self.pool):
-            h = level(h, emb, ctx)
+            h = level(h, emb, ctx, mask)
             skips.append(h)
             h = pool(h)
         h = self.mid1(h, emb)
         if self.mid_attn is not None:
             h = self.mid_attn(h)
         if self.mid_cross is not None and ctx is not None:
-            h = self.mid_cross(h, ctx)
+            h = self.mid_cross(h, ctx, mask)
         h = self.mid2(h, emb)
         for level, unpool, skip in zip(reversed(self.up), reversed(self.unpool), reversed(skips)):
-            h = level(torch.cat([unpool(h), skip], dim=1), emb, ctx)
+            h = level(torch.cat([unpool(h), skip], dim=1), emb, ctx, mask)
         h = self.out(F.silu(self.out_norm(h)))
         return h[..., :length]

@@ -28,6 +28,7 @@ from ...core.datafiles import log_skipped, scan_folder
 from ...core.condition import Condition, LabelKind
 from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
+from ..text import Captioner, generic_phrases, text_kind_for, with_article
 
 __all__ = ["ImageDataset", "load_images", "read_folder", "read_idx", "load_idx_dataset", "load_bundled",
            "write_idx", "BUNDLED_PATH", "BUNDLED_SOURCE", "IMAGE_SUFFIXES"]
@@ -42,6 +43,26 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dty
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def image_phrases(class_names: Sequence[str] | None) -> list[list[str]]:
+    """Caption phrasings per class for ``text`` conditioning. Digit classes ``"0".."9"`` get ten
+    hand-written ones ("a handwritten seven", "the digit 7", "a picture of a seven", ...); other
+    class names the generic ones of :func:`~diffuse.domains.text.generic_phrases`."""
+    out = []
+    for name in class_names or []:
+        if str(name) in [str(i) for i in range(10)]:
+            d, w = str(name), DIGIT_WORDS[int(name)]
+            out.append([f"handwritten {w}", f"the digit {d}", f"{with_article('picture')} of {with_article(w)}",
+                        f"the number {w}", with_article(w), d, w, f"a handwritten digit {d}",
+                        f"an image of the number {d}", f"a drawing of {with_article(w)}"])
+            out[-1][0] = with_article(out[-1][0])
+        else:
+            out.append(generic_phrases(str(name), "picture"))
+    return out
+
+
 class ImageDataset(DomainDataset):
     """Images in memory as ``uint8 [N, C, H, W]`` with optional labels ``[N]``.
 
@@ -51,16 +72,18 @@ class ImageDataset(DomainDataset):
 
     def __init__(self, images: Tensor, labels: Tensor | None = None, class_names: Sequence[str] | None = None,
                  source: str = "", flip: bool = False, conditional: bool = False,
-                 feature_net: str | None = None) -> None:
+                 feature_net: str | None = None, text: bool = False) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-        if conditional and labels is None:
+        if (conditional or text) and labels is None:
             raise DataError(f"{source}: conditional training needs class labels, and this data has none")
         self.images = images
         self.labels = labels.long() if labels is not None else None
         self.class_names = list(class_names) if class_names is not None else (
             [str(i) for i in range(int(self.labels.max()) + 1)] if self.labels is not None and len(self.labels) else None)
         self.source, self.flip, self.conditional, self.feature_net = source, bool(flip), bool(conditional), feature_net
+        self.text = bool(text)
+        self._captioner = Captioner(image_phrases(self.class_names), text_kind_for(self.class_names)) if self.text else None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -73,7 +96,8 @@ class ImageDataset(DomainDataset):
         _, c, h, w = self.images.shape
         return {"channels": int(c), "height": int(h), "width": int(w), "num_images": len(self),
                 "num_classes": self.num_classes, "class_names": self.class_names,
-                "conditional": self.conditional, "source": self.source, "feature_net": self.feature_net}
+                "conditional": self.conditional, "source": self.source, "feature_net": self.feature_net,
+                "text": self.text}
 
     def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
@@ -83,6 +107,9 @@ class ImageDataset(DomainDataset):
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         cond = (Condition({"label": self.labels[idx]}, {"label": LabelKind(self.num_classes, self.class_names)})
                 if self.conditional else None)
+        if self._captioner is not None:   # text: one caption per sample, drawn from the batch generator
+            text = self._captioner.condition(self.labels[idx], generator)
+            cond = text if cond is None else Condition({**cond.values, **text.values}, {**cond.kinds, **text.kinds})
         extras = {} if self.labels is None else {"labels": self.labels[idx]}
         return Batch(x, DenseSpace(), cond, extras)
 
@@ -93,7 +120,7 @@ class ImageDataset(DomainDataset):
     def subset(self, indices: Tensor) -> "ImageDataset":
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.images[idx], None if self.labels is None else self.labels[idx], self.class_names,
-                            self.source, self.flip, self.conditional, self.feature_net)
+                            self.source, self.flip, self.conditional, self.feature_net, self.text)
 
 
 # ------------------------------------------------------------------------------ resizing
@@ -344,7 +371,7 @@ def load_images(path: str | Path | None, options: dict[str, Any]) -> ImageDatase
         elif _image_files(p):
             images, labels, names = read_folder(p, hw, channels, opts.get("labels", "auto"), max_images)
             return ImageDataset(images, labels, names, source, opts.get("flip", False),
-                                opts.get("conditional", False), opts.get("feature_net"))
+                                opts.get("conditional", False), opts.get("feature_net"), opts.get("text", False))
         else:
             idx = sorted(f for f in p.rglob("*") if f.is_file() and _is_idx_name(f) and "label" not in f.name.lower())
             if not idx:
@@ -363,4 +390,4 @@ def load_images(path: str | Path | None, options: dict[str, Any]) -> ImageDatase
     if labels is not None and labels.min() < 0:
         raise DataError(f"{source}: class labels must be non-negative integers")
     return ImageDataset(_to_tensor(arr), labels, names, source, opts.get("flip", False),
-                        opts.get("conditional", False), opts.get("feature_net"))
+                        opts.get("conditional", False), opts.get("feature_net"), opts.get("text", False))

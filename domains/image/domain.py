@@ -8,6 +8,8 @@ Data options (``default_data``; given to :meth:`ImageDomain.load_data`):
 ``flip``        random horizontal flips in training (off: digits are not mirror-symmetric)
 ``conditional`` feed class labels to the model as the condition ``label`` (needs labels; set by
                 ``diffuse train --condition label``)
+``text``        feed captions made from the class labels as the condition ``text`` (needs labels;
+                set by ``diffuse train --condition text``)
 ``labels``      ``"auto"`` (sub-folder names when every image sits in one), ``True`` or ``False``
 ``labels_file`` an IDX label file for an IDX image file whose name does not follow MNIST's
 ``max_images``  read at most this many images
@@ -18,6 +20,13 @@ Data options (``default_data``; given to :meth:`ImageDomain.load_data`):
 Conditions: ``label`` (class labels; :class:`~diffuse.core.condition.LabelKind`, null label
 ``num_classes``, which the U-Net's class embedding reserves). Labels are given by index, class
 name, or, for digit classes ``"0".."9"``, the English word (``--label seven``).
+
+``text`` (text prompts; :class:`~diffuse.domains.text.TextKind`, null = the empty prompt): the
+training captions are drawn per sample from phrasings of the class (``"a handwritten seven"``,
+``"the digit 7"``, ...; :func:`~diffuse.domains.image.data.image_phrases`); the prompt goes through
+the shipped word tokenizer and a small text encoder inside the U-Net (trained with it) into the
+U-Net's cross-attention. Model option ``text_encoder`` chooses the encoder
+(:func:`~diffuse.domains.text.build_text_encoder`).
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
 from ...core.condition import Condition, ConditionKind, LabelKind
 from ...core.domain import Batch, DataError, Domain, DomainDataset
 from ...core.space import DenseSpace
-from .data import BUNDLED_SOURCE, ImageDataset, load_images
+from ..text import build_text_encoder, check_text_encoder_options, text_kind_for
+from .data import BUNDLED_SOURCE, DIGIT_WORDS, ImageDataset, load_images
 from .features import InceptionFeatures, LeNet, bundled_lenet, extract_features, train_lenet
 from .metrics import conditional_accuracy, fid_from_features, kid_from_features
 from .unet import UNet
@@ -45,9 +55,10 @@ __all__ = ["ImageDomain"]
 log = logging.getLogger(__name__)
 
 _DATA_DEFAULTS: dict[str, Any] = {"image_size": None, "channels": None, "flip": False, "conditional": False,
-                                  "labels": "auto", "labels_file": None, "max_images": None, "feature_net": "auto"}
+                                  "labels": "auto", "labels_file": None, "max_images": None, "feature_net": "auto",
+                                  "text": False}
 _UNET_OPTIONS = set(inspect.signature(UNet.__init__).parameters) - {"self"}
-_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_DIGIT_WORDS = DIGIT_WORDS
 
 
 def reference_images(reference: DomainDataset) -> tuple[Tensor, Tensor | None]:
@@ -94,7 +105,8 @@ class ImageDomain(Domain):
         unknown = sorted(set(model) - _UNET_OPTIONS)
         if unknown:
             raise ValueError(f"unknown image model option(s): {', '.join(unknown)}; known: {', '.join(sorted(_UNET_OPTIONS))}")
-        check_kwargs(UNet, model, "model", limits={"base_channels": AT_LEAST_ONE, "num_blocks": AT_LEAST_ONE,
+        check_text_encoder_options(model.get("text_encoder"))
+        check_kwargs(UNet, {k: v for k, v in model.items() if k != "text_encoder"}, "model", limits={"base_channels": AT_LEAST_ONE, "num_blocks": AT_LEAST_ONE,
                                                    "head_dim": AT_LEAST_ONE, "groups": AT_LEAST_ONE,
                                                    "dropout": FRACTION})
 
@@ -111,6 +123,10 @@ class ImageDomain(Domain):
         kwargs.setdefault("in_channels", int(data_info.get("channels", 1)))
         if data_info.get("conditional"):
             kwargs["num_classes"] = int(data_info["num_classes"])
+        text_options = kwargs.pop("text_encoder", None)
+        if data_info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
+            encoder = build_text_encoder(text_options, self.condition_kinds(data_info)["text"])
+            kwargs["text_encoder"], kwargs["context_dim"] = encoder, encoder.dim
         kwargs.setdefault("image_size", [int(data_info.get("height", 28)), int(data_info.get("width", 28))])
         return UNet(**kwargs)
 
@@ -133,19 +149,23 @@ class ImageDomain(Domain):
 
     # ------------------------------------------------------------------ conditions
     def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
-        """``{"label": LabelKind}`` for a model trained with labels, else ``{}``."""
-        if not (data_info.get("conditional") and data_info.get("num_classes")):
-            return super().condition_kinds(data_info)
+        """``{"label": LabelKind}`` for a model trained with labels, ``{"text": TextKind}`` for one
+        trained with captions (both when both), else ``{}``."""
+        kinds: dict[str, ConditionKind] = {}
         names = data_info.get("class_names")
-        aliases = ({w: i for i, w in enumerate(_DIGIT_WORDS)}
-                   if names is not None and list(names) == [str(i) for i in range(10)] else None)
-        return {"label": LabelKind(int(data_info["num_classes"]), names, aliases)}
+        if data_info.get("conditional") and data_info.get("num_classes"):
+            aliases = ({w: i for i, w in enumerate(_DIGIT_WORDS)}
+                       if names is not None and list(names) == [str(i) for i in range(10)] else None)
+            kinds["label"] = LabelKind(int(data_info["num_classes"]), names, aliases)
+        if data_info.get("text"):
+            kinds["text"] = text_kind_for(names)
+        return kinds or super().condition_kinds(data_info)
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
-        unknown = sorted(set(names) - {"label"})
+        unknown = sorted(set(names) - {"label", "text"})
         if unknown:
-            raise ValueError(f"the image domain cannot condition on {', '.join(unknown)}; it supports: label")
-        return {"conditional": True} if names else {}
+            raise ValueError(f"the image domain cannot condition on {', '.join(unknown)}; it supports: label, text")
+        return {**({"conditional": True} if "label" in names else {}), **({"text": True} if "text" in names else {})}
 
     # ------------------------------------------------------------------ results
     def feature_network(self, reference: DomainDataset, data_info: dict[str, Any]) -> tuple[Any, Tensor]:

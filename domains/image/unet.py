@@ -17,7 +17,9 @@ Structure (``L = len(channel_mult)`` levels, ``n = num_blocks``)::
 * Conditions: class labels through a learned embedding added to the time embedding (index
   ``num_classes`` is the reserved "null" class, used when no label is given, e.g. for
   classifier-free guidance), and/or a sequence of context tokens ``[B, L, context_dim]`` read by
-  cross-attention after each self-attention layer.
+  cross-attention after each self-attention layer; and/or a text prompt (the condition ``text``,
+  token ids) turned into such context tokens by a ``text_encoder`` module held by the U-Net (so
+  it trains, saves and averages with it; see :mod:`diffuse.domains.text`).
 * Any input size: ``H`` and ``W`` are padded up to a multiple of ``2^(L-1)`` and the output is
   cropped back (28x28 with three levels works).
 
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.condition import Condition
+from ..text import text_context
 
 __all__ = ["UNet", "timestep_embedding", "split_condition"]
 
@@ -202,6 +205,11 @@ class UNet(nn.Module):
         num_classes: number of class labels (``None``: unconditional); label ``num_classes`` is
             the null class.
         context_dim: width of context tokens for cross-attention (``None``: no cross-attention).
+        text_encoder: a module ``ids [B, L] -> (context [B, S, D], mask [B, S])`` that encodes the
+            condition ``text`` for the cross-attention (``context_dim`` defaults to its ``dim``).
+        text_pool: also add the mean of the valid text tokens, projected, to the time embedding
+            (as Imagen does with its pooled text embedding), so the prompt reaches every ResBlock
+            like a class label does, not only the attention levels.
         groups: GroupNorm groups.
         channels_last: keep activations in channels-last memory format.
     """
@@ -211,8 +219,10 @@ class UNet(nn.Module):
                  attn_levels: Sequence[int] | None = None, attn_resolutions: Sequence[int] | None = None,
                  image_size: int | Sequence[int] | None = None, head_dim: int = 32, dropout: float = 0.0,
                  num_classes: int | None = None, context_dim: int | None = None, groups: int = 8,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, text_encoder: nn.Module | None = None, text_pool: bool = False) -> None:
         super().__init__()
+        if text_encoder is not None and context_dim is None:
+            context_dim = int(text_encoder.dim)
         mult = [int(m) for m in channel_mult]
         if not mult or min(mult) < 1 or base_channels < 1 or num_blocks < 1:
             raise ValueError("channel_mult must be non-empty positive integers; base_channels, num_blocks >= 1")
@@ -228,10 +238,12 @@ class UNet(nn.Module):
         self.in_channels, self.out_channels, self.levels = in_channels, out_channels, levels
         self.num_classes, self.context_dim, self.channels_last = num_classes, context_dim, channels_last
         self.base_channels = base_channels
+        self.text_encoder = text_encoder
 
         emb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.text_pool = nn.Linear(int(text_encoder.dim), emb_dim) if text_encoder is not None and text_pool else None
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def stage(ci: int, co: int, lvl: int) -> Stage:
@@ -277,10 +289,15 @@ class UNet(nn.Module):
             self.to(memory_format=torch.channels_last)
 
     # --------------------------------------------------------------------------- forward
-    def _embedding(self, noise_level: Tensor, labels: Tensor | None, batch: int, dtype: torch.dtype) -> list[Tensor]:
+    def _embedding(self, noise_level: Tensor, labels: Tensor | None, batch: int, dtype: torch.dtype,
+                   text: tuple[Tensor, Tensor] | None = None) -> list[Tensor]:
         if noise_level.ndim == 0:
             noise_level = noise_level.expand(batch)
         emb = self.time_mlp(timestep_embedding(noise_level, self.base_channels).to(dtype))
+        if self.text_pool is not None and text is not None:
+            ctx, mask = text
+            m = mask[..., None].to(ctx.dtype)
+            emb = emb + self.text_pool((ctx * m).sum(1) / m.sum(1)).to(emb.dtype)
         if self.class_emb is not None:
             if labels is None:
                 labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
@@ -289,6 +306,9 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, noise_level: Tensor, cond: Any = None, space: Any = None) -> Tensor:
         labels, context, mask = split_condition(cond)
+        text = text_context(self.text_encoder, cond)
+        if text is not None:
+            context, mask = text
         if labels is not None and self.class_emb is None:
             raise ValueError("this U-Net was built without num_classes, so it cannot take class labels")
         if context is not None and self.context_dim is None:
@@ -300,7 +320,7 @@ class UNet(nn.Module):
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        embs = iter(self._embedding(noise_level, labels, b, x.dtype))
+        embs = iter(self._embedding(noise_level, labels, b, x.dtype, text))
 
         hcur = self.conv_in(x)
         skips = [hcur]
