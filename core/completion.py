@@ -58,7 +58,7 @@ from .schedule import Schedule
 from .space import GeneratorLike, Space, per_sample_generators
 
 __all__ = ["complete", "completion_steps", "sdedit", "sdedit_grid", "generate_completion", "generate_edit",
-           "check_completion_args"]
+           "check_completion_args", "check_strength"]
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -152,6 +152,11 @@ def sdedit_grid(grid: Tensor, strength: float) -> Tensor:
     steps = len(grid) - 1
     k = int(round(s * steps))
     return grid[steps - k:]
+
+
+def check_strength(strength: Any) -> float:
+    """The edit strength as a float in [0, 1]; ``ValueError`` otherwise."""
+    return _strength(strength)
 
 
 def _strength(strength: Any) -> float:

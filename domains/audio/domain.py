@@ -153,8 +153,16 @@ class AudioDomain(Domain):
         out_dir.mkdir(parents=True, exist_ok=True)
         rate = int(data_info["sample_rate"])
         x = samples.x.detach().float().cpu()
+        if samples.extras.get("keep_length"):     # completion: the clip (+ continuation) only
+            x = x[..., :int(samples.extras["keep_length"])]
         width = max(3, len(str(max(0, x.shape[0] - 1))))
         paths = [write_wav(out_dir / f"sample_{i:0{width}d}.wav", clip, rate) for i, clip in enumerate(x)]
         if x.shape[0]:
             paths.append(write_spectrogram_png(out_dir / "spectrograms.png", x[:8].clamp(-1, 1), rate))
         return paths
+
+    # --- completion (inpaint helper) ---
+    def completion_input(self, path, options, data_info):
+        """A clip and its mask (``span`` gaps, ``continue`` past the end); see ``inpaint``."""
+        from .inpaint import audio_completion_input
+        return audio_completion_input(path, options, data_info)

@@ -177,3 +177,9 @@ class ImageDomain(Domain):
 
     def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
         return write_pngs(samples.x, out_dir)
+
+    # --- completion (inpaint helper) ---
+    def completion_input(self, path, options, data_info):
+        """An image file and its mask (``mask`` PNG, white = generate, or ``rect``); see ``inpaint``."""
+        from .inpaint import image_completion_input
+        return image_completion_input(path, options, data_info)

@@ -1,0 +1,82 @@
+"""Image inputs for completion (inpainting) and editing: an image file in the model's space and
+its mask (``ImageDomain.completion_input``). The sampling itself is ``core.completion``.
+
+Options: ``mask`` (a PNG / JPEG the size of the image: white = generate, black = keep; gray
+levels are thresholded at 50 %) or ``rect`` (``x0,y0,x1,y1`` in pixels, the half-open box
+``[x0, x1) x [y0, y1)`` to generate); neither: the whole image is known (an edit's input).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ...core.domain import Batch, DataError
+from ...core.space import DenseSpace
+
+__all__ = ["read_image", "image_completion_input", "parse_rect"]
+
+
+def read_image(path: str | Path, channels: int, what: str = "input image") -> np.ndarray:
+    """``uint8 [H, W, C]`` with ``channels`` 1 (grayscale) or 3 (RGB); one-line DataError otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    if not p.is_file():
+        raise DataError(f"{what} {p} is not a file")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA", "P"):
+                img = img.convert("RGBA")
+                bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
+                img = Image.alpha_composite(bg, img)
+            img = img.convert("L" if channels == 1 else "RGB")
+            arr = np.asarray(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{what} {p}: cannot read it as an image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def parse_rect(value: Any, height: int, width: int) -> tuple[int, int, int, int]:
+    """``"x0,y0,x1,y1"`` (or four integers) -> a box inside an ``height x width`` image."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        if len(parts) != 4:
+            raise ValueError
+        x0, y0, x1, y1 = (int(str(v).strip()) for v in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"--rect must be four whole numbers x0,y0,x1,y1, got {value!r}") from None
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"--rect {x0},{y0},{x1},{y1} must satisfy 0 <= x0 < x1 <= {width} and "
+                         f"0 <= y0 < y1 <= {height} (the image is {width}x{height})")
+    return x0, y0, x1, y1
+
+
+def image_completion_input(path: str | Path, options: dict[str, Any], data_info: dict[str, Any]) -> tuple[Batch, Tensor]:
+    unknown = sorted(set(options) - {"mask", "rect"})
+    if unknown:
+        raise ValueError(f"image completion takes mask or rect, not {', '.join(unknown)}")
+    if options.get("mask") is not None and options.get("rect") is not None:
+        raise ValueError("give either --mask or --rect, not both")
+    c, h, w = int(data_info.get("channels", 1)), int(data_info.get("height", 28)), int(data_info.get("width", 28))
+    arr = read_image(path, c)
+    if arr.shape[:2] != (h, w):
+        raise DataError(f"input image {path} is {arr.shape[1]}x{arr.shape[0]}; this model makes {w}x{h} images")
+    x = torch.from_numpy(np.array(arr.transpose(2, 0, 1))).float().div(127.5).sub(1.0)[None]
+    known = torch.ones(1, 1, h, w, dtype=torch.bool)
+    if options.get("mask") is not None:
+        m = read_image(options["mask"], 1, "mask")
+        if m.shape[:2] != (h, w):
+            raise DataError(f"mask {options['mask']} is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h}; "
+                            "give a mask of the same size")
+        known = torch.from_numpy(m[..., 0] < 128)[None, None]
+    elif options.get("rect") is not None:
+        x0, y0, x1, y1 = parse_rect(options["rect"], h, w)
+        known[..., y0:y1, x0:x1] = False
+    return Batch(x, DenseSpace()), known
