@@ -253,6 +253,19 @@ class DiffusionModel:
                              seed=seed, device=self.device, cond=condition, guidance=guidance, invert=invert,
                              fixed_point_iters=fixed_point_iters, progress=progress, **sampler_options)
 
+    def restoration_input(self, input: str | Path) -> dict[str, Any]:
+        """The condition ``{name: value}`` of a restoration model read from a degraded input file
+        (image: a low-resolution PNG -> ``{"lowres": ...}``)."""
+        if input is None or str(input).strip() == "":
+            raise ValueError("--input is required: the low-resolution file to restore")
+        return self.domain.restoration_input(input, self.data_info)
+
+    def upscale(self, input: Any, num: int = 1, **sample_options: Any) -> Batch:
+        """``num`` restorations (SR3 super-resolution) of ``input``: a path, or a condition dict
+        from :meth:`restoration_input`; ``sample_options`` as :meth:`sample`."""
+        cond = input if isinstance(input, dict) else self.restoration_input(input)
+        return self.sample(num, cond=cond, **sample_options)
+
     @staticmethod
     def known_error(samples: Batch, input: tuple[Batch, torch.Tensor]) -> float:
         """Largest ``|sample - known|`` over the known part (0 up to float rounding after completion)."""

@@ -608,5 +608,33 @@ def edit(checkpoint, input_path, num, steps, spacing, seed, device, domain, opti
     _finish(model, samples, out, {"strength": float(strength), "steps_run": n_steps})
 
 
+
+@main.command()
+@_sampling_options
+@click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(_sampler_names()) + ".")
+@click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
+def upscale(checkpoint, input_path, num, steps, spacing, seed, device, domain, options, labels, guidance_scale, out,
+            sampler, batch_size) -> None:
+    """Super-resolution with a model trained with --condition lowres (SR3): the low-resolution
+    input, upsampled, is concatenated to the network input."""
+    from tqdm.auto import tqdm
+    from ..core.generate import check_generate_args, default_steps
+
+    opts = _parse_options(sampler, options)
+    model, out = _prepare_run(checkpoint, device, domain, out, "upscale")
+    cond = _run(model.restoration_input, input_path)
+    cond.update(_parse_labels(labels) or {})
+    _run(model.prepare_condition, num, cond, guidance_scale)
+    _run(check_generate_args, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
+         options=opts)
+    n_steps = steps or default_steps(sampler, model.diffusion.schedule)
+    with tqdm(total=num * n_steps, desc=f"upscale ({sampler}, {n_steps} steps)", unit="step·sample",
+              dynamic_ncols=True, disable=None) as bar:
+        samples = _run(model.upscale, cond, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
+                       batch_size=batch_size, guidance_scale=guidance_scale, progress=bar.update, **opts)
+    opts.pop("stats", None)
+    _finish(model, samples, out, {})
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -212,6 +212,12 @@ class Domain(ABC):
         / :class:`DataError` with one line for bad input. No sampler logic belongs here."""
         raise ValueError(f"the {self.name} domain does not support completion or editing of an input")
 
+    def restoration_input(self, path: str | Path, data_info: dict[str, Any]) -> dict[str, Any]:
+        """Read a degraded input (a low-resolution image, a low-rate clip) into the network
+        condition of a restoration model, ``{name: value}`` for ``ConditionKind.parse``
+        (e.g. ``{"lowres": tensor}``). Raise ``ValueError`` / :class:`DataError` for bad input."""
+        raise ValueError(f"the {self.name} domain has no restoration (super-resolution) input")
+
     def check_structure(self, value: Any, data_info: dict[str, Any], batch_size: int | None = None) -> None:
         """Validate a requested sampling structure (e.g. per-sample atom counts) before sampling:
         raise ``ValueError`` with one clear line if it is impossible or would not fit in memory

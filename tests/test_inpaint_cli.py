@@ -112,6 +112,7 @@ def test_image_errors_are_one_line_and_write_nothing(runs, tmp_path):
     _fails([*base, "-i", src, "--rect", "0,0,5,5", "--resample", "0"], "--resample", out)
     _fails([*base, "-i", src, "--span", "0.1:0.2"], "span", out)
     _fails(["edit", "-c", run, "-i", src, "--strength", "1.5", "--out", str(out)], "strength", out)
+    _fails(["upscale", "-c", run, "-i", src, "--out", str(out)], "super-resolution", out)
     _fails(["edit", "-c", run, "-i", src, "--strength", "0.5", "--invert", "--sampler", "ddpm", "--out", str(out)],
            "ddim", out)
 
@@ -181,3 +182,37 @@ def test_molecule_completion_keeps_the_fragment(runs, tmp_path):
     _fails(["inpaint", "-c", run, "-i", str(tmp_path / "frag.xyz"), "--out", str(never)], "nothing to generate", never)
     _fails(["inpaint", "-c", run, "-i", str(tmp_path / "frag.xyz"), "--num-atoms", "500", "--out", str(never)],
            "at most", never)
+
+
+def test_image_super_resolution_sr3(tmp_path):
+    """`train --condition lowres` builds a U-Net with the upsampled 7x7 input (+ flag) concatenated;
+    `upscale` takes a 7x7 PNG; a wrong size or an unconditional model is one error line."""
+    from diffuse.core.condition import ConcatKind, Condition
+    import diffuse.api as api
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"model": MODELS["image"]}))
+    run = tmp_path / "sr"
+    _ok(["train", "--domain", "image", "--condition", "lowres", "--config", str(cfg), "--steps", "2",
+         "--batch-size", "4", "--eval-samples", "0", "--no-progress", "--device", "cpu", "--out", str(run)])
+    model = api.load(run, device="cpu")
+    assert model.data_info["lowres"] == 4
+    assert isinstance(model.condition_kinds()["lowres"], ConcatKind)
+    assert model.denoiser.backbone.conv_in.in_channels == 3
+    # the condition reaches the network: a different low-res input changes the output; the
+    # null condition (flag 0) differs from a given all-black input (flag 1)
+    torch.nn.init.normal_(model.denoiser.backbone.conv_out.weight, std=0.1)
+    kind = model.condition_kinds()["lowres"]
+    x = torch.randn(2, 1, 28, 28)
+    t = torch.full((2,), 0.5, dtype=torch.float64)
+    from diffuse.core.space import DenseSpace
+    outs = [model.denoiser(x, t, cond=Condition({"lowres": v}, {"lowres": kind}), space=DenseSpace()).x0
+            for v in (kind.null(2), kind.parse(torch.full((1, 28, 28), -1.0), 2), kind.parse(torch.zeros(1, 28, 28), 2))]
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
+    Image.fromarray((np.random.default_rng(1).random((7, 7)) * 255).astype(np.uint8), "L").save(tmp_path / "small.png")
+    out = tmp_path / "up"
+    _ok(["upscale", "-c", str(run), "-i", str(tmp_path / "small.png"), "--num", "2", "--steps", "3", "--out", str(out)])
+    assert np.asarray(Image.open(out / "sample_0000.png")).shape == (28, 28)
+    never = tmp_path / "never"
+    _digit(tmp_path / "big.png")
+    _fails(["upscale", "-c", str(run), "-i", str(tmp_path / "big.png"), "--out", str(never)], "7x7", never)

@@ -25,9 +25,10 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ...core.datafiles import log_skipped, scan_folder
-from ...core.condition import Condition, LabelKind
+from ...core.condition import Condition, ConcatKind, LabelKind
 from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
+from .inpaint import check_lowres, lowres_pair
 
 __all__ = ["ImageDataset", "load_images", "read_folder", "read_idx", "load_idx_dataset", "load_bundled",
            "write_idx", "BUNDLED_PATH", "BUNDLED_SOURCE", "IMAGE_SUFFIXES"]
@@ -51,7 +52,7 @@ class ImageDataset(DomainDataset):
 
     def __init__(self, images: Tensor, labels: Tensor | None = None, class_names: Sequence[str] | None = None,
                  source: str = "", flip: bool = False, conditional: bool = False,
-                 feature_net: str | None = None) -> None:
+                 feature_net: str | None = None, lowres: int | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if conditional and labels is None:
@@ -61,6 +62,7 @@ class ImageDataset(DomainDataset):
         self.class_names = list(class_names) if class_names is not None else (
             [str(i) for i in range(int(self.labels.max()) + 1)] if self.labels is not None and len(self.labels) else None)
         self.source, self.flip, self.conditional, self.feature_net = source, bool(flip), bool(conditional), feature_net
+        self.lowres = check_lowres(lowres, images.shape[2], images.shape[3], source)  # inpaint helper: SR3
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -73,7 +75,8 @@ class ImageDataset(DomainDataset):
         _, c, h, w = self.images.shape
         return {"channels": int(c), "height": int(h), "width": int(w), "num_images": len(self),
                 "num_classes": self.num_classes, "class_names": self.class_names,
-                "conditional": self.conditional, "source": self.source, "feature_net": self.feature_net}
+                "conditional": self.conditional, "source": self.source, "feature_net": self.feature_net,
+                **({"lowres": self.lowres} if self.lowres else {})}
 
     def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
@@ -81,8 +84,13 @@ class ImageDataset(DomainDataset):
         if self.flip and len(idx):
             mask = torch.rand(len(idx), generator=generator) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-        cond = (Condition({"label": self.labels[idx]}, {"label": LabelKind(self.num_classes, self.class_names)})
-                if self.conditional else None)
+        values, kinds = {}, {}
+        if self.conditional:
+            values["label"], kinds["label"] = self.labels[idx], LabelKind(self.num_classes, self.class_names)
+        if self.lowres:       # SR3: the low-resolution image, upsampled back (inpaint helper)
+            kinds["lowres"] = ConcatKind(x.shape[1], list(x.shape[2:]))
+            values["lowres"] = kinds["lowres"].with_flag(lowres_pair(x, self.lowres)[1])
+        cond = Condition(values, kinds) if values else None
         extras = {} if self.labels is None else {"labels": self.labels[idx]}
         return Batch(x, DenseSpace(), cond, extras)
 
@@ -93,7 +101,7 @@ class ImageDataset(DomainDataset):
     def subset(self, indices: Tensor) -> "ImageDataset":
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.images[idx], None if self.labels is None else self.labels[idx], self.class_names,
-                            self.source, self.flip, self.conditional, self.feature_net)
+                            self.source, self.flip, self.conditional, self.feature_net, self.lowres)
 
 
 # ------------------------------------------------------------------------------ resizing
@@ -344,7 +352,7 @@ def load_images(path: str | Path | None, options: dict[str, Any]) -> ImageDatase
         elif _image_files(p):
             images, labels, names = read_folder(p, hw, channels, opts.get("labels", "auto"), max_images)
             return ImageDataset(images, labels, names, source, opts.get("flip", False),
-                                opts.get("conditional", False), opts.get("feature_net"))
+                                opts.get("conditional", False), opts.get("feature_net"), opts.get("lowres"))
         else:
             idx = sorted(f for f in p.rglob("*") if f.is_file() and _is_idx_name(f) and "label" not in f.name.lower())
             if not idx:
@@ -363,4 +371,4 @@ def load_images(path: str | Path | None, options: dict[str, Any]) -> ImageDatase
     if labels is not None and labels.min() < 0:
         raise DataError(f"{source}: class labels must be non-negative integers")
     return ImageDataset(_to_tensor(arr), labels, names, source, opts.get("flip", False),
-                        opts.get("conditional", False), opts.get("feature_net"))
+                        opts.get("conditional", False), opts.get("feature_net"), opts.get("lowres"))

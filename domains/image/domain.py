@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
-from ...core.condition import Condition, ConditionKind, LabelKind
+from ...core.condition import ConcatKind, Condition, ConditionKind, LabelKind
 from ...core.domain import Batch, DataError, Domain, DomainDataset
 from ...core.space import DenseSpace
 from .data import BUNDLED_SOURCE, ImageDataset, load_images
@@ -45,7 +45,8 @@ __all__ = ["ImageDomain"]
 log = logging.getLogger(__name__)
 
 _DATA_DEFAULTS: dict[str, Any] = {"image_size": None, "channels": None, "flip": False, "conditional": False,
-                                  "labels": "auto", "labels_file": None, "max_images": None, "feature_net": "auto"}
+                                  "labels": "auto", "labels_file": None, "max_images": None, "feature_net": "auto",
+                                  "lowres": None}
 _UNET_OPTIONS = set(inspect.signature(UNet.__init__).parameters) - {"self"}
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -111,6 +112,8 @@ class ImageDomain(Domain):
         kwargs.setdefault("in_channels", int(data_info.get("channels", 1)))
         if data_info.get("conditional"):
             kwargs["num_classes"] = int(data_info["num_classes"])
+        if data_info.get("lowres"):       # SR3: upsampled low-res image + flag, concatenated
+            kwargs["in_cond_channels"] = int(data_info.get("channels", 1)) + 1
         kwargs.setdefault("image_size", [int(data_info.get("height", 28)), int(data_info.get("width", 28))])
         return UNet(**kwargs)
 
@@ -122,19 +125,27 @@ class ImageDomain(Domain):
 
     # ------------------------------------------------------------------ conditions
     def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
-        """``{"label": LabelKind}`` for a model trained with labels, else ``{}``."""
+        """``{"label": LabelKind}`` for a model trained with labels, ``{"lowres": ConcatKind}`` for
+        a super-resolution model (both possible), else ``{}``."""
+        kinds: dict[str, ConditionKind] = {}
+        if data_info.get("lowres"):
+            kinds["lowres"] = ConcatKind(int(data_info.get("channels", 1)),
+                                         [int(data_info.get("height", 28)), int(data_info.get("width", 28))])
         if not (data_info.get("conditional") and data_info.get("num_classes")):
-            return super().condition_kinds(data_info)
+            return kinds or super().condition_kinds(data_info)
         names = data_info.get("class_names")
         aliases = ({w: i for i, w in enumerate(_DIGIT_WORDS)}
                    if names is not None and list(names) == [str(i) for i in range(10)] else None)
-        return {"label": LabelKind(int(data_info["num_classes"]), names, aliases)}
+        return {"label": LabelKind(int(data_info["num_classes"]), names, aliases), **kinds}
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
-        unknown = sorted(set(names) - {"label"})
+        unknown = sorted(set(names) - {"label", "lowres"})
         if unknown:
-            raise ValueError(f"the image domain cannot condition on {', '.join(unknown)}; it supports: label")
-        return {"conditional": True} if names else {}
+            raise ValueError(f"the image domain cannot condition on {', '.join(unknown)}; it supports: label, lowres")
+        out: dict[str, Any] = {"conditional": True} if "label" in names else {}
+        if "lowres" in names:          # SR3 at 4x (7x7 -> 28x28 digits); data_options.lowres sets another factor
+            out["lowres"] = 4
+        return out
 
     # ------------------------------------------------------------------ results
     def feature_network(self, reference: DomainDataset, data_info: dict[str, Any]) -> tuple[Any, Tensor]:
@@ -183,3 +194,8 @@ class ImageDomain(Domain):
         """An image file and its mask (``mask`` PNG, white = generate, or ``rect``); see ``inpaint``."""
         from .inpaint import image_completion_input
         return image_completion_input(path, options, data_info)
+
+    def restoration_input(self, path, data_info):
+        """SR3: a low-resolution image file -> ``{"lowres": upsampled [C, H, W]}``; see ``inpaint``."""
+        from .inpaint import lowres_condition
+        return lowres_condition(path, data_info)

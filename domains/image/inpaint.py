@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from ...core.domain import Batch, DataError
 from ...core.space import DenseSpace
 
-__all__ = ["read_image", "image_completion_input", "parse_rect"]
+__all__ = ["read_image", "image_completion_input", "parse_rect", "lowres_pair", "check_lowres", "lowres_condition"]
 
 
 def read_image(path: str | Path, channels: int, what: str = "input image") -> np.ndarray:
@@ -80,3 +81,42 @@ def image_completion_input(path: str | Path, options: dict[str, Any], data_info:
         x0, y0, x1, y1 = parse_rect(options["rect"], h, w)
         known[..., y0:y1, x0:x1] = False
     return Batch(x, DenseSpace()), known
+
+
+# ------------------------------------------------------------------ super-resolution (SR3)
+def check_lowres(factor: Any, height: int, width: int, source: str = "") -> int | None:
+    """The SR factor (``None``: off); the image size must be a multiple of it."""
+    if factor is None or factor is False:
+        return None
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise DataError(f"lowres must be a whole factor >= 2 (e.g. 4: 7x7 -> 28x28), got {factor!r}")
+    if height % factor or width % factor:
+        raise DataError(f"{source or 'images'}: {width}x{height} is not a multiple of the lowres factor {factor}")
+    return int(factor)
+
+
+def upsample(small: Tensor, height: int, width: int) -> Tensor:
+    """Bicubic upsampling ``[B, C, h, w] -> [B, C, height, width]`` in [-1, 1] (SR3's input and
+    the bicubic baseline)."""
+    return F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+
+
+def lowres_pair(x: Tensor, factor: int) -> tuple[Tensor, Tensor]:
+    """``(low-resolution image, its bicubic upsampling)`` of ``x [B, C, H, W]``: area
+    averaging over ``factor x factor`` blocks, then bicubic back to ``H x W``."""
+    small = F.avg_pool2d(x, factor)
+    return small, upsample(small, x.shape[2], x.shape[3])
+
+
+def lowres_condition(path: str | Path, data_info: dict[str, Any]) -> dict[str, Tensor]:
+    """``{"lowres": [C, H, W]}`` from a low-resolution image file of the model's low size."""
+    factor = data_info.get("lowres")
+    if not factor:
+        raise ValueError("this model was not trained for super-resolution; train with --condition lowres")
+    c, h, w = int(data_info.get("channels", 1)), int(data_info.get("height", 28)), int(data_info.get("width", 28))
+    arr = read_image(path, c)
+    if arr.shape[:2] != (h // factor, w // factor):
+        raise DataError(f"input image {path} is {arr.shape[1]}x{arr.shape[0]}; this model upscales "
+                        f"{w // factor}x{h // factor} images to {w}x{h}")
+    small = torch.from_numpy(np.array(arr.transpose(2, 0, 1))).float().div(127.5).sub(1.0)[None]
+    return {"lowres": upsample(small, h, w)[0]}
