@@ -216,3 +216,32 @@ def test_image_super_resolution_sr3(tmp_path):
     never = tmp_path / "never"
     _digit(tmp_path / "big.png")
     _fails(["upscale", "-c", str(run), "-i", str(tmp_path / "big.png"), "--out", str(never)], "7x7", never)
+
+
+def test_audio_bandwidth_extension(tmp_path):
+    """`train --domain audio --condition lowrate`: the 4 kHz version of each clip (resampled back
+    to 16 kHz, + flag) is concatenated to the 1-D U-Net input; `upscale` takes a clip."""
+    import diffuse.api as api
+    from diffuse.domains.audio.inpaint import band_limit
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"model": MODELS["audio"]}))
+    run = tmp_path / "bwe"
+    _ok(["train", "--domain", "audio", "--condition", "lowrate", "--config", str(cfg), "--steps", "2",
+         "--batch-size", "4", "--eval-samples", "0", "--no-progress", "--device", "cpu", "--out", str(run)])
+    model = api.load(run, device="cpu")
+    assert model.data_info["lowrate"] == 4000 and model.denoiser.backbone.stem.in_channels == 3
+    # band limiting removes what lies above 2 kHz and keeps what lies below
+    t = torch.arange(16000) / 16000
+    low, high = torch.sin(2 * torch.pi * 500 * t)[None], torch.sin(2 * torch.pi * 5000 * t)[None]
+    assert float((band_limit(low, 16000, 4000) - low)[..., 500:-500].abs().max()) < 0.02
+    assert float(band_limit(high, 16000, 4000)[..., 500:-500].abs().max()) < 0.02
+    _clip(tmp_path / "clip.wav")
+    out = tmp_path / "up"
+    _ok(["upscale", "-c", str(run), "-i", str(tmp_path / "clip.wav"), "--num", "2", "--steps", "3", "--out", str(out)])
+    got, rate = sf.read(str(out / "sample_000.wav"))
+    assert rate == 16000 and len(got) == 8000
+    never = tmp_path / "never"
+    _clip(tmp_path / "long.wav", seconds=1.0)
+    _fails(["upscale", "-c", str(run), "-i", str(tmp_path / "long.wav"), "--out", str(never)], "longer", never)
+    _fails(["train", "--domain", "audio", "--condition", "pitch", "--out", str(never)], "lowrate", never)

@@ -57,6 +57,7 @@ DATA_OPTIONS: dict[str, Any] = {
     "short": "pad",
     "labels": False,
     "skip_bad": False,
+    "lowrate": None,   # bandwidth extension: condition on the clip resampled to this rate (Hz) and back
 }
 
 

@@ -104,13 +104,19 @@ class AudioDomain(Domain):
     # ---------------------------------------------------------------- data and model
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:
         opts = resolve_options(options)
-        return load_bundled(opts) if path is None else load_audio_folder(path, opts)
+        ds = load_bundled(opts) if path is None else load_audio_folder(path, opts)
+        if opts.get("lowrate"):        # bandwidth extension (inpaint helper)
+            from .inpaint import LowRateDataset
+            ds = LowRateDataset(ds, opts["lowrate"])
+        return ds
 
     def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
         kwargs = resolve_model(model)
         classes = data_info.get("classes")
         if classes and "num_classes" not in (model or {}):
             kwargs["num_classes"] = len(classes)
+        if data_info.get("lowrate"):   # bandwidth extension: low-rate clip + flag, concatenated
+            kwargs["in_cond_channels"] = int(data_info.get("channels", 1)) + 1
         return UNet1D(in_channels=int(data_info.get("channels", 1)), **kwargs)
 
     def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
@@ -166,3 +172,22 @@ class AudioDomain(Domain):
         """A clip and its mask (``span`` gaps, ``continue`` past the end); see ``inpaint``."""
         from .inpaint import audio_completion_input
         return audio_completion_input(path, options, data_info)
+
+    def condition_kinds(self, data_info):
+        """``{"lowrate": ConcatKind}`` for a bandwidth-extension model, else the recorded kinds."""
+        if data_info.get("lowrate"):
+            from ...core.condition import ConcatKind
+            return {"lowrate": ConcatKind(int(data_info.get("channels", 1)), [int(data_info["length"])])}
+        return super().condition_kinds(data_info)
+
+    def condition_data_options(self, names):
+        """``--condition lowrate``: bandwidth extension from 4 kHz (data_options.lowrate sets another rate)."""
+        unknown = sorted(set(names) - {"lowrate"})
+        if unknown:
+            raise ValueError(f"the audio domain cannot condition on {', '.join(unknown)}; it supports: lowrate")
+        return {"lowrate": 4000} if names else {}
+
+    def restoration_input(self, path, data_info):
+        """Bandwidth extension: a clip -> ``{"lowrate": band-limited [C, L]}``; see ``inpaint``."""
+        from .inpaint import lowrate_condition
+        return lowrate_condition(path, data_info)

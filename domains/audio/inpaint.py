@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...core.domain import Batch, DataError
+from ...core.condition import ConcatKind, Condition
+from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
 from .io import normalise, read_audio, resample, to_channels
 
-__all__ = ["audio_completion_input", "parse_spans"]
+__all__ = ["audio_completion_input", "parse_spans", "band_limit", "LowRateDataset", "lowrate_condition"]
 
 
 def _seconds(value: Any, what: str) -> float:
@@ -85,3 +86,66 @@ def audio_completion_input(path: str | Path, options: dict[str, Any], data_info:
         known[..., keep:] = False
     clip = torch.nn.functional.pad(x, (0, length - n))[None].float()
     return Batch(clip, DenseSpace(), None, {"keep_length": keep}), known
+
+
+# ------------------------------------------------------------------ bandwidth extension
+def band_limit(x: Tensor, rate: int, low_rate: int) -> Tensor:
+    """``x`` (at ``rate``) resampled to ``low_rate`` and back: what a low-rate recording keeps,
+    at the model's rate (band-limited sinc resampling both ways; also the baseline)."""
+    low = resample(x, rate, low_rate)
+    out = resample(low, low_rate, rate)
+    n = x.shape[-1]
+    return torch.nn.functional.pad(out, (0, max(0, n - out.shape[-1])))[..., :n]
+
+
+def check_lowrate(low_rate: Any, rate: int) -> int:
+    if isinstance(low_rate, bool) or not isinstance(low_rate, int) or not 0 < low_rate < rate:
+        raise ValueError(f"lowrate must be a whole number of Hz below the sample rate ({rate}), got {low_rate!r}")
+    return low_rate
+
+
+class LowRateDataset(DomainDataset):
+    """Wraps an audio dataset: every batch carries ``cond["lowrate"]``, its clips band-limited to
+    ``low_rate`` (a :class:`ConcatKind`, concatenated to the U-Net input). Class labels are not
+    fed to such a model."""
+
+    def __init__(self, base: DomainDataset, low_rate: int) -> None:
+        self.base = base
+        info = base.info()
+        self.rate = int(info["sample_rate"])
+        self.low_rate = check_lowrate(low_rate, self.rate)
+        self.kind = ConcatKind(int(info["channels"]), [int(info["length"])])
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def info(self):
+        return {**self.base.info(), "lowrate": self.low_rate}
+
+    def batch(self, indices, generator=None):
+        b = self.base.batch(indices, generator)
+        cond = Condition({"lowrate": self.kind.with_flag(band_limit(b.x, self.rate, self.low_rate))},
+                         {"lowrate": self.kind})
+        return Batch(b.x, b.space, cond, b.extras)
+
+    def __getattr__(self, name: str):
+        if name in ("base",):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+def lowrate_condition(path: str | Path, data_info: dict[str, Any]) -> dict[str, Tensor]:
+    """``{"lowrate": [C, L]}`` from a clip of any rate: band-limited to the model's ``lowrate``,
+    at the model's rate, padded to its clip length (a longer clip is an error)."""
+    low = data_info.get("lowrate")
+    if not low:
+        raise ValueError("this model was not trained for bandwidth extension; train with --condition lowrate")
+    rate, length = int(data_info["sample_rate"]), int(data_info["length"])
+    x, file_rate = read_audio(path)
+    x = to_channels(x, int(data_info.get("channels", 1)), str(path))
+    x = normalise(resample(x, file_rate, rate), str(data_info.get("normalise", "peak")), str(path))
+    if x.shape[-1] > length:
+        raise DataError(f"the clip {path} ({x.shape[-1] / rate:.3f} s) is longer than this model's clips "
+                        f"({length / rate:.3f} s)")
+    x = band_limit(x, rate, int(low))
+    return {"lowrate": torch.nn.functional.pad(x, (0, length - x.shape[-1]))}
