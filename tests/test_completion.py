@@ -249,3 +249,25 @@ def test_sdedit_strength_moves_monotonically_and_inversion_reconstructs():
         sdedit("ddim", den, x0, grid, strength=1.5, schedule=SCHED, space=SPACE)
     with pytest.raises(ValueError, match="ddim"):
         sdedit("ddpm", den, x0, grid, strength=0.5, schedule=SCHED, space=SPACE, invert=True)
+
+
+# ---------------------------------------------------------------------------- the concatenated condition kind
+def test_concat_kind_null_flag_spec_and_dropout():
+    from diffuse.core.condition import ConcatKind, Condition, concat_inputs, kind_from_spec
+
+    kind = ConcatKind(1, [4, 4])
+    assert isinstance(kind_from_spec(kind.spec()), ConcatKind) and kind_from_spec(kind.spec()).shape == [4, 4]
+    black = kind.parse(torch.full((1, 4, 4), -1.0), 3)
+    assert black.shape == (3, 2, 4, 4) and bool((black[:, 1] == 1).all())
+    null = kind.null(3)
+    assert kind.is_null(null).all() and not kind.is_null(black).any()
+    zero_given = kind.parse(torch.zeros(1, 4, 4), 3)
+    assert not kind.is_null(zero_given).any()            # a given black/zero input is not "no input"
+    cond = Condition({"lowres": black}, {"lowres": kind})
+    dropped = cond.drop(torch.tensor([True, False, True]))
+    assert kind.is_null(dropped["lowres"]).tolist() == [True, False, True]
+    assert torch.equal(concat_inputs(cond), black) and concat_inputs(None) is None
+    with pytest.raises(ValueError, match="shape"):
+        kind.parse(torch.zeros(2, 4, 4), 3)
+    with pytest.raises(ValueError, match="NaN"):
+        kind.parse(torch.full((1, 4, 4), float("nan")), 3)
