@@ -308,7 +308,8 @@ def domains() -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 # --- conditional generation (cond helper) ---
 @click.option("--condition", "conditions", multiple=True, metavar="NAME",
-              help="Train a conditional model on this condition of the data, repeatable (image: label).")
+              help="Train a conditional model on this condition of the data, repeatable "
+                   "(image: label, lowres; audio: lowrate).")
 @click.option("--cond-drop", default=None, metavar="P",
               help="Condition dropout probability (default 0.1): the share of samples trained unconditionally.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,

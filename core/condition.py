@@ -37,8 +37,8 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ConditionKind", "LabelKind", "VectorKind", "TokensKind", "ConcatKind", "concat_inputs", "Condition", "parse_condition",
-           "kind_from_spec", "kinds_from_spec", "register_kind", "CONDITION_KINDS"]
+__all__ = ["ConditionKind", "LabelKind", "VectorKind", "TokensKind", "ConcatKind", "concat_inputs", "Condition",
+           "parse_condition", "kind_from_spec", "kinds_from_spec", "register_kind", "CONDITION_KINDS"]
 
 
 class ConditionKind(ABC):

@@ -73,7 +73,9 @@ def audio_completion_input(path: str | Path, options: dict[str, Any], data_info:
     x = normalise(x, str(data_info.get("normalise", "peak")), str(path))
     n = x.shape[-1]
     if n + extra > length:
-        what = f"the clip ({n / rate:.3f} s) plus --continue ({extra / rate:.3f} s)" if extra else f"the clip ({n / rate:.3f} s)"
+        what = f"the clip ({n / rate:.3f} s)"
+        if extra:
+            what += f" plus --continue ({extra / rate:.3f} s)"
         raise DataError(f"{what} is longer than this model's clips ({length / rate:.3f} s); use a shorter input")
     known = torch.ones(1, 1, length, dtype=torch.bool)
     for a, b in spans:

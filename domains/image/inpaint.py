@@ -40,7 +40,8 @@ def read_image(path: str | Path, channels: int, what: str = "input image") -> np
             img = img.convert("L" if channels == 1 else "RGB")
             arr = np.asarray(img)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{what} {p}: cannot read it as an image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{what} {p}: cannot read it as an image ({why})") from None
     return arr[..., None] if arr.ndim == 2 else arr
 
 
