@@ -335,7 +335,8 @@ def domains() -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 # --- conditional generation (cond helper) ---
 @click.option("--condition", "conditions", multiple=True, metavar="NAME",
-              help="Train a conditional model on this condition of the data, repeatable (image, audio: label, text).")
+              help="Train a conditional model on this condition of the data, repeatable "
+                   "(image: label, text, lowres; audio: label, text, lowrate; molecules: property:NAME).")
 @click.option("--cond-drop", default=None, metavar="P",
               help="Condition dropout probability (default 0.1): the share of samples trained unconditionally.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
@@ -575,6 +576,160 @@ def train_classifier(domain, data, config_file, target, steps, batch_size, lr, d
                f"final loss {result['final_loss']:.4f}; run folder {result['run_dir']}")
     _print_table(f"held-out ({result['metrics'].get('held_out_items', 0)} items; level = sigma/alpha):",
                  result["metrics"])
+
+
+# --- completion and editing (inpaint helper) ---
+def _sampling_options(f):
+    """The options inpaint / edit share with sample."""
+    opts = [
+        click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`."),
+        click.option("--input", "-i", "input_path", type=PATH, required=True,
+                     help="The file to complete / edit: an image (PNG / JPEG), a clip (WAV / FLAC / OGG) or a "
+                          "fragment (SDF / XYZ), in the model's domain."),
+        click.option("--num", "-n", type=int, default=4, show_default=True, callback=_positive,
+                     help="Number of results (each from its own seed)."),
+        click.option("--steps", type=int, default=None, callback=_positive,
+                     help="Sampler steps (default: T for ddpm, 50 otherwise)."),
+        click.option("--spacing", type=click.Choice(SPACINGS), default=None, help="Time-grid spacing."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True),
+        click.option("--domain", default=None, help="Expected domain; an error if the checkpoint is of another."),
+        click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+                     help="Sampler option, repeatable (e.g. -o eta=0.5)."),
+        click.option("--label", "labels", multiple=True, metavar="LABEL", help="Class label(s) (conditional models)."),
+        click.option("--guidance-scale", default=None, metavar="S", help="Classifier-free guidance scale."),
+        click.option("--out", type=PATH, default=None,
+                     help="Output folder, new or empty (default CHECKPOINT/samples/<command>, -2, -3, ...)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _prepare_run(checkpoint, device, domain, out, name):
+    _check_device(device)
+    if out is not None:
+        _check_out_dir(out)
+    model = _run(api.load, checkpoint, device=device, domain=domain)
+    if out is None:
+        out = api.fresh_sample_dir(Path(checkpoint) / "samples" / name)
+        _check_out_dir(out)
+    return model, out
+
+
+def _finish(model, samples, out, extra: dict[str, Any]) -> None:
+    report = model.describe(samples) or {}
+    paths = _run(model.write, samples, out)
+    summary = {**extra, **report}
+    _run(api.write_text, Path(out) / "summary.json", json.dumps(summary, indent=2))
+    click.echo(f"wrote {len(paths) + 1} files to {out}")
+    _print_table(f"{model.domain.name} results ({len(samples)}):", summary)
+
+
+@main.command()
+@_sampling_options
+@click.option("--mask", type=PATH, default=None, help="Image: a mask PNG of the image's size, white = generate.")
+@click.option("--rect", default=None, metavar="X0,Y0,X1,Y1", help="Image: the box [x0, x1) x [y0, y1) to generate.")
+@click.option("--span", "spans", multiple=True, metavar="START:END",
+              help="Audio: a gap to fill, in seconds (repeatable), e.g. 0.2:0.3.")
+@click.option("--continue", "cont", default=None, metavar="SECONDS",
+              help="Audio: generate this many seconds past the clip's end (outpainting).")
+@click.option("--num-atoms", type=int, default=None, callback=_positive,
+              help="Molecules: atoms of the completed molecule (the fragment's atoms stay fixed).")
+@click.option("--sampler", default="ddpm", show_default=True, help="Sampler: " + ", ".join(_sampler_names()) + ".")
+@click.option("--jump-length", type=int, default=10, show_default=True, callback=_positive,
+              help="RePaint: steps per resampling block.")
+@click.option("--resample", type=int, default=1, show_default=True, callback=_positive,
+              help="RePaint: times each block is run (1: plain replacement, no resampling).")
+def inpaint(checkpoint, input_path, num, steps, spacing, seed, device, domain, options, labels, guidance_scale, out,
+            mask, rect, spans, cont, num_atoms, sampler, jump_length, resample) -> None:
+    """Complete an input: regenerate an image region, fill audio gaps / continue a clip, or grow a
+    molecule from a fixed fragment. The known part is kept exactly."""
+    from tqdm.auto import tqdm
+    from ..core.completion import completion_steps
+    from ..core.generate import check_generate_args, default_steps
+
+    opts = _parse_options(sampler, options)
+    cond = _parse_labels(labels)
+    model, out = _prepare_run(checkpoint, device, domain, out, "inpaint")
+    given = {"mask": mask, "rect": rect, "span": list(spans) or None, "continue": cont, "num_atoms": num_atoms}
+    prepared = _run(model.completion_input, input_path, given)
+    if bool(prepared[1].all()):
+        raise UserError("nothing to generate: give --mask / --rect (image), --span / --continue (audio) or "
+                        "--num-atoms above the fragment's size (molecules)")
+    _run(model.prepare_condition, num, cond, guidance_scale)
+    _run(check_generate_args, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=num,
+         options=opts)
+    n_steps = completion_steps(steps or default_steps(sampler, model.diffusion.schedule), jump_length, resample)
+    with tqdm(total=num * n_steps, desc=f"inpaint ({sampler}, {n_steps} steps)", unit="step·sample",
+              dynamic_ncols=True, disable=None) as bar:
+        samples = _run(model.complete, prepared, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
+                       jump_length=jump_length, resample=resample, cond=cond, guidance_scale=guidance_scale,
+                       progress=bar.update, **opts)
+    opts.pop("stats", None)
+    _finish(model, samples, out, {"known_max_abs_error": model.known_error(samples, prepared),
+                                  "generated_share": float(1 - prepared[1].float().mean())})
+
+
+@main.command()
+@_sampling_options
+@click.option("--strength", type=float, required=True,
+              help="How far to noise the input, in [0, 1]: 0 returns it, 1 ignores it (plain sampling).")
+@click.option("--invert", is_flag=True, help="Deterministic: DDIM inversion to the strength, then DDIM (needs ddim).")
+@click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(_sampler_names()) + ".")
+def edit(checkpoint, input_path, num, steps, spacing, seed, device, domain, options, labels, guidance_scale, out,
+         strength, invert, sampler) -> None:
+    """SDEdit an input: noise it to --strength and denoise (Meng et al. 2022)."""
+    from tqdm.auto import tqdm
+    from ..core.completion import check_strength
+    from ..core.generate import check_generate_args, default_steps
+
+    opts = _parse_options(sampler, options)
+    _run(check_strength, strength)
+    if invert and sampler != "ddim":
+        raise UserError("--invert decodes with the ddim sampler; use --sampler ddim")
+    cond = _parse_labels(labels)
+    model, out = _prepare_run(checkpoint, device, domain, out, "edit")
+    prepared = _run(model.completion_input, input_path, {})
+    _run(model.prepare_condition, num, cond, guidance_scale)
+    _run(check_generate_args, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=num,
+         options=opts)
+    n_steps = int(round(strength * (steps or default_steps(sampler, model.diffusion.schedule))))
+    with tqdm(total=num * n_steps, desc=f"edit ({sampler}, {n_steps} steps)", unit="step·sample",
+              dynamic_ncols=True, disable=None) as bar:
+        samples = _run(model.edit, prepared, strength, num, invert=invert, sampler=sampler, steps=steps,
+                       spacing=spacing, seed=seed, cond=cond, guidance_scale=guidance_scale,
+                       progress=bar.update, **opts)
+    opts.pop("stats", None)
+    _finish(model, samples, out, {"strength": float(strength), "steps_run": n_steps})
+
+
+
+@main.command()
+@_sampling_options
+@click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(_sampler_names()) + ".")
+@click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
+def upscale(checkpoint, input_path, num, steps, spacing, seed, device, domain, options, labels, guidance_scale, out,
+            sampler, batch_size) -> None:
+    """Super-resolution with a model trained with --condition lowres (SR3): the low-resolution
+    input, upsampled, is concatenated to the network input."""
+    from tqdm.auto import tqdm
+    from ..core.generate import check_generate_args, default_steps
+
+    opts = _parse_options(sampler, options)
+    model, out = _prepare_run(checkpoint, device, domain, out, "upscale")
+    cond = _run(model.restoration_input, input_path)
+    cond.update(_parse_labels(labels) or {})
+    _run(model.prepare_condition, num, cond, guidance_scale)
+    _run(check_generate_args, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
+         options=opts)
+    n_steps = steps or default_steps(sampler, model.diffusion.schedule)
+    with tqdm(total=num * n_steps, desc=f"upscale ({sampler}, {n_steps} steps)", unit="step·sample",
+              dynamic_ncols=True, disable=None) as bar:
+        samples = _run(model.upscale, cond, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
+                       batch_size=batch_size, guidance_scale=guidance_scale, progress=bar.update, **opts)
+    opts.pop("stats", None)
+    _finish(model, samples, out, {})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,9 @@ Two pieces:
   which it is rebuilt (:func:`kind_from_spec`), so a checkpoint records what it was trained on.
   Built in: :class:`LabelKind` (class indices; null = index ``num_classes``),
   :class:`VectorKind` (normalised real properties with a presence mask; null = all absent) and
-  :class:`TokensKind` (token ids; null = the empty prompt, all padding).
+  :class:`TokensKind` (token ids; null = the empty prompt, all padding) and :class:`ConcatKind`
+  (a tensor shaped like the sample, concatenated to the backbone input: SR3's low-resolution
+  image, a low-rate clip; null = zeros with a presence flag of 0).
 * :class:`Condition`: the values of one batch, ``{name: tensor [B, ...]}``, with their kinds.
   It moves (``to``), nulls (``null``), drops per sample (``drop``), joins (``concat``) and
   selects (``select``) like a batch does, so core can batch a conditional and an
@@ -35,8 +37,8 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ConditionKind", "LabelKind", "VectorKind", "TokensKind", "Condition", "parse_condition",
-           "kind_from_spec", "kinds_from_spec", "register_kind", "CONDITION_KINDS"]
+__all__ = ["ConditionKind", "LabelKind", "VectorKind", "TokensKind", "ConcatKind", "concat_inputs", "Condition",
+           "parse_condition", "kind_from_spec", "kinds_from_spec", "register_kind", "CONDITION_KINDS"]
 
 
 class ConditionKind(ABC):
@@ -263,6 +265,60 @@ class TokensKind(ConditionKind):
 
     def spec(self):
         return {"type": self.type, "vocab_size": self.vocab_size, "max_len": self.max_len, "pad_id": self.pad_id}
+
+
+@register_kind
+class ConcatKind(ConditionKind):
+    """A tensor shaped like the sample (a low-resolution image upsampled to the output size, a
+    low-rate clip resampled to the output rate), concatenated to the backbone's input channels
+    (SR3, Saharia et al. 2022). Values are ``float [n, channels + 1, *shape]``: the ``channels``
+    of the input followed by a presence flag channel (1 given, 0 null); the null value is all
+    zeros, flag included, so "no input" differs from a black image or a silent clip and
+    condition dropout / classifier-free guidance work as for any kind. A backbone built with
+    ``in_cond_channels = channels + 1`` concatenates the value to ``x``.
+
+    ``parse`` takes a tensor in model space, ``[channels, *shape]`` (the same for every sample)
+    or ``[n, channels, *shape]``; reading files into such a tensor is the domain's business."""
+
+    type = "concat"
+
+    def __init__(self, channels: int, shape: Sequence[int]) -> None:
+        self.channels, self.shape = int(channels), [int(v) for v in shape]
+        if self.channels < 1 or not self.shape or min(self.shape) < 1:
+            raise ValueError("a concat condition needs channels >= 1 and a non-empty positive shape")
+
+    def null(self, n, device=None):
+        return torch.zeros(n, self.channels + 1, *self.shape, device=device)
+
+    def with_flag(self, values: Tensor) -> Tensor:
+        """``[n, channels, *shape]`` -> ``[n, channels + 1, *shape]`` with the flag set."""
+        return torch.cat([values, torch.ones_like(values[:, :1])], 1)
+
+    def parse(self, value, n):
+        v = torch.as_tensor(value, dtype=torch.float32)
+        want = (self.channels, *self.shape)
+        if tuple(v.shape) == want:
+            v = v.expand(n, *want)
+        if tuple(v.shape) != (n, *want):
+            raise ValueError(f"the input condition must have shape {list(want)} (or {[n, *want]}), got {list(v.shape)}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("the input condition holds NaN or infinite values")
+        return self.with_flag(v.clone())
+
+    def spec(self):
+        return {"type": self.type, "channels": self.channels, "shape": self.shape}
+
+    def describe(self, values):
+        return [None if float(row[-1].max()) == 0 else "given" for row in values]
+
+
+def concat_inputs(cond: Any) -> Tensor | None:
+    """The values of every :class:`ConcatKind` in ``cond`` joined along channels (name order),
+    or ``None``: what a backbone with ``in_cond_channels`` concatenates to its input."""
+    if not isinstance(cond, Condition):
+        return None
+    parts = [cond.values[k] for k in sorted(cond.values) if isinstance(cond.kinds[k], ConcatKind)]
+    return torch.cat(parts, 1) if parts else None
 
 
 @dataclass

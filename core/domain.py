@@ -20,6 +20,8 @@ What flows between core and a domain:
   it as ``structure``.
 * conditions: ``Domain.condition_kinds(data_info)`` declares what a trained model understands;
   ``Domain.condition_data_options(names)`` turns ``--condition NAME`` into data options.
+* completion / editing: ``Domain.completion_input(path, options, data_info)`` reads a user file
+  into model space with a mask of the known part; core does the sampling.
 * ``data_info``: a JSON-serialisable dict a dataset reports (shapes, vocabularies, statistics)
   and that is saved in every checkpoint, so a model can be rebuilt and sampled without the data.
 * model config: a plain JSON dict of backbone keyword arguments (``Domain.default_model``,
@@ -228,6 +230,23 @@ class Domain(ABC):
 
     def check_config(self, model: dict[str, Any]) -> None:
         """Validate user-given model options (raise ``ValueError`` with a clear message)."""
+
+    # ---------------------------------------------------------------- completion and editing
+    def completion_input(self, path: str | Path, options: dict[str, Any],
+                         data_info: dict[str, Any]) -> tuple[Batch, Tensor]:
+        """Read one user file (an image, a clip, a fragment) into model space for completion
+        (``core.completion``) and build its mask from ``options`` (the domain's own: image
+        ``mask`` / ``rect``, audio ``span`` / ``continue``, molecules ``num_atoms``; no options:
+        everything known, the input of an edit). Returns ``(Batch of one sample, mask)`` with the
+        mask broadcastable to ``Batch.x`` and true where the value is known. Raise ``ValueError``
+        / :class:`DataError` with one line for bad input. No sampler logic belongs here."""
+        raise ValueError(f"the {self.name} domain does not support completion or editing of an input")
+
+    def restoration_input(self, path: str | Path, data_info: dict[str, Any]) -> dict[str, Any]:
+        """Read a degraded input (a low-resolution image, a low-rate clip) into the network
+        condition of a restoration model, ``{name: value}`` for ``ConditionKind.parse``
+        (e.g. ``{"lowres": tensor}``). Raise ``ValueError`` / :class:`DataError` for bad input."""
+        raise ValueError(f"the {self.name} domain has no restoration (super-resolution) input")
 
     def check_structure(self, value: Any, data_info: dict[str, Any], batch_size: int | None = None) -> None:
         """Validate a requested sampling structure (e.g. per-sample atom counts) before sampling:

@@ -28,7 +28,7 @@ from torch import Tensor
 from .parameterization import Prediction
 from .schedule import Schedule
 
-__all__ = ["GaussianMixture", "energy_distance"]
+__all__ = ["GaussianMixture", "energy_distance", "gaussian_w2"]
 
 
 class GaussianMixture:
@@ -96,6 +96,20 @@ class GaussianMixture:
         logp, _, _ = self._component_logp(x.to(torch.float64), alpha, sigma)
         return torch.log_softmax(logp, dim=1)
 
+    def conditional(self, known: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Gaussian conditioning (one component): ``(mean, cov)`` of the unknown coordinates
+        (``~known``, a bool ``[D]``) given ``x[known] = values``:
+        ``mu_u + S_uk S_kk^-1 (v - mu_k)``, ``S_uu - S_uk S_kk^-1 S_ku``."""
+        if self.K != 1:
+            raise ValueError("closed-form conditioning is implemented for a single Gaussian")
+        k = torch.as_tensor(known, dtype=torch.bool)
+        u = ~k
+        mu, S = self.means[0], self.covs[0]
+        gain = S[u][:, k] @ torch.linalg.inv(S[k][:, k])
+        mean = mu[u] + gain @ (torch.as_tensor(values, dtype=torch.float64) - mu[k])
+        cov = S[u][:, u] - gain @ S[k][:, u]
+        return mean, cov
+
     # ------------------------------------------------------------------ exact model
     def denoise_at(self, x: Tensor, alpha: Tensor, sigma: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Exact ``(E[x_0 | x_t], score)`` for per-sample ``alpha, sigma`` ([B]).
@@ -150,3 +164,16 @@ def energy_distance(x: Tensor, y: Tensor, max_n: int = 4000) -> float:
     xx = torch.cdist(x, x).mean()
     yy = torch.cdist(y, y).mean()
     return float(2 * xy - xx - yy)
+
+
+def gaussian_w2(mean1: Tensor, cov1: Tensor, mean2: Tensor, cov2: Tensor) -> float:
+    """2-Wasserstein distance between two Gaussians (closed form, Givens & Shortt 1984):
+    ``|m1 - m2|^2 + tr(C1 + C2 - 2 (C2^1/2 C1 C2^1/2)^1/2)``, square-rooted."""
+    def sqrtm(c: Tensor) -> Tensor:
+        w, v = torch.linalg.eigh(c.to(torch.float64))
+        return (v * w.clamp(min=0).sqrt()) @ v.T
+
+    r2 = sqrtm(cov2)
+    cross = sqrtm(r2 @ cov1.to(torch.float64) @ r2)
+    d2 = float(((mean1 - mean2) ** 2).sum() + torch.trace(cov1 + cov2 - 2 * cross))
+    return math.sqrt(max(d2, 0.0))

@@ -15,6 +15,8 @@ Euclidean.
 * ``project``: subtract each graph's mean from the centred channels.
 * ``reduce``: mean over a graph's node elements (nodes x channels).
 * ``dof``: ``(n - 1) * centred + n * (D - centred)`` per graph.
+* ``frame_shift``: the per-graph translation between ``x`` and a target over masked nodes
+  (completion keeps fixed atoms in the sample's zero-CoM frame with it).
 
 Nothing here knows about chemistry.
 """
@@ -151,6 +153,24 @@ class GraphSpace(Space):
         if x.shape[1] == c:
             return centred
         return torch.cat([centred, x[:, c:]], dim=1)
+
+    def frame_shift(self, x: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Per graph, the mean of ``x - target`` over the masked nodes of the centred channels
+        (``mask`` ``[N]``, ``[N, 1]`` or ``[N, D]``; a node counts where its centred channels are
+        masked), broadcast to those channels of every node of the graph; zero elsewhere and for
+        graphs with no masked node."""
+        self._check(x)
+        c = min(self.centred, x.shape[1])
+        shift = torch.zeros_like(x)
+        if c == 0:
+            return shift
+        m = torch.as_tensor(mask, device=x.device)
+        m = m.reshape(m.shape[0], -1) if m.ndim > 1 else m[:, None]
+        w = m.expand(x.shape[0], x.shape[1])[:, :c].to(x.dtype)       # [N, c]
+        total = self.graph_sum(w * (x[:, :c] - target[:, :c]))         # [B, c]
+        count = self.graph_sum(w).clamp(min=1)
+        shift[:, :c] = (total / count)[self.batch.to(x.device)]
+        return shift
 
     def reduce(self, per_element: Tensor) -> Tensor:
         self._check(per_element)

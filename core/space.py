@@ -77,6 +77,15 @@ class Space(ABC):
         """Per-sample inner product ``<a, b>``."""
         return self.sum(a * b)
 
+    def frame_shift(self, x: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """The per-sample translation of ``x``'s frame relative to ``target`` on the elements where
+        ``mask`` (broadcastable to ``x``) is true, broadcast to elements: ``target + shift`` is
+        ``target`` in ``x``'s frame, ``x - shift`` is ``x`` in ``target``'s frame. Spaces without a
+        translation symmetry (dense data, whose ``project`` is the identity) return zeros; a space
+        that removes each sample's centre of mass returns the mean offset over the masked
+        elements of its centred channels (used by completion, ``core.completion``)."""
+        return torch.zeros_like(x)
+
     def to(self, device: torch.device | str) -> "Space":
         """This space on ``device`` (a space that holds batch structure moves it; dense ones hold none)."""
         return self

@@ -63,6 +63,7 @@ DATA_OPTIONS: dict[str, Any] = {
     "labels": False,
     "text": False,
     "skip_bad": False,
+    "lowrate": None,   # bandwidth extension: condition on the clip resampled to this rate (Hz) and back
 }
 
 #: caption phrasings of the bundled classes (``text`` conditioning); other classes get generic ones

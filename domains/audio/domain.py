@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
-from ...core.condition import ConditionKind, LabelKind
+from ...core.condition import ConcatKind, ConditionKind, LabelKind
 from ...core.domain import Batch, Domain, DomainDataset
 from ...core.space import DenseSpace
 from .data import DATA_OPTIONS, AudioDataset, load_audio_folder, load_bundled, resolve_options
@@ -119,7 +119,11 @@ class AudioDomain(Domain):
     # ---------------------------------------------------------------- data and model
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:
         opts = resolve_options(options)
-        return load_bundled(opts) if path is None else load_audio_folder(path, opts)
+        ds = load_bundled(opts) if path is None else load_audio_folder(path, opts)
+        if opts.get("lowrate"):        # bandwidth extension (inpaint helper)
+            from .inpaint import LowRateDataset
+            ds = LowRateDataset(ds, opts["lowrate"])
+        return ds
 
     def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
         kwargs = resolve_model(model)
@@ -130,6 +134,8 @@ class AudioDomain(Domain):
         if data_info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
             encoder = build_text_encoder(text_options, self.condition_kinds(data_info)["text"])
             kwargs["text_encoder"], kwargs["cond_dim"] = encoder, encoder.dim
+        if data_info.get("lowrate"):   # bandwidth extension: low-rate clip + flag, concatenated
+            kwargs["in_cond_channels"] = int(data_info.get("channels", 1)) + 1
         return UNet1D(in_channels=int(data_info.get("channels", 1)), **kwargs)
 
     # --- noise-aware classifier (clf helper) ---
@@ -154,7 +160,8 @@ class AudioDomain(Domain):
 
     # ---------------------------------------------------------------- conditions
     def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
-        """``label`` for a model trained with labels, ``text`` for one trained with captions."""
+        """``label`` for a model trained with labels, ``text`` for one trained with captions,
+        ``lowrate`` for a bandwidth-extension model."""
         kinds: dict[str, ConditionKind] = {}
         classes = data_info.get("classes")
         if classes and data_info.get("label_condition", True):
@@ -162,13 +169,16 @@ class AudioDomain(Domain):
             kinds["label"] = LabelKind(len(classes), classes, aliases)
         if data_info.get("text"):
             kinds["text"] = text_kind_for(classes)
+        if data_info.get("lowrate"):   # bandwidth extension: the band-limited clip, concatenated
+            kinds["lowrate"] = ConcatKind(int(data_info.get("channels", 1)), [int(data_info["length"])])
         return kinds or super().condition_kinds(data_info)
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
-        unknown = sorted(set(names) - {"label", "text"})
+        unknown = sorted(set(names) - {"label", "text", "lowrate"})
         if unknown:
-            raise ValueError(f"the audio domain cannot condition on {', '.join(unknown)}; it supports: label, text")
-        return {**({"labels": True} if "label" in names else {}), **({"text": True} if "text" in names else {})}
+            raise ValueError(f"the audio domain cannot condition on {', '.join(unknown)}; it supports: label, text, lowrate")
+        return {**({"labels": True} if "label" in names else {}), **({"text": True} if "text" in names else {}),
+                **({"lowrate": 4000} if "lowrate" in names else {})}   # 4 kHz -> the clip's rate
 
     # ---------------------------------------------------------------- results
     def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:
@@ -205,8 +215,21 @@ class AudioDomain(Domain):
         out_dir.mkdir(parents=True, exist_ok=True)
         rate = int(data_info["sample_rate"])
         x = samples.x.detach().float().cpu()
+        if samples.extras.get("keep_length"):     # completion: the clip (+ continuation) only
+            x = x[..., :int(samples.extras["keep_length"])]
         width = max(3, len(str(max(0, x.shape[0] - 1))))
         paths = [write_wav(out_dir / f"sample_{i:0{width}d}.wav", clip, rate) for i, clip in enumerate(x)]
         if x.shape[0]:
             paths.append(write_spectrogram_png(out_dir / "spectrograms.png", x[:8].clamp(-1, 1), rate))
         return paths
+
+    # --- completion (inpaint helper) ---
+    def completion_input(self, path, options, data_info):
+        """A clip and its mask (``span`` gaps, ``continue`` past the end); see ``inpaint``."""
+        from .inpaint import audio_completion_input
+        return audio_completion_input(path, options, data_info)
+
+    def restoration_input(self, path, data_info):
+        """Bandwidth extension: a clip -> ``{"lowrate": band-limited [C, L]}``; see ``inpaint``."""
+        from .inpaint import lowrate_condition
+        return lowrate_condition(path, data_info)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.condition import Condition
+from ...core.condition import Condition, concat_inputs
 from ..text import text_context
 
 __all__ = ["UNet1D", "timestep_embedding"]
@@ -187,6 +187,9 @@ class UNet1D(nn.Module):
             :class:`Attention1D`).
         text_encoder: a module ``ids [B, L] -> (tokens [B, S, D], mask [B, S])`` for the condition
             ``text`` (``cond_dim`` defaults to its ``dim``); it trains and saves with the U-Net.
+        in_cond_channels: channels of a condition concatenated to the input (bandwidth
+            extension: the low-rate clip resampled to the output rate, plus its presence flag;
+            ``core.condition.ConcatKind``); zeros (the null condition) when none is given.
     """
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 128),
@@ -194,7 +197,7 @@ class UNet1D(nn.Module):
                  attn_levels: Sequence[int] = (-1,), mid_attn: bool = True, heads: int = 4, dropout: float = 0.0,
                  emb_dim: int | None = None, num_classes: int | None = None, cond_dim: int | None = None,
                  upsample: str = "conv_transpose", stem_kernel: int = 7, pos_emb: bool = True,
-                 text_encoder: nn.Module | None = None) -> None:
+                 text_encoder: nn.Module | None = None, in_cond_channels: int = 0) -> None:
         super().__init__()
         if text_encoder is not None and cond_dim is None:
             cond_dim = int(text_encoder.dim)
@@ -212,7 +215,8 @@ class UNet1D(nn.Module):
         self.base = channels[0]
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
-        self.stem = nn.Conv1d(in_channels, channels[0], stem_kernel, padding=stem_kernel // 2)
+        self.in_cond_channels = int(in_cond_channels)
+        self.stem = nn.Conv1d(in_channels + self.in_cond_channels, channels[0], stem_kernel, padding=stem_kernel // 2)
         mk = lambda cin, ch, i: _Level(cin, ch, emb_dim, num_res_blocks, dilations, dropout, i in attn, heads, cond_dim, pos_emb)
         self.down = nn.ModuleList(mk(channels[i], channels[i], i) for i in range(n - 1))
         self.pool = nn.ModuleList(Downsample1D(channels[i], channels[i + 1], factors[i]) for i in range(n - 1))
@@ -245,6 +249,14 @@ class UNet1D(nn.Module):
         b, c, length = x.shape
         if c != self.in_channels:
             raise ValueError(f"UNet1D built for {self.in_channels} channel(s), got input with {c}")
+        if self.in_cond_channels:   # --- completion (inpaint helper): concatenated low-rate input ---
+            extra = concat_inputs(cond)
+            if extra is None:
+                extra = x.new_zeros(b, self.in_cond_channels, length)
+            if tuple(extra.shape) != (b, self.in_cond_channels, length):
+                raise ValueError(f"the concatenated condition must be {[b, self.in_cond_channels, length]}, "
+                                 f"got {list(extra.shape)}")
+            x = torch.cat([x, extra.to(x.dtype)], 1)
         pad = (-length) % self.total_factor
         h = F.pad(x, (0, pad)) if pad else x
         emb = self.time_mlp(timestep_embedding(noise_level.reshape(-1).expand(b) if noise_level.numel() == 1

@@ -25,10 +25,11 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ...core.datafiles import log_skipped, scan_folder
-from ...core.condition import Condition, LabelKind
+from ...core.condition import Condition, ConcatKind, LabelKind
 from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
 from ..text import Captioner, generic_phrases, text_kind_for, with_article
+from .inpaint import check_lowres, lowres_pair
 
 __all__ = ["ImageDataset", "load_images", "read_folder", "read_idx", "load_idx_dataset", "load_bundled",
            "write_idx", "BUNDLED_PATH", "BUNDLED_SOURCE", "IMAGE_SUFFIXES"]
@@ -72,7 +73,7 @@ class ImageDataset(DomainDataset):
 
     def __init__(self, images: Tensor, labels: Tensor | None = None, class_names: Sequence[str] | None = None,
                  source: str = "", flip: bool = False, conditional: bool = False,
-                 feature_net: str | None = None, text: bool = False) -> None:
+                 feature_net: str | None = None, text: bool = False, lowres: int | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if (conditional or text) and labels is None:
@@ -84,6 +85,7 @@ class ImageDataset(DomainDataset):
         self.source, self.flip, self.conditional, self.feature_net = source, bool(flip), bool(conditional), feature_net
         self.text = bool(text)
         self._captioner = Captioner(image_phrases(self.class_names), text_kind_for(self.class_names)) if self.text else None
+        self.lowres = check_lowres(lowres, images.shape[2], images.shape[3], source)  # inpaint helper: SR3
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -97,7 +99,8 @@ class ImageDataset(DomainDataset):
         return {"channels": int(c), "height": int(h), "width": int(w), "num_images": len(self),
                 "num_classes": self.num_classes, "class_names": self.class_names,
                 "conditional": self.conditional, "source": self.source, "feature_net": self.feature_net,
-                "text": self.text}
+                "text": self.text,
+                **({"lowres": self.lowres} if self.lowres else {})}
 
     def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
@@ -105,8 +108,13 @@ class ImageDataset(DomainDataset):
         if self.flip and len(idx):
             mask = torch.rand(len(idx), generator=generator) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-        cond = (Condition({"label": self.labels[idx]}, {"label": LabelKind(self.num_classes, self.class_names)})
-                if self.conditional else None)
+        values, kinds = {}, {}
+        if self.conditional:
+            values["label"], kinds["label"] = self.labels[idx], LabelKind(self.num_classes, self.class_names)
+        if self.lowres:       # SR3: the low-resolution image, upsampled back (inpaint helper)
+            kinds["lowres"] = ConcatKind(x.shape[1], list(x.shape[2:]))
+            values["lowres"] = kinds["lowres"].with_flag(lowres_pair(x, self.lowres)[1])
+        cond = Condition(values, kinds) if values else None
         if self._captioner is not None:   # text: one caption per sample, drawn from the batch generator
             text = self._captioner.condition(self.labels[idx], generator)
             cond = text if cond is None else Condition({**cond.values, **text.values}, {**cond.kinds, **text.kinds})
@@ -120,7 +128,7 @@ class ImageDataset(DomainDataset):
     def subset(self, indices: Tensor) -> "ImageDataset":
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.images[idx], None if self.labels is None else self.labels[idx], self.class_names,
-                            self.source, self.flip, self.conditional, self.feature_net, self.text)
+                            self.source, self.flip, self.conditional, self.feature_net, self.text, self.lowres)
 
 
 # ------------------------------------------------------------------------------ resizing
@@ -371,7 +379,8 @@ def load_images(path: str | Path | None, options: dict[str, Any]) -> ImageDatase
         elif _image_files(p):
             images, labels, names = read_folder(p, hw, channels, opts.get("labels", "auto"), max_images)
             return ImageDataset(images, labels, names, source, opts.get("flip", False),
-                                opts.get("conditional", False), opts.get("feature_net"), opts.get("text", False))
+                                opts.get("conditional", False), opts.get("feature_net"), opts.get("text", False),
+                                opts.get("lowres"))
         else:
             idx = sorted(f for f in p.rglob("*") if f.is_file() and _is_idx_name(f) and "label" not in f.name.lower())
             if not idx:
@@ -390,4 +399,5 @@ def load_images(path: str | Path | None, options: dict[str, Any]) -> ImageDatase
     if labels is not None and labels.min() < 0:
         raise DataError(f"{source}: class labels must be non-negative integers")
     return ImageDataset(_to_tensor(arr), labels, names, source, opts.get("flip", False),
-                        opts.get("conditional", False), opts.get("feature_net"), opts.get("text", False))
+                        opts.get("conditional", False), opts.get("feature_net"), opts.get("text", False),
+                        opts.get("lowres"))

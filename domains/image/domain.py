@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
-from ...core.condition import Condition, ConditionKind, LabelKind
+from ...core.condition import ConcatKind, Condition, ConditionKind, LabelKind
 from ...core.domain import Batch, DataError, Domain, DomainDataset
 from ...core.space import DenseSpace
 from ..text import build_text_encoder, check_text_encoder_options, text_kind_for
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 _DATA_DEFAULTS: dict[str, Any] = {"image_size": None, "channels": None, "flip": False, "conditional": False,
                                   "labels": "auto", "labels_file": None, "max_images": None, "feature_net": "auto",
-                                  "text": False}
+                                  "text": False, "lowres": None}
 _UNET_OPTIONS = set(inspect.signature(UNet.__init__).parameters) - {"self"}
 _DIGIT_WORDS = DIGIT_WORDS
 
@@ -127,6 +127,8 @@ class ImageDomain(Domain):
         if data_info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
             encoder = build_text_encoder(text_options, self.condition_kinds(data_info)["text"])
             kwargs["text_encoder"], kwargs["context_dim"] = encoder, encoder.dim
+        if data_info.get("lowres"):       # SR3: upsampled low-res image + flag, concatenated
+            kwargs["in_cond_channels"] = int(data_info.get("channels", 1)) + 1
         kwargs.setdefault("image_size", [int(data_info.get("height", 28)), int(data_info.get("width", 28))])
         return UNet(**kwargs)
 
@@ -150,7 +152,8 @@ class ImageDomain(Domain):
     # ------------------------------------------------------------------ conditions
     def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
         """``{"label": LabelKind}`` for a model trained with labels, ``{"text": TextKind}`` for one
-        trained with captions (both when both), else ``{}``."""
+        trained with captions, ``{"lowres": ConcatKind}`` for a super-resolution model (any
+        combination), else ``{}``."""
         kinds: dict[str, ConditionKind] = {}
         names = data_info.get("class_names")
         if data_info.get("conditional") and data_info.get("num_classes"):
@@ -159,13 +162,20 @@ class ImageDomain(Domain):
             kinds["label"] = LabelKind(int(data_info["num_classes"]), names, aliases)
         if data_info.get("text"):
             kinds["text"] = text_kind_for(names)
+        if data_info.get("lowres"):
+            kinds["lowres"] = ConcatKind(int(data_info.get("channels", 1)),
+                                         [int(data_info.get("height", 28)), int(data_info.get("width", 28))])
         return kinds or super().condition_kinds(data_info)
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
-        unknown = sorted(set(names) - {"label", "text"})
+        unknown = sorted(set(names) - {"label", "text", "lowres"})
         if unknown:
-            raise ValueError(f"the image domain cannot condition on {', '.join(unknown)}; it supports: label, text")
-        return {**({"conditional": True} if "label" in names else {}), **({"text": True} if "text" in names else {})}
+            raise ValueError(f"the image domain cannot condition on {', '.join(unknown)}; it supports: label, text, lowres")
+        out: dict[str, Any] = {**({"conditional": True} if "label" in names else {}),
+                               **({"text": True} if "text" in names else {})}
+        if "lowres" in names:          # SR3 at 4x (7x7 -> 28x28 digits); data_options.lowres sets another factor
+            out["lowres"] = 4
+        return out
 
     # ------------------------------------------------------------------ results
     def feature_network(self, reference: DomainDataset, data_info: dict[str, Any]) -> tuple[Any, Tensor]:
@@ -208,3 +218,14 @@ class ImageDomain(Domain):
 
     def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
         return write_pngs(samples.x, out_dir)
+
+    # --- completion (inpaint helper) ---
+    def completion_input(self, path, options, data_info):
+        """An image file and its mask (``mask`` PNG, white = generate, or ``rect``); see ``inpaint``."""
+        from .inpaint import image_completion_input
+        return image_completion_input(path, options, data_info)
+
+    def restoration_input(self, path, data_info):
+        """SR3: a low-resolution image file -> ``{"lowres": upsampled [C, H, W]}``; see ``inpaint``."""
+        from .inpaint import lowres_condition
+        return lowres_condition(path, data_info)

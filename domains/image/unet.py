@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.condition import Condition
+from ...core.condition import Condition, concat_inputs
 from ..text import text_context
 
 __all__ = ["UNet", "timestep_embedding", "split_condition"]
@@ -212,6 +212,9 @@ class UNet(nn.Module):
             like a class label does, not only the attention levels.
         groups: GroupNorm groups.
         channels_last: keep activations in channels-last memory format.
+        in_cond_channels: channels of a condition concatenated to the input (SR3's upsampled
+            low-resolution image plus its presence flag: ``core.condition.ConcatKind``); zeros
+            (the null condition) when the batch carries none.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, base_channels: int = 32,
@@ -219,7 +222,8 @@ class UNet(nn.Module):
                  attn_levels: Sequence[int] | None = None, attn_resolutions: Sequence[int] | None = None,
                  image_size: int | Sequence[int] | None = None, head_dim: int = 32, dropout: float = 0.0,
                  num_classes: int | None = None, context_dim: int | None = None, groups: int = 8,
-                 channels_last: bool = True, text_encoder: nn.Module | None = None, text_pool: bool = False) -> None:
+                 channels_last: bool = True, text_encoder: nn.Module | None = None, text_pool: bool = False,
+                 in_cond_channels: int = 0) -> None:
         super().__init__()
         if text_encoder is not None and context_dim is None:
             context_dim = int(text_encoder.dim)
@@ -244,7 +248,8 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.text_pool = nn.Linear(int(text_encoder.dim), emb_dim) if text_encoder is not None and text_pool else None
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.in_cond_channels = int(in_cond_channels)
+        self.conv_in = nn.Conv2d(in_channels + self.in_cond_channels, base_channels, 3, padding=1)
 
         def stage(ci: int, co: int, lvl: int) -> Stage:
             return Stage(ci, co, groups, dropout, lvl in attn_set, head_dim, context_dim)
@@ -314,6 +319,14 @@ class UNet(nn.Module):
         if context is not None and self.context_dim is None:
             raise ValueError("this U-Net was built without context_dim, so it cannot take context tokens")
         b, _, h, w = x.shape
+        if self.in_cond_channels:   # --- completion (inpaint helper): SR3 input concatenation ---
+            extra = concat_inputs(cond)
+            if extra is None:
+                extra = x.new_zeros(b, self.in_cond_channels, h, w)
+            if tuple(extra.shape) != (b, self.in_cond_channels, h, w):
+                raise ValueError(f"the concatenated condition must be {[b, self.in_cond_channels, h, w]}, "
+                                 f"got {list(extra.shape)}")
+            x = torch.cat([x, extra.to(x.dtype)], 1)
         m = 2 ** (self.levels - 1)
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:

@@ -298,3 +298,9 @@ class MoleculeDomain(Domain):
             paths.append(write_xyz(xyz_dir / f"sample_{k:05d}.xyz", pos, [elements[t] for t in types.tolist()],
                                    comment))
         return paths
+
+    # --- completion (inpaint helper) ---
+    def completion_input(self, path, options, data_info):
+        """A fixed fragment (SDF / XYZ) plus ``num_atoms`` minus its size free atoms; see ``inpaint``."""
+        from .inpaint import molecule_completion_input
+        return molecule_completion_input(path, options, data_info, self.check_structure)
