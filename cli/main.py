@@ -298,9 +298,10 @@ def domains() -> None:
               help="Sample and evaluate every N steps (0: only at the end).")
 @click.option("--eval-samples", type=int, default=None, callback=_non_negative,
               help="Samples drawn for each evaluation (0: none).")
-@click.option("--training", type=click.Choice(["ddpm", "continuous", "edm"]), default=None,
-              help="Objective: ddpm (discrete T-step times, default), continuous (t ~ U[eps, 1]) or edm "
-                   "(EDM preconditioning, log-normal noise levels).")
+@click.option("--training", type=click.Choice(["ddpm", "continuous", "edm", "flow"]), default=None,
+              help="Objective: ddpm (discrete T-step times, default), continuous (t ~ U[eps, 1]), edm "
+                   "(EDM preconditioning, log-normal noise levels) or flow (flow matching: linear path, "
+                   "velocity, logit-normal times).")
 @click.option("--schedule", type=click.Choice(["linear", "cosine", "polynomial", "sigma", "subvp"]), default=None,
               help="Noise schedule (default: the domain's; edm training wants sigma).")
 @click.option("--parameterization", type=click.Choice(["eps", "x0", "v"]), default=None,
@@ -480,6 +481,30 @@ def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, do
     else:
         _print_table(title, metrics)
     click.echo(f"wrote {out}")
+
+
+
+# --- rectified-flow reflow (flow helper) ---
+@main.command()
+@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder of a flow model (--training flow).")
+@click.option("--out", type=PATH, required=True, help="New run folder for the reflowed model.")
+@click.option("--pairs", type=int, default=1000, show_default=True, callback=_positive,
+              help="(noise, sample) pairs drawn with the model's ODE.")
+@click.option("--steps", type=int, default=20, show_default=True, callback=_positive, help="ODE steps per pair.")
+@click.option("--sampler", default="flow_heun", show_default=True, help="Deterministic ODE sampler for the pairs.")
+@click.option("--train-steps", type=int, default=None, callback=_positive,
+              help="Optimizer steps of the retraining (default: the run's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def reflow(checkpoint, out, pairs, steps, sampler, train_steps, seed, device, no_progress) -> None:
+    """Rectified flow's second stage: retrain a flow model on its own (noise, sample) pairs
+    for good samples at 1-4 steps."""
+    _check_device(device)
+    result = _run(api.reflow, checkpoint, out=out, pairs=pairs, steps=steps, sampler=sampler,
+                  train_steps=train_steps, seed=seed, device=device, progress=not no_progress)
+    click.echo(f"reflowed {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}; "
+               f"run folder {result.run_dir}")
 
 
 if __name__ == "__main__":  # pragma: no cover

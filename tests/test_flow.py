@@ -357,3 +357,81 @@ def test_reflow_straightens_one_step_samples():
     _train(diff, den, samples, 400, noise=noise, seed=1, lr=1e-3)   # reflow: the coupling replaces independent noise
     after = energy_distance(one_step(den), ref)
     assert after < 0.5 * before
+
+
+# ----------------------------------------------------------------------------- molecules: equivariant flow
+def test_molecule_flow_samples_rotate_with_the_noise_and_keep_zero_centre():
+    """Equivariant flow matching on the GraphSpace: positions and atom-type features both flow,
+    the centre of mass stays zero, and rotating (or reflecting) the noise rotates the samples."""
+    from diffuse.core.denoiser import Denoiser
+    from diffuse.core.graph import GraphSpace
+    from diffuse.core.samplers import prior_sample
+    from diffuse.domains.molecules import EGNN
+
+    torch.manual_seed(0)
+    net = EGNN(6, hidden=16, layers=2).double()
+    for block in net.blocks:                   # non-trivial coordinate updates (as test_molecules_egnn)
+        torch.nn.init.normal_(block[1].out.weight, std=0.3)
+    sch = FlowSchedule()
+    den = Denoiser(net.eval(), sch, FlowParam())
+    counts = [5, 8, 3]
+    sp = GraphSpace(torch.repeat_interleave(torch.arange(3), torch.tensor(counts)), 3)
+    like = torch.zeros(sum(counts), 9, dtype=F64)
+    x1 = sp.project(prior_sample(sch, sp, like, generator=torch.Generator().manual_seed(1)))
+    g = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=F64, generator=g))
+    x1r = x1.clone()
+    x1r[:, :3] = x1[:, :3] @ q.T
+    for name in ("flow_heun", "flow_midpoint", "dpmpp_2m", "flow_sde"):
+        means = []
+        run = lambda x: SAMPLERS[name](den.bind(sp), x.clone(), time_grid(sch, 6, "uniform"), schedule=sch, space=sp,
+                                       generator=torch.Generator().manual_seed(3),
+                                       callback=lambda info: means.append(float(sp.graph_mean(info["x"][:, :3]).abs().max())))
+        with torch.no_grad():
+            y, yr = run(x1), run(x1r)
+        assert max(means) < 1e-10
+        assert (y[:, 3:] - x1[:, 3:]).abs().max() > 1e-2                 # atom-type features flowed too
+        if name == "flow_sde":     # equivariant in law only: its fresh noise is not rotated
+            continue
+        assert torch.allclose(yr[:, :3], y[:, :3] @ q.T, atol=1e-8), name
+        assert torch.allclose(yr[:, 3:], y[:, 3:], atol=1e-8), name
+    # and the flow training loss is rotation invariant for the same noise (the batch's coupling)
+    from diffuse.core.domain import Batch
+    diff = Diffusion(DiffusionConfig(training="flow"))
+    den = diff.denoiser(net)
+    x0 = sp.project(torch.randn(sum(counts), 9, dtype=F64, generator=g))
+    eps = sp.noise(x0, torch.Generator().manual_seed(4))
+    rot = lambda z: torch.cat([z[:, :3] @ q.T, z[:, 3:]], 1)
+    l1 = diff.training_losses(den, Batch(x0, sp, None, {"noise": eps}), torch.Generator().manual_seed(5))
+    l2 = diff.training_losses(den, Batch(rot(x0), sp, None, {"noise": rot(eps)}), torch.Generator().manual_seed(5))
+    assert torch.allclose(l1, l2, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- end to end: CLI train + reflow
+def test_cli_flow_training_and_reflow(tmp_path):
+    import json
+    from click.testing import CliRunner
+
+    from diffuse import api
+    from diffuse.cli.main import main
+
+    runner = CliRunner()
+    base, re_, vp = tmp_path / "base", tmp_path / "re", tmp_path / "vp"
+    common = ["--domain", "molecules", "--steps", "2", "--batch-size", "8", "--eval-samples", "0", "--no-progress"]
+    r = runner.invoke(main, ["train", *common, "--training", "flow", "--out", str(base)])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((base / "config.json").read_text())["diffusion"]
+    assert cfg["schedule"]["kind"] == "flow" and cfg["parameterization"] == "flow" and cfg["training"] == "flow"
+    r = runner.invoke(main, ["reflow", "-c", str(base), "--out", str(re_), "--pairs", "6", "--steps", "2",
+                             "--train-steps", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((re_ / "reflow.json").read_text())["pairs"] == 6
+    samples = api.load(re_, device="cpu").sample(3, sampler="flow_euler", steps=1)
+    assert torch.isfinite(samples.x).all()
+    # user mistakes: one line, exit 2, nothing written
+    r = runner.invoke(main, ["train", *common, "--out", str(vp)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["reflow", "-c", str(vp), "--out", str(tmp_path / "no")])
+    assert r.exit_code == 2 and "needs a flow model" in r.output and not (tmp_path / "no").exists()
+    r = runner.invoke(main, ["reflow", "-c", str(base), "--out", str(tmp_path / "no"), "--sampler", "flow_sde"])
+    assert r.exit_code == 2 and "deterministic" in r.output and not (tmp_path / "no").exists()
