@@ -76,7 +76,8 @@ def run_domain(args) -> None:
                        **{k: float(v) for k, v in metrics.items()}}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    _save(f"bench_flow_domains_{args.domain}", {"rows": rows, "threads": args.threads,
+    tag = "" if sorted(args.trainings) == ["ddpm", "flow"] else "_" + "_".join(args.trainings)
+    _save(f"bench_flow_domains_{args.domain}{tag}", {"rows": rows, "threads": args.threads,
                                                 "machine": platform.platform(), "cpus": os.cpu_count()})
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .config import NON_NEGATIVE
+from .domain import DomainDataset
 from .parameterization import Prediction
 from .samplers import OPTION_LIMITS, SAMPLERS, Callback, _call, _grid_coefs, _limits
 from .schedule import Schedule
@@ -61,7 +62,7 @@ def t_from_rho(schedule: Schedule, rho: float) -> float:
     """The schedule time whose ``rho = sigma / (alpha + sigma)`` is ``rho`` (log-SNR ``2 log((1 - rho) / rho)``)."""
     if rho <= 0.0:
         return 0.0
-    lam = math.inf if rho <= 0 else (-math.inf if rho >= 1 else 2.0 * (math.log1p(-rho) - math.log(rho)))
+    lam = -math.inf if rho >= 1.0 else 2.0 * (math.log1p(-rho) - math.log(rho))
     return float(schedule.t_from_log_snr(torch.tensor(lam, dtype=_F64)))
 
 
@@ -230,9 +231,10 @@ def _split_items(x: Tensor, space: Space) -> list[tuple[Tensor, Space, slice | T
             for i in range(space.batch_size(x))]
 
 
-class PairDataset:
+class PairDataset(DomainDataset):
     """A training set of (noise, sample) pairs for reflow: ``batch`` returns the samples with the
-    paired noise in ``extras["noise"]`` (a :class:`~diffuse.core.domain.DomainDataset`)."""
+    paired noise in ``extras["noise"]``. ``batches`` are :class:`~diffuse.core.domain.Batch` es
+    whose ``extras["noise"]`` holds the noise of their samples (dense rows or graphs)."""
 
     def __init__(self, batches, info: dict) -> None:
         from .domain import Batch
@@ -260,10 +262,6 @@ class PairDataset:
         joined = concat_batches(chosen)
         noise, _ = chosen[0].space.concat([b.extras["noise"] for b in chosen], [b.space for b in chosen])
         return Batch(joined.x, joined.space, None, {**chosen[0].extras, "noise": noise})
-
-    def subset(self, indices: Tensor):
-        from .domain import SubsetDataset
-        return SubsetDataset(self, indices)
 
 
 _limits()

@@ -20,6 +20,9 @@ dpmpp_2m         DPM-Solver++(2M), Lu et al. 2022, algorithm 2               1
 dpmpp_3m         DPM-Solver++(3M), Lu et al. 2022 (third-order multistep)    1
 ================ ======================================================== ===================
 
+The flow samplers (``flow_euler``, ``flow_heun``, ``flow_midpoint``, ``flow_rk45``, ``flow_sde``)
+live in :mod:`diffuse.core.flow` and are registered here too.
+
 Scores come from the denoiser as ``score = -eps / sigma_t``. The SDE coefficients ``f, g^2``
 come from the schedule (:func:`diffuse.core.sde.sde_coefficients`), so the same code serves the
 discrete DDPM chain, the continuous VP / sub-VP / VE SDEs and EDM's sigmas. EDM's sampler and
