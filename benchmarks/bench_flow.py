@@ -20,7 +20,8 @@
 
        python benchmarks/bench_flow.py exact [--n 4000]
 
-Both write ``benchmarks/results/bench_flow_<part>[_<domain>].json``.
+Both write ``benchmarks/results/bench_flow_<part>[_<domain>].json``; ``table`` prints the domain
+results as the README's markdown table.
 """
 
 from __future__ import annotations
@@ -137,6 +138,24 @@ def run_exact(args) -> None:
     _save("bench_flow_exact", {"rows": rows, "floor": floor, "n": args.n})
 
 
+# ----------------------------------------------------------------------------- 3. table
+KEYS = {"image": ["fid", "kid"], "audio": ["fd_logmel", "fd_mfcc", "fd_net"],
+        "molecules": ["atom_stability", "mol_stability", "validity", "connected"]}
+
+
+def run_table(args) -> None:
+    """A markdown table of every ``bench_flow_domains_*.json`` in the results folder."""
+    rows = []
+    for path in sorted(RESULTS.glob("bench_flow_domains_*.json")):
+        rows += json.loads(path.read_text())["rows"]
+    print("| domain | training | train steps | train s | sampler | steps | metrics |")
+    print("|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["domain"], r["sampler"], r["sample_steps"], r["training"])):
+        m = ", ".join(f"{k} {r[k]:.3g}" for k in KEYS[r["domain"]] if k in r)
+        print(f"| {r['domain']} | {r['training']} | {r['train_steps']} | {r['train_s']:.0f} | {r['sampler']} | "
+              f"{r['sample_steps']} | {m} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="part", required=True)
@@ -152,8 +171,9 @@ def main() -> None:
     e.add_argument("--n", type=int, default=4000)
     e.add_argument("--nfes", type=int, nargs="+", default=[5, 10, 20, 50])
     e.add_argument("--threads", type=int, default=1)
+    sub.add_parser("table")
     args = ap.parse_args()
-    run_domain(args) if args.part == "domains" else run_exact(args)
+    {"domains": run_domain, "exact": run_exact, "table": run_table}[args.part](args)
 
 
 if __name__ == "__main__":
