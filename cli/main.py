@@ -331,6 +331,10 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
         domain = _run(api.read_run_config, resume).domain
     diffusion = {"training": training, "parameterization": parameterization,
                  "schedule": {"kind": schedule} if schedule else None}
+    if training == "flow" and (schedule is not None or parameterization is not None):   # flow helper
+        raise UserError("--training flow runs on a flow path with velocity prediction; leave out --schedule / "
+                        "--parameterization (the cosine path: --config with {\"diffusion\": {\"schedule\": "
+                        "{\"kind\": \"flow\", \"path\": \"cosine\"}}})")
     if resume is not None and any(v is not None for v in diffusion.values()):
         raise UserError("--training / --schedule / --parameterization cannot change when resuming a run")
     diffusion["cond_drop"] = _parse_probability(cond_drop, "--cond-drop")

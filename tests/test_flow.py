@@ -433,5 +433,7 @@ def test_cli_flow_training_and_reflow(tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, ["reflow", "-c", str(vp), "--out", str(tmp_path / "no")])
     assert r.exit_code == 2 and "needs a flow model" in r.output and not (tmp_path / "no").exists()
+    r = runner.invoke(main, ["train", *common, "--training", "flow", "--schedule", "cosine", "--out", str(tmp_path / "no")])
+    assert r.exit_code == 2 and "leave out --schedule" in r.output and not (tmp_path / "no").exists()
     r = runner.invoke(main, ["reflow", "-c", str(base), "--out", str(tmp_path / "no"), "--sampler", "flow_sde"])
     assert r.exit_code == 2 and "deterministic" in r.output and not (tmp_path / "no").exists()
