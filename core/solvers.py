@@ -160,6 +160,7 @@ def pc(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
         raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
     step_fn = _PREDICTORS[predictor]
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        _sigma_ratio(schedule, t)                    # refuses alpha_t = 0 (pure noise) with one line
         a_t, s_t = _coefs(schedule, t)
         a_s, _ = _coefs(schedule, s)
         a_lang = (a_t / a_s) ** 2

@@ -246,7 +246,7 @@ def test_samplers_that_divide_by_alpha_refuse_pure_noise_clearly():
     gm = gm2()
     sch = FlowSchedule()
     x = torch.randn(4, 2, dtype=F64)
-    for name in ("ode_euler", "edm_heun", "euler_maruyama"):
+    for name in ("ode_euler", "ode_heun", "edm_heun", "euler_maruyama", "pc", "rk45"):
         with pytest.raises(ValueError, match="alpha"):
             SAMPLERS[name](gm.denoiser(sch), x, time_grid(sch, 3, "uniform"), schedule=sch, space=SPACE)
     with pytest.raises(ValueError, match="karras"):
