@@ -670,3 +670,58 @@ def _classifier_guided_sample(model: DiffusionModel, num: int, cond: Any, guidan
                     seed=seed, batch_size=batch_size, device=model.device, cond=model_cond, progress=progress,
                     structure=structure, denoise_wrapper=wrapper, **options)
 
+
+# --- rectified-flow reflow (flow helper) ---
+def reflow(checkpoint: str | Path, *, out: str | Path, pairs: int = 1000, steps: int = 20, sampler: str = "flow_heun",
+           train_steps: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int = 0,
+           device: str = "auto", progress: bool = True) -> TrainResult:
+    """Rectified flow's second stage (Liu et al. 2023, "Flow Straight and Fast"): draw ``pairs``
+    (noise, sample) pairs with the flow model's deterministic ODE (``sampler`` with ``steps``
+    steps on the uniform grid), then retrain a copy of the model (from its EMA weights) on that
+    coupling: the loss uses each sample's own noise instead of an independent draw
+    (``core.diffusion``), which straightens the paths for good samples at 1-4 steps. The result
+    is a new run folder ``out`` (its ``reflow.json`` records the source and the pair settings);
+    every argument is checked before anything is written."""
+    from .core.flow import PairDataset, ode_pairs
+    from .core.samplers import check_sampler_options, get_sampler
+    from .core.space import per_sample_generators
+
+    for name, value in (("the number of pairs", pairs), ("the number of ODE steps", steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"the seed must be an integer in [0, 2^63), got {seed!r}")
+    get_sampler(sampler)
+    check_sampler_options(sampler, {})
+    if not sampler.startswith("flow_") and sampler != "ddim" or sampler == "flow_sde":
+        raise ValueError(f"reflow needs a deterministic flow ODE sampler (flow_euler, flow_heun, flow_midpoint, "
+                         f"flow_rk45 or ddim), not {sampler!r}")
+    run_dir = Path(out)
+    _check_out(run_dir)
+    model = load(checkpoint, device=device)
+    if model.config.diffusion.training != "flow":
+        raise ValueError(f"{checkpoint} is a {model.config.diffusion.training!r} model; reflow needs a flow model "
+                         "(diffuse train --training flow)")
+    if model.condition_kinds():
+        raise ValueError("reflow of conditional models is not supported; train an unconditional flow model")
+    train_cfg = update_dataclass(model.config.train, {k: v for k, v in {"steps": train_steps, "batch_size": batch_size,
+                                                                           "lr": lr, "seed": seed}.items()
+                                                        if v is not None}, "train")
+    _check_train(train_cfg, model.diffusion)
+    den, dom, schedule = model.denoiser, model.domain, model.diffusion.schedule
+    chunks = []
+    for start in range(0, pairs, 64):
+        n = min(64, pairs - start)
+        tpl = dom.template(n, model.data_info, per_sample_generators(seed + 7919, n, start), None).to(model.device)
+        gens = per_sample_generators(seed, n, start, device=model.device)
+        noise, sample = ode_pairs(den.bind(tpl.space), schedule, tpl.space, tpl.x, steps=steps, sampler=sampler,
+                                  generator=gens)
+        chunks.append(Batch(sample.cpu(), tpl.space.to("cpu"), None, {**tpl.extras, "noise": noise.cpu()}))
+    dataset = PairDataset(chunks, model.data_info)
+    cfg = replace(model.config, train=train_cfg)
+    trainer = Trainer(run_dir, cfg, dom, model.diffusion, den.train(), dataset, model.reference_data(), progress=progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", cfg.to_json())
+    atomic_write_text(run_dir / "reflow.json", json.dumps({"source": str(checkpoint), "pairs": pairs, "steps": steps,
+                                                           "sampler": sampler, "seed": seed}, indent=2))
+    return trainer.fit()

@@ -325,9 +325,10 @@ def domains() -> None:
               help="Sample and evaluate every N steps (0: only at the end).")
 @click.option("--eval-samples", type=int, default=None, callback=_non_negative,
               help="Samples drawn for each evaluation (0: none).")
-@click.option("--training", type=click.Choice(["ddpm", "continuous", "edm"]), default=None,
-              help="Objective: ddpm (discrete T-step times, default), continuous (t ~ U[eps, 1]) or edm "
-                   "(EDM preconditioning, log-normal noise levels).")
+@click.option("--training", type=click.Choice(["ddpm", "continuous", "edm", "flow"]), default=None,
+              help="Objective: ddpm (discrete T-step times, default), continuous (t ~ U[eps, 1]), edm "
+                   "(EDM preconditioning, log-normal noise levels) or flow (flow matching: linear path, "
+                   "velocity, logit-normal times).")
 @click.option("--schedule", type=click.Choice(["linear", "cosine", "polynomial", "sigma", "subvp"]), default=None,
               help="Noise schedule (default: the domain's; edm training wants sigma).")
 @click.option("--parameterization", type=click.Choice(["eps", "x0", "v"]), default=None,
@@ -358,6 +359,10 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
         domain = _run(api.read_run_config, resume).domain
     diffusion = {"training": training, "parameterization": parameterization,
                  "schedule": {"kind": schedule} if schedule else None}
+    if training == "flow" and (schedule is not None or parameterization is not None):   # flow helper
+        raise UserError("--training flow runs on a flow path with velocity prediction; leave out --schedule / "
+                        "--parameterization (the cosine path: --config with {\"diffusion\": {\"schedule\": "
+                        "{\"kind\": \"flow\", \"path\": \"cosine\"}}})")
     if resume is not None and any(v is not None for v in diffusion.values()):
         raise UserError("--training / --schedule / --parameterization cannot change when resuming a run")
     diffusion["cond_drop"] = _parse_probability(cond_drop, "--cond-drop")
@@ -730,6 +735,28 @@ def upscale(checkpoint, input_path, num, steps, spacing, seed, device, domain, o
                        batch_size=batch_size, guidance_scale=guidance_scale, progress=bar.update, **opts)
     opts.pop("stats", None)
     _finish(model, samples, out, {})
+
+# --- rectified-flow reflow (flow helper) ---
+@main.command()
+@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder of a flow model (--training flow).")
+@click.option("--out", type=PATH, required=True, help="New run folder for the reflowed model.")
+@click.option("--pairs", type=int, default=1000, show_default=True, callback=_positive,
+              help="(noise, sample) pairs drawn with the model's ODE.")
+@click.option("--steps", type=int, default=20, show_default=True, callback=_positive, help="ODE steps per pair.")
+@click.option("--sampler", default="flow_heun", show_default=True, help="Deterministic ODE sampler for the pairs.")
+@click.option("--train-steps", type=int, default=None, callback=_positive,
+              help="Optimizer steps of the retraining (default: the run's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def reflow(checkpoint, out, pairs, steps, sampler, train_steps, seed, device, no_progress) -> None:
+    """Rectified flow's second stage: retrain a flow model on its own (noise, sample) pairs
+    for good samples at 1-4 steps."""
+    _check_device(device)
+    result = _run(api.reflow, checkpoint, out=out, pairs=pairs, steps=steps, sampler=sampler,
+                  train_steps=train_steps, seed=seed, device=device, progress=not no_progress)
+    click.echo(f"reflowed {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}; "
+               f"run folder {result.run_dir}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,12 @@
 """Domain-agnostic core: schedules, parameterizations, losses, spaces, samplers, trainer."""
 
 from .domain import Batch, DataError, Domain, DomainDataset
-from .parameterization import EDMParam, EpsParam, Prediction, Scalings, VParam, X0Param, make_parameterization
+from .parameterization import (EDMParam, EpsParam, FlowParam, Prediction, Scalings, VParam, X0Param,
+                               make_parameterization)
 from .registry import available_domains, get_domain, register_domain
 from .samplers import SAMPLERS, ddim, ddim_invert, ddpm, get_sampler, prior_sample, time_grid
-from .schedule import (CosineSchedule, LinearBetaSchedule, PolynomialSchedule, Schedule, SigmaSchedule,
-                       make_schedule)
+from .schedule import (CosineSchedule, FlowSchedule, LinearBetaSchedule, PolynomialSchedule, Schedule,
+                       SigmaSchedule, make_schedule)
 from .space import DenseSpace, Space, per_sample_generators
 from .graph import GraphSpace
 from .denoiser import Denoiser

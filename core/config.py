@@ -224,6 +224,7 @@ SCHEDULE_LIMITS: dict[str, Any] = {
     "s": NON_NEGATIVE, "min_alpha_bar": Range(0, 1, True, True), "power": POSITIVE,
     "precision": Range(0, 1, True, True), "sigma_min": POSITIVE, "sigma_max": POSITIVE, "rho": POSITIVE,
     "continuous_scale": POSITIVE, "beta_min": NON_NEGATIVE, "beta_max": POSITIVE,
+    "shift": POSITIVE, "path": OneOf(("cosine", "linear")),
 }
 
 
@@ -283,6 +284,11 @@ def _weightings():
     return WEIGHTINGS
 
 
+def _time_samplers():
+    from .diffusion import TIME_SAMPLERS
+    return TIME_SAMPLERS
+
+
 def _training_modes():
     from .diffusion import TRAINING_MODES
     return TRAINING_MODES
@@ -293,9 +299,9 @@ def _training_modes():
 class DiffusionConfig:
     """How noise is added and what the network predicts."""
 
-    #: ``{"kind": "linear" | "cosine" | "polynomial" | "sigma" | "subvp", **kwargs}`` (see ``core.schedule``)
+    #: ``{"kind": "linear" | "cosine" | "polynomial" | "sigma" | "subvp" | "flow", **kwargs}`` (see ``core.schedule``)
     schedule: dict[str, Any] = field(default_factory=lambda: {"kind": "linear"})
-    #: ``eps`` | ``x0`` | ``v``
+    #: ``eps`` | ``x0`` | ``v`` | ``flow`` (the flow-matching velocity; needs a flow schedule)
     parameterization: str = "eps"
     #: ``uniform`` (DDPM simple loss) | ``min_snr``
     weighting: str = "uniform"
@@ -303,7 +309,8 @@ class DiffusionConfig:
     #: backbone noise-level input is ``t * time_scale``
     time_scale: float = 1000.0
     #: ``ddpm`` (the schedule's own times) | ``continuous`` (``t ~ U[t_eps, 1]``) | ``edm`` (EDM
-    #: preconditioning, log-normal noise levels, EDM loss); see ``core.diffusion``
+    #: preconditioning, log-normal noise levels, EDM loss) | ``flow`` (flow matching on a flow
+    #: path, velocity prediction); see ``core.diffusion``
     training: str = "ddpm"
     t_eps: float = 1e-3
     sigma_data: float = 0.5
@@ -313,6 +320,35 @@ class DiffusionConfig:
     #: probability that a training sample's condition is replaced by its null value (condition
     #: dropout; only used when batches carry a condition), so the model is also unconditional
     cond_drop: float = 0.1
+    # --- flow matching (flow helper): used by ``training="flow"`` only ---
+    #: flow training times: ``uniform`` | ``logit_normal`` (``sigmoid(N(t_loc, t_scale^2))``, SD3) |
+    #: ``mode`` (SD3 eq. 20 with ``mode_scale``)
+    time_sampler: str = "logit_normal"
+    t_loc: float = 0.0
+    t_scale: float = 1.0
+    mode_scale: float = 1.29
+    #: SD3's time shift ``t' = s t / (1 + (s - 1) t)``; written into the flow schedule, which is
+    #: the one place it is applied (``core.schedule.FlowSchedule``)
+    shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        """``training="flow"`` runs on a flow path with the velocity parameterization: a schedule
+        that is not a flow path (a domain's VP default) becomes the linear path
+        ``{"kind": "flow", "path": "linear"}``, the parameterization becomes ``flow``, and a
+        ``shift`` other than 1 is written into the flow schedule (a different shift already
+        there is an error: the shift is given once)."""
+        if self.training != "flow" or not isinstance(self.schedule, (dict, str)):
+            return
+        sched = {"kind": self.schedule} if isinstance(self.schedule, str) else dict(self.schedule)
+        if sched.get("kind") != "flow":
+            sched = {"kind": "flow", "path": "linear"}
+        if not isinstance(self.shift, bool) and isinstance(self.shift, (int, float)) and self.shift != 1.0:
+            if sched.get("shift", 1.0) not in (1.0, self.shift):
+                raise ValueError(f"diffusion.shift is {self.shift} but the flow schedule already has shift "
+                                 f"{sched['shift']}; give the shift once")
+            sched["shift"] = self.shift
+        self.schedule = sched
+        self.parameterization = "flow"
 
     def validate(self) -> "DiffusionConfig":
         """Check every field's type and range and build the schedule; ``ValueError`` naming the key."""
@@ -320,7 +356,8 @@ class DiffusionConfig:
             "parameterization": _one_of(_parameterizations, "parameterization"),
             "weighting": _one_of(_weightings, "weighting"), "training": _one_of(_training_modes, "training"),
             "min_snr_gamma": POSITIVE, "time_scale": POSITIVE, "t_eps": Range(0, 1, True, True),
-            "sigma_data": POSITIVE, "p_std": POSITIVE})
+            "sigma_data": POSITIVE, "p_std": POSITIVE, "time_sampler": _one_of(_time_samplers, "time sampler"),
+            "t_scale": POSITIVE, "mode_scale": Range(-1.0, 2.0 / (math.pi - 2.0)), "shift": POSITIVE})
         check_schedule(self.schedule)
         return self
 

@@ -57,7 +57,8 @@ class Batch:
     #: the network condition (a :class:`Condition`, or ``None``; a raw tensor from older domains
     #: is passed to the backbone as is, without dropout)
     cond: Condition | Any = None
-    #: domain-specific extras that travel with the batch (e.g. element vocabularies); not used by core.
+    #: domain-specific extras that travel with the batch (e.g. element vocabularies); core reads only
+    #: ``"noise"``: a reflow coupling's noise paired with each sample (``core.diffusion``).
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "Batch":

@@ -7,7 +7,8 @@ and the optimal (MMSE) denoiser is
     E[x_0 | x_t] = sum_k r_k(x_t) (mu_k + alpha S_k C_k^{-1} (x_t - alpha mu_k)),
     r_k(x_t) = w_k N(x_t; alpha mu_k, C_k) / p_t(x_t),
 
-with score ``grad log p_t(x_t) = -sum_k r_k C_k^{-1} (x_t - alpha mu_k)``. These are truths
+with score ``grad log p_t(x_t) = -sum_k r_k C_k^{-1} (x_t - alpha mu_k)``, and on a flow path the
+exact velocity ``a' E[x_0 | x_t] + b' E[eps | x_t]`` (:meth:`GaussianMixture.velocity`). These are truths
 no one here chose: tests and benchmarks compare samplers and likelihoods against them.
 
 Read as a labelled data set (one class per component), the class-``k`` conditional of the
@@ -139,6 +140,20 @@ class GaussianMixture:
             eps = -sigma[:, None] * score
             return Prediction(x0.to(x.dtype), eps.to(x.dtype))
         return denoise
+
+    def velocity(self, x: Tensor, tau: Tensor | float, path: str = "linear") -> Tensor:
+        """The exact flow-matching velocity ``E[d x_tau / d tau | x_tau] = a' E[x_0 | x] + b' E[eps | x]``
+        at path time ``tau`` (per sample ``[B]`` or a number) of a flow path (``eps - x_0`` in
+        expectation for the linear path; ``E[eps | x] = -b score``). Finite at both ends."""
+        from .schedule import get_flow_path
+
+        p = get_flow_path(path)
+        x64 = x.to(torch.float64)
+        tau = torch.as_tensor(tau, dtype=torch.float64).expand(x64.shape[0])
+        alpha, sigma = p.alpha_sigma(tau)
+        x0, score = self.denoise_at(x64, alpha, sigma)
+        da, ds = p.derivatives(alpha, sigma)
+        return da[:, None] * x0 + ds[:, None] * (-sigma[:, None] * score)
 
     def conditional_model(self, schedule: Schedule, name: str = "label"):
         """The exact conditional model ``model(x, t, cond=None, space=None) -> Prediction``, where

@@ -89,7 +89,8 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
     schedule = denoiser.schedule
     steps = default_steps(sampler, schedule) if steps is None else steps
     if spacing is None:
-        spacing = "karras" if not schedule.variance_preserving else "trailing"
+        spacing = (getattr(schedule, "default_spacing", None)   # flow: uniform in t (flow helper)
+                   or ("karras" if not schedule.variance_preserving else "trailing"))
     if guidance is not None and not isinstance(cond, Condition):
         raise ValueError("guidance needs a condition (e.g. a label) to guide towards")
     if isinstance(cond, (Condition, torch.Tensor)) and len(cond) != num:

@@ -35,6 +35,7 @@ __all__ = ["log_likelihood", "batch_log_likelihood", "divergence", "bits_per_dim
 
 _F64 = torch.float64
 EXACT_TRACE_MAX_DOF = 16
+PURE_NOISE_RATIO = 1e4
 
 
 def bits_per_dim(nll_nats: Tensor, dof: Tensor, bins: int | None = None, data_range: float = 2.0) -> Tensor:
@@ -95,7 +96,8 @@ def log_likelihood(denoise, x0: Tensor, schedule: Schedule, space: Space, *,
     ``denoise(x, t) -> Prediction`` must be differentiable in ``x``. The ODE runs from
     ``t_min`` (default ``schedule.t_min``, or 1e-5 for a continuous schedule starting at 0)
     to ``t_max`` (default 1); the result is ``-log p_{t_min}(x0)``, which tends to
-    ``-log p_0(x0)`` as ``t_min -> 0``. ``exact_trace=None`` picks the exact trace when a
+    ``-log p_0(x0)`` as ``t_min -> 0``; on a schedule with ``alpha = 0`` at ``t_max`` (a flow path)
+    the ODE stops where ``sigma / alpha = 1e4``. ``exact_trace=None`` picks the exact trace when a
     sample has at most 16 degrees of freedom, else Hutchinson with ``hutchinson_samples``
     probes (``"rademacher"`` or ``"gaussian"``).
 
@@ -108,6 +110,10 @@ def log_likelihood(denoise, x0: Tensor, schedule: Schedule, space: Space, *,
     sde = SDE(schedule)
     lo = float(t_min) if t_min is not None else (schedule.t_min or 1e-5)
     hi = float(t_max) if t_max is not None else schedule.t_max
+    if float(schedule.alpha_sigma(torch.tensor(hi, dtype=_F64))[0]) == 0.0:
+        # a flow path ends in pure noise (alpha_1 = 0, sigma / alpha infinite): stop where
+        # sigma / alpha = 1e4, whose marginal differs from the prior by O(1e-4) per dimension
+        hi = min(hi, float(schedule.t_from_sigma_ratio(torch.tensor(PURE_NOISE_RATIO, dtype=_F64))))
     x0 = space.project(x0.detach())
     dof = space.dof(x0).to(_F64)
     if exact_trace is None:

@@ -18,7 +18,16 @@ v           ``alpha / n``         ``-sigma / n``    1          ``t * time_scale`
                                                                 ``alpha eps - sigma x_0``
 edm         ``sd^2 / (s^2+sd^2)   ``s sd /          ``1 / (alpha ``ln(s) / 4`` / Karras eq. 8
             / alpha``             sqrt(s^2+sd^2)``  sqrt(s^2+sd^2))``
+flow        ``sigma' / d``        ``-sigma / d``    1          ``tau * time_scale`` /
+                                                                ``alpha' x_0 + sigma' eps``
 =========== ===================== ================= ========== ============================
+
+flow (the flow-matching velocity, not Salimans & Ho's v): ``F* = d x_tau / d tau`` along a
+:class:`~diffuse.core.schedule.FlowPath` with ``alpha' = da/dtau``, ``sigma' = db/dtau`` and
+``d = alpha sigma' - sigma alpha'``; its eps view is ``e_skip = -alpha' / d``, ``e_out = alpha / d``.
+For the linear path ``d = alpha + sigma = 1``: ``x0_hat = x_t - t v``, ``eps_hat = x_t + (1 - t) v``,
+finite at both ends (``alpha = 0`` and ``sigma = 0``). ``tau`` is the path's own time of
+``(alpha, sigma)`` (after any shift), so the network never sees the schedule's clock.
 
 with ``n = alpha^2 + sigma^2`` (1 for VP schedules; v: Salimans & Ho 2022), and for EDM
 (Karras table 1 on ``x~ = x_t / alpha``) ``s = sigma / alpha`` the noise level and
@@ -39,7 +48,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Prediction", "Scalings", "Parameterization", "EpsParam", "X0Param", "VParam", "EDMParam",
+__all__ = ["Prediction", "Scalings", "Parameterization", "EpsParam", "X0Param", "VParam", "EDMParam", "FlowParam",
            "edm_scalings", "edm_weight", "make_parameterization", "PARAMETERIZATIONS"]
 
 _F64 = torch.float64
@@ -217,6 +226,61 @@ class EDMParam(Parameterization):
         return f"EDMParam(sigma_data={self.sigma_data:g})"
 
 
+class FlowParam(_TimeConditioned):
+    """Flow-matching velocity ``v = d x_tau / d tau = alpha' x_0 + sigma' eps`` on a flow path
+    (``eps - x_0`` on the linear path; Lipman et al. 2023, Liu et al. 2023, Esser et al. 2024).
+
+    The network is conditioned on the path time ``tau(alpha, sigma) * time_scale``, whatever
+    the schedule's clock (so a time shift is a sampling choice). With the uniform weighting the
+    loss is the conditional flow-matching loss ``|v_hat - (eps - x_0)|^2``."""
+
+    name = "flow"
+
+    def __init__(self, time_scale: float = 1000.0, path: str = "linear") -> None:
+        from .schedule import get_flow_path
+
+        super().__init__(time_scale)
+        self.path = get_flow_path(path)
+
+    def _d(self, alpha, sigma):
+        da, ds = self.path.derivatives(alpha, sigma)
+        return da, ds, alpha * ds - sigma * da
+
+    def coefficients(self, alpha, sigma, t=None):
+        _, ds, det = self._d(alpha, sigma)
+        noise = alpha * 0 if t is None else self.path.tau(alpha, sigma) * self.time_scale
+        return ds / det, -sigma / det, torch.ones_like(alpha), noise
+
+    def eps_coefficients(self, alpha, sigma, c_skip, c_out):
+        da, _, det = self._d(alpha, sigma)
+        return -da / det, alpha / det
+
+    def target(self, x0, eps, alpha, sigma):
+        da, ds = self.path.derivatives(alpha, sigma)
+        return da * x0 + ds * eps
+
+    def to_prediction(self, out, x_t, alpha, sigma):
+        da, ds, det = self._d(alpha, sigma)
+        return Prediction((ds * x_t - sigma * out) / det, (alpha * out - da * x_t) / det)
+
+    def from_prediction(self, pred, x_t, alpha, sigma):
+        return self.velocity(pred, alpha, sigma)           # finite at sigma = 0 too
+
+    def velocity(self, pred: Prediction, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The velocity ``alpha' x0_hat + sigma' eps_hat`` of a prediction (any parameterization's)."""
+        da, ds = self.path.derivatives(alpha, sigma)
+        return da * pred.x0 + ds * pred.eps
+
+    def x0_mse_factor(self, snr, norm=1.0):
+        # 1 / c_out^2 = d^2 / sigma^2; linear: (alpha + sigma)^2 / sigma^2, cosine: (pi/2)^2 n^2 / sigma^2
+        if self.path.name == "linear":
+            return (1.0 + torch.sqrt(snr)) ** 2
+        return (0.5 * torch.pi) ** 2 * norm * (snr + 1.0)
+
+    def __repr__(self) -> str:
+        return f"FlowParam(time_scale={self.time_scale:g}, path={self.path.name!r})"
+
+
 def edm_scalings_like(sig: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`edm_scalings` in ``sig``'s own dtype (float32 loss tensors stay float32)."""
     sd2 = sigma_data ** 2
@@ -225,13 +289,18 @@ def edm_scalings_like(sig: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, T
     return sd2 / norm, sig * sigma_data / root, 1.0 / root, torch.log(sig) / 4.0
 
 
-PARAMETERIZATIONS: dict[str, type[Parameterization]] = {"eps": EpsParam, "x0": X0Param, "v": VParam, "edm": EDMParam}
+PARAMETERIZATIONS: dict[str, type[Parameterization]] = {"eps": EpsParam, "x0": X0Param, "v": VParam, "edm": EDMParam,
+                                                        "flow": FlowParam}
 
 
-def make_parameterization(name: str, *, time_scale: float = 1000.0, sigma_data: float = 0.5) -> Parameterization:
-    """``eps | x0 | v`` (network conditioned on ``t * time_scale``) or ``edm`` (on ``ln(sigma) / 4``)."""
+def make_parameterization(name: str, *, time_scale: float = 1000.0, sigma_data: float = 0.5,
+                          path: str = "linear") -> Parameterization:
+    """``eps | x0 | v`` (network conditioned on ``t * time_scale``), ``edm`` (on ``ln(sigma) / 4``)
+    or ``flow`` (the velocity on flow path ``path``, conditioned on the path time)."""
     if name not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {name!r}; expected one of {sorted(PARAMETERIZATIONS)}")
     if name == "edm":
         return EDMParam(sigma_data)
+    if name == "flow":
+        return FlowParam(time_scale, path)
     return PARAMETERIZATIONS[name](time_scale)

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 Callback = Callable[[dict[str, Any]], None]
-SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr")
+SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr", "uniform")
 
 
 def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: float = 7.0,
@@ -65,6 +65,11 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     * ``logsnr``:   uniform in log-SNR between the end points (Lu et al. 2022, DPM-Solver's
       ``logSNR`` skip type); never rounded, so a discrete model is queried between its nodes.
 
+    * ``uniform``:  ``steps`` equal intervals of ``t`` from ``t_max`` down to ``final`` (default 0):
+      ``t_max - k (t_max - final) / steps``, ``k = 0..steps-1`` (rectified flow's and SD3's grid; the
+      default of flow schedules, whose time shift then acts through the schedule). With ``final=None``
+      it ends at ``t_min`` instead.
+
     For continuous schedules ``linspace`` / ``trailing`` / ``leading`` are uniform in ``t`` on
     ``[t_min, t_max]``. ``final`` (default 0, the clean data) is appended unless ``None``.
     """
@@ -78,9 +83,17 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
         raise ValueError(f"asked for {steps} steps but the model was trained with T={T}")
     hi = schedule.t_max if t_max is None else float(t_max)
     lo = schedule.t_min if t_min is None else float(t_min)
-    if spacing == "karras":
+    if spacing == "uniform":
+        end = lo if final is None else float(final)
+        t = hi - torch.arange(steps, dtype=torch.float64) * ((hi - end) / steps)
+        if T:
+            t = _distinct_steps((t * T).round().clamp(1, T), T) / T
+    elif spacing == "karras":
         a_hi, s_hi = schedule.alpha_sigma(torch.tensor(hi, dtype=torch.float64))
         a_lo, s_lo = schedule.alpha_sigma(torch.tensor(lo, dtype=torch.float64))
+        if float(a_hi) == 0.0:
+            raise ValueError(f"karras spacing needs alpha_t > 0 at t_max={hi:g} (pure noise there: log-SNR -inf); "
+                             "use uniform, trailing or logsnr spacing, or a smaller t_max")
         smax, smin = float(s_hi / a_hi), float(s_lo / a_lo)
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
         sig = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
@@ -91,6 +104,9 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
             t = _distinct_steps((t * T).round().clamp(1, T), T) / T
         t[0] = hi
     elif spacing == "logsnr":
+        if float(schedule.alpha_sigma(torch.tensor(hi, dtype=torch.float64))[0]) == 0.0:
+            raise ValueError(f"logsnr spacing needs alpha_t > 0 at t_max={hi:g} (log-SNR -inf there); "
+                             "use uniform or trailing spacing, or a smaller t_max")
         lam = torch.linspace(float(schedule.log_snr(torch.tensor(hi, dtype=torch.float64))),
                              float(schedule.log_snr(torch.tensor(lo, dtype=torch.float64))), steps, dtype=torch.float64)
         t = schedule.t_from_log_snr(lam) if steps > 1 else torch.tensor([hi], dtype=torch.float64)

@@ -20,6 +20,9 @@ dpmpp_2m         DPM-Solver++(2M), Lu et al. 2022, algorithm 2               1
 dpmpp_3m         DPM-Solver++(3M), Lu et al. 2022 (third-order multistep)    1
 ================ ======================================================== ===================
 
+The flow samplers (``flow_euler``, ``flow_heun``, ``flow_midpoint``, ``flow_rk45``, ``flow_sde``)
+live in :mod:`diffuse.core.flow` and are registered here too.
+
 Scores come from the denoiser as ``score = -eps / sigma_t``. The SDE coefficients ``f, g^2``
 come from the schedule (:func:`diffuse.core.sde.sde_coefficients`), so the same code serves the
 discrete DDPM chain, the continuous VP / sub-VP / VE SDEs and EDM's sigmas. EDM's sampler and
@@ -49,7 +52,11 @@ __all__ = ["jump_logsnr_grid", "euler_maruyama", "pc", "ode_euler", "ode_heun", 
 
 def _fg2(schedule: Schedule, t: Tensor) -> tuple[float, float]:
     f, g2 = sde_coefficients(schedule, torch.as_tensor(t, dtype=torch.float64))
-    return float(f), float(g2)
+    f, g2 = float(f), float(g2)
+    if not (math.isfinite(f) and math.isfinite(g2)):
+        raise ValueError(f"the SDE coefficients of {schedule!r} are infinite at t={float(t):g} (alpha_t = 0: pure "
+                         "noise); start the grid below it or use ddim, dpmpp_2m or a flow_* sampler")
+    return f, g2
 
 
 def _report(callback: Callback | None, i: int, t, s, x: Tensor, x0: Tensor | None, **extra: Any) -> None:
@@ -66,7 +73,8 @@ def _multistep_steps(schedule: Schedule, grid: Tensor) -> Iterator[tuple]:
         if float(s) == float(t):
             continue
         (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
-        h = math.inf if s_s == 0.0 else math.log(a_s / s_s) - math.log(a_t / s_t)
+        # h = inf on a step from pure noise (alpha_t = 0, a flow path at t = 1) or to clean data
+        h = math.inf if s_s == 0.0 or a_t == 0.0 else math.log(a_s / s_s) - math.log(a_t / s_t)
         yield i, t, s, a_t, s_t, a_s, s_s, h
 
 
@@ -152,6 +160,7 @@ def pc(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
         raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
     step_fn = _PREDICTORS[predictor]
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+        _sigma_ratio(schedule, t)                    # refuses alpha_t = 0 (pure noise) with one line
         a_t, s_t = _coefs(schedule, t)
         a_s, _ = _coefs(schedule, s)
         a_lang = (a_t / a_s) ** 2
@@ -208,6 +217,9 @@ def ode_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
 def _sigma_ratio(schedule: Schedule, t) -> tuple[float, float]:
     """``(alpha_t, sigma_t / alpha_t)``: the EDM scale ``s(t)`` and noise level."""
     a, s = _coefs(schedule, t)
+    if a == 0.0:
+        raise ValueError(f"{schedule!r} has alpha_t = 0 at t={float(t):g} (infinite noise level sigma/alpha); "
+                         "start the grid below it or use ddim, dpmpp_2m or a flow_* sampler")
     return a, s / a
 
 
@@ -403,3 +415,5 @@ SAMPLERS.update({
     "edm_heun": edm_heun,
     "dpmpp_2m": dpmpp_2m,
 })
+
+from . import flow as _flow  # noqa: E402,F401 - registers the flow samplers (flow_euler, flow_heun, ...)

@@ -421,7 +421,7 @@ def test_time_grid_rejects_invalid_steps(spacing, steps):
 
 def test_time_grid_and_sampler_names_rejected_clearly():
     with pytest.raises(ValueError, match="spacing"):
-        time_grid(SCHED, 10, "uniform")
+        time_grid(SCHED, 10, "bogus")
     with pytest.raises(ValueError, match="unknown sampler"):
         get_sampler("euler-ancestral-typo")
     assert get_sampler("ddim") is ddim and get_sampler("ddpm") is ddpm

@@ -108,7 +108,7 @@ def test_training_setup_modes():
     edm = Diffusion({"schedule": {"kind": "sigma"}, "training": "edm", "sigma_data": 0.5})
     assert isinstance(edm.denoiser(Zero()).param, EDMParam) and edm.loss.weighting_name == "uniform"
     with pytest.raises(ValueError, match="training mode"):
-        Diffusion({"training": "flow"})
+        Diffusion({"training": "nope"})
 
 
 def test_edm_wrapper_with_oracle_network_is_the_exact_denoiser():
