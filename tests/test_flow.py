@@ -290,7 +290,7 @@ def _train(diff, den, data, steps, noise=None, seed=0, lr=3e-3):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
