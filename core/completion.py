@@ -201,20 +201,14 @@ def sdedit(sampler: str | Callable[..., Tensor], denoise, x0: Tensor, grid: Tens
 # ---------------------------------------------------------------------------- from a trained model
 def _setup(denoiser, batch: Batch, *, sampler: str, steps: int | None, spacing: str | None, seed: int,
            device: Any, cond: Any, guidance: Guidance | None, options: dict[str, Any]):
-    from .generate import check_generate_args, default_steps
+    from .generate import check_condition, check_generate_args, sampling_grid
 
     n = len(batch)
     check_generate_args(n, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=max(n, 1),
                         options=options)
     schedule = denoiser.schedule
-    steps = default_steps(sampler, schedule) if steps is None else steps
-    if spacing is None:
-        spacing = "karras" if not schedule.variance_preserving else "trailing"
-    if guidance is not None and not isinstance(cond, Condition):
-        raise ValueError("guidance needs a condition (e.g. a label) to guide towards")
-    if isinstance(cond, (Condition, torch.Tensor)) and len(cond) != n:
-        raise ValueError(f"the condition holds {len(cond)} samples, expected {n}")
-    grid = time_grid(schedule, steps, spacing)
+    check_condition(cond, guidance, n)
+    grid = sampling_grid(schedule, sampler, steps, spacing)
     device = torch.device(device)
     b = Batch(batch.x, batch.space, cond, batch.extras).to(device)
     if guidance is not None:

@@ -24,7 +24,7 @@ from .guidance import Guidance, classifier_free_guidance
 from .samplers import SPACINGS, check_sampler_options, get_sampler, prior_sample, time_grid
 from .space import per_sample_generators
 
-__all__ = ["generate", "check_generate_args", "concat_batches", "default_steps"]
+__all__ = ["generate", "check_generate_args", "check_condition", "concat_batches", "default_steps", "sampling_grid"]
 
 
 def default_steps(sampler: str, schedule) -> int:
@@ -67,6 +67,25 @@ def check_generate_args(num: int, *, sampler: str = "ddim", steps: int | None = 
     check_sampler_options(sampler, options or {})
 
 
+def sampling_grid(schedule, sampler: str, steps: int | None, spacing: str | None):
+    """The descending time grid a sampler runs on: ``steps`` (default :func:`default_steps`) with
+    ``spacing`` (default: the schedule's own, e.g. uniform in t for flow paths; else Karras for
+    non-VP schedules and trailing for VP ones)."""
+    steps = default_steps(sampler, schedule) if steps is None else steps
+    if spacing is None:
+        spacing = (getattr(schedule, "default_spacing", None)
+                   or ("karras" if not schedule.variance_preserving else "trailing"))
+    return time_grid(schedule, steps, spacing)
+
+
+def check_condition(cond: Any, guidance: Any, num: int) -> None:
+    """A ``ValueError`` for guidance without a condition, or a condition of another size."""
+    if guidance is not None and not isinstance(cond, Condition):
+        raise ValueError("guidance needs a condition (e.g. a label) to guide towards")
+    if isinstance(cond, (Condition, torch.Tensor)) and len(cond) != num:
+        raise ValueError(f"the condition holds {len(cond)} samples, expected {num}")
+
+
 @torch.no_grad()
 def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, sampler: str = "ddim",
              steps: int | None = None, spacing: str | None = None, seed: int = 0, batch_size: int = 64,
@@ -87,15 +106,8 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
     domain.check_structure(structure, data_info, batch_size=min(batch_size, num))
     fn = get_sampler(sampler)
     schedule = denoiser.schedule
-    steps = default_steps(sampler, schedule) if steps is None else steps
-    if spacing is None:
-        spacing = (getattr(schedule, "default_spacing", None)   # flow: uniform in t (flow helper)
-                   or ("karras" if not schedule.variance_preserving else "trailing"))
-    if guidance is not None and not isinstance(cond, Condition):
-        raise ValueError("guidance needs a condition (e.g. a label) to guide towards")
-    if isinstance(cond, (Condition, torch.Tensor)) and len(cond) != num:
-        raise ValueError(f"the condition holds {len(cond)} samples, expected {num}")
-    grid = time_grid(schedule, steps, spacing)
+    check_condition(cond, guidance, num)
+    grid = sampling_grid(schedule, sampler, steps, spacing)
     device = torch.device(device)
     out: list[Batch] = []
     for start in range(0, num, batch_size):
