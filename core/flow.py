@@ -45,6 +45,7 @@ from .domain import DomainDataset
 from .parameterization import Prediction
 from .samplers import OPTION_LIMITS, SAMPLERS, Callback, _call, _grid_coefs, _limits
 from .schedule import Schedule
+from .solvers import _ode_finish, _report
 from .space import GeneratorLike, Space
 
 __all__ = ["flow_coords", "t_from_rho", "flow_euler", "flow_heun", "flow_midpoint", "flow_rk45", "flow_sde",
@@ -68,11 +69,6 @@ def t_from_rho(schedule: Schedule, rho: float) -> float:
 
 def _u(pred: Prediction) -> Tensor:
     return pred.eps - pred.x0
-
-
-def _report(callback, i, t, s, x, x0, **extra) -> None:
-    if callback is not None:
-        callback({"i": i, "t": float(t), "t_next": float(s), "x": x, "x0": x0, **extra})
 
 
 @torch.no_grad()
@@ -163,15 +159,8 @@ def flow_rk45(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Sp
     if not sol.success:
         raise RuntimeError(f"flow ODE solver failed: {sol.message}")
     x = space.project(c_end * torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype))
-    x0 = None
-    if final_denoise:
-        x0 = _call(denoise, x, torch.tensor(t_end, dtype=_F64), space).x0
-        nfe += 1
-        x = space.project(a_e * x0)
-    if stats is not None:
-        stats["nfe"] = nfe
-    _report(callback, 0, grid[0], grid[-1], x, x0, nfe=nfe)
-    return x
+    return _ode_finish(denoise, x, torch.tensor(t_end, dtype=_F64), a_e, space, final_denoise, nfe, stats,
+                       callback, grid)
 
 
 @torch.no_grad()

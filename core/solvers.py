@@ -64,6 +64,21 @@ def _report(callback: Callback | None, i: int, t, s, x: Tensor, x0: Tensor | Non
         callback({"i": i, "t": float(t), "t_next": float(s), "x": x, "x0": x0, **extra})
 
 
+def _ode_finish(denoise, x: Tensor, t_end: Tensor, alpha_end, space: Space, final_denoise: bool, nfe: int,
+                stats: dict | None, callback: Callback | None, grid: Tensor) -> Tensor:
+    """The end of an adaptive ODE solve (``rk45``, ``flow_rk45``): where the grid ends at zero noise,
+    one last denoising step ``x = alpha_end x0_hat``; then ``stats["nfe"]`` and the callback."""
+    x0 = None
+    if final_denoise:
+        x0 = _call(denoise, x, t_end, space).x0
+        nfe += 1
+        x = space.project(alpha_end * x0)
+    if stats is not None:
+        stats["nfe"] = nfe
+    _report(callback, 0, grid[0], grid[-1], x, x0, nfe=nfe)
+    return x
+
+
 def _multistep_steps(schedule: Schedule, grid: Tensor) -> Iterator[tuple]:
     """The steps of a multistep log-SNR solver: ``(i, t, s, a_t, s_t, a_s, s_s, h)`` with
     ``h = lambda_s - lambda_t`` (``lambda = log(alpha / sigma)``; ``inf`` when ``sigma_s = 0``).
@@ -307,16 +322,8 @@ def rk45(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
     if not sol.success:
         raise RuntimeError(f"probability-flow ODE solver failed: {sol.message}")
     xs = space.project(torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype))
-    x = a_end * xs
-    x0 = None
-    if final_denoise:
-        x0 = _call(denoise, x, t_end, space).x0
-        nfe += 1
-        x = space.project(_coefs(schedule, grid[-1])[0] * x0)
-    if stats is not None:
-        stats["nfe"] = nfe
-    _report(callback, 0, grid[0], grid[-1], x, x0, nfe=nfe)
-    return x
+    return _ode_finish(denoise, a_end * xs, t_end, _coefs(schedule, grid[-1])[0], space, final_denoise, nfe,
+                       stats, callback, grid)
 
 
 # ---------------------------------------------------------------------------- DPM-Solver++

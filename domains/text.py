@@ -380,4 +380,7 @@ def _write_vocab(path: Path = VOCAB_PATH) -> Path:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    print(_write_vocab())
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger(__name__).info("wrote %s", _write_vocab())
