@@ -195,8 +195,7 @@ def test_trained_classifier_guides_an_unconditional_model_into_the_requested_cla
 
 
 # ------------------------------------------------------------------ image and audio end to end (CLI)
-TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "attn_levels": [1], "groups": 4,
-             "head_dim": 8}
+from tiny import TINY_UNET  # noqa: E402
 
 
 @pytest.fixture(scope="module")

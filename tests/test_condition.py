@@ -148,27 +148,13 @@ def test_condition_dropout_in_the_training_loss():
 
 
 # ------------------------------------------------------------------ image labels end to end (CLI + API)
-TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "attn_levels": [1], "groups": 4,
-             "head_dim": 8}
-
-
 @pytest.fixture(scope="module")
 def image_runs(tmp_path_factory):
-    from click.testing import CliRunner
-
-    from diffuse.cli.main import main
+    from tiny import train_tiny_image
 
     root = tmp_path_factory.mktemp("cond_cli")
-    cfg = root / "tiny.json"
-    cfg.write_text(json.dumps({"model": TINY_UNET, "train": {"final_eval": False}}))
-    runs = {}
-    for name, extra in (("labels", ["--condition", "label", "--cond-drop", "0.3"]), ("plain", [])):
-        runs[name] = root / name
-        res = CliRunner().invoke(main, ["train", "--domain", "image", "--config", str(cfg), "--steps", "2",
-                                        "--batch-size", "8", "--no-progress", "--device", "cpu",
-                                        "--out", str(runs[name]), *extra])
-        assert res.exit_code == 0, res.output
-    return runs
+    return {name: train_tiny_image(root, name, extra)
+            for name, extra in (("labels", ["--condition", "label", "--cond-drop", "0.3"]), ("plain", []))}
 
 
 def test_image_label_training_records_its_condition_and_samples_by_label(image_runs, tmp_path):

@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+from tiny import TINY_UNET
 import torch
 from torch import nn
 
@@ -226,29 +227,14 @@ def test_a_text_condition_trained_on_varied_captions_puts_samples_in_the_prompte
 
 
 # ------------------------------------------------------------------ image text models end to end
-TINY_UNET = {"base_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "attn_levels": [1], "groups": 4,
-             "head_dim": 8}
-
-
 @pytest.fixture(scope="module")
 def text_runs(tmp_path_factory):
-    from click.testing import CliRunner
-
-    from diffuse.cli.main import main
+    from tiny import train_tiny_image
 
     root = tmp_path_factory.mktemp("text_cli")
-    runs = {}
-    for name, model, extra in (("text", {**TINY_UNET, "text_encoder": {"dim": 16, "layers": 1}},
-                                ["--condition", "text"]),
-                               ("labels", TINY_UNET, ["--condition", "label"])):
-        cfg = root / f"{name}.json"
-        cfg.write_text(json.dumps({"model": model, "train": {"final_eval": False}}))
-        runs[name] = root / name
-        res = CliRunner().invoke(main, ["train", "--domain", "image", "--config", str(cfg), "--steps", "2",
-                                        "--batch-size", "8", "--no-progress", "--device", "cpu",
-                                        "--out", str(runs[name]), *extra])
-        assert res.exit_code == 0, res.output
-    return runs
+    return {"text": train_tiny_image(root, "text", ["--condition", "text"],
+                                     {**TINY_UNET, "text_encoder": {"dim": 16, "layers": 1}}),
+            "labels": train_tiny_image(root, "labels", ["--condition", "label"])}
 
 
 def test_image_text_model_records_its_vocabulary_and_samples_from_a_prompt(text_runs, tmp_path):
