@@ -33,7 +33,7 @@ __all__ = ["RawMolecules", "read_path", "read_qm9pack", "read_qm9_raw", "read_sd
 
 log = logging.getLogger(__name__)
 
-#: EDM's QM9 split sizes (train, valid, test) for the 130,831 molecules.
+#: EDM's QM9 split sizes (train, valid, test) for the 130,831 characterized molecules.
 QM9_SPLIT_SIZES = (100_000, 17_748, 13_083)
 SUFFIXES = {".sdf": "sdf", ".sdf.gz": "sdf", ".mol": "sdf", ".xyz": "xyz", ".smi": "smiles", ".smiles": "smiles"}
 
@@ -289,7 +289,12 @@ def _parse_floats(text: str) -> np.ndarray:
 
 def read_qm9pack(limit: int | None = None) -> tuple[RawMolecules, np.ndarray]:
     """All of QM9 (Ramakrishnan et al. 2014) from qm9pack's CSVs; returns the molecules and
-    their QM9 indices (``gdb_idx``). Coordinates are B3LYP geometries in Angstrom."""
+    their QM9 indices (``gdb_idx``, 1-based), in QM9 index order. Coordinates are B3LYP
+    geometries in Angstrom.
+
+    qm9pack 1.0.3 holds exactly QM9's 130,831 characterized molecules: its ``Index`` column runs
+    over 1..133,885 with 3,054 numbers absent, the molecules of QM9's ``uncharacterized.txt``
+    (checked on the installed tables), so these rows are the set EDM splits, in EDM's order."""
     csv.field_size_limit(1 << 27)
     out = RawMolecules()
     index = []
@@ -307,7 +312,14 @@ def read_qm9pack(limit: int | None = None) -> tuple[RawMolecules, np.ndarray]:
                 if limit is not None and len(out) >= limit:
                     return out, np.array(index)
     report_skipped("qm9pack", out, len(out) + len(out.skipped))
-    return out, np.array(index)
+    index_arr = np.array(index)
+    if len(index_arr) > 1 and not bool((np.diff(index_arr) > 0).all()):   # keep QM9 index order
+        order = np.argsort(index_arr, kind="stable")
+        ordered = RawMolecules(skipped=out.skipped)
+        for i in order.tolist():
+            ordered.add(out.symbols[i], out.positions[i], out.charges[i], out.names[i])
+        out, index_arr = ordered, index_arr[order]
+    return out, index_arr
 
 
 QM9_RAW_FILES = ("gdb9.sdf", "gdb9.sdf.csv", "uncharacterized.txt")
@@ -376,15 +388,25 @@ def read_qm9_raw(root: Path) -> RawMolecules:
 
 
 def qm9_split(n: int, split: str, seed: int = 0) -> np.ndarray:
-    """EDM's seeded split: 100,000 train / 17,748 valid / 13,083 test for all 130,831 molecules
-    (test = 10 %, train = 100k, i.e. the same share of a smaller set, valid = the rest)."""
+    """Positions (sorted) of one part of EDM's QM9 split of ``n`` molecules held in QM9 index order.
+
+    For QM9's 130,831 characterized molecules and ``seed = 0`` this is EDM's split exactly (its
+    ``qm9/data/prepare/qm9.py``, after Cormorant): ``np.random.seed(0); perm =
+    np.random.permutation(130831)``, train = ``perm[:100000]``, valid = ``perm[100000:117748]``,
+    test = ``perm[117748:]``. A local ``RandomState(seed)`` draws the same stream as the seeded
+    global generator without touching global state. Other ``n`` (a partial copy of QM9) keep
+    EDM's rule where it applies: test = ``int(0.1 n)``, train = 100,000 or, for smaller sets, the
+    same share of ``n - test`` as EDM's (100,000 of 117,748), valid = the rest; ``split = "all"``
+    is every position."""
     if split == "all":
         return np.arange(n)
     if split not in ("train", "valid", "test"):
         raise DataError(f"unknown split {split!r}; expected train, valid, test or all")
-    n_test = int(round(0.1 * n))
-    n_train = min(QM9_SPLIT_SIZES[0], int(round(n * QM9_SPLIT_SIZES[0] / sum(QM9_SPLIT_SIZES))))
-    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(0.1 * n)
+    full_train = QM9_SPLIT_SIZES[0]
+    n_train = full_train if n - n_test >= sum(QM9_SPLIT_SIZES[:2]) else \
+        int(round((n - n_test) * full_train / sum(QM9_SPLIT_SIZES[:2])))
+    perm = np.random.RandomState(seed).permutation(n)
     parts = {"train": perm[:n_train], "valid": perm[n_train:n - n_test], "test": perm[n - n_test:]}
     return np.sort(parts[split])
 
