@@ -100,6 +100,15 @@ class DomainDataset(ABC):
 
 
 class SubsetDataset(DomainDataset):
+    """The items of ``base`` at ``indices``, as a view. ``info()`` is the base's (a model is
+    described by the data it was built from).
+
+    Attributes are forwarded with care, so that a subset never passes the whole data set's
+    members off as its own: names the base lists in ``shared_attributes`` (facts of the whole
+    data set, e.g. a vocabulary) come from the base; names it lists in ``member_attributes``
+    are answered by ``base.member_attribute(name, indices)`` for this subset's members only
+    (e.g. the reference SMILES of just these molecules); any other name is an AttributeError."""
+
     def __init__(self, base: DomainDataset, indices: Tensor) -> None:
         self.base, self.indices = base, torch.as_tensor(indices, dtype=torch.long)
 
@@ -112,11 +121,32 @@ class SubsetDataset(DomainDataset):
     def batch(self, indices, generator=None):
         return self.base.batch(self.indices[torch.as_tensor(indices, dtype=torch.long)], generator)
 
+    def complement(self) -> "SubsetDataset":
+        """The base's other items (for the held-out part of :meth:`split`: the training part)."""
+        keep = torch.ones(len(self.base), dtype=torch.bool)
+        keep[self.indices] = False
+        return SubsetDataset(self.base, torch.nonzero(keep).reshape(-1))
+
+    @property
+    def shared_attributes(self) -> tuple[str, ...]:
+        return tuple(getattr(self.base, "shared_attributes", ()))
+
+    @property
+    def member_attributes(self) -> tuple[str, ...]:
+        return tuple(getattr(self.base, "member_attributes", ()))
+
+    def member_attribute(self, name: str, indices: Tensor) -> Any:
+        return self.base.member_attribute(name, self.indices[torch.as_tensor(indices, dtype=torch.long)])
+
     def __getattr__(self, name: str):
-        # expose domain-specific helpers of the base dataset (e.g. ``labels``)
-        if name in ("base", "indices"):
+        if name in ("base", "indices") or name.startswith("__"):
             raise AttributeError(name)
-        return getattr(self.base, name)
+        if name in self.shared_attributes:
+            return getattr(self.base, name)
+        if name in self.member_attributes:
+            return self.member_attribute(name, torch.arange(len(self.indices)))
+        raise AttributeError(f"a subset of {type(self.base).__name__} has no attribute {name!r} (the base "
+                             "shares only its shared_attributes and member_attributes)")
 
 
 class Domain(ABC):

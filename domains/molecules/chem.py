@@ -12,8 +12,27 @@ that figures compare with the papers:
 * an atom is *stable* when the sum of its bond orders equals its element's allowed valence
   (``ALLOWED_VALENCE``), a molecule when all its atoms are;
 * a molecule is *valid* when RDKit sanitizes the molecule built from these bonds; its SMILES
-  is that of the largest fragment; uniqueness is among valid molecules, novelty among the
-  unique ones against a reference set's SMILES.
+  is that of the largest fragment (EDM's validity, so a cloud of fragments whose largest piece is
+  one F atom counts as valid); *valid and connected* also asks for one fragment; uniqueness is
+  among valid molecules, novelty among the unique ones against the training molecules' SMILES.
+
+Two bond rules, as EDM's two evaluations (``BOND_RULES``; a table says which it used):
+
+* ``qm9`` (EDM's QM9 evaluation): the tables are read in either order of the pair (over
+  H, C, N, O, F they are symmetric, so this is EDM's lookup exactly), and RDKit judges the
+  molecule with the inferred single / double / triple bonds;
+* ``geom`` (EDM's GEOM-Drugs evaluation, for drug-like elements S, Cl, Br, P, I...): the pair is
+  ordered by atomic number (EDM's GEOM atom decoder order) and each table is read only in that
+  direction, a pair absent from the single-bond table never bonding (``check_exists``); so
+  asymmetric entries count as EDM counts them: C=S is listed under C only and the pair is read
+  as (C, S), so C=S can be double; P=S is listed under P only, read as (P, S). (Every one-sided
+  entry of EDM's tables sits under the lighter element, so both rules find the same
+  thresholds; ``tests/test_molecules_metrics.py`` checks this against EDM's lookup.)
+  Stability uses these bond orders, while the molecule given to RDKit for validity has single
+  bonds only (``limit_bonds_to_one``), so aromatic rings and their Kekule structures do not
+  decide validity.
+
+``bond_rule(elements)`` picks ``qm9`` for data within H, C, N, O, F and ``geom`` otherwise.
 
 The tables are facts re-typed as data; bond lengths are in picometres.
 """
@@ -29,7 +48,7 @@ from rdkit.Geometry import Point3D
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["BOND_LENGTHS_SINGLE", "BOND_LENGTHS_DOUBLE", "BOND_LENGTHS_TRIPLE", "MARGINS", "ALLOWED_VALENCE",
+__all__ = ["BOND_RULES", "bond_rule", "BOND_LENGTHS_SINGLE", "BOND_LENGTHS_DOUBLE", "BOND_LENGTHS_TRIPLE", "MARGINS", "ALLOWED_VALENCE",
            "BondTables", "MoleculeReport", "analyze_molecule", "build_rdkit_mol", "validity_table",
            "smiles_of"]
 
@@ -61,7 +80,7 @@ BOND_LENGTHS_DOUBLE: dict[str, dict[str, int]] = {
     "N": {"C": 129, "N": 125, "O": 121},
     "O": {"C": 120, "N": 121, "O": 121, "P": 150},
     "P": {"O": 150, "S": 186},
-    "S": {"P": 186, "C": 160},
+    "S": {"P": 186},   # EDM's table: C=S is listed under C only (see the bond rules above)
 }
 # Typical triple-bond lengths (pm).
 BOND_LENGTHS_TRIPLE: dict[str, dict[str, int]] = {
@@ -80,26 +99,56 @@ ALLOWED_VALENCE: dict[str, tuple[int, ...]] = {
 _BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
 
 
-def _lookup(table: dict[str, dict[str, int]], a: str, b: str) -> float:
+#: EDM's two evaluation rules (module docstring): QM9's, and GEOM-Drugs' for drug-like elements
+BOND_RULES = ("qm9", "geom")
+_QM9_ELEMENTS = frozenset(("H", "C", "N", "O", "F"))
+
+
+def bond_rule(elements: Sequence[str], rule: str | None = "auto") -> str:
+    """The bond rule for a vocabulary: ``rule`` when given, else ``qm9`` for elements within
+    H, C, N, O, F and ``geom`` (EDM's GEOM-Drugs evaluation) otherwise."""
+    if rule in (None, "auto"):
+        return "qm9" if set(elements) <= _QM9_ELEMENTS else "geom"
+    if rule not in BOND_RULES:
+        raise ValueError(f"unknown bond rule {rule!r}; expected auto, {' or '.join(BOND_RULES)}")
+    return str(rule)
+
+
+def _lookup(table: dict[str, dict[str, int]], a: str, b: str, either_order: bool = True) -> float:
     v = table.get(a, {}).get(b)
-    if v is None:
+    if v is None and either_order:
         v = table.get(b, {}).get(a)
     return float(v) if v is not None else -np.inf
 
 
-class BondTables:
-    """Bond-length thresholds as ``[K, K]`` matrices over an element vocabulary (in Angstrom)."""
+def _atomic_number(symbol: str) -> int:
+    return Chem.GetPeriodicTable().GetAtomicNumber(symbol)
 
-    def __init__(self, elements: Sequence[str], margins: tuple[float, float, float] = MARGINS) -> None:
+
+class BondTables:
+    """Bond-length thresholds as ``[K, K]`` matrices over an element vocabulary (in Angstrom),
+    read by one of ``BOND_RULES`` (``qm9``: either order; ``geom``: the pair ordered by atomic
+    number, each table in that direction only)."""
+
+    def __init__(self, elements: Sequence[str], margins: tuple[float, float, float] = MARGINS,
+                 rule: str | None = "auto") -> None:
         self.elements = list(elements)
+        self.rule = bond_rule(self.elements, rule)
         k = len(self.elements)
         self.thresholds = np.full((3, k, k), -np.inf)
+        z = [_atomic_number(e) for e in self.elements]
+        geom = self.rule == "geom"
         for t, (table, margin) in enumerate(zip((BOND_LENGTHS_SINGLE, BOND_LENGTHS_DOUBLE, BOND_LENGTHS_TRIPLE),
                                                 margins)):
             for i, a in enumerate(self.elements):
                 for j, b in enumerate(self.elements):
-                    self.thresholds[t, i, j] = (_lookup(table, a, b) + margin) / 100.0
+                    first, second = (a, b) if not geom or z[i] <= z[j] else (b, a)
+                    self.thresholds[t, i, j] = (_lookup(table, first, second, not geom) + margin) / 100.0
         self.valences = [ALLOWED_VALENCE.get(e, ()) for e in self.elements]
+
+    def validity_orders(self, orders: np.ndarray) -> np.ndarray:
+        """The bond orders RDKit judges: as inferred (``qm9``), or every bond single (``geom``)."""
+        return np.minimum(orders, 1) if self.rule == "geom" else orders
 
     def bond_orders(self, pos: np.ndarray, types: np.ndarray) -> np.ndarray:
         """Symmetric ``[n, n]`` integer bond orders (0 = no bond) inferred from distances."""
@@ -175,27 +224,33 @@ def analyze_molecule(pos: np.ndarray, types: np.ndarray, tables: BondTables,
     else:
         n_comp = 0
     symbols = [tables.elements[t] for t in types.tolist()]
-    smiles = smiles_of(build_rdkit_mol(symbols, None, orders, charges)) if n else None
+    smiles = smiles_of(build_rdkit_mol(symbols, None, tables.validity_orders(orders), charges)) if n else None
     return MoleculeReport(n, stable_atoms, stable_atoms == n and n > 0, n_comp == 1, smiles, orders)
 
 
 def validity_table(reports: Iterable[MoleculeReport], reference_smiles: set[str] | None = None) -> dict[str, float]:
-    """EDM's table: atom / molecule stability, validity, uniqueness (among valid), valid and
-    unique, the connected share, and novelty (among unique valid) when a reference is given."""
+    """The molecule metrics, led by what a chemist would trust:
+
+    ``valid_connected`` (RDKit-valid and one fragment), ``mol_stability``, ``atom_stability``
+    (EDM's), then ``validity`` (EDM's: the largest fragment is RDKit-valid), ``uniqueness``
+    (among valid), ``valid_unique``, ``novelty`` (among unique valid, against
+    ``reference_smiles``, the training molecules; only when given), ``connected`` (one fragment,
+    valid or not) and ``num_molecules``."""
     reports = list(reports)
     n_mol = len(reports)
     n_atoms = sum(r.num_atoms for r in reports)
     valid = [r.smiles for r in reports if r.valid]
     unique = set(valid)
     out = {
-        "atom_stability": sum(r.stable_atoms for r in reports) / max(n_atoms, 1),
+        "valid_connected": sum(r.valid and r.connected for r in reports) / max(n_mol, 1),
         "mol_stability": sum(r.stable for r in reports) / max(n_mol, 1),
+        "atom_stability": sum(r.stable_atoms for r in reports) / max(n_atoms, 1),
         "validity": len(valid) / max(n_mol, 1),
         "uniqueness": len(unique) / len(valid) if valid else 0.0,
         "valid_unique": len(unique) / max(n_mol, 1),
-        "connected": sum(r.connected for r in reports) / max(n_mol, 1),
-        "num_molecules": float(n_mol),
     }
     if reference_smiles is not None:
         out["novelty"] = len(unique - reference_smiles) / len(unique) if unique else 0.0
+    out["connected"] = sum(r.connected for r in reports) / max(n_mol, 1)
+    out["num_molecules"] = float(n_mol)
     return out

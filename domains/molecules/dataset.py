@@ -23,7 +23,7 @@ from diffuse.core.condition import Condition, VectorKind
 from diffuse.core.domain import Batch, DataError, DomainDataset
 from diffuse.core.graph import GraphSpace
 
-from .chem import BondTables, analyze_molecule
+from .chem import BondTables, analyze_molecule, bond_rule
 from .readers import RawMolecules, report_skipped
 
 __all__ = ["MoleculeDataset", "FeatureCodec", "QM9_ELEMENTS", "BUNDLED_FILE", "load_bundled"]
@@ -112,6 +112,8 @@ class MoleculeDataset(DomainDataset):
         self.property_names: list[str] = []
         #: the properties batches carry as the ``property`` condition (``[]``: unconditional)
         self.condition_properties: list[str] = []
+        #: EDM's bond rule for this vocabulary (``chem.BOND_RULES``), recorded in ``info()``
+        self.bond_rule = bond_rule(codec.elements)
 
     def with_properties(self, values: np.ndarray, names: Sequence[str],
                         condition: Sequence[str] = ()) -> "MoleculeDataset":
@@ -145,6 +147,7 @@ class MoleculeDataset(DomainDataset):
         if self.properties is not None:
             out.with_properties(self.properties[idx].numpy(), self.property_names, self.condition_properties)
             out._property_kind = self._property_kind
+        out.bond_rule = self.bond_rule
         return out
 
     def property_kind(self) -> VectorKind | None:
@@ -229,6 +232,7 @@ class MoleculeDataset(DomainDataset):
             "num_atoms_hist": [[int(n), int(c)] for n, c in sorted(hist.items())],
             "max_atoms": int(self.counts.max()) if len(self) else 0,
             "num_molecules": len(self),
+            "bond_rule": self.bond_rule,
             **self._property_info(),
         }
 
@@ -278,7 +282,7 @@ class MoleculeDataset(DomainDataset):
 
     def reports(self, limit: int | None = None) -> list:
         """EDM analysis of the stored molecules (bonds from distances, stability, validity)."""
-        tables = BondTables(self.codec.elements)
+        tables = BondTables(self.codec.elements, rule=self.bond_rule)
         n = len(self) if limit is None else min(limit, len(self))
         out = []
         for i in range(n):
@@ -287,10 +291,26 @@ class MoleculeDataset(DomainDataset):
         return out
 
     @cached_property
+    def member_smiles(self) -> list[str | None]:
+        """Per molecule, the SMILES built the same way as for samples (None when not valid)."""
+        return [r.smiles for r in self.reports()]
+
+    @property
     def reference_smiles(self) -> set[str]:
-        """SMILES of the valid molecules of this data set, built the same way as for samples
-        (novelty is measured against these)."""
-        return {r.smiles for r in self.reports() if r.valid}
+        """SMILES of the valid molecules of this data set (novelty is measured against these)."""
+        return {s for s in self.member_smiles if s is not None}
+
+    #: whole-data-set facts a subset (``SubsetDataset``) forwards
+    shared_attributes = ("codec", "property_names", "condition_properties", "property_kind")
+    #: per-member facts a subset answers for its own members only
+    member_attributes = ("reference_smiles",)
+
+    def member_attribute(self, name: str, indices: Tensor) -> Any:
+        """``reference_smiles`` of the molecules at ``indices`` only."""
+        if name != "reference_smiles":
+            raise AttributeError(name)
+        smiles = self.member_smiles
+        return {smiles[i] for i in torch.as_tensor(indices, dtype=torch.long).tolist() if smiles[i] is not None}
 
 
 def load_bundled(options: dict[str, Any]) -> MoleculeDataset:

@@ -6,7 +6,9 @@
   :class:`~diffuse.core.graph.GraphSpace` (zero centre of mass for positions);
 * backbone: :class:`~diffuse.domains.molecules.egnn.EGNN` (presets ``small``, ``edm``);
 * diffusion: the polynomial schedule, eps prediction, 1000 steps;
-* metrics: EDM's atom / molecule stability, RDKit validity, uniqueness, novelty, connected share;
+* metrics: valid & connected, EDM's molecule / atom stability, RDKit validity (largest fragment,
+  EDM's), uniqueness, novelty against the training molecules (``chem.validity_table``), under
+  EDM's QM9 or GEOM-Drugs bond rule (``bond_rule`` option; by default chosen by the elements);
 * writer: one SDF with all samples plus one XYZ per molecule;
 * conditions: ``property`` (``--condition property:alpha[,gap...]``; QM9's mu, alpha, homo,
   lumo, gap, Cv, normalised by the training data, given to the EGNN as invariant node context);
@@ -29,14 +31,14 @@ from diffuse.core.domain import Batch, DataError, Domain, DomainDataset
 from diffuse.core.graph import GraphSpace
 from diffuse.core.space import GeneratorLike
 
-from .chem import BondTables, MoleculeReport, analyze_molecule, validity_table
+from .chem import BOND_RULES, BondTables, MoleculeReport, analyze_molecule, bond_rule, validity_table
 from .dataset import QM9_ELEMENTS, FeatureCodec, MoleculeDataset, load_bundled, split_batch
 from .egnn import EGNN, model_kwargs
 from .property import CONDITION_NAME, PROPERTY_NAMES, draw_atom_counts, parse_property_names
 from .readers import read_path
 from .writer import write_sdf, write_xyz
 
-__all__ = ["MoleculeDomain", "analyze_samples"]
+__all__ = ["MoleculeDomain", "analyze_samples", "training_smiles"]
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +53,27 @@ _DATA_DEFAULTS: dict[str, Any] = {
     "seed": 0,                 # ETKDG seed for SMILES input
     "max_atoms": None,
     "properties": None,        # property names batches carry as the ``property`` condition (--condition property:NAME)
+    "bond_rule": "auto",       # EDM's evaluation rule: qm9 | geom (single bonds into RDKit) | auto (by the elements)
 }
 
 
 def analyze_samples(samples: Batch, data_info: dict[str, Any]) -> tuple[list, list[MoleculeReport]]:
     """Decode a batch of samples into molecules and analyze each (EDM's rules)."""
     molecules = split_batch(samples, data_info)
-    tables = BondTables(data_info["elements"])
+    tables = BondTables(data_info["elements"], rule=data_info.get("bond_rule", "auto"))
     with_charges = bool(data_info.get("include_charges", False))
     reports = [analyze_molecule(p, t, tables, c if with_charges else None) for p, t, c in molecules]
     return molecules, reports
+
+
+def training_smiles(reference: DomainDataset) -> set[str] | None:
+    """The SMILES novelty is measured against: for a held-out part of a data set (the default
+    evaluation reference, ``DomainDataset.split``) those of the rest of it, the molecules the
+    model was trained on; for data given whole as the reference, its own."""
+    complement = getattr(reference, "complement", None)
+    source = complement() if callable(complement) else reference
+    ref = getattr(source, "reference_smiles", None)
+    return set(ref) if ref is not None else None
 
 
 def _num_atoms(num: int, data_info: dict[str, Any], generator: GeneratorLike, cond: Any) -> torch.Tensor:
@@ -204,15 +217,20 @@ class MoleculeDomain(Domain):
         opts = {**_DATA_DEFAULTS, **options}
         if opts["properties"] is not None:
             opts["properties"] = parse_property_names(opts["properties"])
+        if opts["bond_rule"] not in ("auto", *BOND_RULES):
+            raise DataError(f"unknown bond_rule {opts['bond_rule']!r}; expected auto, {' or '.join(BOND_RULES)}")
         if path is None:
-            return load_bundled(opts)
-        if str(path).lower() in ("qm9", "qm9pack") and opts["elements"] is None:
-            opts["elements"] = QM9_ELEMENTS
-        raw = read_path(path, opts)
-        props = None
-        if str(path).lower() in ("qm9", "qm9pack") and opts["properties"]:
-            props = _qm9pack_properties(raw)
-        return MoleculeDataset.from_raw(raw, str(path), opts, props)
+            ds = load_bundled(opts)
+        else:
+            if str(path).lower() in ("qm9", "qm9pack") and opts["elements"] is None:
+                opts["elements"] = QM9_ELEMENTS
+            raw = read_path(path, opts)
+            props = None
+            if str(path).lower() in ("qm9", "qm9pack") and opts["properties"]:
+                props = _qm9pack_properties(raw)
+            ds = MoleculeDataset.from_raw(raw, str(path), opts, props)
+        ds.bond_rule = bond_rule(ds.codec.elements, opts["bond_rule"])
+        return ds
 
     def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
         codec = FeatureCodec.from_info(data_info)
@@ -281,8 +299,7 @@ class MoleculeDomain(Domain):
 
     def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:
         _, reports = analyze_samples(samples, data_info)
-        ref = getattr(reference, "reference_smiles", None)
-        return validity_table(reports, set(ref) if ref is not None else None)
+        return validity_table(reports, training_smiles(reference))
 
     def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
         out_dir = Path(out_dir)

@@ -270,11 +270,12 @@ def read_smiles(path: Path, seed: int = 0) -> RawMolecules:
 
 # ---------------------------------------------------------------------- QM9
 def qm9pack_files() -> list[Path]:
-    """The CSV files of the installed ``qm9pack`` package, located without importing it."""
+    """The CSV files of the installed ``qm9pack`` package, located without importing it (its
+    ``__init__`` needs ``pkg_resources``, which setuptools >= 81 no longer ships)."""
     spec = importlib.util.find_spec("qm9pack")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("QM9 needs the qm9pack package: pip install --no-deps qm9pack "
-                        "(or give a torch-geometric QM9 folder)")
+        raise DataError("QM9 needs the qm9pack package: pip install \"diffuse[qm9]\" (or pip install --no-deps "
+                        "qm9pack), or give a torch-geometric QM9 folder")
     root = Path(list(spec.submodule_search_locations)[0]) / "data"
     files = [root / f"qm9_part{i}.csv" for i in (1, 2, 3)]
     missing = [f.name for f in files if not f.is_file()]
