@@ -4,6 +4,7 @@
 
     result = diffuse.train("image", steps=500, out="runs/image")      # bundled default data
     model = diffuse.load("runs/image")                                 # EMA weights by default
+    model = diffuse.load_pretrained("molecules")                       # shipped in the package
     samples = model.sample(16, sampler="ddim", steps=50, seed=0)
 
     # conditional: train with labels (condition dropout 0.1), sample class 7 with guidance 3
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from .core.checkpoint import (CheckpointError, atomic_write_text, check_writable, is_run_folder, load_checkpoint,
                               load_weights, read_run_config)
@@ -48,7 +51,7 @@ from .core.trainer import Trainer, TrainResult, resolve_device
 
 __all__ = ["train", "load", "build", "DiffusionModel", "make_config", "available_domains", "get_domain",
            "TrainResult", "write_samples", "write_text", "fresh_sample_dir", "train_classifier", "load_classifier",
-           "prepare_classifier_guidance"]
+           "prepare_classifier_guidance", "load_pretrained", "recipe_domain"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,14 @@ def _read_config_file(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
+def recipe_domain(path: str | Path) -> str | None:
+    """The ``domain`` a config file (a recipe such as ``recipes/molecules.json``) names, if any."""
+    name = _read_config_file(path).get("domain")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"config file {path}: 'domain' must be a domain name, got {name!r}")
+    return name
+
+
 def make_config(domain: str | Domain, *, data: str | Path | None = None, config: dict[str, Any] | str | Path | None = None,
                 diffusion: dict[str, Any] | None = None, conditions: list[str] | str | None = None,
                 **train_overrides: Any) -> RunConfig:
@@ -94,6 +105,8 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
     count against the schedule) so that a mistake is a ``ValueError`` before any file exists."""
     dom = get_domain(domain) if isinstance(domain, str) else domain
     user = config if isinstance(config, dict) else _read_config_file(config)
+    if user.get("domain") is not None and user["domain"] != dom.name:
+        raise ValueError(f"the config is for domain {user['domain']!r}, not {dom.name!r}")
     for section in ("model", "diffusion", "train", "data_options"):
         if not isinstance(user.get(section, {}), dict):
             raise ValueError(f"config section {section!r} must be a JSON object, got {user[section]!r}")
@@ -511,13 +524,37 @@ def load(checkpoint: str | Path, *, device: str = "auto", ema: bool = True,
     cfg: RunConfig = ck["config"]
     if domain is not None and domain != cfg.domain:
         raise CheckpointError(f"{run_dir} is a {cfg.domain!r} checkpoint, not {domain!r}")
+    weights = ck["ema"] if (ema and ck["ema"] is not None) else ck["model"]
+    return _assemble(cfg, weights, run_dir, device)
+
+
+def _assemble(cfg: RunConfig, weights: dict[str, torch.Tensor], where: Path, device: str) -> DiffusionModel:
+    """The model ``cfg`` describes with ``weights`` (float16-stored tensors are cast to the model's dtype)."""
     dom = get_domain(cfg.domain)
     diff = Diffusion(cfg.diffusion)
     den = diff.denoiser(dom.build_backbone(cfg.model, cfg.data_info))
-    weights = ck["ema"] if (ema and ck["ema"] is not None) else ck["model"]
-    load_weights(den, weights, run_dir)
+    own = den.state_dict()
+    weights = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in weights.items()}
+    load_weights(den, weights, where)
     dev = resolve_device(device)
-    return DiffusionModel(dom, cfg, den.to(dev), diff, dev, run_dir)
+    return DiffusionModel(dom, cfg, den.to(dev), diff, dev, where)
+
+
+def load_pretrained(name: str, *, device: str = "auto", root: str | Path | None = None) -> DiffusionModel:
+    """A pretrained model shipped inside the package (``pretrained/NAME``: config, EMA weights and
+    a model card; see :mod:`diffuse.pretrained`), e.g. ``load_pretrained("molecules")``. Nothing is
+    downloaded. ``root``: another folder laid out like the package (holding ``pretrained/``).
+    An unknown name is a CheckpointError that lists the available ones."""
+    from .pretrained import folder
+
+    path = folder(name, root)
+    cfg = read_run_config(path)
+    try:
+        weights = load_file(str(path / "ema.safetensors"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path / 'ema.safetensors'} is corrupt or truncated "
+                              f"({str(exc).splitlines()[0][:120]})") from None
+    return _assemble(cfg, weights, path, device)
 
 
 # --- conditional generation (cond helper) ---

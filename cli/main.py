@@ -343,8 +343,11 @@ def domains() -> None:
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
           eval_samples, training, schedule, parameterization, no_progress, conditions, cond_drop) -> None:
     """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples."""
+    if domain is None and resume is None and config_file is not None and str(config_file).strip():
+        domain = _run(api.recipe_domain, config_file)   # a recipe names its domain
     if domain is None and resume is None:
-        raise UserError("--domain is required (or --resume RUN_DIR); see `diffuse domains`")
+        raise UserError("--domain is required (or --resume RUN_DIR, or a --config naming its domain); "
+                        "see `diffuse domains`")
     for name, value in (("--data", data), ("--out", out), ("--resume", resume), ("--config", config_file),
                         ("--domain", domain), ("--device", device)):
         if value is not None and str(value).strip() == "":
@@ -381,7 +384,10 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
 
 
 @main.command()
-@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`.")
+@click.option("--checkpoint", "-c", type=PATH, default=None, help="Run folder from `diffuse train`.")
+@click.option("--pretrained", default=None, metavar="NAME",
+              help="A model shipped inside the package instead of --checkpoint (image, audio, molecules; "
+                   "see pretrained/NAME/MODEL_CARD.md).")
 @click.option("--num", "-n", type=int, default=16, show_default=True, callback=_positive, help="Number of samples.")
 @click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(_sampler_names()) + ".")
 @click.option("--steps", type=int, default=None, callback=_positive,
@@ -428,13 +434,19 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
               help="Target of a property classifier, e.g. gyration=2.5 (for --guidance classifier).")
 @click.option("--out", type=PATH, default=None,
               help="Output folder, new or empty (default CHECKPOINT/samples/sample, or sample-2, sample-3, ... "
-                   "when that is taken).")
-def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
+                   "when that is taken; for --pretrained NAME: samples/pretrained-NAME in the current folder).")
+def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights, options,
            condition, labels, properties, prompts, guidance_scale, guidance_rescale, guidance_interval, guidance_kind,
            classifier, target_values, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 
+    if checkpoint is None and pretrained is None:
+        raise UserError("Missing option '--checkpoint' (a run folder) or '--pretrained' NAME")
+    if checkpoint is not None and pretrained is not None:
+        raise UserError("give either --checkpoint RUN_DIR or --pretrained NAME, not both")
+    if pretrained is not None and raw_weights:
+        raise UserError("--raw-weights does not apply to --pretrained (it ships EMA weights only)")
     opts = _parse_options(sampler, options, eta)
     structure = _parse_condition(condition, num)
     cond = _parse_labels(labels)
@@ -443,7 +455,12 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
         _check_out_dir(out)
     cond = _parse_properties(properties, cond)   # props helper
     cond = _parse_prompts(prompts, cond)   # --- text prompts (text helper) ---
-    model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
+    if pretrained is not None:
+        model = _run(api.load_pretrained, pretrained, device=device)
+        if domain is not None and domain != model.domain.name:
+            raise UserError(f"pretrained model {pretrained!r} is a {model.domain.name!r} model, not {domain!r}")
+    else:
+        model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
     guidance = {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
                 "guidance_interval": guidance_interval}
     if guidance_kind == "classifier" or classifier is not None:   # clf helper: classifier guidance
@@ -456,7 +473,8 @@ def sample(checkpoint, num, sampler, steps, eta, spacing, seed, batch_size, devi
     else:
         _run(model.prepare_condition, num, cond, *guidance.values())   # checked before anything is written
     if out is None:
-        out = api.fresh_sample_dir(Path(checkpoint) / "samples" / "sample")
+        first = Path(checkpoint) / "samples" / "sample" if pretrained is None else Path("samples") / f"pretrained-{pretrained}"
+        out = api.fresh_sample_dir(first)
         _check_out_dir(out)
     from ..core.generate import check_generate_args, default_steps
     _run(check_generate_args, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
@@ -555,6 +573,24 @@ def _parse_target_values(cond: dict[str, Any] | None, pairs: tuple[str, ...]) ->
         vals = [v.strip() for v in raw.split(",") if v.strip()]
         out[name.strip()] = vals[0] if len(vals) == 1 else vals
     return out or None
+
+
+@main.command("export-pretrained")
+@click.argument("run", type=PATH)
+@click.argument("name")
+@click.option("--half", is_flag=True, help="Store the EMA weights as float16 (half the size; check the quality).")
+@click.option("--root", type=PATH, default=None,
+              help="Folder holding pretrained/ and recipes/ (default: the diffuse package itself).")
+@click.option("--wall-time", default=None, metavar="TEXT",
+              help="Training wall time for the model card (default: summed from the run's metrics.jsonl).")
+@click.option("--hardware", default=None, metavar="TEXT", help="Hardware the run trained on, for the model card.")
+@click.option("--force", is_flag=True, help="Replace an existing pretrained model and recipe of that name.")
+def export_pretrained(run, name, half, root, wall_time, hardware, force) -> None:
+    """Export run folder RUN as pretrained model NAME (config, EMA weights, model card, recipe)."""
+    from ..pretrained.export import export
+
+    paths = _run(export, run, name, root=root, half=half, wall_time=wall_time, hardware=hardware, force=force)
+    click.echo(f"exported {run} as pretrained model {name!r}: " + ", ".join(str(p) for p in paths))
 
 
 @main.command("train-classifier")

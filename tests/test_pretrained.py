@@ -1,0 +1,138 @@
+"""Pretrained models: export a run folder -> load it back -> sample, the CLI's --pretrained and
+export-pretrained commands, their error lines, and the shipped recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import diffuse.api as api
+import diffuse.pretrained as pretrained
+from diffuse.cli.main import main
+from diffuse.pretrained.export import export
+from tiny import train_tiny_image
+
+REPO = Path(api.__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return train_tiny_image(tmp_path_factory.mktemp("runs"), "tiny", [])
+
+
+def test_export_load_sample_round_trip(run, tmp_path):
+    paths = export(run, "tiny", root=tmp_path, hardware="test machine")
+    folder = tmp_path / "pretrained" / "tiny"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(pretrained.FILES)
+    assert all(p.stat().st_size < pretrained.MAX_FILE_BYTES for p in paths)
+    assert (tmp_path / "recipes" / "tiny.json") in paths
+    model = api.load_pretrained("tiny", device="cpu", root=tmp_path)
+    ref = api.load(run, device="cpu")
+    a = model.sample(4, sampler="ddim", steps=5, seed=3)
+    b = ref.sample(4, sampler="ddim", steps=5, seed=3)
+    assert torch.equal(a.x, b.x)                               # the same EMA model, bit for bit
+    card = (folder / "MODEL_CARD.md").read_text()
+    for fact in ("bundled default data", "training steps | 2", "wall time", "test machine", "license", "MIT",
+                 "diffuse train --config recipes/tiny.json"):
+        assert fact in card, fact
+
+
+def test_half_precision_storage(run, tmp_path):
+    export(run, "tiny-half", root=tmp_path, half=True)
+    stored = load_file(str(tmp_path / "pretrained" / "tiny-half" / "ema.safetensors"))
+    ema = load_file(str(run / "checkpoint" / "ema.safetensors"))
+    assert all(stored[k].dtype == torch.float16 for k in ema if ema[k].dtype == torch.float32)
+    model = api.load_pretrained("tiny-half", device="cpu", root=tmp_path)
+    for k, v in model.denoiser.state_dict().items():
+        if k in ema and ema[k].is_floating_point():
+            assert v.dtype == torch.float32 and torch.equal(v, ema[k].half().float()), k
+    assert "float16 storage" in (tmp_path / "pretrained" / "tiny-half" / "MODEL_CARD.md").read_text()
+
+
+def test_recipe_retrains_the_same_configuration(run, tmp_path):
+    export(run, "tiny", root=tmp_path)
+    recipe = tmp_path / "recipes" / "tiny.json"
+    cfg = api.make_config(api.recipe_domain(recipe), config=recipe)
+    old = api.read_run_config(run)
+    assert (cfg.domain, cfg.model, cfg.diffusion, cfg.train, cfg.data) == \
+        (old.domain, old.model, old.diffusion, old.train, old.data)
+
+
+def test_export_refuses_to_overwrite_and_oversized_files(run, tmp_path, monkeypatch):
+    export(run, "tiny", root=tmp_path)
+    res = CliRunner().invoke(main, ["export-pretrained", str(run), "tiny", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.strip().startswith("error:") and "--force" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(main, ["export-pretrained", str(run), "tiny", "--root", str(tmp_path), "--force"])
+    assert res.exit_code == 0, res.output
+    monkeypatch.setattr("diffuse.pretrained.export.MAX_FILE_BYTES", 1000)
+    res = CliRunner().invoke(main, ["export-pretrained", str(run), "big", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "over the" in res.output and "MB limit" in res.output
+    assert not (tmp_path / "pretrained" / "big").exists() and not (tmp_path / "recipes" / "big.json").exists()
+    res = CliRunner().invoke(main, ["export-pretrained", str(tmp_path / "nothing"), "x", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.startswith("error:")
+    res = CliRunner().invoke(main, ["export-pretrained", str(run), "Bad/Name", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "invalid pretrained model name" in res.output
+
+
+def test_cli_sample_pretrained(run, tmp_path, monkeypatch):
+    export(run, "tiny", root=tmp_path)
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["sample", "--pretrained", "tiny", "--num", "2", "--steps", "3", "--device", "cpu",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(list(out.glob("*.png"))) >= 2
+    res = CliRunner().invoke(main, ["sample", "--pretrained", "tiny", "--domain", "audio", "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "is a 'image' model" in res.output and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pretrained", "no-such-model"], "no pretrained model 'no-such-model'"),
+    (["--pretrained", "../etc"], "invalid pretrained model name"),
+    ([], "Missing option '--checkpoint' (a run folder) or '--pretrained' NAME"),
+    (["--pretrained", "molecules", "--checkpoint", "runs/x"], "not both"),
+])
+def test_cli_sample_pretrained_errors(tmp_path, monkeypatch, args, message):
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "empty")
+    res = CliRunner().invoke(main, ["sample", *args, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_load_pretrained_unknown_name_lists_what_exists(run, tmp_path):
+    export(run, "tiny", root=tmp_path)
+    with pytest.raises(api.CheckpointError, match="available: tiny"):
+        api.load_pretrained("molecules", root=tmp_path)
+
+
+def test_shipped_models_are_complete_and_small():
+    """Whatever ships under pretrained/ is complete, small, and loads (none is required to exist)."""
+    for name in pretrained.available():
+        folder = pretrained.folder(name)
+        assert all((folder / f).stat().st_size < pretrained.MAX_FILE_BYTES for f in pretrained.FILES)
+        assert (REPO / "recipes" / f"{name}.json").is_file()
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.json")), ids=lambda p: p.stem)
+def test_recipes_are_valid_configs(recipe):
+    data = json.loads(recipe.read_text())
+    cfg = api.make_config(api.recipe_domain(recipe), config=recipe)
+    assert cfg.domain == data["domain"]
+
+
+def test_train_takes_the_domain_from_a_recipe(tmp_path):
+    cfg = tmp_path / "r.json"
+    cfg.write_text(json.dumps({"domain": "nonexistent-domain"}))
+    res = CliRunner().invoke(main, ["train", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "nonexistent-domain" in res.output and not (tmp_path / "run").exists()
+    cfg.write_text(json.dumps({"domain": "audio"}))
+    res = CliRunner().invoke(main, ["train", "--domain", "image", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "for domain 'audio', not 'image'" in res.output
