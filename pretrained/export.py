@@ -178,10 +178,23 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m diffuse.pretrained.export RUN NAME ...``: the ``diffuse export-pretrained`` command."""
-    from diffuse.cli.main import main as cli
+    """``python -m diffuse.pretrained.export RUN NAME ...``: the ``diffuse export-pretrained``
+    command, with the CLI's one-line ``error:`` messages (exit code 2)."""
+    import click
 
-    cli(["export-pretrained", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m diffuse.pretrained.export")
+    from diffuse.cli.main import _usage_line, export_pretrained
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = export_pretrained.main(args, prog_name="python -m diffuse.pretrained.export", standalone_mode=False)
+    except click.UsageError as exc:
+        err = _usage_line(exc)
+        err.show()
+        sys.exit(err.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
