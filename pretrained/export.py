@@ -159,19 +159,21 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     for path in (dest, recipe):
         if path.exists() and not force:
             raise FileExistsError(f"{path} exists; give --force to replace it")
-    staging = dest.with_name(f".{name}.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging, old = dest.with_name(f".{name}.tmp"), dest.with_name(f".{name}.old")
+    for leftover in (staging, old):          # left by an export that was killed
+        if leftover.exists():
+            shutil.rmtree(leftover)
     staging.mkdir(parents=True)
     try:
         for fname in FILES:
             (staging / fname).write_bytes(blobs[fname])
-        if dest.exists():
-            shutil.rmtree(dest)
+        if dest.exists():                    # --force: swap by renames; a whole model is on disk throughout
+            dest.rename(old)
         staging.rename(dest)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        for leftover in (staging, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
     recipe.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(recipe, json.dumps(recipe_of(cfg), indent=2, sort_keys=True) + "\n")
     return [dest / f for f in FILES] + [recipe]
