@@ -258,3 +258,13 @@ def test_geom_validity_rejects_an_over_bonded_atom():
     # Cl-Cl at 1.99 A: a single bond, valid and stable under the GEOM rule
     rep = analyze_molecule(np.array([[0.0, 0, 0], [1.99, 0, 0]]), np.array([0, 0]), BondTables(["Cl"]))
     assert rep.valid and rep.stable and rep.smiles == "ClCl"
+
+
+def test_bond_rule_option_is_recorded_and_checked():
+    from diffuse.core.domain import DataError
+
+    dom = MoleculeDomain()
+    ds = dom.load_data(None, {"bond_rule": "geom"})
+    assert ds.info()["bond_rule"] == "geom" and ds.subset(torch.arange(3)).info()["bond_rule"] == "geom"
+    with pytest.raises(DataError, match="unknown bond_rule 'drugs'"):
+        dom.load_data(None, {"bond_rule": "drugs"})
