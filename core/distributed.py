@@ -20,6 +20,7 @@ from which the launcher prints a single ``error:`` line naming the failing rank.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -155,7 +156,7 @@ class DistContext:
                 failed = self._store.check([_FAILED_KEY])
                 message = self._store.get(_FAILED_KEY).decode() if failed else None
             except Exception:  # noqa: BLE001 - the store went away with the rank that hosted it
-                if self._stop.is_set():
+                if self._stop.wait(1.0):   # a normal end: rank 0 may exit right after the last barrier
                     return
                 message = "rank 0 exited (lost contact with it)"
             if message is None:
@@ -191,19 +192,20 @@ class DistContext:
             time.sleep(0.05)
         return None
 
-    def close(self) -> None:
-        """Stop the watchdog and leave the process group (after the last collective)."""
+    def finish(self) -> None:
+        """After a training run's last collective: stop the watchdog (the other ranks may now
+        exit). The process group stays up for another run in this process (``init_distributed``
+        returns this context and restarts the watchdog); it is destroyed at exit."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2 * _POLL_S + 1)
+            self._thread.join(timeout=2 * _POLL_S + 2)
             self._thread = None
-        if self.enabled:
-            import torch.distributed as dist
-            if dist.is_initialized():
-                dist.destroy_process_group()
-        global _CURRENT
-        if _CURRENT is self:
-            _CURRENT = None
+
+    def _restart_watchdog(self) -> None:
+        if self.enabled and self._thread is None:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._watch, name="diffuse-dist-watchdog", daemon=True)
+            self._thread.start()
 
 
 _CURRENT: DistContext | None = None
@@ -244,6 +246,8 @@ def init_distributed(device: str = "auto") -> DistContext:
     processes. Idempotent. Blocks until every rank has joined."""
     global _CURRENT
     if _CURRENT is not None:
+        _CURRENT._restart_watchdog()
+        _CURRENT.barrier()
         return _CURRENT
     rank, world, local = world_from_env()
     if world == 1:
@@ -275,9 +279,21 @@ def init_distributed(device: str = "auto") -> DistContext:
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout), **kwargs)
     ctx = DistContext(rank, world, local, dev, backend)
     _CURRENT = ctx
+    atexit.register(_destroy)
     ctx._start_watchdog()
     ctx.barrier()
     return ctx
+
+
+def _destroy() -> None:
+    import torch.distributed as dist
+    if _CURRENT is not None:
+        _CURRENT.finish()
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - at exit, peers may be gone already
+        pass
 
 
 def _one_line(exc: BaseException) -> str:

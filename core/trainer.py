@@ -194,7 +194,6 @@ class Trainer:
                 raise ValueError(f"train.channels_last is true but the {domain.name} domain has no channels-last "
                                  "layout (it applies to image backbones); leave it false")
         # several processes (launched by torchrun / diffuse train --nproc / accelerate): join them here
-        self._own_dist = dist is None
         self.dist = dist if dist is not None else distributed.init_distributed(self.cfg.device)
         if self.dist.enabled and self.cfg.batch_size < self.dist.world_size:
             raise ValueError(f"train.batch_size {self.cfg.batch_size} is smaller than the {self.dist.world_size} "
@@ -416,8 +415,7 @@ class Trainer:
                     f"training diverged at step {self.step + 1} ({exc}); the last good checkpoint (step {self.step}) "
                     f"is in {self.run_dir}; lower --lr (now {cfg.lr:g}) and start a new run"
                 ) from None
-        if self._own_dist:
-            self.dist.close()   # after the last checkpoint's barrier; the other ranks are done
+        self.dist.finish()   # after the last checkpoint's barrier: the other ranks are done
         metrics: dict[str, float] = {}
         sample_dir = None
         if cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps and self.dist.is_main:
