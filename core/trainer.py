@@ -349,13 +349,18 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             if not math.isfinite(grad_norm):
                 raise TrainingDiverged(f"gradient norm {grad_norm}")
-        self.optimizer.step()
-        self.scheduler.step()
-        # on CPU, zeroing in place avoids freeing and re-allocating every gradient each step
-        # (about 15 % of a small U-Net's step); CUDA's caching allocator makes None cheaper there
-        self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
-        self.ema.update_parameters(self.model)
-        self.step += 1
+        # the update is all or nothing: Ctrl-C / SIGTERM arriving inside it is held until it is
+        # complete, so an interrupt's checkpoint never holds half-updated weights or optimizer state
+        with _signals_held() as pending:
+            self.optimizer.step()
+            self.scheduler.step()
+            # on CPU, zeroing in place avoids freeing and re-allocating every gradient each step
+            # (about 15 % of a small U-Net's step); CUDA's caching allocator makes None cheaper there
+            self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
+            self.ema.update_parameters(self.model)
+            self.step += 1
+        if pending:
+            raise KeyboardInterrupt(f"signal {signal.Signals(pending[0]).name}")
         return total, grad_norm
 
     def _log(self, record: dict[str, Any]) -> None:
