@@ -21,12 +21,17 @@ __all__ = ["launch"]
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``python -m diffuse.cli ARGV`` in ``nproc`` processes; returns the exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, parse_args
 
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    import torch.distributed.elastic.agent.server.api  # noqa: F401 - creates its loggers, silenced next
+
+    # the agent's own log lines (rendezvous, worker start / stop): the one line below replaces them
+    for name in list(logging.root.manager.loggerDict) + ["torch.distributed.elastic", "torch.distributed.run"]:
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     previous = os.environ.get(ERROR_DIR_ENV)
     with tempfile.TemporaryDirectory(prefix="diffuse-ranks-") as errors:
         os.environ[ERROR_DIR_ENV] = errors          # inherited by every process
@@ -37,6 +42,10 @@ def launch(nproc: int, argv: list[str]) -> int:
             args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
             config, cmd, cmd_args = config_from_args(args)
             elastic_launch(config, cmd)(*cmd_args)
+        except SignalException as exc:      # Ctrl-C / SIGTERM to the launcher: every rank got it too
+            click.echo(f"error: interrupted by {exc.sigval.name}; rank 0 checkpoints the current step "
+                       "(continue with --resume RUN)", err=True)
+            return 128 + int(exc.sigval)
         except ChildFailedError as exc:
             line, code = failure_line(Path(errors), {r: (f.exitcode, f.timestamp) for r, f in exc.failures.items()},
                                       nproc)

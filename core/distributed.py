@@ -181,6 +181,10 @@ class DistContext:
         except Exception:  # noqa: BLE001 - rank 0 (the store's host) is gone
             return "rank 0 exited (lost contact with it)"
         if now != mine:
+            try:
+                self._store.add(_ACK_KEY, 1)
+            except Exception:  # noqa: BLE001
+                pass
             return now
         deadline = time.monotonic() + 3.0   # let the others read the message before a host rank exits
         while time.monotonic() < deadline:
@@ -310,12 +314,13 @@ def failure_guard() -> Iterator[None]:
     process (apart from the launcher's record)."""
     try:
         yield
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
-            raise
-        ctx = current()
-        if ctx.enabled:
-            ctx.report_failure("interrupted" if isinstance(exc, KeyboardInterrupt) else f"exit code {exc.code}")
+    except KeyboardInterrupt:
+        # Ctrl-C / SIGTERM reach every process (a terminal's process group, the launcher): each
+        # stops on its own, rank 0 checkpointing first; telling the others could cut that short
+        raise
+    except SystemExit as exc:
+        if exc.code not in (0, None) and current().enabled:
+            current().report_failure(f"exit code {exc.code}")
         raise
     except BaseException as exc:
         ctx = current()

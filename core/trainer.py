@@ -409,8 +409,9 @@ class Trainer:
                 bar.close()
                 if self._saved_step != self.step:
                     self.save(stop_on_signal=False, sync=False)   # the other ranks may be anywhere
-                log.warning("interrupted at step %d; checkpoint saved, continue with --resume %s",
-                            self.step, self.run_dir)
+                if self.dist.is_main:
+                    log.warning("interrupted at step %d; checkpoint saved, continue with --resume %s",
+                                self.step, self.run_dir)
                 raise
             except TrainingDiverged as exc:
                 bar.close()

@@ -225,3 +225,31 @@ def test_compile_trains_like_eager(tmp_path):
     api.train("image", out=tmp_path / "compiled", progress=False, steps=2, compile=True, **IMAGE)
     api.train("image", out=tmp_path / "eager", progress=False, steps=2, **IMAGE)
     _close(_weights(tmp_path / "compiled"), _weights(tmp_path / "eager"), tol=1e-4)
+
+
+def test_graph_shards_are_whole_molecules():
+    from diffuse.core.graph import GraphSpace
+
+    counts = torch.tensor([3, 5, 2, 4, 6])
+    batch = torch.repeat_interleave(torch.arange(5), counts)
+    space = GraphSpace(batch, 5)
+    x = torch.randn(int(counts.sum()), 4)
+    parts = [space.take(x, *shard_bounds(5, r, 2)) for r in range(2)]
+    assert [p[1].counts.tolist() for p in parts] == [[3, 5, 2], [4, 6]]
+    joined, joined_space = GraphSpace.concat([p[0] for p in parts], [p[1] for p in parts])
+    assert torch.equal(joined, x) and torch.equal(joined_space.batch, batch)
+    # per-sample reductions of a shard are those of the whole batch
+    assert torch.equal(parts[1][1].reduce(parts[1][0]), space.reduce(x)[3:])
+
+
+def test_launcher_failure_lines(tmp_path):
+    from diffuse.cli.launch import failure_line
+
+    # a rank killed outright leaves no record: named from its exit status
+    assert failure_line(tmp_path, {0: (EXIT_STOPPED, 2.0), 1: (-9, 1.0)}, 2) == (
+        "rank 1 of 2 was killed by SIGKILL (the other processes were stopped)", 1)
+    # the same user mistake on every rank: printed once, exit code 2
+    for r in range(2):
+        (tmp_path / f"rank{r}.json").write_text(json.dumps(
+            {"rank": r, "kind": "failed", "message": "data path x does not exist", "code": 2, "time": r}))
+    assert failure_line(tmp_path, {0: (2, 0.0), 1: (2, 1.0)}, 2) == ("data path x does not exist", 2)
