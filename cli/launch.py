@@ -61,16 +61,19 @@ def launch(nproc: int, argv: list[str]) -> int:
 
 def failure_line(errors: Path, exits: dict[int, tuple[int, float]], nproc: int) -> tuple[str, int]:
     """One line and an exit code from the ranks' records (``core.distributed``) and their exit
-    codes / times: the same user error on every rank is printed once (exit 2); otherwise the
-    first rank that failed is named (a rank killed by a signal leaves no record)."""
+    codes / times. A rank killed by a signal (out of memory...) leaves no record and is the
+    cause (the others then fail in their next collective); otherwise the first rank that raised
+    is named, and the same user error on every rank is printed once (exit 2)."""
     records = []
     for path in errors.glob("rank*.json"):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
+    recorded = {r.get("rank") for r in records}
+    killed = sorted((t, r, c) for r, (c, t) in exits.items() if c is not None and c < 0 and r not in recorded)
     failed = sorted((r for r in records if r.get("kind") == "failed"), key=lambda r: r.get("time", 0.0))
-    if failed:
+    if failed and not killed:
         messages = {r["message"] for r in failed}
         if len(failed) == nproc and len(messages) == 1:   # every rank hit the same mistake
             return failed[0]["message"], 2 if all(r.get("code") == 2 for r in failed) else 1
@@ -78,10 +81,7 @@ def failure_line(errors: Path, exits: dict[int, tuple[int, float]], nproc: int) 
         code = 2 if first.get("code") == 2 else 1
         return (f"rank {first['rank']} of {nproc} failed: {first['message']} (the other processes were stopped)",
                 code)
-    stopped = {r["rank"] for r in records if r.get("kind") == "stopped"}
-    candidates = sorted(((t, r, c) for r, (c, t) in exits.items() if r not in stopped and c != EXIT_STOPPED))
-    if not candidates:
-        candidates = sorted((t, r, c) for r, (c, t) in exits.items())
+    candidates = killed or sorted((t, r, c) for r, (c, t) in exits.items() if r not in recorded and c != EXIT_STOPPED)
     if not candidates:
         return "the training processes failed", 1
     _, rank, code = candidates[0]
