@@ -457,6 +457,11 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
 
     Everything (data, config, checkpoint, weight shapes, writability of the run folder) is
     checked before anything is written; ``config.json`` is written only then.
+
+    Launched in several processes (``torchrun``, ``diffuse train --nproc N``, ``accelerate
+    launch``; see ``core.distributed``) every process calls this with the same arguments: each
+    checks everything, they meet, then rank 0 alone writes the run folder (``batch_size`` is the
+    global batch, split across the processes).
     """
     name = domain if isinstance(domain, str) else domain.name
     checkpoint = None
