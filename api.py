@@ -392,7 +392,7 @@ def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, A
 
 #: TrainConfig keys a resumed run may change: the total steps, evaluation / logging, the device
 RESUMABLE_TRAIN_KEYS = ("steps", "eval_samples", "eval_sampler", "eval_steps", "sample_every", "log_every",
-                        "checkpoint_every", "final_eval", "device")
+                        "checkpoint_every", "final_eval", "device", "precision", "channels_last", "compile")
 
 
 def _refuse_change(run_dir: Path, key: str, new: Any, old: Any) -> None:
@@ -470,6 +470,11 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
 
     Everything (data, config, checkpoint, weight shapes, writability of the run folder) is
     checked before anything is written; ``config.json`` is written only then.
+
+    Launched in several processes (``torchrun``, ``diffuse train --nproc N``, ``accelerate
+    launch``; see ``core.distributed``) every process calls this with the same arguments: each
+    checks everything, they meet, then rank 0 alone writes the run folder (``batch_size`` is the
+    global batch, split across the processes).
     """
     name = domain if isinstance(domain, str) else domain.name
     checkpoint = None
@@ -502,14 +507,17 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     torch.manual_seed(cfg.train.seed)
     diff = Diffusion(cfg.diffusion)
     denoiser = diff.denoiser(dom.build_backbone(cfg.model, info))
+    # with several processes (torchrun, --nproc, accelerate) the Trainer joins them; rank 0 writes
     trainer = Trainer(run_dir, cfg, dom, diff, denoiser, train_set, reference, progress=progress)
     if checkpoint is not None:
         trainer.load(checkpoint)  # weight shapes checked here, before anything is written
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", cfg.to_json())
-    if checkpoint is not None:
-        trainer.prepare_resume()
+    if trainer.dist.is_main:
+        if checkpoint is None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", cfg.to_json())
+        if checkpoint is not None:
+            trainer.prepare_resume()
+    trainer.dist.barrier()
     n_params = sum(p.numel() for p in denoiser.parameters())
     log.info("training %s: %d parameters, %d training samples, device %s", dom.name, n_params,
              len(train_set), trainer.device)

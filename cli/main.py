@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from .. import api
+from ..core import distributed
 from ..core.checkpoint import CheckpointError
 from ..core.config import check_device
 from ..core.domain import DataError
@@ -56,9 +57,12 @@ def _usage_line(exc: click.UsageError) -> UserError:
 class _Group(click.Group):
     """Formats click's usage errors as one ``error: ...`` line (exit 2) for every command."""
 
-    def make_context(self, *args, **kwargs):
+    def make_context(self, info_name, args, *rest, **kwargs):
+        argv = list(args)
         try:
-            return super().make_context(*args, **kwargs)
+            ctx = super().make_context(info_name, args, *rest, **kwargs)
+            ctx.meta["diffuse.argv"] = argv   # re-launched as is by `train --nproc N`
+            return ctx
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as exc:
@@ -340,9 +344,16 @@ def domains() -> None:
                    "(image: label, text, lowres; audio: label, text, lowrate; molecules: property:NAME).")
 @click.option("--cond-drop", default=None, metavar="P",
               help="Condition dropout probability (default 0.1): the share of samples trained unconditionally.")
+@click.option("--nproc", type=int, default=None, callback=_positive,
+              help="Train with N processes (DistributedDataParallel: one per GPU, or gloo on CPU); the same as "
+                   "`torchrun --standalone --nproc-per-node N -m diffuse.cli train ...`. --batch-size is global.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
-          eval_samples, training, schedule, parameterization, no_progress, conditions, cond_drop) -> None:
-    """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples."""
+          eval_samples, training, schedule, parameterization, no_progress, conditions, cond_drop, nproc) -> None:
+    """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples.
+
+    Several processes: `diffuse train --nproc N ...`, `torchrun --nproc-per-node N -m diffuse.cli
+    train ...` or `accelerate launch --num_processes N -m diffuse.cli train ...`; the batch is
+    split across them, rank 0 writes the run folder."""
     if domain is None and resume is None and config_file is not None and str(config_file).strip():
         domain = _run(api.recipe_domain, config_file)   # a recipe names its domain
     if domain is None and resume is None:
@@ -371,9 +382,30 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
     diffusion["cond_drop"] = _parse_probability(cond_drop, "--cond-drop")
     if resume is not None and (conditions or cond_drop is not None):
         raise UserError("--condition / --cond-drop cannot change when resuming a run")
-    result = _run(api.train, domain, data=data, out=out, config=config_file, resume=resume, conditions=list(conditions),
-                  progress=not no_progress, diffusion=diffusion, steps=steps, batch_size=batch_size, lr=lr,
-                  device=device, seed=seed, sample_every=sample_every, eval_samples=eval_samples)
+    rank, world, _ = _run(distributed.world_from_env)
+    if nproc is not None and world > 1 and nproc != world:
+        raise UserError(f"--nproc {nproc} given inside a launch of {world} processes (WORLD_SIZE={world}); "
+                        "leave out --nproc under torchrun / accelerate")
+    if nproc is not None and nproc > 1 and world == 1:
+        from .launch import launch
+        sys.exit(launch(nproc, _without_nproc(click.get_current_context().find_root().meta["diffuse.argv"])))
+    quiet = world > 1 and bool(os.environ.get(distributed.ERROR_DIR_ENV))   # the launcher prints the line
+    try:
+        with distributed.failure_guard():
+            result = _run(api.train, domain, data=data, out=out, config=config_file, resume=resume,
+                          conditions=list(conditions), progress=not no_progress, diffusion=diffusion, steps=steps,
+                          batch_size=batch_size, lr=lr, device=device, seed=seed, sample_every=sample_every,
+                          eval_samples=eval_samples)
+    except distributed.PeerFailed as exc:
+        if not quiet:
+            click.echo(f"error: {exc}", err=True)
+        sys.exit(distributed.EXIT_STOPPED)
+    except UserError as exc:
+        if quiet:
+            sys.exit(exc.exit_code)
+        raise
+    if rank != 0:
+        return
     click.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}; "
                f"run folder {result.run_dir}")
     if result.sample_dir is not None:
@@ -381,6 +413,19 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
     if result.metrics:
         click.echo("metrics: " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in result.metrics.items()))
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line without ``--nproc N`` / ``--nproc=N`` (what every process runs)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 @main.command()

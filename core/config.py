@@ -381,7 +381,9 @@ class TrainConfig:
     ema_warmup: bool = True            # decay = min(ema_decay, (1 + n) / (10 + n))
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda | cuda:N
-    precision: str = "auto"            # auto (bf16 autocast on CUDA) | fp32 | bf16
+    precision: str = "auto"            # auto (bf16 autocast on CUDA) | fp32 | bf16 (autocast, CPU too)
+    channels_last: bool = False        # the domain's channels-last layout (image backbones; fast on GPUs)
+    compile: bool = False              # torch.compile the backbone (first steps slower while it compiles)
     log_every: int = 10
     checkpoint_every: int = 500        # 0: only at the end
     sample_every: int = 0              # periodic sample + evaluate; 0: only at the end

@@ -177,8 +177,13 @@ class Diffusion:
         """Training times (float64, ``[n]``)."""
         return self._sample_t(n, generator=generator, device=device)
 
-    def training_losses(self, denoiser: Denoiser, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
-        """Per-sample loss ``[B]`` of one batch (not yet averaged)."""
+    def training_losses(self, denoiser: Denoiser, batch: Batch, generator: torch.Generator | None = None,
+                        shard: tuple[int, int] | None = None) -> Tensor:
+        """Per-sample loss ``[B]`` of one batch (not yet averaged).
+
+        ``shard = (start, stop)``: the loss of samples ``start .. stop - 1`` only (one rank's part of
+        a global batch). The random draws (times, noise, condition dropout) are made for the whole
+        batch first, so every sample gets the same draws whichever shard it falls in."""
         x0, space = batch.x, batch.space
         n = space.batch_size(x0)
         t = self.sample_t(n, generator, x0.device)
@@ -190,6 +195,15 @@ class Diffusion:
         if isinstance(cond, Condition) and self.config.cond_drop > 0:
             drop = torch.rand(n, generator=generator, device=x0.device) < self.config.cond_drop
             cond = cond.drop(drop)
+        if shard is not None:
+            start, stop = shard
+            eps, _ = space.take(eps, start, stop)
+            x0, space = space.take(x0, start, stop)
+            t = t[start:stop]
+            if isinstance(cond, Condition):
+                cond = cond.select(slice(start, stop))
+            elif isinstance(cond, Tensor):
+                cond = cond[start:stop]
         alpha, sigma = self.schedule.alpha_sigma(t)
         a, s = space.coef(alpha, x0), space.coef(sigma, x0)
         x_t = a * x0 + s * eps

@@ -199,6 +199,11 @@ class Domain(ABC):
         start sampling. ``structure`` is the sampling structure when the user fixes it (e.g. atom
         counts); otherwise the domain draws it from ``generator`` (one, or one per sample)."""
 
+    def memory_format(self, data_info: dict[str, Any]) -> torch.memory_format | None:
+        """The tensor layout used with ``train.channels_last`` (image domains: ``torch.channels_last``,
+        which cuDNN's bf16 convolutions prefer); ``None``: the domain has no such layout."""
+        return None
+
     # ---------------------------------------------------------------- conditions
     def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
         """The conditions a model trained on ``data_info`` understands (``{}``: unconditional).

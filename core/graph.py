@@ -95,6 +95,13 @@ class GraphSpace(Space):
         centred = spaces[0].centred if spaces else 3
         return torch.cat(list(xs), 0), GraphSpace(torch.cat(batches), offset, centred)
 
+    def take(self, x: Tensor, start: int, stop: int) -> tuple[Tensor, "GraphSpace"]:
+        """Graphs ``start .. stop - 1``: their nodes (in batch order) and a space renumbered from 0."""
+        self._check(x)
+        batch = self.batch.to(x.device)
+        keep = (batch >= start) & (batch < stop)
+        return x[keep], GraphSpace(batch[keep] - start, stop - start, self.centred)
+
     def edges(self) -> tuple[Tensor, Tensor]:
         """Fully connected ordered pairs within each graph (cached: the space is bound to one batch)."""
         if self._edges is None:

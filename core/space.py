@@ -95,6 +95,12 @@ class Space(ABC):
         """Join chunks of samples into one ``(x, space)`` (structured spaces renumber their batches)."""
         return torch.cat(list(xs), 0), spaces[0]
 
+    def take(self, x: Tensor, start: int, stop: int) -> tuple[Tensor, "Space"]:
+        """Samples ``start .. stop - 1`` of ``x`` and their space (a rank's shard of a global batch in
+        multi-process training). Dense spaces: rows of the sample dimension; structured spaces
+        renumber their batch."""
+        return x[start:stop], self
+
     def coef(self, per_sample: Tensor | float, like: Tensor) -> Tensor:
         """Cast a float64 per-sample (or scalar) coefficient to ``like``'s dtype and expand it."""
         c = torch.as_tensor(per_sample, device=like.device)

@@ -12,6 +12,19 @@ gives the same weights as 2N steps in one go, as long as the learning rate of ev
 the same in both: always for the same total ``steps``; when the total is extended on resume,
 only with ``lr_schedule="constant"`` (the cosine decay depends on the total).
 
+Several processes (``core.distributed``; torchrun, ``diffuse train --nproc N``, accelerate):
+every rank assembles the same global batch (the same data order, augmentation and draws of
+times / noise / condition dropout) and computes the loss of its contiguous shard of the samples;
+DistributedDataParallel averages the gradients, each rank scaling its shard's loss sum by
+``world_size / batch_size``, so the step is the 1-process step of the global batch up to float
+reduction order. Rank 0 logs, shows the progress bar, writes checkpoints and evaluates; the
+others wait at a barrier after every checkpoint. Checkpoints do not depend on the number of
+processes, so a run can resume on another number.
+
+GPU options: ``precision`` (``bf16`` autocast, on CUDA by default, on CPU too),
+``channels_last`` (the domain's :meth:`~diffuse.core.domain.Domain.memory_format`, for image
+backbones) and ``compile`` (``torch.compile`` of the backbone).
+
 Stopping: Ctrl-C and SIGTERM checkpoint the current step and stop; a signal that arrives while
 a checkpoint is being written is held until the save is complete. A non-finite loss (or
 gradient norm) is caught before the optimizer step: the last good step is checkpointed and
@@ -35,10 +48,11 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from . import distributed
 from .checkpoint import atomic_write_text, clean_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .diffusion import Diffusion
-from .domain import Domain, DomainDataset
+from .domain import Batch, Domain, DomainDataset
 from .generate import generate
 from .io import write_samples
 
@@ -137,6 +151,19 @@ def _step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt) % (2 ** 62)
 
 
+class _ShardLoss(nn.Module):
+    """The per-sample loss of a rank's shard as a module, so that DistributedDataParallel sees
+    the forward pass (its gradient hooks are armed in ``forward``)."""
+
+    def __init__(self, denoiser: nn.Module, diffusion: Diffusion) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.diffusion = diffusion
+
+    def forward(self, batch, generator, shard):
+        return self.diffusion.training_losses(self.denoiser, batch, generator, shard=shard)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -152,7 +179,7 @@ class Trainer:
 
     def __init__(self, run_dir: str | Path, config: RunConfig, domain: Domain, diffusion: Diffusion,
                  denoiser: nn.Module, dataset: DomainDataset, reference: DomainDataset | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, dist: distributed.DistContext | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
         self.cfg = config.train
@@ -160,9 +187,22 @@ class Trainer:
         self.diffusion = diffusion
         self.dataset = dataset
         self.reference = reference
-        self.show_progress = progress
-        self.device = resolve_device(self.cfg.device)
+        self._memory_format = None
+        if getattr(self.cfg, "channels_last", False):
+            self._memory_format = domain.memory_format(config.data_info)
+            if self._memory_format is None:
+                raise ValueError(f"train.channels_last is true but the {domain.name} domain has no channels-last "
+                                 "layout (it applies to image backbones); leave it false")
+        # several processes (launched by torchrun / diffuse train --nproc / accelerate): join them here
+        self.dist = dist if dist is not None else distributed.init_distributed(self.cfg.device)
+        if self.dist.enabled and self.cfg.batch_size < self.dist.world_size:
+            raise ValueError(f"train.batch_size {self.cfg.batch_size} is smaller than the {self.dist.world_size} "
+                             "processes; every process needs at least one sample per step")
+        self.show_progress = progress and self.dist.is_main
+        self.device = self.dist.device if self.dist.enabled else resolve_device(self.cfg.device)
         self.model = denoiser.to(self.device)
+        if self._memory_format is not None:
+            self.model.to(memory_format=self._memory_format)
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused kernels on CUDA; the multi-tensor (foreach) implementation on CPU
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -180,18 +220,32 @@ class Trainer:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                          if precision == "bf16" else nullcontext())
+        if getattr(self.cfg, "compile", False):
+            # in place (state-dict keys unchanged), after the EMA copy so that it stays uncompiled
+            getattr(self.model, "backbone", self.model).compile()
+        self._ddp = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            # every rank starts from rank 0's weights (DDP broadcasts them here)
+            self._ddp = DistributedDataParallel(_ShardLoss(self.model, self.diffusion), device_ids=None)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "ema_n_averaged": int(self.ema.n_averaged)}
 
-    def save(self, stop_on_signal: bool = True) -> None:
-        """Checkpoint the current step. SIGINT / SIGTERM arriving meanwhile are held until the
+    def save(self, stop_on_signal: bool = True, sync: bool = True) -> None:
+        """Checkpoint the current step (rank 0 writes; with ``sync`` the other ranks wait at a
+        barrier until it is complete). SIGINT / SIGTERM arriving meanwhile are held until the
         checkpoint is complete, then (with ``stop_on_signal``) raise KeyboardInterrupt."""
-        with _signals_held() as pending:
-            save_checkpoint(self.run_dir, self.model, self.ema.module, self.state(),
-                            {"domain": self.config.domain, "step": self.step})
+        if self.dist.is_main:
+            with _signals_held() as pending:
+                save_checkpoint(self.run_dir, self.model, self.ema.module, self.state(),
+                                {"domain": self.config.domain, "step": self.step})
+        else:
+            pending = []
+        if sync:
+            self.dist.barrier()   # the others wait until rank 0's checkpoint is complete
         self._saved_step = self.step
         if pending and stop_on_signal:
             log.warning("%s arrived while saving the checkpoint of step %d; stopping after the save",
@@ -216,7 +270,9 @@ class Trainer:
     def prepare_resume(self) -> None:
         """Before continuing a loaded run: remove checkpoint folders left by an interrupted save,
         and drop the metrics.jsonl records of steps after the checkpoint (a killed run logged
-        them; the resumed run logs them again), atomically."""
+        them; the resumed run logs them again), atomically. Rank 0's job; other ranks do nothing."""
+        if not self.dist.is_main:
+            return
         clean_checkpoints(self.run_dir)
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
@@ -256,7 +312,8 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
         seed = _step_seed(cfg.seed, self.step)
-        torch.manual_seed(seed)  # dropout and any other global draws
+        # dropout and any other global draws (each rank its own stream; rank 0's is the 1-process one)
+        torch.manual_seed(seed if self.dist.rank == 0 else _step_seed(cfg.seed, self.step, salt=101 * self.dist.rank))
         cpu_gen = torch.Generator().manual_seed(seed)
         dev_gen = cpu_gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(seed)
         self.model.train()
@@ -264,27 +321,51 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             pos = (self.step * cfg.grad_accum + micro) * cfg.batch_size
             batch = self.dataset.batch(self._indices(pos, cfg.batch_size), cpu_gen).to(self.device)
-            with self.autocast:
-                loss = self.diffusion.training_losses(self.model, batch, dev_gen).mean()
-            if not torch.isfinite(loss):  # before any update: the weights are still the last good ones
-                raise TrainingDiverged(f"loss {loss.item()}")
-            (loss / cfg.grad_accum).backward()
+            if self._memory_format is not None:
+                batch = Batch(batch.x.contiguous(memory_format=self._memory_format), batch.space, batch.cond,
+                              batch.extras)
+            if self._ddp is None:
+                with self.autocast:
+                    loss = self.diffusion.training_losses(self.model, batch, dev_gen).mean()
+                if not torch.isfinite(loss):  # before any update: the weights are still the last good ones
+                    raise TrainingDiverged(f"loss {loss.item()}")
+                (loss / cfg.grad_accum).backward()
+                total += loss.item() / cfg.grad_accum
+                continue
+            # several processes: this rank's shard of the same global batch; the gradient of the
+            # global mean is the DDP average of (world / B) * (the shard's loss sum)
+            n = len(batch)
+            last = micro == cfg.grad_accum - 1
+            with (nullcontext() if last else self._ddp.no_sync()):
+                with self.autocast:
+                    local = self._ddp(batch, dev_gen, self.dist.shard(n)).float().sum()
+                loss = self.dist.all_reduce_sum(local.detach()) / n   # the same value on every rank
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"loss {loss.item()}")
+                (local * (self.dist.world_size / (n * cfg.grad_accum))).backward()
             total += loss.item() / cfg.grad_accum
         grad_norm = 0.0
         if cfg.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             if not math.isfinite(grad_norm):
                 raise TrainingDiverged(f"gradient norm {grad_norm}")
-        self.optimizer.step()
-        self.scheduler.step()
-        # on CPU, zeroing in place avoids freeing and re-allocating every gradient each step
-        # (about 15 % of a small U-Net's step); CUDA's caching allocator makes None cheaper there
-        self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
-        self.ema.update_parameters(self.model)
-        self.step += 1
+        # the update is all or nothing: Ctrl-C / SIGTERM arriving inside it is held until it is
+        # complete, so an interrupt's checkpoint never holds half-updated weights or optimizer state
+        with _signals_held() as pending:
+            self.optimizer.step()
+            self.scheduler.step()
+            # on CPU, zeroing in place avoids freeing and re-allocating every gradient each step
+            # (about 15 % of a small U-Net's step); CUDA's caching allocator makes None cheaper there
+            self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
+            self.ema.update_parameters(self.model)
+            self.step += 1
+        if pending:
+            raise KeyboardInterrupt(f"signal {signal.Signals(pending[0]).name}")
         return total, grad_norm
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -327,9 +408,10 @@ class Trainer:
             except KeyboardInterrupt:
                 bar.close()
                 if self._saved_step != self.step:
-                    self.save(stop_on_signal=False)
-                log.warning("interrupted at step %d; checkpoint saved, continue with --resume %s",
-                            self.step, self.run_dir)
+                    self.save(stop_on_signal=False, sync=False)   # the other ranks may be anywhere
+                if self.dist.is_main:
+                    log.warning("interrupted at step %d; checkpoint saved, continue with --resume %s",
+                                self.step, self.run_dir)
                 raise
             except TrainingDiverged as exc:
                 bar.close()
@@ -339,9 +421,10 @@ class Trainer:
                     f"training diverged at step {self.step + 1} ({exc}); the last good checkpoint (step {self.step}) "
                     f"is in {self.run_dir}; lower --lr (now {cfg.lr:g}) and start a new run"
                 ) from None
+        self.dist.finish()   # after the last checkpoint's barrier: the other ranks are done
         metrics: dict[str, float] = {}
         sample_dir = None
-        if cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps:
+        if cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps and self.dist.is_main:
             metrics, sample_dir = self.evaluate("final")
         return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time)
 
@@ -364,7 +447,7 @@ class Trainer:
             bar.update(1)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
                 self.save()
-            if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
+            if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps and self.dist.is_main:
                 metrics, _ = self.evaluate(f"step_{self.step:06d}")
                 bar.write(f"step {self.step}: " + _fmt(metrics))
         return loss

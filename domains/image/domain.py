@@ -101,6 +101,10 @@ class ImageDomain(Domain):
     def default_data(self) -> dict[str, Any]:
         return dict(_DATA_DEFAULTS)
 
+    def memory_format(self, data_info: dict[str, Any]) -> torch.memory_format:
+        """``train.channels_last``: NHWC activations and convolution weights (faster bf16 convolutions on GPUs)."""
+        return torch.channels_last
+
     def check_config(self, model: dict[str, Any]) -> None:
         unknown = sorted(set(model) - _UNET_OPTIONS)
         if unknown:
