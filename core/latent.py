@@ -43,7 +43,7 @@ from .domain import Batch, DataError, Domain, DomainDataset
 from .space import Space
 
 __all__ = ["Autoencoder", "LatentDataset", "LatentDomain", "AutoencoderConfig", "AutoencoderObjective",
-           "autoencoder_record", "load_autoencoder", "weights_hash", "AUTOENCODER_WEIGHTS"]
+           "autoencoder_record", "load_autoencoder", "is_autoencoder_run", "weights_hash", "AUTOENCODER_WEIGHTS"]
 
 #: the file of an autoencoder run's weights that latent models use (EMA weights, scale included)
 AUTOENCODER_WEIGHTS = "ema.safetensors"
@@ -96,6 +96,14 @@ class Autoencoder(nn.Module, ABC):
     def latent_template(self, batch: Batch) -> Tensor:
         """Zeros shaped like the latent of data ``batch`` (default: encode it and take the shape)."""
         return torch.zeros_like(self.encode(batch, sample=False))
+
+    @torch.no_grad()
+    def reconstruction_metrics(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-sample held-out reconstruction figures (``{name: [B]}``) of the reconstruction
+        from the posterior mean; default: ``mse`` over the Space's elements. Domains report
+        their own (image PSNR, audio STFT / log-mel distances, molecule element recovery...)."""
+        rec = self.decode(self.encode(batch, sample=False), batch)
+        return {"mse": batch.space.reduce((rec - batch.x).pow(2))}
 
     # ------------------------------------------------------------------ scaled use
     def encode_scaled(self, batch: Batch, generator: torch.Generator | None = None, sample: bool = True) -> Tensor:
@@ -181,10 +189,13 @@ class LatentDomain(Domain):
     need); the backbone is built for ``{**data_info, **autoencoder.latent_info(data_info)}``.
     """
 
-    def __init__(self, base: Domain, autoencoder: Autoencoder, record: dict[str, Any] | None = None) -> None:
+    def __init__(self, base: Domain, autoencoder: Autoencoder, record: dict[str, Any] | None = None,
+                 data_defaults: dict[str, Any] | None = None, data_info: dict[str, Any] | None = None) -> None:
         if autoencoder.domain_name != base.name:
             raise CheckpointError(f"the autoencoder is for the {autoencoder.domain_name!r} domain, not {base.name!r}")
         self.base, self.autoencoder, self.record = base, autoencoder.eval().requires_grad_(False), record
+        #: the autoencoder's training data options (the defaults of a latent model's data) and data_info
+        self.data_defaults, self.autoencoder_data_info = dict(data_defaults or {}), dict(data_info or {})
         self.name = base.name                  # writers, checkpoints and the CLI see the data's domain
         self.description = f"{base.description} (latent)"
         self.likelihood_unit, self.likelihood_bins = base.likelihood_unit, None
@@ -206,7 +217,7 @@ class LatentDomain(Domain):
         return self.base.default_train()
 
     def default_data(self) -> dict[str, Any]:
-        return self.base.default_data()
+        return {**self.base.default_data(), **self.data_defaults}
 
     def check_config(self, model: dict[str, Any]) -> None:
         self.base.check_config(model)
@@ -316,6 +327,14 @@ class AutoencoderConfig:
             raise CheckpointError(f"{path} is corrupt or not an autoencoder config ({exc})") from None
 
 
+def is_autoencoder_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds an autoencoder run's ``config.json`` (kind ``autoencoder``)."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text()).get("kind") == "autoencoder"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _weights_path(run_dir: Path) -> Path:
     from .checkpoint import _checkpoint_dir
     return _checkpoint_dir(run_dir) / AUTOENCODER_WEIGHTS
@@ -352,7 +371,7 @@ def load_autoencoder(run_dir: str | Path, domain: Domain, *, expect: dict[str, A
         raise CheckpointError(f"autoencoder run {run} does not exist{needed}")
     cfg = AutoencoderConfig.load(run)
     if cfg.domain != domain.name:
-        raise CheckpointError(f"{run} is a {cfg.domain!r} autoencoder, not {domain.name!r}")
+        raise CheckpointError(f"{run} is an autoencoder of the {cfg.domain!r} domain, not {domain.name!r}")
     if expect is not None and weights_hash(run) != expect.get("sha256"):
         raise CheckpointError(f"the autoencoder in {run} has changed since the latent model was trained on it "
                               f"(SHA-256 of {AUTOENCODER_WEIGHTS} differs); retrain the latent model")
