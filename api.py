@@ -599,7 +599,8 @@ def _load_autoencoder_checkpoint(run_dir: Path) -> dict[str, Any]:
 
 def train_autoencoder(domain: str | Domain = "image", *, data: str | Path | None = None, out: str | Path | None = None,
                       config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
-                      progress: bool = True, scale_samples: int = 512, **train_overrides: Any) -> dict[str, Any]:
+                      progress: bool = True, scale_samples: int = 512, stop_at: int | None = None,
+                      **train_overrides: Any) -> dict[str, Any]:
     """Train the domain's autoencoder for latent diffusion and leave a run folder at ``out``
     (default ``runs/<domain>-autoencoder``): ``config.json`` (kind ``autoencoder``), ``checkpoint/``
     (the trainer's format; the EMA weights, with the fitted latent ``scale``, are the ones used),
@@ -607,7 +608,9 @@ def train_autoencoder(domain: str | Domain = "image", *, data: str | Path | None
 
     ``config``: a dict or JSON file with sections ``model`` (the autoencoder's options), ``train``
     (:class:`TrainConfig` fields) and ``data_options``; keyword overrides as in :func:`train`.
-    ``resume`` continues an interrupted run (same total steps). After training, ``scale`` is set
+    ``resume`` continues an interrupted run (same total steps; ``stop_at`` pauses one at that
+    step, checkpointed, and resuming it gives the weights of an uninterrupted run; a paused run
+    returns ``scale`` and ``metrics`` as ``None``). After training, ``scale`` is set
     to 1 / std of the latents of up to ``scale_samples`` training items. Everything is checked
     before anything is written. Returns ``{"run_dir", "steps", "final_loss", "seconds", "scale",
     "metrics"}``."""
@@ -674,7 +677,10 @@ def train_autoencoder(domain: str | Domain = "image", *, data: str | Path | None
         atomic_write_text(run_dir / "config.json", ae_config.to_json())
     log.info("training the %s autoencoder: %d parameters, %d training samples, device %s", dom.name,
              sum(p.numel() for p in ae.parameters()), len(train_set), trainer.device)
-    fit = trainer.fit()
+    fit = trainer.fit(stop_at=stop_at)
+    if fit.steps < cfg.steps:      # paused: scale and evaluation come at the end of the run
+        return {"run_dir": run_dir, "steps": fit.steps, "final_loss": fit.final_loss, "seconds": fit.seconds,
+                "scale": None, "metrics": None}
     # the latent scale of the EMA weights (the ones latent models use), saved with both copies
     final = trainer.ema.module
     scale = final.fit_scale(train_set, num=scale_samples, seed=cfg.seed)

@@ -372,6 +372,9 @@ def load_autoencoder(run_dir: str | Path, domain: Domain, *, expect: dict[str, A
     cfg = AutoencoderConfig.load(run)
     if cfg.domain != domain.name:
         raise CheckpointError(f"{run} is an autoencoder of the {cfg.domain!r} domain, not {domain.name!r}")
+    if not (run / "evaluation.json").is_file():
+        raise CheckpointError(f"the autoencoder run {run} is unfinished (no latent scale yet); finish it with "
+                              f"'diffuse train-autoencoder --resume {run}'")
     if expect is not None and weights_hash(run) != expect.get("sha256"):
         raise CheckpointError(f"the autoencoder in {run} has changed since the latent model was trained on it "
                               f"(SHA-256 of {AUTOENCODER_WEIGHTS} differs); retrain the latent model")

@@ -130,6 +130,26 @@ def test_image_autoencoder_training_lowers_reconstruction_error(tmp_path):
     assert float(ae.scale) == pytest.approx(res["scale"]) and res["scale"] != 1.0
 
 
+def test_autoencoder_run_resumes_exactly(tmp_path):
+    """Paused at step 3 and resumed to 6: the weights of an uninterrupted 6-step run."""
+    kw = dict(progress=False, steps=6, batch_size=8,
+              config={"model": {**TINY_IMAGE_AE, "perceptual_weight": 0.0}, "data_options": {"max_images": 32}})
+    full = api.train_autoencoder("image", out=tmp_path / "full", **kw)
+    part = api.train_autoencoder("image", out=tmp_path / "part", stop_at=3, **kw)
+    assert part["steps"] == 3 and part["scale"] is None
+    res = _cli("train", "--domain", "image", "--latent", tmp_path / "part", "--out", tmp_path / "lat")
+    _one_line_error(res, "is unfinished (no latent scale yet)")
+    res = _cli("train-autoencoder", "--resume", tmp_path / "part", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "held-out reconstruction" in res.output and "psnr" in res.output
+    from safetensors.torch import load_file
+    a = load_file(str(tmp_path / "full" / "checkpoint" / "ema.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoint" / "ema.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert full["scale"] == pytest.approx(float(b["scale"]))
+    _one_line_error(_cli("train-autoencoder", "--resume", tmp_path / "part"), "is already finished")
+
+
 def test_audio_autoencoder_training_lowers_stft_distance(tmp_path):
     dom, data = _audio_data()
     torch.manual_seed(0)
