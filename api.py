@@ -163,7 +163,8 @@ class DiffusionModel:
                guidance_scale: float | str | None = None, guidance_rescale: float | str | None = None,
                guidance_interval: Any = None, guidance: str | None = None, classifier: Any = None,
                **options: Any) -> Batch:
-        """Draw ``num`` samples (a :class:`Batch` in model space, on CPU). Same seed, same samples,
+        """Draw ``num`` samples (a :class:`Batch` of data on CPU; a latent model's samples are
+        decoded, ``core.latent``). Same seed, same samples,
         whatever ``batch_size``. ``eta`` applies to DDIM; other options go to the sampler.
 
         ``cond``: the network condition, ``{name: value}`` (``{"label": 7}``, ``{"label": "seven"}``,

@@ -254,7 +254,6 @@ class LatentDomain(Domain):
         return self.base.condition_kinds(data_info)
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
-        from .condition import ConcatKind  # noqa: F401 - documents what is refused below
         refused = [n for n in names if n in ("lowres", "lowrate")]
         if refused:
             raise ValueError(f"latent models cannot take the restoration condition {', '.join(refused)} "
