@@ -51,7 +51,8 @@ from .core.trainer import Trainer, TrainResult, resolve_device
 
 __all__ = ["train", "load", "build", "DiffusionModel", "make_config", "available_domains", "get_domain",
            "TrainResult", "write_samples", "write_text", "fresh_sample_dir", "train_classifier", "load_classifier",
-           "prepare_classifier_guidance", "load_pretrained", "recipe_domain"]
+           "prepare_classifier_guidance", "load_pretrained", "recipe_domain", "train_autoencoder",
+           "load_autoencoder", "reconstruction_report"]
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ class DiffusionModel:
                guidance_scale: float | str | None = None, guidance_rescale: float | str | None = None,
                guidance_interval: Any = None, guidance: str | None = None, classifier: Any = None,
                **options: Any) -> Batch:
-        """Draw ``num`` samples (a :class:`Batch` in model space, on CPU). Same seed, same samples,
+        """Draw ``num`` samples (a :class:`Batch` of data on CPU; a latent model's samples are
+        decoded, ``core.latent``). Same seed, same samples,
         whatever ``batch_size``. ``eta`` applies to DDIM; other options go to the sampler.
 
         ``cond``: the network condition, ``{name: value}`` (``{"label": 7}``, ``{"label": "seven"}``,
@@ -343,6 +345,9 @@ class DiffusionModel:
 
         if not isinstance(num, int) or num < 1:
             raise ValueError(f"the number of likelihood samples must be a positive integer, got {num!r}")
+        if self.config.latent is not None:
+            raise ValueError("likelihoods of latent models are not supported (they would be of the latents, not "
+                             "the data)")
         reference = self.reference_data(data)
         n = min(num, len(reference))
         gen = torch.Generator(self.device).manual_seed(seed)
@@ -458,8 +463,14 @@ def _check_out(run_dir: Path) -> None:
 def train(domain: str | Domain = "image", *, data: str | Path | None = None, out: str | Path | None = None,
           config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
           progress: bool = True, stop_at: int | None = None, diffusion: dict[str, Any] | None = None,
-          conditions: list[str] | str | None = None, **train_overrides: Any) -> TrainResult:
+          conditions: list[str] | str | None = None, latent: str | Path | None = None,
+          **train_overrides: Any) -> TrainResult:
     """Train a model and leave a run folder at ``out`` (default ``runs/<domain>``).
+
+    ``latent``: an autoencoder run folder (:func:`train_autoencoder`) of the same domain: the
+    model is a latent diffusion model on its (scaled) latents; the run records the autoencoder
+    (path, SHA-256 of its weights, domain) and samples are decoded to data. Its data options
+    default to the autoencoder's (so the data has the shape the autoencoder was trained on).
 
     ``resume`` continues the run folder it names (its config, weights, optimiser state and step),
     up to ``steps`` (the run's own total unless given). On resume, ``config`` (a dict or JSON
@@ -485,6 +496,8 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
         run_cfg = read_run_config(run_dir)
         if run_cfg.domain != name:
             raise CheckpointError(f"cannot resume {run_dir}: it is a {run_cfg.domain!r} run, not {name!r}")
+        if latent is not None:
+            raise ValueError("--latent cannot change when resuming a run (the run keeps its autoencoder)")
         cfg = _resume_config(run_dir, run_cfg, config, diffusion, train_overrides)
         _check_train(cfg.train)
         if data is not None:
@@ -493,11 +506,20 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
         _check_resume_steps(run_dir, run_cfg.train, cfg.train, int(checkpoint["state"]["step"]))
         check_writable(run_dir)
     dom = get_domain(domain) if isinstance(domain, str) else domain
+    if resume is not None and run_cfg.latent is not None:
+        dom = _latent_domain(dom, run_cfg.latent["path"], run_cfg.latent)
+    elif latent is not None:
+        dom = _latent_domain(dom, latent)
     if resume is None:
         cfg = make_config(dom, data=data, config=config, diffusion=diffusion, conditions=conditions, **train_overrides)
+        cfg.latent = getattr(dom, "record", None)
         run_dir = Path(out) if out is not None else Path("runs") / dom.name
         _check_out(run_dir)
+    if cfg.latent is not None:
+        dom.to(resolve_device(cfg.train.device))
     dataset = _load_data(dom, cfg)
+    if cfg.latent is not None:
+        _check_latent_data(dom, dataset.info())
     train_set, reference = _split(dataset, cfg.train)
     info = _record_conditions(dom, dataset.info())
     if resume is not None and cfg.data_info and info != cfg.data_info:
@@ -527,7 +549,12 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
 def load(checkpoint: str | Path, *, device: str = "auto", ema: bool = True,
          domain: str | None = None) -> DiffusionModel:
     """Rebuild a trained model from a run folder (EMA weights unless ``ema=False``)."""
+    from .core.latent import is_autoencoder_run
+
     run_dir = Path(checkpoint)
+    if is_autoencoder_run(run_dir):
+        raise CheckpointError(f"{run_dir} is an autoencoder run, not a diffusion model; train a latent model on it "
+                              f"with 'diffuse train --latent {run_dir}'")
     ck = load_checkpoint(run_dir)
     cfg: RunConfig = ck["config"]
     if domain is not None and domain != cfg.domain:
@@ -539,12 +566,16 @@ def load(checkpoint: str | Path, *, device: str = "auto", ema: bool = True,
 def _assemble(cfg: RunConfig, weights: dict[str, torch.Tensor], where: Path, device: str) -> DiffusionModel:
     """The model ``cfg`` describes with ``weights`` (float16-stored tensors are cast to the model's dtype)."""
     dom = get_domain(cfg.domain)
+    dev = resolve_device(device)
+    if cfg.latent is not None:   # latent model: its autoencoder must be there, unchanged, of this domain
+        if not isinstance(cfg.latent, dict) or not isinstance(cfg.latent.get("path"), str):
+            raise CheckpointError(f"{where / 'config.json'} has a corrupt latent record {cfg.latent!r}")
+        dom = _latent_domain(dom, cfg.latent["path"], cfg.latent).to(dev)
     diff = Diffusion(cfg.diffusion)
     den = diff.denoiser(dom.build_backbone(cfg.model, cfg.data_info))
     own = den.state_dict()
     weights = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in weights.items()}
     load_weights(den, weights, where)
-    dev = resolve_device(device)
     return DiffusionModel(dom, cfg, den.to(dev), diff, dev, where)
 
 
@@ -563,6 +594,174 @@ def load_pretrained(name: str, *, device: str = "auto", root: str | Path | None 
         raise CheckpointError(f"{path / 'ema.safetensors'} is corrupt or truncated "
                               f"({str(exc).splitlines()[0][:120]})") from None
     return _assemble(cfg, weights, path, device)
+
+
+# --- latent diffusion (latent helper) ---
+#: data_info entries that fix the shape of a sample: a latent model's data must match its autoencoder's
+_SHAPE_KEYS = ("channels", "height", "width", "length", "sample_rate")
+
+
+def _latent_domain(dom: Domain, ae_run: str | Path, expect: dict[str, Any] | None = None):
+    """``dom`` wrapped with the trained autoencoder in ``ae_run`` (checked: exists, an
+    autoencoder run of ``dom``'s domain, and, given a latent model's record ``expect``, the same
+    weights)."""
+    from .core.latent import AutoencoderConfig, LatentDomain, autoencoder_record, load_autoencoder
+
+    if str(ae_run).strip() == "":
+        raise ValueError("--latent is an empty string; give an autoencoder run folder")
+    ae = load_autoencoder(ae_run, dom, expect=expect)
+    record = expect if expect is not None else autoencoder_record(ae_run)
+    ae_cfg = AutoencoderConfig.load(ae_run)
+    return LatentDomain(dom, ae, record, data_defaults=ae_cfg.data_options, data_info=ae_cfg.data_info)
+
+
+def _check_latent_data(dom: Any, info: dict[str, Any]) -> None:
+    """The data of a latent model must have the shape its autoencoder was trained on."""
+    ae_info = dom.autoencoder_data_info
+    for key in _SHAPE_KEYS:
+        if key in info and key in ae_info and info[key] != ae_info[key]:
+            raise DataError(f"the data's {key} is {info[key]} but the autoencoder {dom.record['path']} was trained on "
+                            f"{ae_info[key]}; use data of that shape (its data options: --config data_options)")
+
+
+#: training defaults of an autoencoder when its domain gives none
+AUTOENCODER_TRAIN = {"steps": 1000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.99,
+                     "checkpoint_every": 0, "log_every": 10, "holdout_fraction": 0.1}
+
+
+def _load_autoencoder_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The newest complete checkpoint of an autoencoder run, with its training state (to resume)."""
+    from .core.checkpoint import _checkpoint_dir, _load_weights, _marker
+
+    ckpt = _checkpoint_dir(run_dir)
+    out: dict[str, Any] = {"path": ckpt, "meta": _marker(ckpt) or {},
+                           "model": _load_weights(ckpt / "model.safetensors"),
+                           "ema": _load_weights(ckpt / "ema.safetensors")}
+    try:
+        out["state"] = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt file
+        raise CheckpointError(f"{ckpt / 'state.pt'} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
+    return out
+
+
+def train_autoencoder(domain: str | Domain = "image", *, data: str | Path | None = None, out: str | Path | None = None,
+                      config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
+                      progress: bool = True, scale_samples: int = 512, stop_at: int | None = None,
+                      **train_overrides: Any) -> dict[str, Any]:
+    """Train the domain's autoencoder for latent diffusion and leave a run folder at ``out``
+    (default ``runs/<domain>-autoencoder``): ``config.json`` (kind ``autoencoder``), ``checkpoint/``
+    (the trainer's format; the EMA weights, with the fitted latent ``scale``, are the ones used),
+    ``metrics.jsonl`` and ``evaluation.json`` (held-out reconstruction figures, the scale).
+
+    ``config``: a dict or JSON file with sections ``model`` (the autoencoder's options), ``train``
+    (:class:`TrainConfig` fields) and ``data_options``; keyword overrides as in :func:`train`.
+    ``resume`` continues an interrupted run (same total steps; ``stop_at`` pauses one at that
+    step, checkpointed, and resuming it gives the weights of an uninterrupted run; a paused run
+    returns ``scale`` and ``metrics`` as ``None``). After training, ``scale`` is set
+    to 1 / std of the latents of up to ``scale_samples`` training items. Everything is checked
+    before anything is written. Returns ``{"run_dir", "steps", "final_loss", "seconds", "scale",
+    "metrics"}``."""
+    from .core.latent import AutoencoderConfig, AutoencoderObjective
+
+    dom = get_domain(domain) if isinstance(domain, str) else domain
+    if type(dom).build_autoencoder is Domain.build_autoencoder:
+        raise ValueError(f"domain {dom.name} has no autoencoder")
+    checkpoint = None
+    if resume is not None:
+        run_dir = Path(resume)
+        ae_cfg = AutoencoderConfig.load(run_dir)
+        if ae_cfg.domain != dom.name:
+            raise CheckpointError(f"cannot resume {run_dir}: it is a {ae_cfg.domain!r} autoencoder, not {dom.name!r}")
+        if config is not None or data is not None:
+            raise ValueError("--config / --data cannot change when resuming an autoencoder run")
+        over = {k: v for k, v in train_overrides.items() if v is not None}
+        for key, value in over.items():
+            if key not in RESUMABLE_TRAIN_KEYS or key == "steps" and value != ae_cfg.train.steps:
+                _refuse_change(run_dir, f"train.{key}", value, getattr(ae_cfg.train, key, None))
+        cfg = update_dataclass(ae_cfg.train, over, "train")
+        checkpoint = _load_autoencoder_checkpoint(run_dir)
+        if int(checkpoint["state"]["step"]) >= cfg.steps:
+            raise ValueError(f"{run_dir} is already finished ({checkpoint['state']['step']} of {cfg.steps} steps)")
+        check_writable(run_dir)
+        model_cfg, options, data_path = ae_cfg.model, ae_cfg.data_options, ae_cfg.data
+    else:
+        user = config if isinstance(config, dict) else _read_config_file(config)
+        unknown = set(user) - {"model", "train", "data_options", "domain", "data"}
+        if unknown:
+            raise ValueError(f"autoencoder config has unknown section(s) {sorted(unknown)}; expected model, train, "
+                             "data_options")
+        for section in ("model", "train", "data_options"):
+            if not isinstance(user.get(section, {}), dict):
+                raise ValueError(f"config section {section!r} must be a JSON object, got {user[section]!r}")
+        defaults = dom.default_autoencoder()
+        cfg = update_dataclass(TrainConfig(), {**AUTOENCODER_TRAIN, **defaults.get("train", {}),
+                                               **user.get("train", {})}, "train")
+        cfg = update_dataclass(cfg, {k: v for k, v in train_overrides.items() if v is not None}, "train")
+        model_cfg = {**defaults.get("model", {}), **user.get("model", {})}
+        options = {**dom.default_data(), **user.get("data_options", {})}
+        data_path = str(data) if data is not None else user.get("data")
+        if data_path is not None and str(data_path).strip() == "":
+            raise ValueError("--data is an empty string; give a file or folder, or leave it out for the bundled data")
+        run_dir = Path(out) if out is not None else Path("runs") / f"{dom.name}-autoencoder"
+        _check_out(run_dir)
+    cfg = replace(cfg, sample_every=0, final_eval=False, eval_samples=0)
+    _check_train(cfg)
+    dataset = _load_data(dom, RunConfig(domain=dom.name, data=data_path, data_options=options))
+    info = dataset.info()
+    train_set, held = _split(dataset, cfg)
+    torch.manual_seed(cfg.seed)
+    ae = dom.build_autoencoder(model_cfg, info)     # option errors here, before anything is written
+    ae_config = AutoencoderConfig(domain=dom.name, data=data_path, data_options=options, model=model_cfg, train=cfg,
+                                  data_info=info)
+    trainer = Trainer(run_dir, RunConfig(domain=dom.name, train=cfg, data_info=info), dom, AutoencoderObjective(),
+                      ae, train_set, None, progress=progress)
+    if checkpoint is not None:
+        trainer.load(checkpoint)
+        atomic_write_text(run_dir / "config.json", ae_config.to_json())
+        trainer.prepare_resume()
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", ae_config.to_json())
+    log.info("training the %s autoencoder: %d parameters, %d training samples, device %s", dom.name,
+             sum(p.numel() for p in ae.parameters()), len(train_set), trainer.device)
+    fit = trainer.fit(stop_at=stop_at)
+    if fit.steps < cfg.steps:      # paused: scale and evaluation come at the end of the run
+        return {"run_dir": run_dir, "steps": fit.steps, "final_loss": fit.final_loss, "seconds": fit.seconds,
+                "scale": None, "metrics": None}
+    # the latent scale of the EMA weights (the ones latent models use), saved with both copies
+    final = trainer.ema.module
+    scale = final.fit_scale(train_set, num=scale_samples, seed=cfg.seed)
+    trainer.model.scale.fill_(scale)
+    trainer.save(stop_on_signal=False)
+    metrics = reconstruction_report(final, held if held is not None else train_set, seed=cfg.seed)
+    metrics = {**metrics, "scale": scale, "held_out_items": len(held) if held is not None else 0}
+    atomic_write_text(run_dir / "evaluation.json", json.dumps(metrics, indent=2))
+    return {"run_dir": run_dir, "steps": fit.steps, "final_loss": fit.final_loss, "seconds": fit.seconds,
+            "scale": scale, "metrics": metrics}
+
+
+@torch.no_grad()
+def reconstruction_report(ae: Any, dataset: DomainDataset, *, seed: int = 0, batch_size: int = 64,
+                          max_items: int = 2000) -> dict[str, float]:
+    """Mean held-out reconstruction figures of an autoencoder (``Autoencoder.reconstruction_metrics``)
+    over up to ``max_items`` items of ``dataset``."""
+    ae.eval()
+    dev = ae.scale.device
+    sums: dict[str, float] = {}
+    n = min(len(dataset), max_items)
+    for idx in torch.arange(n).split(batch_size):
+        batch = dataset.batch(idx, torch.Generator().manual_seed(seed)).to(dev)
+        for k, v in ae.reconstruction_metrics(batch).items():
+            sums[k] = sums.get(k, 0.0) + float(v.double().sum())
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def load_autoencoder(run: str | Path, *, device: str = "auto"):
+    """A trained autoencoder (frozen, eval mode) from its run folder."""
+    from .core.latent import AutoencoderConfig, load_autoencoder as _load
+
+    cfg = AutoencoderConfig.load(run)
+    return _load(run, get_domain(cfg.domain), device=resolve_device(check_device(device)))
 
 
 # --- conditional generation (cond helper) ---
@@ -692,6 +891,9 @@ def prepare_classifier_guidance(model: DiffusionModel, num: int, cond: Any, guid
         raise ValueError("--guidance-rescale / --guidance-interval apply to classifier-free guidance only")
     if cond is not None and not isinstance(cond, dict):
         raise ValueError(f"a condition is given as {{name: value}}, e.g. {{'label': 7}}, not {type(cond).__name__}")
+    if model.config.latent is not None:
+        raise ValueError("classifier guidance is not supported for latent models (the classifier reads data, "
+                         "the sampler latents); use classifier-free guidance (--guidance-scale)")
     n = num if isinstance(num, int) and num > 0 else 1
     clf = classifier if isinstance(classifier, Classifier) else load_classifier(classifier, device=str(model.device))
     clf.check_compatible(model.domain.name, model.data_info)

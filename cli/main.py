@@ -347,8 +347,10 @@ def domains() -> None:
 @click.option("--nproc", type=int, default=None, callback=_positive,
               help="Train with N processes (DistributedDataParallel: one per GPU, or gloo on CPU); the same as "
                    "`torchrun --standalone --nproc-per-node N -m diffuse.cli train ...`. --batch-size is global.")
+@click.option("--latent", type=PATH, default=None, metavar="AE_RUN",
+              help="Latent diffusion: train on the latents of this autoencoder run (`diffuse train-autoencoder`).")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
-          eval_samples, training, schedule, parameterization, no_progress, conditions, cond_drop, nproc) -> None:
+          eval_samples, training, schedule, parameterization, no_progress, conditions, cond_drop, nproc, latent) -> None:
     """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples.
 
     Several processes: `diffuse train --nproc N ...`, `torchrun --nproc-per-node N -m diffuse.cli
@@ -382,6 +384,8 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
     diffusion["cond_drop"] = _parse_probability(cond_drop, "--cond-drop")
     if resume is not None and (conditions or cond_drop is not None):
         raise UserError("--condition / --cond-drop cannot change when resuming a run")
+    if resume is not None and latent is not None:
+        raise UserError("--latent cannot change when resuming a run (the run keeps its autoencoder)")
     rank, world, _ = _run(distributed.world_from_env)
     if nproc is not None and world > 1 and nproc != world:
         raise UserError(f"--nproc {nproc} given inside a launch of {world} processes (WORLD_SIZE={world}); "
@@ -393,7 +397,7 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
     try:
         with distributed.failure_guard():
             result = _run(api.train, domain, data=data, out=out, config=config_file, resume=resume,
-                          conditions=list(conditions), progress=not no_progress, diffusion=diffusion, steps=steps,
+                          conditions=list(conditions), latent=latent, progress=not no_progress, diffusion=diffusion, steps=steps,
                           batch_size=batch_size, lr=lr, device=device, seed=seed, sample_every=sample_every,
                           eval_samples=eval_samples)
     except distributed.PeerFailed as exc:
@@ -636,6 +640,40 @@ def export_pretrained(run, name, half, root, wall_time, hardware, force) -> None
 
     paths = _run(export, run, name, root=root, half=half, wall_time=wall_time, hardware=hardware, force=force)
     click.echo(f"exported {run} as pretrained model {name!r}: " + ", ".join(str(p) for p in paths))
+
+
+@main.command("train-autoencoder")
+@click.option("--domain", "-d", default=None, help="Domain (image, audio, molecules, or a plug-in with an autoencoder).")
+@click.option("--data", type=PATH, default=None,
+              help="Training data (file or folder); default: the domain's bundled data set.")
+@click.option("--config", "config_file", type=PATH, default=None,
+              help="JSON file with sections model (autoencoder options) / train / data_options.")
+@click.option("--steps", type=int, default=None, callback=_positive, help="Optimizer steps.")
+@click.option("--batch-size", type=int, default=None, callback=_positive, help="Samples per step.")
+@click.option("--lr", type=float, default=None, callback=_positive, help="Peak learning rate.")
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=None, help="Seed for data order, noise and initialisation.")
+@click.option("--out", type=PATH, default=None, help="Run folder (default runs/DOMAIN-autoencoder).")
+@click.option("--resume", type=PATH, default=None, help="Continue the interrupted autoencoder run in this folder.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train_autoencoder(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, no_progress) -> None:
+    """Train an autoencoder for latent diffusion (then `diffuse train --domain D --latent RUN`)."""
+    if resume is not None and out is not None:
+        raise UserError("--out cannot be combined with --resume (the run keeps its folder)")
+    if device is not None:
+        _check_device(device)
+    if domain is None:
+        if resume is None:
+            raise UserError("--domain is required (or --resume RUN_DIR); see `diffuse domains`")
+        from ..core.latent import AutoencoderConfig
+        domain = _run(AutoencoderConfig.load, resume).domain
+    result = _run(api.train_autoencoder, domain, data=data, out=out, config=config_file, resume=resume,
+                  progress=not no_progress, steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    click.echo(f"trained the {domain} autoencoder, {result['steps']} steps in {result['seconds']:.0f} s; "
+               f"final loss {result['final_loss']:.4f}; latent scale {result['scale']:.4g}; "
+               f"run folder {result['run_dir']}")
+    _print_table(f"held-out reconstruction ({result['metrics'].get('held_out_items', 0)} items):",
+                 {k: v for k, v in result["metrics"].items() if k not in ("held_out_items", "scale")})
 
 
 @main.command("train-classifier")

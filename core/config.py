@@ -428,6 +428,9 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data_info: dict[str, Any] = field(default_factory=dict)
+    #: a latent model's autoencoder (``core.latent.autoencoder_record``: path, sha256, domain,
+    #: model); ``None`` for a model in data space
+    latent: dict[str, Any] | None = None
     version: int = 1
 
     def to_json(self) -> str:

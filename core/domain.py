@@ -24,6 +24,9 @@ What flows between core and a domain:
   into model space with a mask of the known part; core does the sampling.
 * ``data_info``: a JSON-serialisable dict a dataset reports (shapes, vocabularies, statistics)
   and that is saved in every checkpoint, so a model can be rebuilt and sampled without the data.
+* latent diffusion: ``Domain.build_autoencoder(config, data_info)`` returns a
+  :class:`~diffuse.core.latent.Autoencoder`; ``core.latent.LatentDomain`` wraps the domain with
+  a trained one (``diffuse train --latent AE_RUN``) and decodes samples in ``Domain.to_data``.
 * model config: a plain JSON dict of backbone keyword arguments (``Domain.default_model``,
   overridden by the user's ``--config`` file).
 """
@@ -33,13 +36,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .condition import Condition, ConditionKind, kinds_from_spec
 from .space import Space
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .latent import Autoencoder
 
 __all__ = ["Batch", "DomainDataset", "Domain", "DataError"]
 
@@ -283,6 +289,23 @@ class Domain(ABC):
         condition of a restoration model, ``{name: value}`` for ``ConditionKind.parse``
         (e.g. ``{"lowres": tensor}``). Raise ``ValueError`` / :class:`DataError` for bad input."""
         raise ValueError(f"the {self.name} domain has no restoration (super-resolution) input")
+
+    # ---------------------------------------------------------------- latent diffusion
+    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> "Autoencoder":
+        """An autoencoder (``core.latent.Autoencoder``) for data described by ``data_info``, built
+        from ``config`` (user options; the same dict rebuilds it from its run folder). A domain
+        that provides one gets latent diffusion (``diffuse train --latent AE_RUN``) for free."""
+        raise ValueError(f"domain {self.name} has no autoencoder")
+
+    def default_autoencoder(self) -> dict[str, Any]:
+        """Autoencoder options used when the user gives none, and its training defaults:
+        ``{"model": {...}, "train": {...}}`` (``TrainConfig`` fields)."""
+        return {"model": {}, "train": {}}
+
+    def to_data(self, samples: Batch, data_info: dict[str, Any]) -> Batch:
+        """Samples in model space -> data (identity; a latent model decodes here). ``generate``
+        applies it to every chunk, so writers and metrics always see data."""
+        return samples
 
     def check_structure(self, value: Any, data_info: dict[str, Any], batch_size: int | None = None) -> None:
         """Validate a requested sampling structure (e.g. per-sample atom counts) before sampling:

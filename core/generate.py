@@ -99,7 +99,8 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
     list is sliced per chunk). ``guidance``: classifier-free guidance (needs ``cond``).
     ``denoise_wrapper(denoise_fn, batch) -> denoise_fn`` lets callers add other guidance.
     Arguments, sampler options and the domain's structure (``Domain.check_structure``)
-    are checked first. Returns one :class:`Batch` on CPU with all samples (``cond`` carried along).
+    are checked first. Returns one :class:`Batch` on CPU with all samples (``cond`` carried along),
+    in data space (``domain.to_data``: a latent model's samples are decoded chunk by chunk).
     """
     check_generate_args(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
                         options=sampler_options)
@@ -134,5 +135,5 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
         cb = (lambda info, n=n: progress(n)) if progress is not None else None
         x = fn(denoise, x, grid, schedule=schedule, space=template.space, generator=noise_gens,
                callback=cb, **sampler_options)
-        out.append(Batch(x, template.space, template.cond, template.extras).to("cpu"))
+        out.append(domain.to_data(Batch(x, template.space, template.cond, template.extras), data_info).to("cpu"))
     return concat_batches(out)

@@ -138,6 +138,16 @@ class AudioDomain(Domain):
             kwargs["in_cond_channels"] = int(data_info.get("channels", 1)) + 1
         return UNet1D(in_channels=int(data_info.get("channels", 1)), **kwargs)
 
+    # --- latent diffusion (latent helper) ---
+    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+        """The 1-D waveform KL autoencoder (``autoencoder.py``)."""
+        from .autoencoder import AudioAutoencoder
+        return AudioAutoencoder(config, data_info)
+
+    def default_autoencoder(self) -> dict[str, Any]:
+        return {"model": {}, "train": {"steps": 800, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50,
+                                       "ema_decay": 0.99, "checkpoint_every": 0, "holdout_fraction": 0.15}}
+
     # --- noise-aware classifier (clf helper) ---
     def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
         """The waveform U-Net's encoder with the time embedding, pooled, and a linear head (``classifier.py``)."""

@@ -136,6 +136,16 @@ class ImageDomain(Domain):
         kwargs.setdefault("image_size", [int(data_info.get("height", 28)), int(data_info.get("width", 28))])
         return UNet(**kwargs)
 
+    # --- latent diffusion (latent helper) ---
+    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+        """The convolutional KL autoencoder (``autoencoder.py``)."""
+        from .autoencoder import ImageAutoencoder
+        return ImageAutoencoder(config, data_info)
+
+    def default_autoencoder(self) -> dict[str, Any]:
+        return {"model": {}, "train": {"steps": 1000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50,
+                                       "ema_decay": 0.99, "checkpoint_every": 0}}
+
     # --- noise-aware classifier (clf helper) ---
     def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
         """The U-Net's down path with the time embedding, pooled, and a linear head (``classifier.py``)."""

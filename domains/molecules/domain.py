@@ -236,7 +236,20 @@ class MoleculeDomain(Domain):
         codec = FeatureCodec.from_info(data_info)
         kind = self.condition_kinds(data_info).get(CONDITION_NAME)
         context = 2 * len(kind.names) if kind is not None else 0   # normalised values + presence mask
-        return EGNN(codec.num_features, **model_kwargs(model), context_dim=context, context_key=CONDITION_NAME)
+        # ``feature_dim`` (3 + features) is the data's, or a latent model's latent width
+        features = int(data_info.get("feature_dim", 3 + codec.num_features)) - 3
+        return EGNN(features, **model_kwargs(model), context_dim=context, context_key=CONDITION_NAME)
+
+    # --- latent diffusion (latentmol helper) ---
+    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+        """The GeoLDM-style equivariant autoencoder (``autoencoder.py``): per atom an equivariant
+        latent position and ``latent_features`` invariant latent features."""
+        from .autoencoder import MoleculeAutoencoder
+        return MoleculeAutoencoder(config, data_info)
+
+    def default_autoencoder(self) -> dict[str, Any]:
+        return {"model": {}, "train": {"steps": 2000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50,
+                                       "grad_clip": 1.0, "ema_decay": 0.99, "checkpoint_every": 0}}
 
     # --- noise-aware classifier (clf helper) ---
     def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
