@@ -2,20 +2,24 @@
 
 PyTorch's CPU kernels run on OpenMP threads. Between parallel regions the GNU OpenMP runtime
 (the one PyTorch's Linux wheels ship) lets waiting threads *spin* for ``GOMP_SPINCOUNT``
-iterations (300,000 by default) before they sleep. On an idle machine that saves a few wake-ups;
-on cores shared with other work the spinning threads burn the time slices the thread they wait
-for needs, and a training step becomes 2-20x slower and erratic (``benchmarks/bench_cpu_load.py``
-measures it). The CLI therefore, unless the user set any of these variables:
+iterations (300,000 by default, milliseconds) before they sleep. On an idle machine that saves
+a few wake-ups; on cores shared with other work the spinning threads burn the time slices that
+the thread they wait for needs, and a training step becomes several times slower and erratic
+(``benchmarks/bench_cpu_load.py`` measures it: the default image U-Net, batch 32, took 13-20 s
+per step with the default spin count on a machine loaded by other jobs, 2.2-3.0 s with no or
+little spinning). So the CLI, unless the user set any of :data:`USER_KNOBS`:
 
-* sets a short spin count (:data:`SPIN_ENV`) before torch is imported (the OpenMP runtime reads
-  it once, when it starts; :func:`configure` is called from ``diffuse/cli/__init__.py``, the first
-  module the ``diffuse`` console script and ``python -m diffuse.cli`` import);
-* uses ``DIFFUSE_THREADS`` (or ``--threads``) as the torch thread count when given, else torch's
-  default (one per core), except when the machine is already busy at start (:func:`choose_threads`).
+* sets ``GOMP_SPINCOUNT=1000`` (:data:`SPIN_ENV`: the spin count libgomp itself falls back to
+  when it sees more threads than cores in its own process; it cannot see other processes) before
+  torch is imported -- the runtime reads it once, when it starts. :func:`configure` is called
+  from ``diffuse/cli/__init__.py``, the first module the ``diffuse`` console script, ``python -m
+  diffuse.cli`` and ``torchrun -m diffuse.cli`` import; child processes inherit it;
+* sets torch's thread count from ``--threads`` or ``DIFFUSE_THREADS`` when given (else torch's
+  default: ``OMP_NUM_THREADS``, or one thread per core). Measured under load, two threads with
+  little spinning beat one thread, so the count is not lowered automatically.
 
 Users who set ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` (Intel OpenMP builds)
-keep their values; ``OMP_NUM_THREADS`` set by the user is honoured by torch itself and then this
-module leaves the thread count alone.
+keep exactly their settings.
 """
 
 from __future__ import annotations
@@ -24,11 +28,10 @@ import os
 import sys
 from typing import Mapping, MutableMapping
 
-__all__ = ["SPIN_ENV", "USER_KNOBS", "policy_env", "configure", "parse_threads", "choose_threads",
-           "apply_threads"]
+__all__ = ["SPIN_ENV", "USER_KNOBS", "policy_env", "configure", "parse_threads", "apply_threads"]
 
 #: what the CLI sets when the user set none of :data:`USER_KNOBS`
-SPIN_ENV: dict[str, str] = {"GOMP_SPINCOUNT": "10000"}
+SPIN_ENV: dict[str, str] = {"GOMP_SPINCOUNT": "1000"}
 #: variables that mean "the user chose the OpenMP waiting behaviour": then nothing is set
 USER_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
@@ -53,7 +56,7 @@ def configure(environ: MutableMapping[str, str] | None = None) -> dict[str, str]
 
 
 def parse_threads(value: str | int | None, source: str = "DIFFUSE_THREADS") -> int | None:
-    """A thread count from the user: ``None`` / ``""`` / ``"auto"`` (choose) or an integer >= 1;
+    """A thread count from the user: ``None`` / ``""`` / ``"auto"`` (torch's default) or an integer >= 1;
     anything else is a ``ValueError`` naming ``source``."""
     if value is None:
         return None
@@ -69,37 +72,15 @@ def parse_threads(value: str | int | None, source: str = "DIFFUSE_THREADS") -> i
     return n
 
 
-def _busy_cpus() -> float | None:
-    """Runnable tasks on the machine right now, not counting this process (Linux ``/proc/loadavg``'s
-    running count); ``None`` where it cannot be read."""
-    try:
-        with open("/proc/loadavg") as fh:
-            running = int(fh.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0, running - 1)
-
-
-def choose_threads(cpu_count: int | None = None, busy: float | None = None) -> int:
-    """The thread count for a run that starts now, ``cpu_count`` cores (default ``os.cpu_count()``)
-    with ``busy`` of them already in use (default: measured): all free cores, at least one."""
-    cpus = cpu_count or os.cpu_count() or 1
-    if busy is None:
-        busy = _busy_cpus() or 0.0
-    return max(1, min(cpus, int(cpus - busy + 0.5)))
-
-
 def apply_threads(threads: int | None = None, environ: Mapping[str, str] | None = None) -> int | None:
-    """Set torch's intra-op thread count: ``threads`` if given, else ``DIFFUSE_THREADS``, else
-    :func:`choose_threads` -- unless the user set ``OMP_NUM_THREADS`` (torch honours it) and gave
-    no explicit count. Returns the count set, or ``None`` when left alone."""
+    """Set torch's intra-op thread count to ``threads`` if given, else to ``DIFFUSE_THREADS`` if
+    set; otherwise leave it (torch's default: ``OMP_NUM_THREADS``, else one per core). Returns the
+    count set, or ``None`` when left alone. A bad ``DIFFUSE_THREADS`` is a ``ValueError``."""
     environ = os.environ if environ is None else environ
     if threads is None:
         threads = parse_threads(environ.get("DIFFUSE_THREADS"))
     if threads is None:
-        if environ.get("OMP_NUM_THREADS"):
-            return None
-        threads = choose_threads()
+        return None
     import torch
 
     torch.set_num_threads(threads)
