@@ -112,7 +112,6 @@ def _parse_env(text: str) -> dict[str, str]:
     if text in ("", "default"):
         return {}
     if text == "policy":
-        sys.path.insert(0, str(HERE.parent.parent))
         from diffuse.cli.threads import policy_env
         return policy_env({})
     return dict(item.split("=", 1) for item in text.split(","))
@@ -207,6 +206,12 @@ def main() -> None:
             cells.append(f"{med:8.3f} ({rel}{rel2})")
         table[n] = row
         print(f"{n:10s} {info[n]['threads']:7d} " + " ".join(f"{c:>22s}" for c in cells))
+    if "policy" in table and base and 0 in table["policy"]:
+        pol = table["policy"]
+        line = f"goals for the CLI's default: idle {pol[0]['vs_default_idle']:.2f}x torch's default (<= 1.05)"
+        if 1 in pol:
+            line += f", one other job {pol[1]['median_s'] / base:.2f}x torch's default idle (<= 2)"
+        print(line)
     print("load average at the start of each level: " + ", ".join(f"{L}: {loadavg[L][0]:.2f}" for L in loads))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "bench_cpu_load.json"
