@@ -50,18 +50,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: ``UNet2DModel`` of the same width, depth, attention placement, head width and GroupNorm groups
 CONFIGS: dict[str, dict] = {
     # the default model: attention at the lowest resolution (7x7) only
-    "default": {"shape": (1, 28, 28), "batch": 32, "sample_batch": 64, "ours": {},
+    "default": {"shape": (1, 28, 28), "batch": 32, "sample_batch": 64, "steps": 8, "ours": {},
                 "diffusers": {"block_out_channels": (32, 64, 64), "layers_per_block": 1,
                               "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                               "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), "norm_num_groups": 8}},
     # diffusers' default placement: attention at every level but the first (here 14x14 and 7x7)
-    "attn-hi": {"shape": (1, 28, 28), "batch": 32, "sample_batch": 64, "ours": {"attn_levels": [1, 2]},
+    "attn-hi": {"shape": (1, 28, 28), "batch": 32, "sample_batch": 64, "steps": 8,
+                "ours": {"attn_levels": [1, 2]},
                 "diffusers": {"block_out_channels": (32, 64, 64), "layers_per_block": 1,
                               "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                               "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
                               "norm_num_groups": 8}},
     # a 32x32x3 model of ~9 M parameters: DDPM's CIFAR-10 U-Net at half width (attention at 16x16)
-    "cifar-9m": {"shape": (3, 32, 32), "batch": 8, "sample_batch": 8,
+    "cifar-9m": {"shape": (3, 32, 32), "batch": 8, "sample_batch": 8, "steps": 4,
                  "ours": {"base_channels": 64, "channel_mult": [1, 2, 2, 2], "num_blocks": 2, "attn_levels": [1],
                           "groups": 32},
                  "diffusers": {"block_out_channels": (64, 128, 128, 128), "layers_per_block": 2,
@@ -267,7 +268,7 @@ def bench_config(name: str, kinds: list[str], device: torch.device, args) -> dic
     cfg = CONFIGS[name]
     batch = args.batch or cfg["batch"]
     sample_batch = args.sample_batch or cfg["sample_batch"]
-    steps = args.steps or (3 if args.quick else (50 if device.type == "cuda" else max(2, 256 // batch)))
+    steps = args.steps or (3 if args.quick else (50 if device.type == "cuda" else cfg["steps"]))
     repeats = args.repeats or (2 if args.quick else 6)
     runners = {k: Runner(k, device, batch, name) for k in kinds}
     for r in runners.values():  # warm-up
