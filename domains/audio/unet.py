@@ -15,6 +15,11 @@ Shapes:
     float ``[B, D]`` / ``[B, S, D]`` tokens | a :class:`~diffuse.core.condition.Condition` with
     ``label`` (null = ``num_classes``) and/or ``text`` (token ids, encoded by the U-Net's
     ``text_encoder``, see :mod:`diffuse.domains.text`); output: ``[B, C, L]``.
+
+Speed: inside the U-Net activations are ``[B, C, 1, L]`` in channels-last memory and every
+convolution runs as the equivalent 2-D one with the ``Conv1d`` weights viewed ``[out, in, 1, k]``
+(:func:`_conv`; oneDNN's 2-D kernels are faster on CPU than its 1-D path); the blocks also take
+plain ``[B, C, L]`` (the audio classifier uses them so). Attention tokens are free views.
 """
 
 from __future__ import annotations
