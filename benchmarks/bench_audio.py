@@ -4,6 +4,16 @@
     python benchmarks/bench_audio.py                       # speed on the best device (cuda if present)
     python benchmarks/bench_audio.py --device cpu --preset small --train-steps 10
     python benchmarks/bench_audio.py --quality runs/audio  # FD table for a trained run folder
+    python benchmarks/bench_audio.py --compare --device cpu --threads 2   # vs audio-diffusion-pytorch
+
+``--compare``: our 1-D U-Net (the ``small`` preset, 751 k parameters, unconditional) against
+audio-diffusion-pytorch's ``UNetV0`` (a-unet) built to the same depth, factors, blocks per level
+and attention placement at equal parameter count (channels 16-32-64-112, modulation width 32:
+759 k parameters), side by side in one process: training (v-objective on the cosine path, MSE,
+AdamW, the same batch of bundled clips) in alternating timed chunks, and DDIM sampling with 50
+steps through the same sampler (``core.samplers.ddim``), with the real-time factor of each.
+audio-diffusion-pytorch is optional (``pip install audio-diffusion-pytorch``); without it the
+comparison is skipped with a note.
 
 Speed: a training step is one AdamW step on a batch of random clips of the bundled data
 (``Diffusion.training_losses``, bf16 autocast on CUDA); throughput is clips/s and audio
@@ -18,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import resource
 import sys
@@ -108,6 +119,112 @@ def bench_speed(args: argparse.Namespace) -> dict:
     }
 
 
+def _peer_unet() -> torch.nn.Module:
+    """audio-diffusion-pytorch's UNetV0 sized like our ``small`` preset, behind our backbone contract."""
+    from audio_diffusion_pytorch import UNetV0
+
+    net = UNetV0(dim=1, in_channels=1, channels=[16, 32, 64, 112], factors=[1, 4, 4, 4], items=[2, 2, 2, 2],
+                 attentions=[0, 0, 1, 1], attention_heads=4, attention_features=16, modulation_features=32,
+                 resnet_groups=8)
+
+    class Wrapped(torch.nn.Module):  # f(x, noise_level) with noise_level = 1000 t; UNetV0 takes t in [0, 1]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, noise_level, cond=None, space=None):
+            return self.net(x, time=noise_level.reshape(-1).expand(x.shape[0]) / 1000.0)
+
+    return Wrapped()
+
+
+def bench_compare(args: argparse.Namespace) -> dict:
+    """Ours vs audio-diffusion-pytorch's UNetV0 at equal parameter count: training and sampling."""
+    import math
+    import statistics
+
+    from diffuse.core.denoiser import Denoiser
+    from diffuse.core.parameterization import VParam
+    from diffuse.core.samplers import ddim, prior_sample, time_grid
+    from diffuse.core.schedule import CosineSchedule
+    from diffuse.domains.audio.domain import resolve_model
+    from diffuse.domains.audio.unet import UNet1D
+
+    device = torch.device("cpu" if args.device == "auto" else args.device)
+    dom = AudioDomain()
+    ds = dom.load_data(None, {**dom.default_data(), "sample_rate": args.rate, "clip_seconds": args.clip_seconds})
+    info = ds.info()
+    g = torch.Generator().manual_seed(0)
+    x0 = ds.batch(torch.randint(0, len(ds), (args.batch_size,), generator=g), g).x.to(device)
+    models = {}
+    torch.manual_seed(0)
+    models["ours"] = UNet1D(info["channels"], **resolve_model({"preset": args.preset})).to(device)
+    try:
+        models["audio-diffusion-pytorch"] = _peer_unet().to(device)
+    except ImportError:
+        print("note: audio-diffusion-pytorch is not installed (pip install audio-diffusion-pytorch); "
+              "the comparison is skipped")
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, foreach=True) for k, m in models.items()}
+
+    def step(k: str) -> None:
+        m = models[k]
+        t = torch.rand(x0.shape[0], device=device, generator=None)
+        a, s_ = torch.cos(t * math.pi / 2)[:, None, None], torch.sin(t * math.pi / 2)[:, None, None]
+        eps = torch.randn_like(x0)
+        loss = torch.nn.functional.mse_loss(m(a * x0 + s_ * eps, t * 1000), a * eps - s_ * x0)
+        opts[k].zero_grad(set_to_none=False)
+        loss.backward()
+        opts[k].step()
+
+    def chunk(k: str, n: int) -> float:
+        models[k].train()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step(k)
+        _sync(device)
+        return args.batch_size * n / (time.perf_counter() - t0)
+
+    for k in models:
+        chunk(k, args.warmup)
+    rates: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(args.repeats):
+        for k in models:
+            rates[k].append(chunk(k, args.train_steps))
+        print(f"  chunk {i + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()) +
+              " train clips/s", flush=True)
+    sched = CosineSchedule()
+    clip_sec = info["length"] / info["sample_rate"]
+    rtf: dict[str, list[float]] = {k: [] for k in models}
+    like = torch.zeros(args.sample_num, info["channels"], info["length"], device=device)
+    space = DenseSpace()
+    for _ in range(2):
+        for k, m in models.items():
+            m.eval()
+            den = Denoiser(m, sched, VParam())
+            with torch.inference_mode():
+                x = prior_sample(sched, space, like, generator=torch.Generator(device).manual_seed(1))
+                _sync(device)
+                t0 = time.perf_counter()
+                out = ddim(den.bind(space), x, time_grid(sched, args.ddim_steps), schedule=sched, space=space)
+                _sync(device)
+            assert torch.isfinite(out).all()
+            rtf[k].append(args.sample_num * clip_sec / (time.perf_counter() - t0))
+    res = {"device": str(device), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+           "batch_size": args.batch_size, "clip_seconds": clip_sec, "sample_rate": info["sample_rate"],
+           "ddim_steps": args.ddim_steps, "sample_num": args.sample_num, "models": {}}
+    for k, m in models.items():
+        res["models"][k] = {"params": sum(p.numel() for p in m.parameters()),
+                            "train_clips_per_s": statistics.median(rates[k]), "train_chunks": rates[k],
+                            "sample_rtf": statistics.median(rtf[k]), "sample_rtf_runs": rtf[k]}
+    if len(models) == 2:
+        a, b = res["models"]["ours"], res["models"]["audio-diffusion-pytorch"]
+        res["train_ratio"] = a["train_clips_per_s"] / b["train_clips_per_s"]
+        res["train_ratio_paired_median"] = statistics.median(
+            x / y for x, y in zip(rates["ours"], rates["audio-diffusion-pytorch"]))
+        res["sample_ratio"] = a["sample_rtf"] / b["sample_rtf"]
+    return res
+
+
 def bench_quality(args: argparse.Namespace) -> dict:
     """Frechet distances against the run's held-out reference of: the trained (EMA) model with
     DDIM (eta 0) and DDPM ancestral sampling on the same grid, the same architecture untrained, peak-normalised white noise, and (as the floor) real training
@@ -153,6 +270,8 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--sample-num", type=int, default=16)
     p.add_argument("--ddim-steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5, help="--compare: alternating timed chunks per model")
+    p.add_argument("--compare", action="store_true", help="ours vs audio-diffusion-pytorch's UNetV0 (equal params)")
     p.add_argument("--quality", type=Path, default=None, help="a trained audio run folder")
     p.add_argument("--write-samples", action="store_true", help="with --quality: write the trained samples")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "audio.json")
@@ -160,7 +279,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.quality is not None:
+    if args.compare:
+        res = bench_compare(args)
+        print(f"1-D U-Net vs audio-diffusion-pytorch UNetV0 on {res['device']} ({res['threads']} threads, load average "
+              f"{res['load_average'][0]:.1f}), {res['sample_rate']} Hz x {res['clip_seconds']} s, train batch "
+              f"{res['batch_size']}, DDIM {res['ddim_steps']} x {res['sample_num']} clips")
+        print(f"{'model':26s} {'params':>9s} {'train clips/s':>14s} {'sampling RTF':>13s}")
+        for k, m in res["models"].items():
+            print(f"{k:26s} {m['params']:9d} {m['train_clips_per_s']:14.1f} {m['sample_rtf']:13.3f}")
+        if "train_ratio" in res:
+            print(f"ours / UNetV0: training {res['train_ratio']:.2f}x (paired chunks {res['train_ratio_paired_median']:.2f}x), "
+                  f"sampling {res['sample_ratio']:.2f}x (target >= 1.2x); sampling real time at 50 steps: "
+                  f"{'yes' if res['models']['ours']['sample_rtf'] > 1 else 'no'} (RTF {res['models']['ours']['sample_rtf']:.2f})")
+        out = args.out.with_name("audio_compare.json")
+    elif args.quality is not None:
         res = bench_quality(args)
         print(f"Frechet distances vs {res['reference_clips']} held-out clips, {res['num']} clips each "
               f"(lower is better)")

@@ -1,21 +1,25 @@
 """Image-domain benchmark: U-Net training / sampling throughput against diffusers, and quality.
 
-1. Training throughput (images/s) and peak memory of the default U-Net at its default
-   resolution and batch size (28x28x1, batch 32): one step = eps-prediction loss on the DDPM
-   linear schedule, backward, AdamW. The same step for a diffusers ``UNet2DModel`` of the same
-   width, depth and attention placement (``block_out_channels=(32, 64, 64)``,
-   ``layers_per_block=1``, attention at 7x7; both 1,112,801 parameters), and the ratio.
+1. Training throughput (images/s) and peak memory of our U-Net against a diffusers
+   ``UNet2DModel`` of the same width, depth, attention placement, attention head width (32) and
+   GroupNorm groups (equal parameter counts), in three configurations (``CONFIGS``):
+   ``default`` (the domain's default model, 28x28x1, batch 32, attention at 7x7 only),
+   ``attn-hi`` (the same with attention at 14x14 too: diffusers' default placement, every level
+   but the first) and ``cifar-9m`` (32x32x3, ~9 M parameters: DDPM's CIFAR-10 U-Net at half
+   width, attention at 16x16, batch 8). One step = eps-prediction loss on the DDPM linear
+   schedule, backward, AdamW.
    Both models are timed in one process in short alternating chunks (so both see the same
    machine load) and the table gives medians; memory comes from a fresh process per model
    running three steps: on CPU the peak RSS (VmHWM) minus the RSS after imports, i.e. what the
    model, its activations and optimizer add; on CUDA ``torch.cuda.max_memory_allocated``. On CUDA
    steps run under bf16 autocast.
-2. Sampling throughput: images/s for DDIM with 50 steps (batch 64), both models.
+2. Sampling throughput: images/s for DDIM with 50 steps (batch 64; 8 for ``cifar-9m``), both models.
 3. ``--quality``: trains the default model with the default recipe through ``diffuse.api``,
    then compares FID / KID (bundled LeNet features, 500 held-out reference digits) of its samples
    with an untrained model's, real held-out digits and blurred digits.
 
-    python benchmarks/bench_image.py [--device cpu|cuda] [--quick] [--threads N] [--quality]
+    python benchmarks/bench_image.py [--device cpu|cuda] [--configs default,attn-hi,cifar-9m] [--quick]
+                                     [--threads N] [--quality]
 
 Prints tables and writes ``benchmarks/results/bench_image_<device>.json``. diffusers is optional
 (``pip install diffusers``); without it its rows are skipped with a note.
@@ -42,15 +46,42 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ----------------------------------------------------------------------------- models
-def build(kind: str, device: torch.device) -> torch.nn.Module:
+#: benchmark configurations: image shape, batch sizes, our U-Net's options and the diffusers
+#: ``UNet2DModel`` of the same width, depth, attention placement, head width and GroupNorm groups
+CONFIGS: dict[str, dict] = {
+    # the default model: attention at the lowest resolution (7x7) only
+    "default": {"shape": (1, 28, 28), "batch": 32, "sample_batch": 64, "steps": 8, "ours": {},
+                "diffusers": {"block_out_channels": (32, 64, 64), "layers_per_block": 1,
+                              "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                              "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), "norm_num_groups": 8}},
+    # diffusers' default placement: attention at every level but the first (here 14x14 and 7x7)
+    "attn-hi": {"shape": (1, 28, 28), "batch": 32, "sample_batch": 64, "steps": 8,
+                "ours": {"attn_levels": [1, 2]},
+                "diffusers": {"block_out_channels": (32, 64, 64), "layers_per_block": 1,
+                              "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                              "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                              "norm_num_groups": 8}},
+    # a 32x32x3 model of ~9 M parameters: DDPM's CIFAR-10 U-Net at half width (attention at 16x16)
+    "cifar-9m": {"shape": (3, 32, 32), "batch": 8, "sample_batch": 8, "steps": 4,
+                 "ours": {"base_channels": 64, "channel_mult": [1, 2, 2, 2], "num_blocks": 2, "attn_levels": [1],
+                          "groups": 32},
+                 "diffusers": {"block_out_channels": (64, 128, 128, 128), "layers_per_block": 2,
+                               "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                               "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                               "norm_num_groups": 32}},
+}
+
+
+def build(kind: str, device: torch.device, config: str = "default") -> torch.nn.Module:
+    cfg = CONFIGS[config]
+    c, h, w = cfg["shape"]
     if kind == "ours":
         from diffuse.domains.image import ImageDomain
-        model = ImageDomain().build_backbone({}, {"channels": 1, "height": 28, "width": 28})
+        model = ImageDomain().build_backbone(dict(cfg["ours"]), {"channels": c, "height": h, "width": w})
     else:
         from diffusers import UNet2DModel
-        net = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
-                          layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                          up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8)
+        # attention_head_dim: diffusers' per-head width (its default, 8, would mean 4-8x more heads than ours)
+        net = UNet2DModel(sample_size=h, in_channels=c, out_channels=c, attention_head_dim=32, **cfg["diffusers"])
 
         class Wrapped(torch.nn.Module):  # the backbone contract: f(x, noise_level) -> tensor
             def __init__(self) -> None:
@@ -72,12 +103,12 @@ def _sync(device: torch.device) -> None:
 class Runner:
     """One model with its optimizer, a fixed data batch, a training step and a DDIM sampler."""
 
-    def __init__(self, kind: str, device: torch.device, batch: int) -> None:
+    def __init__(self, kind: str, device: torch.device, batch: int, config: str = "default") -> None:
         from diffuse.core.schedule import LinearBetaSchedule
 
         torch.manual_seed(0)
-        self.kind, self.device, self.batch = kind, device, batch
-        self.model = build(kind, device)
+        self.kind, self.device, self.batch, self.shape = kind, device, batch, CONFIGS[config]["shape"]
+        self.model = build(kind, device, config)
         self.params = sum(p.numel() for p in self.model.parameters())
         # the optimizer settings of diffuse's Trainer, for both models: fused AdamW and gradients set
         # to None on CUDA; multi-tensor AdamW and gradients zeroed in place on CPU
@@ -88,7 +119,7 @@ class Runner:
         self.alpha, self.sigma = alpha.float().to(device), sigma.float().to(device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.g = torch.Generator(device).manual_seed(0)
-        self.x0 = torch.rand(batch, 1, 28, 28, device=device, generator=self.g) * 2 - 1
+        self.x0 = torch.rand(batch, *self.shape, device=device, generator=self.g) * 2 - 1
 
     def train_step(self) -> None:
         """eps-prediction loss on the DDPM linear schedule, backward, AdamW."""
@@ -122,7 +153,7 @@ class Runner:
         self.model.eval()
         den = Denoiser(self.model, self.sched, EpsParam())
         space = DenseSpace()
-        like = torch.zeros(num, 1, 28, 28, device=self.device)
+        like = torch.zeros(num, *self.shape, device=self.device)
         with torch.no_grad(), self.autocast:
             x = prior_sample(self.sched, space, like, generator=torch.Generator(self.device).manual_seed(1))
             _sync(self.device)
@@ -134,7 +165,7 @@ class Runner:
         return num / dt
 
 
-def memory_worker(kind: str, device_name: str, batch: int, threads: int) -> dict:
+def memory_worker(kind: str, device_name: str, batch: int, threads: int, config: str = "default") -> dict:
     """Peak memory of a few training steps of one model, in this fresh process."""
     if threads:
         torch.set_num_threads(threads)
@@ -144,7 +175,7 @@ def memory_worker(kind: str, device_name: str, batch: int, threads: int) -> dict
     else:
         import diffuse.domains.image  # noqa: F401
     base = _rss_bytes()
-    r = Runner(kind, device, batch)
+    r = Runner(kind, device, batch, config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(3):
@@ -176,9 +207,9 @@ def _peak_rss_bytes() -> int:
     return kb * 1024 if kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _peak_memory(kind: str, args) -> float | None:
-    cmd = [sys.executable, __file__, "--worker", kind, "--device", args.device, "--batch", str(args.batch),
-           "--threads", str(args.threads)]
+def _peak_memory(kind: str, args, config: str, batch: int) -> float | None:
+    cmd = [sys.executable, __file__, "--worker", kind, "--device", args.device, "--batch", str(batch),
+           "--threads", str(args.threads), "--configs", config]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         print(f"  [{kind}] memory run failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
@@ -232,73 +263,94 @@ def quality(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true", help="fewer steps and repeats")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=None, help="timed training steps per chunk")
-    p.add_argument("--repeats", type=int, default=None, help="alternating timed chunks per model")
-    p.add_argument("--sample-batch", type=int, default=64)
-    p.add_argument("--sample-steps", type=int, default=50)
-    p.add_argument("--quality", action="store_true", help="also train the default recipe and compare FIDs")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.steps is None:
-        args.steps = 3 if args.quick else (50 if args.device.startswith("cuda") else 8)
-    if args.worker:
-        print(json.dumps(memory_worker(args.worker, args.device, args.batch, args.threads)))
-        return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+def bench_config(name: str, kinds: list[str], device: torch.device, args) -> dict:
+    """Alternating timed training chunks, DDIM sampling and peak memory of each model for one config."""
+    cfg = CONFIGS[name]
+    batch = args.batch or cfg["batch"]
+    sample_batch = args.sample_batch or cfg["sample_batch"]
+    steps = args.steps or (3 if args.quick else (50 if device.type == "cuda" else cfg["steps"]))
     repeats = args.repeats or (2 if args.quick else 6)
-    try:
-        import diffusers  # noqa: F401
-        kinds = ["ours", "diffusers"]
-    except ImportError:
-        kinds = ["ours"]
-        print("note: diffusers is not installed (pip install diffusers); its rows are skipped")
-    runners = {k: Runner(k, device, args.batch) for k in kinds}
+    runners = {k: Runner(k, device, batch, name) for k in kinds}
     for r in runners.values():  # warm-up
         r.train_rate(2)
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(repeats):  # alternate short timed chunks so both models see the same machine load
         for k, r in runners.items():
-            rates[k].append(r.train_rate(args.steps))
-        print(f"  chunk {i + 1}/{repeats}: " + ", ".join(f"{k} {rates[k][-1]:.1f}" for k in kinds) + " train img/s",
-              flush=True)
+            rates[k].append(r.train_rate(steps))
+        print(f"  [{name}] chunk {i + 1}/{repeats}: " + ", ".join(f"{k} {rates[k][-1]:.1f}" for k in kinds) +
+              " train img/s", flush=True)
     sample = {k: [] for k in kinds}
     for _ in range(1 if args.quick else 2):
         for k, r in runners.items():
-            sample[k].append(r.sample_rate(args.sample_batch, args.sample_steps))
+            sample[k].append(r.sample_rate(sample_batch, args.sample_steps))
     summary = {}
     for k in kinds:
         summary[k] = {"params": runners[k].params, "threads": torch.get_num_threads(),
                       "train_images_per_s": statistics.median(rates[k]),
                       "sample_images_per_s": statistics.median(sample[k]),
-                      "peak_memory_mb": _peak_memory(k, args),
+                      "peak_memory_mb": _peak_memory(k, args, name, batch),
                       "train_chunks": [round(v, 1) for v in rates[k]]}
-    print(f"\nimage U-Net, 28x28x1, train batch {args.batch}, DDIM-{args.sample_steps} batch {args.sample_batch}, "
+    c, h, w = cfg["shape"]
+    print(f"\n[{name}] image U-Net, {h}x{w}x{c}, train batch {batch}, DDIM-{args.sample_steps} batch {sample_batch}, "
           f"device {args.device}, {torch.get_num_threads()} threads, medians of {repeats} alternating chunks "
-          f"of {args.steps} steps")
+          f"of {steps} steps, load average {os.getloadavg()[0]:.1f}")
     mem_name = "peak GPU MB" if device.type == "cuda" else "train RSS MB"
     print(f"{'model':10s} {'params':>9s} {'train img/s':>12s} {mem_name:>12s} {'sample img/s':>13s}")
     for k, s_ in summary.items():
         mem = f"{s_['peak_memory_mb']:.0f}" if s_["peak_memory_mb"] is not None else "n/a"
         print(f"{k:10s} {s_['params']:9d} {s_['train_images_per_s']:12.1f} {mem:>12s} {s_['sample_images_per_s']:13.1f}")
-    result = {"device": args.device, "batch": args.batch, "steps_per_chunk": args.steps, "repeats": repeats,
-              "platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-              "load_average": os.getloadavg(), "models": summary}
+    result = {"shape": [c, h, w], "batch": batch, "sample_batch": sample_batch, "steps_per_chunk": steps,
+              "repeats": repeats, "load_average": os.getloadavg(), "models": summary}
     if "ours" in summary and "diffusers" in summary:
         ratio = summary["ours"]["train_images_per_s"] / summary["diffusers"]["train_images_per_s"]
         sratio = summary["ours"]["sample_images_per_s"] / summary["diffusers"]["sample_images_per_s"]
         paired = statistics.median(a / b for a, b in zip(rates["ours"], rates["diffusers"]))
         result.update(train_ratio_vs_diffusers=ratio, train_ratio_paired_median=paired,
                       sample_ratio_vs_diffusers=sratio)
-        print(f"ours / diffusers: training {ratio:.2f}x (median of paired chunks {paired:.2f}x), "
-              f"sampling {sratio:.2f}x (target: training >= 1.2x)")
+        print(f"[{name}] ours / diffusers: training {ratio:.2f}x (median of paired chunks {paired:.2f}x), "
+              f"sampling {sratio:.2f}x (target: training >= 1.3x)")
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--configs", default="default,attn-hi,cifar-9m", help="comma-separated: " + ", ".join(CONFIGS))
+    p.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--batch", type=int, default=None, help="training batch (default: per config)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps per chunk")
+    p.add_argument("--repeats", type=int, default=None, help="alternating timed chunks per model")
+    p.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default: per config)")
+    p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--quality", action="store_true", help="also train the default recipe and compare FIDs")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        p.error(f"unknown config(s) {unknown}; known: {list(CONFIGS)}")
+    if args.worker:
+        print(json.dumps(memory_worker(args.worker, args.device, args.batch or CONFIGS[names[0]]["batch"],
+                                       args.threads, names[0])))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    try:
+        import diffusers  # noqa: F401
+        kinds = ["ours", "diffusers"]
+    except ImportError:
+        kinds = ["ours"]
+        print("note: diffusers is not installed (pip install diffusers); its rows are skipped")
+    result = {"device": args.device, "platform": platform.platform(), "torch": torch.__version__,
+              "cpu_count": os.cpu_count(), "configs": {}}
+    for name in names:
+        result["configs"][name] = bench_config(name, kinds, device, args)
+    if len(kinds) == 2:
+        print("\nsummary, ours / diffusers (training, sampling): " + "; ".join(
+            f"{n} {r['train_ratio_vs_diffusers']:.2f}x, {r['sample_ratio_vs_diffusers']:.2f}x"
+            for n, r in result["configs"].items()))
     if args.quality:
         q = quality(args)
         result["quality"] = q

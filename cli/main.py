@@ -25,6 +25,7 @@ from ..core.domain import DataError
 from ..core.registry import UnknownDomainError
 from ..core import solvers  # noqa: F401 - registers the continuous samplers
 from ..core.samplers import SAMPLERS, SPACINGS, check_sampler_options
+from .threads import apply_threads, parse_threads
 
 USER_ERRORS = (DataError, CheckpointError, UnknownDomainError, FileNotFoundError, FileExistsError, ValueError,
                NotADirectoryError, IsADirectoryError, PermissionError)
@@ -290,8 +291,10 @@ def _check_out_dir(path: Path) -> Path:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Log more (INFO level).")
+@click.option("--threads", default=None, metavar="N",
+              help="CPU threads for torch (default: $DIFFUSE_THREADS, else $OMP_NUM_THREADS, else one per core).")
 @click.version_option(package_name="diffuse")
-def main(verbose: bool) -> None:
+def main(verbose: bool, threads: str | None) -> None:
     """diffuse: one diffusion framework for images, audio and 3-D molecules.
 
     \b
@@ -301,6 +304,7 @@ def main(verbose: bool) -> None:
       diffuse domains                        list built-in and plugged-in domains
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _run(apply_threads, _run(parse_threads, threads, "--threads"))
 
 
 @main.command()

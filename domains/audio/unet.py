@@ -15,6 +15,11 @@ Shapes:
     float ``[B, D]`` / ``[B, S, D]`` tokens | a :class:`~diffuse.core.condition.Condition` with
     ``label`` (null = ``num_classes``) and/or ``text`` (token ids, encoded by the U-Net's
     ``text_encoder``, see :mod:`diffuse.domains.text`); output: ``[B, C, L]``.
+
+Speed: inside the U-Net activations are ``[B, C, 1, L]`` in channels-last memory and every
+convolution runs as the equivalent 2-D one with the ``Conv1d`` weights viewed ``[out, in, 1, k]``
+(:func:`_conv`; oneDNN's 2-D kernels are faster on CPU than its 1-D path); the blocks also take
+plain ``[B, C, L]`` (the audio classifier uses them so). Attention tokens are free views.
 """
 
 from __future__ import annotations
@@ -43,6 +48,27 @@ def timestep_embedding(noise_level: Tensor, dim: int, max_period: float = 10000.
     return emb
 
 
+def _conv(conv: nn.Module, x: Tensor) -> Tensor:
+    """``conv`` (a ``Conv1d``, ``ConvTranspose1d`` or ``Identity``) on ``[B, C, L]`` as it is, or on the
+    U-Net's internal layout ``[B, C, 1, L]`` in channels-last memory as the equivalent 2-D convolution
+    with the same weights (viewed ``[out, in, 1, k]``): on CPU oneDNN's 2-D kernels in that layout
+    are 1.2-3x faster than its 1-D path (dilated and 16-channel convolutions gain most)."""
+    if x.ndim == 3 or isinstance(conv, nn.Identity):
+        return conv(x)
+    w = conv.weight.unsqueeze(2)
+    if isinstance(conv, nn.ConvTranspose1d):
+        return F.conv_transpose2d(x, w, conv.bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
+                                  output_padding=(0, conv.output_padding[0]), groups=conv.groups,
+                                  dilation=(1, conv.dilation[0]))
+    return F.conv2d(x, w, conv.bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
+                    dilation=(1, conv.dilation[0]), groups=conv.groups)
+
+
+def _per_channel(v: Tensor, like: Tensor) -> Tensor:
+    """``[B, C]`` -> broadcastable against ``like`` (``[B, C, L]`` or ``[B, C, 1, L]``)."""
+    return v.view(*v.shape, *([1] * (like.ndim - 2)))
+
+
 def _groups(ch: int, max_groups: int = 32) -> int:
     for g in (max_groups, 16, 8, 4, 2, 1):
         if g <= max_groups and ch % g == 0:
@@ -68,11 +94,13 @@ class ResBlock1D(nn.Module):
         self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.drop(F.silu(h)))
-        return self.skip(x) + h
+        """``x``: ``[B, C, L]``, or ``[B, C, 1, L]`` channels-last (see :func:`_conv`)."""
+        h = _conv(self.conv1, F.silu(self.norm1(x)))
+        scale, shift = _per_channel(self.emb(F.silu(emb)), h).chunk(2, dim=1)
+        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        h = _conv(self.conv2, self.drop(F.silu(h)))
+        # in place: a convolution's backward needs its input and weight, not its output
+        return h.add_(_conv(self.skip, x))
 
 
 class Attention1D(nn.Module):
@@ -98,8 +126,9 @@ class Attention1D(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, ctx: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        b, c, n = x.shape
-        h = self.norm(x).transpose(1, 2)                                  # [B, N, C]
+        """``x``: ``[B, C, L]``, or ``[B, C, 1, L]`` channels-last (its tokens are then a free view)."""
+        b, c, n = x.shape[0], x.shape[1], x.shape[-1]
+        h = self.norm(x).reshape(b, c, n).transpose(1, 2)                 # [B, N, C]
         if self.pos is not None:
             idx = torch.arange(n, device=x.device, dtype=torch.float32)
             h = h + self.pos(timestep_embedding(idx, c, max_period=1000.0)).to(h.dtype)[None]
@@ -110,7 +139,7 @@ class Attention1D(nn.Module):
         v = v.reshape(b, src.shape[1], self.heads, -1).transpose(1, 2)
         attn_mask = None if mask is None or ctx is None else mask[:, None, None, :].to(torch.bool)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).reshape(b, n, c)
-        return x + self.out(o).transpose(1, 2)
+        return x + self.out(o).transpose(1, 2).reshape(x.shape)
 
 
 class Downsample1D(nn.Module):
@@ -122,7 +151,7 @@ class Downsample1D(nn.Module):
         self.conv = nn.Conv1d(cin, cout, factor + 2 * p, stride=factor, padding=p)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
+        return _conv(self.conv, x)
 
 
 class Upsample1D(nn.Module):
@@ -142,8 +171,8 @@ class Upsample1D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "interp":
-            x = F.interpolate(x, scale_factor=self.factor, mode="nearest")
-        return self.conv(x)
+            x = F.interpolate(x, scale_factor=self.factor if x.ndim == 3 else (1, self.factor), mode="nearest")
+        return _conv(self.conv, x)
 
 
 class _Level(nn.Module):
@@ -266,7 +295,8 @@ class UNet1D(nn.Module):
             if labels is None:
                 labels = torch.full((b,), self.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.label_emb(labels)
-        h = self.stem(h)
+        # inside: [B, C, 1, L] in channels-last memory, convolutions as 2-D ones (see _conv)
+        h = _conv(self.stem, h.unsqueeze(2).contiguous(memory_format=torch.channels_last))
         skips = []
         for level, pool in zip(self.down, self.pool):
             h = level(h, emb, ctx, mask)
@@ -280,5 +310,5 @@ class UNet1D(nn.Module):
         h = self.mid2(h, emb)
         for level, unpool, skip in zip(reversed(self.up), reversed(self.unpool), reversed(skips)):
             h = level(torch.cat([unpool(h), skip], dim=1), emb, ctx, mask)
-        h = self.out(F.silu(self.out_norm(h)))
-        return h[..., :length]
+        h = _conv(self.out, F.silu(self.out_norm(h)))
+        return h.squeeze(2)[..., :length].contiguous()
