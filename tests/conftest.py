@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# The CLI's OpenMP policy (diffuse/cli/threads.py) for the test process too: the suite imports
+# torch before diffuse.cli, and on shared cores the default spin count makes steps several
+# times slower. Set before torch starts its OpenMP runtime; a user's own setting wins.
+if not any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
+    os.environ["GOMP_SPINCOUNT"] = "1000"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
