@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="autoencoder training steps")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--latent-features", default="2", help="comma-separated k values")
+    ap.add_argument("--latent-features", default="1", help="comma-separated k values")
     ap.add_argument("--preset", default="small", help="EGNN preset of the denoiser in the step part")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)

@@ -52,7 +52,7 @@ __all__ = ["MoleculeAutoencoder", "AUTOENCODER_DEFAULTS", "autoencoder_kwargs"]
 
 #: the autoencoder's options; ``latent_features`` is GeoLDM's ``latent_nf`` (k)
 AUTOENCODER_DEFAULTS: dict[str, Any] = {
-    "latent_features": 2, "hidden": 64, "encoder_layers": 3, "decoder_layers": 4, "inv_sublayers": 1,
+    "latent_features": 1, "hidden": 64, "encoder_layers": 3, "decoder_layers": 4, "inv_sublayers": 1,
     "attention": True, "tanh": True, "coords_range": 15.0, "norm_constant": 1.0, "normalization_factor": 10.0,
     "kl_weight": 0.01, "charge_weight": 1.0,
 }
