@@ -187,6 +187,10 @@ def test_shapes_layout_and_latent_info():
     onehot = rec[:, 3:8]
     assert torch.equal((onehot == 0.25).sum(1), torch.ones(8, dtype=torch.long)) and float(onehot.sum()) == 2.0
     assert torch.allclose(rec[:, 8] / 0.1, (rec[:, 8] / 0.1).round(), atol=1e-9)
+    loss, logs = ae.loss(batch, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and {"position_mse", "element_ce", "charge_mse", "kl"} <= set(logs)
+    assert float(loss) == pytest.approx(logs["position_mse"] + logs["element_ce"] + logs["charge_mse"]
+                                        + 0.01 * logs["kl"], rel=1e-9)
     assert ae.latent_info(INFO) == {"feature_dim": 3 + TINY["latent_features"]}
     assert ae.latent_template(batch).shape == z.shape
     assert isinstance(ae.latent_space(batch), GraphSpace)

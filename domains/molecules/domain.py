@@ -248,7 +248,8 @@ class MoleculeDomain(Domain):
         return MoleculeAutoencoder(config, data_info)
 
     def default_autoencoder(self) -> dict[str, Any]:
-        return {"model": {}, "train": {"steps": 2000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50,
+        # 300 steps recover 99.8 % of held-out elements (README); twice that as the default
+        return {"model": {}, "train": {"steps": 600, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50,
                                        "grad_clip": 1.0, "ema_decay": 0.99, "checkpoint_every": 0}}
 
     # --- noise-aware classifier (clf helper) ---
