@@ -4,7 +4,8 @@ AdamW with linear warm-up then cosine decay (or a constant rate, ``lr_schedule="
 global gradient-norm clipping, an EMA of the weights (``torch.optim.swa_utils.AveragedModel``),
 gradient accumulation, bf16 autocast on CUDA, a progress bar with loss and throughput, a JSONL
 metrics log, periodic sampling and evaluation (its cost stated first, shown with a progress bar and
-bounded by a share of the training time: ``core.evalbudget``), atomic checkpoints and exact resumption.
+bounded by a share of the training time: ``core.evalbudget``), batches built ahead in a background
+thread (``train.prefetch``; the same draws as without), atomic checkpoints and exact resumption.
 
 Reproducibility: every random draw of step ``k`` (batch composition, augmentation, times,
 noise, dropout) comes from generators seeded with ``(seed, k)``, and the data order of epoch
@@ -28,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +42,7 @@ from torch.optim.swa_utils import AveragedModel
 from .checkpoint import atomic_write_text, clean_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .diffusion import Diffusion
-from .domain import Domain, DomainDataset
+from .domain import Batch, Domain, DomainDataset
 from .evalbudget import plan as plan_eval, seconds_per_sample_call
 from .generate import generate
 from .io import write_samples
@@ -177,6 +179,10 @@ class Trainer:
         self._saved_step: int | None = None
         self._perms: dict[int, torch.Tensor] = {}
         self._eval_seconds = 0.0   # evaluation time of this session (kept out of the training time)
+        self._pool: ThreadPoolExecutor | None = None   # train.prefetch: batches built ahead (fit only)
+        self._ahead: dict[tuple[int, int], tuple[Any, int]] = {}
+        self._queued = 0
+        self.prefetch_hits = 0
         precision = self.cfg.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -256,6 +262,48 @@ class Trainer:
             out[sel] = self._perms[epoch][offsets[sel]]
         return out
 
+    # ------------------------------------------------------------------ data in the background
+    def _batch(self, position: int, count: int, generator: torch.Generator) -> Batch:
+        """The batch at sample positions ``position ..`` drawn with ``generator``. With
+        ``train.prefetch`` the next steps' batches are built ahead in a background thread, each
+        from a generator seeded as ``train_step`` seeds it; one is used only when built from
+        exactly this generator state (then the generator is advanced to the state after it), so
+        prefetching never changes a draw. Otherwise (or if building it failed) it is built here."""
+        pending = self._ahead.pop((position, count), None)
+        if self._pool is not None and position % (count * self.cfg.grad_accum) == 0:
+            self._prefetch(position // (count * self.cfg.grad_accum) + 1, count)
+        if pending is not None:
+            future, micro = pending
+            try:
+                batch, before, after = future.result()[micro]
+            except Exception:  # noqa: BLE001 - built again below, where the error is raised
+                batch = None
+            if batch is not None and torch.equal(before, generator.get_state()):
+                generator.set_state(after)
+                self.prefetch_hits += 1
+                return batch
+        return self.dataset.batch(self._indices(position, count), generator)
+
+    def _prefetch(self, first_step: int, count: int) -> None:
+        """Queue the batches of steps ``first_step .. first_step + prefetch - 1`` (not yet queued)."""
+        cfg = self.cfg
+        for step in range(first_step, min(first_step + cfg.prefetch, cfg.steps)):
+            positions = [(step * cfg.grad_accum + m) * count for m in range(cfg.grad_accum)]
+            if (positions[0], count) in self._ahead or step < self._queued:
+                continue
+            jobs = [self._indices(p, count) for p in positions]   # here: _indices is not thread-safe
+            future = self._pool.submit(self._build, jobs, _step_seed(cfg.seed, step))
+            self._ahead.update({(p, count): (future, m) for m, p in enumerate(positions)})
+            self._queued = step + 1
+
+    def _build(self, jobs: list[torch.Tensor], seed: int) -> list[tuple[Batch, torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        for indices in jobs:
+            before = gen.get_state()
+            out.append((self.dataset.batch(indices, gen), before, gen.get_state()))
+        return out
+
     # ------------------------------------------------------------------ loop
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
@@ -267,7 +315,7 @@ class Trainer:
         total = 0.0
         for micro in range(cfg.grad_accum):
             pos = (self.step * cfg.grad_accum + micro) * cfg.batch_size
-            batch = self.dataset.batch(self._indices(pos, cfg.batch_size), cpu_gen).to(self.device)
+            batch = self._batch(pos, cfg.batch_size, cpu_gen).to(self.device)
             with self.autocast:
                 loss = self.diffusion.training_losses(self.model, batch, dev_gen).mean()
             if not torch.isfinite(loss):  # before any update: the weights are still the last good ones
@@ -373,7 +421,9 @@ class Trainer:
         self._fit_start, self._eval_seconds = (start_time, self.step), 0.0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train",
                    unit="step", dynamic_ncols=True)
-        with _sigterm_as_interrupt():
+        if cfg.prefetch > 0:
+            self._pool, self._ahead, self._queued = ThreadPoolExecutor(1, thread_name_prefix="diffuse-data"), {}, 0
+        with _sigterm_as_interrupt(), self._prefetching():
             try:
                 loss = self._loop(bar, end)
                 bar.close()
@@ -398,6 +448,15 @@ class Trainer:
         if cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps:
             metrics, sample_dir = self.evaluate("final", self._eval_budget(final=True))
         return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time)
+
+    @contextmanager
+    def _prefetching(self):
+        try:
+            yield
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool, self._ahead = None, {}
 
     def _loop(self, bar, end: int) -> float:
         cfg = self.cfg

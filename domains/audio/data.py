@@ -57,6 +57,7 @@ from ...core.condition import Condition, LabelKind
 from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
 from ..text import Captioner, generic_phrases, text_kind_for
+from . import io as _io
 from .io import (AUDIO_EXTENSIONS, audio_info, decoded_blocks, normalise, normalise_gain, num_samples, read_audio,
                  read_frames, resample, resampled_length, to_channels)
 
@@ -262,7 +263,7 @@ def _prepare_lazy(path: Path, frames: int, rate: int, opts: dict[str, Any], targ
 
         def read(a: int, k: int) -> Tensor:
             return torch.from_numpy(np.array(arr[:, a:a + k], dtype=np.float32))
-        step = 1 << 20
+        step = _io.BLOCK_FRAMES
         stats = cached_json("audio_stats", key, lambda: _stats(
             torch.from_numpy(np.array(arr[:, a:a + step])) for a in range(0, n, step)))
     mode = opts["normalise"]

@@ -24,6 +24,8 @@ __all__ = ["AUDIO_EXTENSIONS", "read_audio", "audio_info", "read_frames", "decod
            "write_spectrogram_png"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+#: input frames per block of :func:`decoded_blocks` (the memory a streamed file's pass takes)
+BLOCK_FRAMES = 1 << 20
 
 
 def _check_path(path: Path) -> None:
@@ -99,13 +101,14 @@ def resampled_length(frames: int, orig_rate: int, new_rate: int) -> int:
     return -(-frames * n // o)
 
 
-def decoded_blocks(path: str | Path, channels: int, new_rate: int, block: int = 1 << 20):
+def decoded_blocks(path: str | Path, channels: int, new_rate: int, block: int | None = None):
     """The file mixed to ``channels`` and resampled to ``new_rate``, in consecutive blocks
-    ``[channels, n_i]`` of about ``block`` input frames, reading only a block (plus the
+    ``[channels, n_i]`` of about ``block`` (:data:`BLOCK_FRAMES`) input frames, reading only a block (plus the
     resampling filter's context) at a time. Concatenated they equal
     ``resample(to_channels(read_audio(path)[0], channels), rate, new_rate)`` (to float rounding:
     each output sample sees the same inputs through the same filter)."""
     path = Path(path)
+    block = block or BLOCK_FRAMES
     frames, _, rate = audio_info(path)
     if rate == new_rate:
         for a in range(0, frames, block):
