@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-__all__ = ["cache_dir", "file_key", "cached_array", "cached_json"]
+__all__ = ["cache_dir", "file_key", "cached_array", "cached_json", "cached_arrays"]
 
 VERSION = 1
 
@@ -43,7 +44,7 @@ def file_key(files: Path | str | Iterable[Path | str], **params: Any) -> str:
         p = Path(f).resolve()
         st = p.stat()
         parts.append([str(p), st.st_mtime_ns, st.st_size])
-    text = json.dumps({"v": VERSION, "files": parts, "params": params}, sort_keys=True)
+    text = json.dumps({"v": VERSION, "files": parts, "params": params}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -53,14 +54,18 @@ def _entry(kind: str, key: str, suffix: str) -> Path:
     return cache_dir() / kind / f"{key}{suffix}"
 
 
+def _readable_by_others(path: str | Path, mode: int = 0o666) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)   # as a plain file / folder would be (mkstemp / mkdtemp: owner only)
+
+
 def _atomic(target: Path, write: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp" + target.suffix, dir=target.parent)
     os.close(fd)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # readable by others as a plain file would be (mkstemp: 0600)
+        _readable_by_others(tmp)
         write(Path(tmp))
         os.replace(tmp, target)
     except BaseException:
@@ -95,3 +100,51 @@ def cached_json(kind: str, key: str, build: Callable[[], dict[str, Any]]) -> dic
     value = build()
     _atomic(target, lambda p: p.write_text(json.dumps(value)))
     return value
+
+
+def _load_folder(target: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    try:
+        meta = json.loads((target / "meta.json").read_text())
+        names = meta["arrays"]
+        if not all(isinstance(n, str) and n.isidentifier() for n in names):
+            return None
+        arrays = {n: np.load(target / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
+        return arrays, meta["meta"]
+    except (ValueError, OSError, EOFError, KeyError, TypeError):
+        return None
+
+
+def cached_arrays(kind: str, key: str, build: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Any], bool]:
+    """Several named arrays plus JSON metadata as one entry (a folder renamed into place whole):
+    ``(arrays memory-mapped read-only, meta, built)``; ``build() -> (arrays, meta)`` runs when the
+    entry is absent or unreadable (``built`` is then true)."""
+    target = _entry(kind, key, "")
+    found = _load_folder(target) if target.is_dir() else None
+    if found is not None:
+        return (*found, False)
+    arrays, meta = build()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=target.parent))
+    try:
+        _readable_by_others(tmp, 0o777)
+        for name, a in arrays.items():
+            if not name.isidentifier():
+                raise ValueError(f"bad array name {name!r}")
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+            _readable_by_others(tmp / f"{name}.npy")
+        (tmp / "meta.json").write_text(json.dumps({"arrays": sorted(arrays), "meta": meta}))
+        _readable_by_others(tmp / "meta.json")
+        if target.exists() and _load_folder(target) is None:
+            shutil.rmtree(target, ignore_errors=True)   # an unreadable entry: replaced
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if _load_folder(target) is None:             # not another process's complete entry
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    found = _load_folder(target)
+    if found is None:
+        raise OSError(f"cache entry {target} could not be read back")
+    return (*found, True)

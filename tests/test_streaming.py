@@ -186,3 +186,40 @@ def test_prefetched_batches_train_to_identical_weights(tmp_path, grad_accum):
     assert hits == [0, 4]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_molecule_files_are_converted_once_then_memory_mapped(tmp_path, monkeypatch):
+    """The second load of the same file reads nothing but the cache and gives the same data;
+    a changed file (mtime) is converted again."""
+    import shutil
+
+    from rdkit import RDConfig
+
+    import diffuse.domains.molecules.dataset as mol_dataset
+    import diffuse.domains.molecules.domain as mol_domain
+
+    monkeypatch.setattr(mol_dataset, "CACHE_MIN_BYTES", 0)
+    src = tmp_path / "cdk2.sdf"
+    shutil.copy(os.path.join(RDConfig.RDContribDir, "Fastcluster", "testdata", "cdk2.sdf"), src)
+    reads = []
+    original = mol_domain.read_path
+    monkeypatch.setattr(mol_domain, "read_path", lambda *a, **k: reads.append(1) or original(*a, **k))
+    dom = api.get_domain("molecules")
+    first = dom.load_data(str(src), {"max_atoms": 40})
+    second = dom.load_data(str(src), {"max_atoms": 40})
+    assert len(reads) == 1
+    assert isinstance(first.pos, torch.Tensor) and second.pos.dtype == first.pos.dtype == torch.float32
+    for name in ("types", "pos", "charges", "ptr", "counts"):
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+    assert first.names == second.names and first.skipped == second.skipped and first.info() == second.info()
+    idx = torch.tensor([3, 0, 7])
+    a, b = first.batch(idx), second.batch(idx)
+    assert torch.equal(a.x, b.x) and torch.equal(a.space.batch, b.space.batch)
+    assert len(list((tmp_path / "cache" / "molecules").iterdir())) == 1
+    dom.load_data(str(src), {"max_atoms": 30})                  # other options: another entry
+    assert len(reads) == 2
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    dom.load_data(str(src), {"max_atoms": 40})
+    assert len(reads) == 3
+    assert not [p for p in (tmp_path / "cache" / "molecules").iterdir() if p.name.startswith(".")]

@@ -30,7 +30,7 @@ from diffuse.core.graph import GraphSpace
 from diffuse.core.space import GeneratorLike
 
 from .chem import BondTables, MoleculeReport, analyze_molecule, validity_table
-from .dataset import QM9_ELEMENTS, FeatureCodec, MoleculeDataset, load_bundled, split_batch
+from .dataset import QM9_ELEMENTS, FeatureCodec, MoleculeDataset, cached_dataset, load_bundled, split_batch
 from .egnn import EGNN, model_kwargs
 from .property import CONDITION_NAME, PROPERTY_NAMES, draw_atom_counts, parse_property_names
 from .readers import read_path
@@ -208,11 +208,14 @@ class MoleculeDomain(Domain):
             return load_bundled(opts)
         if str(path).lower() in ("qm9", "qm9pack") and opts["elements"] is None:
             opts["elements"] = QM9_ELEMENTS
-        raw = read_path(path, opts)
-        props = None
-        if str(path).lower() in ("qm9", "qm9pack") and opts["properties"]:
-            props = _qm9pack_properties(raw)
-        return MoleculeDataset.from_raw(raw, str(path), opts, props)
+
+        def build() -> MoleculeDataset:
+            raw = read_path(path, opts)
+            props = None
+            if str(path).lower() in ("qm9", "qm9pack") and opts["properties"]:
+                props = _qm9pack_properties(raw)
+            return MoleculeDataset.from_raw(raw, str(path), opts, props)
+        return cached_dataset(path, opts, build)   # user files: converted once, then memory-mapped
 
     def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
         codec = FeatureCodec.from_info(data_info)
