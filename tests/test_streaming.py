@@ -223,3 +223,37 @@ def test_molecule_files_are_converted_once_then_memory_mapped(tmp_path, monkeypa
     dom.load_data(str(src), {"max_atoms": 40})
     assert len(reads) == 3
     assert not [p for p in (tmp_path / "cache" / "molecules").iterdir() if p.name.startswith(".")]
+
+
+def test_image_folders_are_decoded_once_then_memory_mapped(tmp_path, monkeypatch):
+    """A PNG folder over the size threshold: the second load decodes nothing, gives the same
+    images, labels and batches, and its training split keeps row indices into the mapped array."""
+    from PIL import Image
+
+    import diffuse.domains.image.data as image_data
+
+    monkeypatch.setattr(image_data, "CACHE_MIN_BYTES", 0)
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    decodes = []
+    original = image_data.read_folder
+    monkeypatch.setattr(image_data, "read_folder", lambda *a, **k: decodes.append(1) or original(*a, **k))
+    opts = {"image_size": 8, "flip": True}
+    dom = api.get_domain("image")
+    first = image_data.load_images(tmp_path / "imgs", opts)
+    second = image_data.load_images(tmp_path / "imgs", opts)
+    assert len(decodes) == 1 and second.info() == first.info()
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    rest, held = second.split(0.25, seed=0)
+    assert rest.rows is not None and rest._images.data_ptr() == second._images.data_ptr()    # nothing copied
+    rest0, held0 = first.split(0.25, seed=0)
+    assert torch.equal(rest.images, rest0.images) and torch.equal(held.images, held0.images)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    idx = torch.tensor([0, 4, 2, 6])
+    b1, b2 = rest0.batch(idx, g1), rest.batch(idx, g2)
+    assert torch.equal(b1.x, b2.x) and torch.equal(b1.extras["labels"], b2.extras["labels"])
+    assert dom.load_data(str(tmp_path / "imgs"), {"image_size": 6}).images.shape[-1] == 6   # another entry
+    assert len(decodes) == 2
