@@ -135,3 +135,13 @@ def test_cli_states_the_cost_before_evaluating(tmp_path):
 def test_budget_settings_are_validated(bad, message):
     with pytest.raises(ValueError, match=message):
         api.make_config("molecules", config={"train": bad})
+
+
+def test_smiles_rdkit_cannot_embed_is_skipped_not_a_traceback(tmp_path):
+    """The issue's suggested input, RDKit's NCI first_5K.smi, holds a zinc chelate (line 865) on
+    which ETKDG raises RuntimeError("Invariant Violation"): that record is skipped with its reason."""
+    path = tmp_path / "drugs.smi"
+    path.write_text("C1C[N+]2=CC3=CC=CC=C3O[Zn]24OC5=CC=CC=C5C=[N+]14 zinc\nCCO ethanol\nc1ccccc1O phenol\n")
+    ds = api.get_domain("molecules").load_data(str(path), {})
+    assert len(ds) == 2
+    assert any("Invariant Violation" in reason for _, reason in ds.skipped)
