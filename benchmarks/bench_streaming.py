@@ -6,8 +6,10 @@ whole file decoded, mixed and resampled in memory; ``stream: true``: header + on
 clips read lazily) at the default 16 kHz mono (resampled: a one-time conversion into the cache,
 then memory-mapped) and at 48 kHz stereo (no resampling: soundfile seeks), and draws 200 batches
 of 16 random 0.5 s crops. Reports peak RSS (``resource.getrusage``), load and batch seconds.
+Then trains the default audio model on the file at 48 kHz stereo (streamed, soundfile seeks)
+for ``--train-steps`` steps with ``train.prefetch`` 0 and 2, side by side (seconds per step).
 
-    python -m diffuse.benchmarks.bench_streaming [--minutes 20]
+    python -m diffuse.benchmarks.bench_streaming [--minutes 20] [--train-steps 30]
 
 (run from a folder where ``diffuse`` imports; the machine's load affects the seconds, not the
 memory figures). Writes ``benchmarks/results/streaming.json``.
@@ -55,9 +57,36 @@ def make_wav(path: Path, minutes: float, rate: int = 48000) -> None:
             fh.write(tone.astype(np.float32))
 
 
+TRAIN = r"""
+import json, sys, time
+import diffuse.api as api
+wav, out, steps, prefetch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+t = time.perf_counter()
+res = api.train("audio", data=wav, out=out, progress=False, steps=steps, prefetch=prefetch, final_eval=False,
+                checkpoint_every=0, device="cpu", seed=0, warmup_steps=5,
+                config={"data_options": {"sample_rate": 48000, "channels": 2, "stream": True, "crop": "random"}})
+print(json.dumps({"seconds": res.seconds, "steps": res.steps}))
+"""
+
+
+def _train_side_by_side(wav: Path, tmp: Path, steps: int, env: dict) -> list[dict]:
+    rows = []
+    for rnd in range(2):                    # alternate, twice, so a change of load hits both
+        for prefetch in (0, 2):
+            out = subprocess.run([sys.executable, "-c", TRAIN, str(wav), str(tmp / f"run{rnd}_{prefetch}"),
+                                  str(steps), str(prefetch)], env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"prefetch": prefetch, "round": rnd, "s_per_step": r["seconds"] / r["steps"]})
+            print(f"train 48 kHz stereo, streamed: prefetch {prefetch}: {rows[-1]['s_per_step']:.3f} s/step", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--train-steps", type=int, default=30)
     args = ap.parse_args()
     results = {"minutes": args.minutes, "cases": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,6 +105,7 @@ def main() -> None:
                 print(f"{rate:>6} Hz x{channels}  {label:<32} peak RSS {row['peak_rss_mb']:7.0f} MB "
                       f"(after imports {row['import_rss_mb']:.0f})  load {row['load_s']:6.2f} s  "
                       f"200 batches {row['batches_s']:6.2f} s", flush=True)
+        results["prefetch"] = _train_side_by_side(wav, Path(tmp), args.train_steps, env)
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "streaming.json").write_text(json.dumps(results, indent=2))
