@@ -6,10 +6,11 @@ whole file decoded, mixed and resampled in memory; ``stream: true``: header + on
 clips read lazily) at the default 16 kHz mono (resampled: a one-time conversion into the cache,
 then memory-mapped) and at 48 kHz stereo (no resampling: soundfile seeks), and draws 200 batches
 of 16 random 0.5 s crops. Reports peak RSS (``resource.getrusage``), load and batch seconds.
-Then trains the default audio model on the file at 48 kHz stereo (streamed, soundfile seeks)
-for ``--train-steps`` steps with ``train.prefetch`` 0 and 2, side by side (seconds per step).
+Then trains the default audio model on the file at 48 kHz stereo, 0.1 s clips (streamed,
+soundfile seeks) for ``--train-steps`` steps with ``train.prefetch`` 0 and 2, alternating, twice
+(seconds per step).
 
-    python -m diffuse.benchmarks.bench_streaming [--minutes 20] [--train-steps 30]
+    python -m diffuse.benchmarks.bench_streaming [--minutes 20] [--train-steps 10]
 
 (run from a folder where ``diffuse`` imports; the machine's load affects the seconds, not the
 memory figures). Writes ``benchmarks/results/streaming.json``.
@@ -64,7 +65,8 @@ wav, out, steps, prefetch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.
 t = time.perf_counter()
 res = api.train("audio", data=wav, out=out, progress=False, steps=steps, prefetch=prefetch, final_eval=False,
                 checkpoint_every=0, device="cpu", seed=0, warmup_steps=5,
-                config={"data_options": {"sample_rate": 48000, "channels": 2, "stream": True, "crop": "random"}})
+                config={"data_options": {"sample_rate": 48000, "channels": 2, "stream": True, "crop": "random",
+                                                 "clip_seconds": 0.1}})
 print(json.dumps({"seconds": res.seconds, "steps": res.steps}))
 """
 
@@ -86,7 +88,7 @@ def _train_side_by_side(wav: Path, tmp: Path, steps: int, env: dict) -> list[dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=20.0)
-    ap.add_argument("--train-steps", type=int, default=30)
+    ap.add_argument("--train-steps", type=int, default=10)
     args = ap.parse_args()
     results = {"minutes": args.minutes, "cases": []}
     with tempfile.TemporaryDirectory() as tmp:
