@@ -396,8 +396,9 @@ def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, A
 
 
 #: TrainConfig keys a resumed run may change: the total steps, evaluation / logging, the device
-RESUMABLE_TRAIN_KEYS = ("steps", "eval_samples", "eval_sampler", "eval_steps", "sample_every", "log_every",
-                        "checkpoint_every", "final_eval", "device", "precision", "channels_last", "compile")
+RESUMABLE_TRAIN_KEYS = ("steps", "eval_samples", "eval_sampler", "eval_steps", "eval_budget", "eval_min_seconds",
+                        "sample_every", "log_every", "checkpoint_every", "final_eval", "device", "prefetch",
+                        "precision", "channels_last", "compile")
 
 
 def _refuse_change(run_dir: Path, key: str, new: Any, old: Any) -> None:

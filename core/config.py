@@ -390,7 +390,12 @@ class TrainConfig:
     eval_samples: int = 64             # samples drawn for periodic / final evaluation (0: none)
     eval_sampler: str = "ddim"
     eval_steps: int = 50
+    # all evaluations of a run together cost at most this share of its training time (fewer samples,
+    # then fewer steps; see core.evalbudget); null: the configured evaluation unchanged
+    eval_budget: float | None = 0.2
+    eval_min_seconds: float = 30.0     # the final evaluation may always take this long
     holdout_fraction: float = 0.1      # data held out as the evaluation reference
+    prefetch: int = 2                  # batches built ahead in a background thread (0: none); same results
     final_eval: bool = True
 
     def validate(self) -> "TrainConfig":
@@ -402,7 +407,8 @@ class TrainConfig:
             "device": _device_limit, "precision": OneOf(("auto", "fp32", "bf16")), "log_every": AT_LEAST_ONE,
             "checkpoint_every": NON_NEGATIVE, "sample_every": NON_NEGATIVE, "eval_samples": NON_NEGATIVE,
             "eval_sampler": _one_of(_samplers, "sampler"), "eval_steps": AT_LEAST_ONE,
-            "holdout_fraction": FRACTION})
+            "eval_budget": POSITIVE, "eval_min_seconds": NON_NEGATIVE, "holdout_fraction": FRACTION,
+            "prefetch": NON_NEGATIVE})
         return self
 
 

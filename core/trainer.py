@@ -3,7 +3,9 @@
 AdamW with linear warm-up then cosine decay (or a constant rate, ``lr_schedule="constant"``),
 global gradient-norm clipping, an EMA of the weights (``torch.optim.swa_utils.AveragedModel``),
 gradient accumulation, bf16 autocast on CUDA, a progress bar with loss and throughput, a JSONL
-metrics log, periodic sampling and evaluation, atomic checkpoints and exact resumption.
+metrics log, periodic sampling and evaluation (its cost stated first, shown with a progress bar and
+bounded by a share of the training time: ``core.evalbudget``), batches built ahead in a background
+thread (``train.prefetch``; the same draws as without), atomic checkpoints and exact resumption.
 
 Reproducibility: every random draw of step ``k`` (batch composition, augmentation, times,
 noise, dropout) comes from generators seeded with ``(seed, k)``, and the data order of epoch
@@ -37,8 +39,10 @@ import json
 import logging
 import math
 import signal
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +57,7 @@ from .checkpoint import atomic_write_text, clean_checkpoints, load_checkpoint, l
 from .config import RunConfig, TrainConfig
 from .diffusion import Diffusion
 from .domain import Batch, Domain, DomainDataset
+from .evalbudget import plan as plan_eval, seconds_per_sample_call
 from .generate import generate
 from .io import write_samples
 
@@ -213,6 +218,11 @@ class Trainer:
         self.step = 0
         self._saved_step: int | None = None
         self._perms: dict[int, torch.Tensor] = {}
+        self._eval_seconds = 0.0   # evaluation time of this session (kept out of the training time)
+        self._pool: ThreadPoolExecutor | None = None   # train.prefetch: batches built ahead (fit only)
+        self._ahead: dict[tuple[int, int], tuple[Any, int]] = {}
+        self._queued = 0
+        self.prefetch_hits = 0
         precision = self.cfg.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -308,6 +318,48 @@ class Trainer:
             out[sel] = self._perms[epoch][offsets[sel]]
         return out
 
+    # ------------------------------------------------------------------ data in the background
+    def _batch(self, position: int, count: int, generator: torch.Generator) -> Batch:
+        """The batch at sample positions ``position ..`` drawn with ``generator``. With
+        ``train.prefetch`` the next steps' batches are built ahead in a background thread, each
+        from a generator seeded as ``train_step`` seeds it; one is used only when built from
+        exactly this generator state (then the generator is advanced to the state after it), so
+        prefetching never changes a draw. Otherwise (or if building it failed) it is built here."""
+        pending = self._ahead.pop((position, count), None)
+        if self._pool is not None and position % (count * self.cfg.grad_accum) == 0:
+            self._prefetch(position // (count * self.cfg.grad_accum) + 1, count)
+        if pending is not None:
+            future, micro = pending
+            try:
+                batch, before, after = future.result()[micro]
+            except Exception:  # noqa: BLE001 - built again below, where the error is raised
+                batch = None
+            if batch is not None and torch.equal(before, generator.get_state()):
+                generator.set_state(after)
+                self.prefetch_hits += 1
+                return batch
+        return self.dataset.batch(self._indices(position, count), generator)
+
+    def _prefetch(self, first_step: int, count: int) -> None:
+        """Queue the batches of steps ``first_step .. first_step + prefetch - 1`` (not yet queued)."""
+        cfg = self.cfg
+        for step in range(first_step, min(first_step + cfg.prefetch, cfg.steps)):
+            positions = [(step * cfg.grad_accum + m) * count for m in range(cfg.grad_accum)]
+            if (positions[0], count) in self._ahead or step < self._queued:
+                continue
+            jobs = [self._indices(p, count) for p in positions]   # here: _indices is not thread-safe
+            future = self._pool.submit(self._build, jobs, _step_seed(cfg.seed, step))
+            self._ahead.update({(p, count): (future, m) for m, p in enumerate(positions)})
+            self._queued = step + 1
+
+    def _build(self, jobs: list[torch.Tensor], seed: int) -> list[tuple[Batch, torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        for indices in jobs:
+            before = gen.get_state()
+            out.append((self.dataset.batch(indices, gen), before, gen.get_state()))
+        return out
+
     # ------------------------------------------------------------------ loop
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
@@ -320,7 +372,7 @@ class Trainer:
         total = 0.0
         for micro in range(cfg.grad_accum):
             pos = (self.step * cfg.grad_accum + micro) * cfg.batch_size
-            batch = self.dataset.batch(self._indices(pos, cfg.batch_size), cpu_gen).to(self.device)
+            batch = self._batch(pos, cfg.batch_size, cpu_gen).to(self.device)
             if self._memory_format is not None:
                 batch = Batch(batch.x.contiguous(memory_format=self._memory_format), batch.space, batch.cond,
                               batch.extras)
@@ -369,22 +421,71 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def evaluate(self, tag: str) -> tuple[dict[str, float], Path]:
-        """Sample ``eval_samples`` with the EMA model, write them, and compute the domain's metrics."""
+    def _eval_budget(self, final: bool) -> float | None:
+        """Seconds one evaluation may take (``core.evalbudget``): ``eval_budget`` times the run's
+        training time (this session's mean seconds per step times ``steps``), shared by the
+        periodic evaluations and the final one; the final one gets at least ``eval_min_seconds``."""
         cfg = self.cfg
+        if cfg.eval_budget is None:
+            return None
+        start, first_step = getattr(self, "_fit_start", (time.perf_counter(), self.step))
+        done = self.step - first_step
+        per_step = (time.perf_counter() - start - self._eval_seconds) / done if done > 0 else 0.0
+        count = ((cfg.steps - 1) // cfg.sample_every if cfg.sample_every else 0) + (1 if cfg.final_eval else 0)
+        share = cfg.eval_budget * per_step * cfg.steps / max(1, count)
+        return max(share, cfg.eval_min_seconds) if final else share
+
+    def evaluate(self, tag: str, budget: float | None = None,
+                 final: bool = True) -> tuple[dict[str, float], Path | None]:
+        """Sample with the EMA model, write the samples, and compute the domain's metrics.
+
+        ``eval_samples`` x ``eval_steps`` of ``eval_sampler``, scaled down to ``budget`` seconds
+        (``core.evalbudget.plan``; ``None``: as configured). The cost is stated before sampling
+        starts and a progress bar runs meanwhile. A periodic evaluation (``final=False``) whose
+        minimum exceeds its budget is skipped: ``({}, None)``."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
         model = self.ema.module
         model.eval()
-        samples = generate(model, self.domain, self.config.data_info, cfg.eval_samples, sampler=cfg.eval_sampler,
-                           steps=cfg.eval_steps, seed=cfg.seed, batch_size=max(cfg.batch_size, 64),
-                           device=self.device)
+        chunk = max(cfg.batch_size, 64)
+        per_call = seconds_per_sample_call(model, self.domain, self.config.data_info, min(cfg.eval_samples, chunk),
+                                           self.device, cfg.seed)
+        p = plan_eval(cfg.eval_samples, cfg.eval_steps, cfg.eval_sampler, per_call, budget)
+        where = "final evaluation" if final else f"evaluation at step {self.step}"
+        if not final and not p.within_budget():
+            self._say(f"{where} skipped: even {p.describe()}; raise train.eval_budget (or set it to null)")
+            self._eval_seconds += time.perf_counter() - t0
+            return {}, None
+        self._say(f"{where}: {p.describe()}")
+        bar = tqdm(total=p.samples * p.steps, disable=not self.show_progress, desc="eval", unit="sample-step",
+                   dynamic_ncols=True, leave=False)
+        try:
+            samples = generate(model, self.domain, self.config.data_info, p.samples, sampler=cfg.eval_sampler,
+                               steps=p.steps, seed=cfg.seed, batch_size=chunk, device=self.device, progress=bar.update)
+        finally:
+            bar.close()
         out_dir = self.run_dir / "samples" / tag
         write_samples(self.domain, samples, out_dir, self.config.data_info)
         metrics: dict[str, float] = {}
         if self.reference is not None and len(self.reference) > 0:
             metrics = self.domain.metrics(samples, self.reference, self.config.data_info)
-        self._log({"step": self.step, "event": "eval", "sampler": cfg.eval_sampler, "steps": cfg.eval_steps,
-                   "num": cfg.eval_samples, **metrics})
+        seconds = time.perf_counter() - t0
+        self._eval_seconds += seconds
+        self._log({"step": self.step, "event": "eval", "sampler": cfg.eval_sampler, "steps": p.steps,
+                   "num": p.samples, "seconds": seconds, "estimated_seconds": p.seconds, "budget_seconds": p.budget,
+                   **metrics})
         return metrics, out_dir
+
+    def _say(self, text: str) -> None:
+        """A line on stderr beside the progress bar (at INFO in the log without one)."""
+        from tqdm.auto import tqdm
+
+        if self.show_progress:
+            tqdm.write(text, file=sys.stderr)
+        else:
+            log.info(text)
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
         """Train up to ``config.train.steps`` (or pause at ``stop_at``, checkpointed, to resume later).
@@ -398,9 +499,12 @@ class Trainer:
         cfg = self.cfg
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         start_time = time.perf_counter()
+        self._fit_start, self._eval_seconds = (start_time, self.step), 0.0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train",
                    unit="step", dynamic_ncols=True)
-        with _sigterm_as_interrupt():
+        if cfg.prefetch > 0:
+            self._pool, self._ahead, self._queued = ThreadPoolExecutor(1, thread_name_prefix="diffuse-data"), {}, 0
+        with _sigterm_as_interrupt(), self._prefetching():
             try:
                 loss = self._loop(bar, end)
                 bar.close()
@@ -425,8 +529,17 @@ class Trainer:
         metrics: dict[str, float] = {}
         sample_dir = None
         if cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps and self.dist.is_main:
-            metrics, sample_dir = self.evaluate("final")
+            metrics, sample_dir = self.evaluate("final", self._eval_budget(final=True))
         return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time)
+
+    @contextmanager
+    def _prefetching(self):
+        try:
+            yield
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool, self._ahead = None, {}
 
     def _loop(self, bar, end: int) -> float:
         cfg = self.cfg
@@ -447,9 +560,11 @@ class Trainer:
             bar.update(1)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
                 self.save()
-            if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps and self.dist.is_main:
-                metrics, _ = self.evaluate(f"step_{self.step:06d}")
-                bar.write(f"step {self.step}: " + _fmt(metrics))
+            if (cfg.sample_every and cfg.eval_samples and self.step % cfg.sample_every == 0 and self.step < cfg.steps
+                    and self.dist.is_main):
+                metrics, where = self.evaluate(f"step_{self.step:06d}", self._eval_budget(final=False), final=False)
+                if where is not None:
+                    bar.write(f"step {self.step}: " + _fmt(metrics))
         return loss
 
 

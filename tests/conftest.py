@@ -22,3 +22,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _diffuse_cache(tmp_path_factory):
+    """Data converted into the on-disk cache (core.cache) goes to a session folder, not ~/.cache."""
+    import os
+
+    old = os.environ.get("DIFFUSE_CACHE")
+    os.environ["DIFFUSE_CACHE"] = str(tmp_path_factory.mktemp("diffuse-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DIFFUSE_CACHE", None)
+    else:
+        os.environ["DIFFUSE_CACHE"] = old

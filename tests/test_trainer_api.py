@@ -100,7 +100,9 @@ def test_bad_options_are_clear(tmp_path):
 
 
 def test_periodic_sampling_and_evaluation(tmp_path):
-    api.train("points2d", out=tmp_path / "run", steps=10, progress=False,
+    # eval_budget null: every evaluation as configured (by default a 10-step run's periodic ones
+    # would be skipped as costing more than their share of the training time; test_eval_budget.py)
+    api.train("points2d", out=tmp_path / "run", steps=10, progress=False, config={"train": {"eval_budget": None}},
               **{**FAST, "sample_every": 4, "eval_samples": 32, "eval_steps": 5})
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in log if r.get("event") == "eval"]

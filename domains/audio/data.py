@@ -23,7 +23,16 @@ text            captions drawn from the class labels ("a kick drum", "an 808 bas
                 :data:`CLASS_PHRASES`, else generic phrasings of the sub-folder name) as the
                 condition ``text`` (``--condition text``); reads the labels like ``labels``
 skip_bad        skip unreadable / silent / bad files with a warning instead of failing
+stream          ``auto`` | true | false: read clips lazily instead of holding whole files in
+                memory (``auto``: files over 64 MB decoded, and every file of a set over 1 GB)
 =============== ===========================================================================
+
+Streaming (:class:`LazyClip`): a file already at the target rate is read with soundfile seeks,
+only the frames of each crop; a file that needs resampling is decoded and resampled once, block
+by block, into the on-disk cache (``core.cache``: keyed by path, mtime, size, rate and channels)
+and memory-mapped. The normalisation gain comes from one block-wise pass over the file (cached
+too). Crops equal those of whole-file reading (bit for bit without resampling; to float
+rounding with it), so the same seed trains on the same data either way.
 
 A folder's files with other extensions, empty (0-byte) files and, with ``skip_bad`` or
 ``short='skip'``, the files left out are summarised in one warning line by reason (each file's
@@ -34,20 +43,25 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ...core.cache import cached_array, cached_json, file_key
 from ...core.datafiles import log_skipped, scan_folder, skipped_summary
 from ...core.condition import Condition, LabelKind
 from ...core.domain import Batch, DataError, DomainDataset
 from ...core.space import DenseSpace
 from ..text import Captioner, generic_phrases, text_kind_for
-from .io import AUDIO_EXTENSIONS, normalise, num_samples, read_audio, resample, to_channels
+from . import io as _io
+from .io import (AUDIO_EXTENSIONS, audio_info, decoded_blocks, normalise, normalise_gain, num_samples, read_audio,
+                 read_frames, resample, resampled_length, to_channels)
 
-__all__ = ["AudioDataset", "DATA_OPTIONS", "CLASS_PHRASES", "audio_phrases", "load_audio_folder", "load_bundled", "BUNDLED_DIR",
+__all__ = ["AudioDataset", "LazyClip", "DATA_OPTIONS", "CLASS_PHRASES", "audio_phrases", "load_audio_folder", "load_bundled", "BUNDLED_DIR",
            "resolve_options"]
 
 log = logging.getLogger(__name__)
@@ -64,7 +78,13 @@ DATA_OPTIONS: dict[str, Any] = {
     "text": False,
     "skip_bad": False,
     "lowrate": None,   # bandwidth extension: condition on the clip resampled to this rate (Hz) and back
+    "stream": "auto",
 }
+
+#: ``stream: auto`` streams a file whose decoded samples (float32, all channels, its own rate) take
+#: more than this, and every file of a set whose total does
+STREAM_FILE_BYTES = 64 << 20
+STREAM_SET_BYTES = 1 << 30
 
 #: caption phrasings of the bundled classes (``text`` conditioning); other classes get generic ones
 CLASS_PHRASES: dict[str, list[str]] = {
@@ -96,14 +116,31 @@ def resolve_options(options: dict[str, Any] | None) -> dict[str, Any]:
     if int(opts["channels"]) not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {opts['channels']!r}")
     for key, allowed in (("normalise", ("peak", "loudness", "none")), ("crop", ("auto", "random", "start")),
-                         ("short", ("pad", "error", "skip"))):
+                         ("short", ("pad", "error", "skip")), ("stream", ("auto", True, False))):
         if opts[key] not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {opts[key]!r}")
     return opts
 
 
+class LazyClip:
+    """A decoded, normalised clip ``[C, N]`` read on demand: ``clip[:, a:b]`` reads only those
+    samples (from the file with a seek, or from a memory-mapped cached array) times the gain."""
+
+    def __init__(self, read, channels: int, length: int, gain: float | None) -> None:
+        self._read, self.shape, self.gain = read, (int(channels), int(length)), gain
+
+    def __getitem__(self, key) -> Tensor:
+        rows, cols = key if isinstance(key, tuple) else (slice(None), slice(None))
+        if rows != slice(None) or not isinstance(cols, slice) or cols.step not in (None, 1):
+            raise IndexError("LazyClip supports clip[:, a:b] only")
+        a, b, _ = cols.indices(self.shape[1])
+        x = self._read(a, max(0, b - a))
+        return x if self.gain is None else x * self.gain
+
+
 class AudioDataset(DomainDataset):
-    """In-memory clips ``[C, N_i]`` (variable lengths) served as fixed-length ``[B, C, L]`` batches."""
+    """Clips ``[C, N_i]`` (variable lengths; tensors in memory or :class:`LazyClip`) served as
+    fixed-length ``[B, C, L]`` batches."""
 
     def __init__(self, clips: list[Tensor], sample_rate: int, length: int, *, crop: str = "random",
                  labels: list[int] | None = None, classes: list[str] | None = None,
@@ -151,7 +188,7 @@ class AudioDataset(DomainDataset):
             if self.crop == "random" and n > self.length:
                 off = int(torch.randint(0, n - self.length + 1, (1,), generator=generator))
             return clip[:, off:off + self.length]
-        return torch.nn.functional.pad(clip, (0, self.length - n))
+        return torch.nn.functional.pad(clip[:, 0:n], (0, self.length - n))
 
     def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
@@ -165,17 +202,73 @@ class AudioDataset(DomainDataset):
         return Batch(x, self.space, Condition(values, kinds) if values else None)
 
 
+def _too_short(n: int, name: str, opts: dict[str, Any], target_rate: int, length: int) -> bool:
+    """Whether to skip a file of ``n`` samples (at the target rate); an error if it must not be short."""
+    if n < length and opts["short"] != "pad":
+        if opts["short"] == "skip":
+            log.info("%s: skipped, %d samples at %d Hz is shorter than the clip (%d)", name, n, target_rate, length)
+            return True
+        raise DataError(f"{name}: {n / target_rate:.3f} s long, shorter than the clip "
+                        f"({length / target_rate:.3f} s); use short='pad' or 'skip', or a shorter clip_seconds")
+    return False
+
+
 def _prepare(x: Tensor, rate: int, name: str, opts: dict[str, Any], target_rate: int, length: int) -> Tensor | None:
     """Channels, resampling, length check and normalisation of one decoded file."""
     x = to_channels(x, int(opts["channels"]), name)
     x = resample(x, rate, target_rate)
-    if x.shape[-1] < length and opts["short"] != "pad":
-        if opts["short"] == "skip":
-            log.info("%s: skipped, %d samples at %d Hz is shorter than the clip (%d)", name, x.shape[-1], target_rate, length)
-            return None
-        raise DataError(f"{name}: {x.shape[-1] / target_rate:.3f} s long, shorter than the clip "
-                        f"({length / target_rate:.3f} s); use short='pad' or 'skip', or a shorter clip_seconds")
+    if _too_short(x.shape[-1], name, opts, target_rate, length):
+        return None
     return normalise(x, opts["normalise"], name).contiguous()
+
+
+def _stats(blocks) -> dict[str, float]:
+    """Peak ``max |x|`` and RMS over blocks ``[C, n]`` (float64 sums)."""
+    peak, sumsq, count = 0.0, 0.0, 0
+    for b in blocks:
+        peak = max(peak, float(b.abs().max())) if b.numel() else peak
+        sumsq += float(b.double().pow(2).sum())
+        count += b.numel()
+    return {"peak": peak, "rms": math.sqrt(sumsq / max(count, 1))}
+
+
+def _convert(path: Path, channels: int, rate: int, n: int, out_path: Path) -> None:
+    """Decode and resample ``path`` block by block into a ``[channels, n]`` float32 ``.npy``."""
+    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=(channels, n))
+    pos = 0
+    for block in decoded_blocks(path, channels, rate):
+        out[:, pos:pos + block.shape[-1]] = block.numpy()
+        pos += block.shape[-1]
+    if pos != n:
+        raise DataError(f"{path}: decoded {pos} samples, expected {n}; the file changed while being read?")
+    out.flush()
+    del out
+
+
+def _prepare_lazy(path: Path, frames: int, rate: int, opts: dict[str, Any], target_rate: int,
+                  length: int) -> LazyClip | None:
+    """:func:`_prepare` for a streamed file: a :class:`LazyClip` with the same samples."""
+    name, channels = str(path), int(opts["channels"])
+    to_channels(read_frames(path, 0, 1), channels, name)   # a channel-count mismatch fails here, as read whole
+    n = resampled_length(frames, rate, target_rate)
+    if _too_short(n, name, opts, target_rate, length):
+        return None
+    key = file_key(path, channels=channels, rate=target_rate)
+    if rate == target_rate:   # soundfile seeks: only the frames of each crop are read
+        def read(a: int, k: int) -> Tensor:
+            return to_channels(read_frames(path, a, k), channels, name)
+        stats = cached_json("audio_stats", key, lambda: _stats(decoded_blocks(path, channels, target_rate)))
+    else:                     # decoded and resampled once into the cache, then memory-mapped
+        arr = cached_array("audio", key, lambda out: _convert(path, channels, target_rate, n, out))
+
+        def read(a: int, k: int) -> Tensor:
+            return torch.from_numpy(np.array(arr[:, a:a + k], dtype=np.float32))
+        step = _io.BLOCK_FRAMES
+        stats = cached_json("audio_stats", key, lambda: _stats(
+            torch.from_numpy(np.array(arr[:, a:a + step])) for a in range(0, n, step)))
+    mode = opts["normalise"]
+    gain = None if mode == "none" else normalise_gain(mode, stats["peak"], stats["rms"], name)
+    return LazyClip(read, channels, n, gain)
 
 
 def _load(files: list[Path], labels: list[int] | None, classes: list[str] | None,
@@ -190,8 +283,24 @@ def _load(files: list[Path], labels: list[int] | None, classes: list[str] | None
 
 def _decode_all(files: list[Path], labels: list[int] | None, classes: list[str] | None, opts: dict[str, Any],
                 source: str, default_crop: str, skipped: list[tuple[Path, str]]) -> AudioDataset:
-    decoded: list[tuple[Path, Tensor, int, int | None]] = []
+    headers: list[tuple[Path, int, int, int | None]] = []   # file, frames, bytes decoded, label
+    rates: dict[Path, int] = {}
     for i, f in enumerate(files):
+        try:
+            frames, channels, rates[f] = audio_info(f)
+        except DataError as exc:
+            if not opts["skip_bad"]:
+                raise
+            log.info("skipped bad file: %s", exc)
+            skipped.append((f, "unreadable"))
+            continue
+        headers.append((f, frames, frames * channels * 4, labels[i] if labels is not None else None))
+    stream_all = opts["stream"] is True or (opts["stream"] == "auto" and sum(h[2] for h in headers) > STREAM_SET_BYTES)
+    decoded: list[tuple[Path, Tensor | int, int, int | None]] = []   # a streamed file keeps its frame count
+    for f, frames, size, lab in headers:
+        if stream_all or (opts["stream"] == "auto" and size > STREAM_FILE_BYTES):
+            decoded.append((f, frames, rates[f], lab))
+            continue
         try:
             x, rate = read_audio(f)
         except DataError as exc:
@@ -200,7 +309,7 @@ def _decode_all(files: list[Path], labels: list[int] | None, classes: list[str] 
             log.info("skipped bad file: %s", exc)
             skipped.append((f, "unreadable"))
             continue
-        decoded.append((f, x, rate, labels[i] if labels is not None else None))
+        decoded.append((f, x, rate, lab))
     if not decoded:
         raise DataError(f"{source}: none of the {len(files)} audio files could be read")
     target_rate = opts["sample_rate"]
@@ -215,7 +324,8 @@ def _decode_all(files: list[Path], labels: list[int] | None, classes: list[str] 
     clips, kept_labels, names = [], [], []
     for f, x, rate, lab in decoded:
         try:
-            y = _prepare(x, rate, str(f), opts, target_rate, length)
+            y = (_prepare(x, rate, str(f), opts, target_rate, length) if isinstance(x, Tensor)
+                 else _prepare_lazy(f, x, rate, opts, target_rate, length))
         except DataError as exc:
             if not opts["skip_bad"]:
                 raise

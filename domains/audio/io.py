@@ -19,10 +19,32 @@ from torch import Tensor
 
 from ...core.domain import DataError
 
-__all__ = ["AUDIO_EXTENSIONS", "read_audio", "to_channels", "resample", "normalise", "write_wav",
-           "log_spectrogram", "write_spectrogram_png"]
+__all__ = ["AUDIO_EXTENSIONS", "read_audio", "audio_info", "read_frames", "decoded_blocks", "resampled_length",
+           "to_channels", "resample", "normalise", "normalise_gain", "write_wav", "log_spectrogram",
+           "write_spectrogram_png"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+#: input frames per block of :func:`decoded_blocks` (the memory a streamed file's pass takes)
+BLOCK_FRAMES = 1 << 20
+
+
+def _check_path(path: Path) -> None:
+    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+        raise DataError(f"{path}: unsupported audio format {path.suffix!r}; expected one of "
+                        f"{', '.join(AUDIO_EXTENSIONS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: no such audio file")
+
+
+def _cannot_read(path: Path, exc: Exception) -> DataError:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DataError(f"{path}: cannot read audio ({msg}); expected a valid WAV / FLAC / OGG file")
+
+
+def _checked(path: Path, data: np.ndarray) -> np.ndarray:
+    if not np.isfinite(data).all():
+        raise DataError(f"{path}: audio contains NaN or infinite samples")
+    return data
 
 
 def read_audio(path: str | Path) -> tuple[Tensor, int]:
@@ -31,21 +53,82 @@ def read_audio(path: str | Path) -> tuple[Tensor, int]:
     Raises :class:`DataError` for a missing, unreadable, unsupported, empty or non-finite file.
     """
     path = Path(path)
-    if path.suffix.lower() not in AUDIO_EXTENSIONS:
-        raise DataError(f"{path}: unsupported audio format {path.suffix!r}; expected one of "
-                        f"{', '.join(AUDIO_EXTENSIONS)}")
-    if not path.is_file():
-        raise DataError(f"{path}: no such audio file")
+    _check_path(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: cannot read audio ({msg}); expected a valid WAV / FLAC / OGG file") from None
+        raise _cannot_read(path, exc) from None
     if data.shape[0] == 0:
         raise DataError(f"{path}: audio file has zero length")
-    if not np.isfinite(data).all():
-        raise DataError(f"{path}: audio contains NaN or infinite samples")
-    return torch.from_numpy(np.ascontiguousarray(data.T)), int(rate)
+    return torch.from_numpy(np.ascontiguousarray(_checked(path, data).T)), int(rate)
+
+
+def audio_info(path: str | Path) -> tuple[int, int, int]:
+    """``(frames, channels, sample rate)`` of an audio file from its header (nothing decoded)."""
+    path = Path(path)
+    _check_path(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - as read_audio
+        raise _cannot_read(path, exc) from None
+    if info.frames <= 0:
+        raise DataError(f"{path}: audio file has zero length")
+    return int(info.frames), int(info.channels), int(info.samplerate)
+
+
+def read_frames(path: str | Path, start: int, frames: int) -> Tensor:
+    """Frames ``start .. start + frames - 1`` of a file as float32 ``[C, frames]`` (a seek, then
+    a read of only those frames; zeros beyond either end): the same values as the slice
+    ``read_audio(path)[0][:, start:start + frames]``."""
+    path = Path(path)
+    try:
+        with sf.SoundFile(str(path)) as fh:
+            n = fh.frames
+            out = np.zeros((frames, fh.channels), np.float32)
+            a, b = max(start, 0), min(start + frames, n)
+            if b > a:
+                fh.seek(a)
+                out[a - start:b - start] = fh.read(b - a, dtype="float32", always_2d=True)
+    except Exception as exc:  # noqa: BLE001 - as read_audio
+        raise _cannot_read(path, exc) from None
+    return torch.from_numpy(np.ascontiguousarray(_checked(path, out).T))
+
+
+def resampled_length(frames: int, orig_rate: int, new_rate: int) -> int:
+    """Samples after :func:`resample` of ``frames`` samples: ``ceil(frames * new / orig)``."""
+    g = math.gcd(int(orig_rate), int(new_rate))
+    o, n = int(orig_rate) // g, int(new_rate) // g
+    return -(-frames * n // o)
+
+
+def decoded_blocks(path: str | Path, channels: int, new_rate: int, block: int | None = None):
+    """The file mixed to ``channels`` and resampled to ``new_rate``, in consecutive blocks
+    ``[channels, n_i]`` of about ``block`` (:data:`BLOCK_FRAMES`) input frames, reading only a block (plus the
+    resampling filter's context) at a time. Concatenated they equal
+    ``resample(to_channels(read_audio(path)[0], channels), rate, new_rate)`` (to float rounding:
+    each output sample sees the same inputs through the same filter)."""
+    path = Path(path)
+    block = block or BLOCK_FRAMES
+    frames, _, rate = audio_info(path)
+    if rate == new_rate:
+        for a in range(0, frames, block):
+            yield to_channels(read_frames(path, a, min(block, frames - a)), channels, str(path))
+        return
+    g = math.gcd(rate, int(new_rate))
+    o, n = rate // g, int(new_rate) // g
+    # torchaudio's windowed-sinc kernel reaches `width` input samples either side of a block of
+    # `o` inputs (lowpass_filter_width 6, rolloff 0.99); the context is a whole number of blocks
+    width = math.ceil(6 * o / (min(o, n) * 0.99))
+    ctx_blocks = width // o + 2
+    ctx = ctx_blocks * o
+    total = resampled_length(frames, rate, new_rate)
+    per = max(1, block // o)
+    for k0 in range(0, -(-frames // o), per):
+        k1 = min(k0 + per, -(-frames // o))
+        seg = read_frames(path, k0 * o - ctx, (k1 - k0) * o + 2 * ctx)
+        out = resample(to_channels(seg, channels, str(path)), rate, new_rate)
+        first = k0 * n
+        yield out[:, ctx_blocks * n: ctx_blocks * n + min((k1 - k0) * n, total - first)]
 
 
 def to_channels(x: Tensor, channels: int, name: str = "audio") -> Tensor:
@@ -81,16 +164,22 @@ def normalise(x: Tensor, mode: str, name: str = "audio", peak: float = 0.95,
     """
     if mode == "none":
         return x
-    m = float(x.abs().max())
-    if m < 1e-5:
-        raise DataError(f"{name}: audio is silent (peak {m:.2g}); expected an audible signal")
+    rms = float(x.pow(2).mean().sqrt()) if mode == "loudness" else 0.0
+    return x * normalise_gain(mode, float(x.abs().max()), rms, name, peak, target_db)
+
+
+def normalise_gain(mode: str, peak_abs: float, rms: float, name: str = "audio", peak: float = 0.95,
+                   target_db: float = -20.0) -> float:
+    """The gain :func:`normalise` applies, from the clip's peak ``max |x|`` and ``rms`` (used by
+    ``loudness`` only); ``none`` is 1."""
+    if mode == "none":
+        return 1.0
+    if peak_abs < 1e-5:
+        raise DataError(f"{name}: audio is silent (peak {peak_abs:.2g}); expected an audible signal")
     if mode == "peak":
-        return x * (peak / m)
+        return peak / peak_abs
     if mode == "loudness":
-        rms = float(x.pow(2).mean().sqrt())
-        gain = 10 ** (target_db / 20) / rms
-        gain = min(gain, 1.0 / m)
-        return x * gain
+        return min(10 ** (target_db / 20) / rms, 1.0 / peak_abs)
     raise ValueError(f"unknown normalisation {mode!r}; expected 'peak', 'loudness' or 'none'")
 
 

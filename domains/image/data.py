@@ -1,8 +1,13 @@
 """Image data: folders of PNG/JPEG files, MNIST-format IDX files and the bundled MNIST subset.
 
-Every reader returns an :class:`ImageDataset` holding the images in memory as ``uint8``
-``[N, C, H, W]`` (plus optional integer labels); :meth:`ImageDataset.batch` scales them to
-``[-1, 1]`` and applies the optional random horizontal flip, drawing only from the generator.
+Every reader returns an :class:`ImageDataset` holding the images as ``uint8`` ``[N, C, H, W]``
+(plus optional integer labels); :meth:`ImageDataset.batch` scales them to ``[-1, 1]`` and applies
+the optional random horizontal flip, drawing only from the generator.
+
+A folder of PNG / JPEG files of at least :data:`CACHE_MIN_BYTES` is decoded (and resized) once
+into the on-disk cache (``core.cache``: keyed by the image files' paths, mtimes and sizes and the
+reading options) and memory-mapped afterwards: later runs neither decode it again nor hold it in
+memory (subsets of a memory-mapped set keep row indices instead of copying).
 
 IDX format (LeCun et al., the MNIST distribution): a 4-byte magic number ``0x00 0x00 <type>
 <ndim>`` (type ``0x08`` = unsigned byte), then ``ndim`` big-endian int32 dimensions, then the
@@ -24,6 +29,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+import warnings
+
+from ...core.cache import cached_arrays, file_key
 from ...core.datafiles import log_skipped, scan_folder
 from ...core.condition import Condition, ConcatKind, LabelKind
 from ...core.domain import Batch, DataError, DomainDataset
@@ -40,6 +48,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 BUNDLED_PATH = DATA_DIR / "mnist_5k.npz"
 BUNDLED_SOURCE = "bundled:mnist_5k"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: image folders of at least this many bytes are decoded once into the cache, then memory-mapped
+CACHE_MIN_BYTES = 16 << 20
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -65,20 +75,22 @@ def image_phrases(class_names: Sequence[str] | None) -> list[list[str]]:
 
 
 class ImageDataset(DomainDataset):
-    """Images in memory as ``uint8 [N, C, H, W]`` with optional labels ``[N]``.
+    """Images ``uint8 [N, C, H, W]`` with optional labels ``[N]``.
 
     ``batch`` returns ``x`` in ``[-1, 1]`` and, when ``conditional``, the labels as the
-    condition ``cond["label"]`` (a :class:`~diffuse.core.condition.Condition`).
+    condition ``cond["label"]`` (a :class:`~diffuse.core.condition.Condition`). ``rows``: this
+    dataset is those rows of ``images`` (a subset of a memory-mapped set, nothing copied).
     """
 
     def __init__(self, images: Tensor, labels: Tensor | None = None, class_names: Sequence[str] | None = None,
                  source: str = "", flip: bool = False, conditional: bool = False,
-                 feature_net: str | None = None, text: bool = False, lowres: int | None = None) -> None:
+                 feature_net: str | None = None, text: bool = False, lowres: int | None = None,
+                 rows: Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if (conditional or text) and labels is None:
             raise DataError(f"{source}: conditional training needs class labels, and this data has none")
-        self.images = images
+        self._images, self.rows = images, rows
         self.labels = labels.long() if labels is not None else None
         self.class_names = list(class_names) if class_names is not None else (
             [str(i) for i in range(int(self.labels.max()) + 1)] if self.labels is not None and len(self.labels) else None)
@@ -87,15 +99,20 @@ class ImageDataset(DomainDataset):
         self._captioner = Captioner(image_phrases(self.class_names), text_kind_for(self.class_names)) if self.text else None
         self.lowres = check_lowres(lowres, images.shape[2], images.shape[3], source)  # inpaint helper: SR3
 
+    @property
+    def images(self) -> Tensor:
+        """Every image of this dataset, ``uint8 [N, C, H, W]`` (read into memory when mapped)."""
+        return self._images if self.rows is None else self._images[self.rows]
+
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self._images.shape[0] if self.rows is None else len(self.rows)
 
     @property
     def num_classes(self) -> int | None:
         return len(self.class_names) if self.class_names is not None else None
 
     def info(self) -> dict[str, Any]:
-        _, c, h, w = self.images.shape
+        _, c, h, w = self._images.shape
         return {"channels": int(c), "height": int(h), "width": int(w), "num_images": len(self),
                 "num_classes": self.num_classes, "class_names": self.class_names,
                 "conditional": self.conditional, "source": self.source, "feature_net": self.feature_net,
@@ -104,7 +121,7 @@ class ImageDataset(DomainDataset):
 
     def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.images[idx].float().div_(127.5).sub_(1.0)
+        x = self._images[idx if self.rows is None else self.rows[idx]].float().div_(127.5).sub_(1.0)
         if self.flip and len(idx):
             mask = torch.rand(len(idx), generator=generator) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
@@ -127,8 +144,40 @@ class ImageDataset(DomainDataset):
 
     def subset(self, indices: Tensor) -> "ImageDataset":
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return ImageDataset(self.images[idx], None if self.labels is None else self.labels[idx], self.class_names,
-                            self.source, self.flip, self.conditional, self.feature_net, self.text, self.lowres)
+        labels = None if self.labels is None else self.labels[idx]
+        args = (self.class_names, self.source, self.flip, self.conditional, self.feature_net, self.text, self.lowres)
+        if self.rows is not None or _mapped(self._images):
+            return ImageDataset(self._images, labels, *args, rows=idx if self.rows is None else self.rows[idx])
+        return ImageDataset(self._images[idx], labels, *args)
+
+
+def _mapped(images: Tensor) -> bool:
+    """Whether ``images`` lies over a read-only (memory-mapped) array."""
+    return getattr(images, "_diffuse_mapped", False)
+
+
+def _cached_folder(root: Path, hw: Any, channels: int | None, labels: Any,
+                   max_images: int | None) -> tuple[Tensor, Tensor | None, list[str] | None]:
+    """:func:`read_folder`, decoded once into the cache and memory-mapped afterwards when the
+    image files hold at least :data:`CACHE_MIN_BYTES`."""
+    files = _image_files(root)
+    if sum(f.stat().st_size for f in files) < CACHE_MIN_BYTES:
+        return read_folder(root, hw, channels, labels, max_images)
+    key = file_key(files, image_size=hw, channels=channels, labels=labels, max_images=max_images)
+
+    def convert():
+        images, lab, names = read_folder(root, hw, channels, labels, max_images)
+        return ({"images": images.numpy(), **({"labels": lab.numpy()} if lab is not None else {})},
+                {"names": names})
+    arrays, meta, built = cached_arrays("images", key, convert)
+    if not built:
+        log.info("%s: %d images from the cache (decoded once)", root, len(arrays["images"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # "the given NumPy array is not writable": never written
+        images = torch.from_numpy(np.asarray(arrays["images"]))
+    images._diffuse_mapped = True
+    lab = torch.from_numpy(np.array(arrays["labels"])) if "labels" in arrays else None
+    return images, lab, meta["names"]
 
 
 # ------------------------------------------------------------------------------ resizing
@@ -377,7 +426,7 @@ def load_images(path: str | Path | None, options: dict[str, Any]) -> ImageDatase
                 raise DataError(f"{p}: a single image is not a data set; give the folder that holds the images")
             arr, lab = load_idx_dataset([p], opts.get("labels_file"))
         elif _image_files(p):
-            images, labels, names = read_folder(p, hw, channels, opts.get("labels", "auto"), max_images)
+            images, labels, names = _cached_folder(p, hw, channels, opts.get("labels", "auto"), max_images)
             return ImageDataset(images, labels, names, source, opts.get("flip", False),
                                 opts.get("conditional", False), opts.get("feature_net"), opts.get("text", False),
                                 opts.get("lowres"))

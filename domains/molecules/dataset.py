@@ -4,11 +4,17 @@ A batch of ``B`` molecules with ``N`` atoms in total is ``x[N, 3 + K (+ 1)]``: p
 (Angstrom, zero centre of mass per molecule), then the one-hot element over a vocabulary of
 ``K`` elements times ``onehot_scale`` (EDM: 1/4), then optionally the formal charge times
 ``charge_scale`` (EDM: 1/10); a :class:`~diffuse.core.graph.GraphSpace` carries the batch index.
+
+User files are converted once (reading, RDKit conformers for SMILES, the vocabulary, centring)
+into the on-disk cache (``core.cache``, keyed by the files' paths, mtimes and sizes and the data
+options) and memory-mapped afterwards (:func:`cached_dataset`): a large set is neither converted
+again nor held in memory.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +25,7 @@ import torch
 from rdkit import Chem
 from torch import Tensor
 
+from diffuse.core.cache import cached_arrays, file_key
 from diffuse.core.condition import Condition, VectorKind
 from diffuse.core.domain import Batch, DataError, DomainDataset
 from diffuse.core.graph import GraphSpace
@@ -26,7 +33,7 @@ from diffuse.core.graph import GraphSpace
 from .chem import BondTables, analyze_molecule, bond_rule
 from .readers import RawMolecules, report_skipped
 
-__all__ = ["MoleculeDataset", "FeatureCodec", "QM9_ELEMENTS", "BUNDLED_FILE", "load_bundled"]
+__all__ = ["MoleculeDataset", "FeatureCodec", "QM9_ELEMENTS", "BUNDLED_FILE", "load_bundled", "cached_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +318,63 @@ class MoleculeDataset(DomainDataset):
             raise AttributeError(name)
         smiles = self.member_smiles
         return {smiles[i] for i in torch.as_tensor(indices, dtype=torch.long).tolist() if smiles[i] is not None}
+
+
+def _shared(a: np.ndarray) -> Tensor:
+    """A tensor over a read-only memory-mapped array (nothing copied; never written to)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # "the given NumPy array is not writable"
+        return torch.from_numpy(np.asarray(a))
+
+
+#: user files of at least this many bytes in all, or holding SMILES (whose conformers take 5-20 ms a
+#: molecule to embed), are converted once into the cache; smaller ones, quick to read, every time
+CACHE_MIN_BYTES = 64 << 10
+_SMILES_SUFFIXES = (".smi", ".smiles")
+
+
+def cached_dataset(path: str | Path, options: dict[str, Any], build) -> MoleculeDataset:
+    """``build()`` (the dataset of the files at ``path``), converted once into the cache and
+    memory-mapped from it afterwards; the same arrays, names and skipped records either way.
+    Paths that are not files or folders (``qm9``) and sets under :data:`CACHE_MIN_BYTES` without
+    SMILES are built every time."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return build()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    smiles = any(f.name.lower().endswith(_SMILES_SUFFIXES) for f in files)
+    if not smiles and sum(f.stat().st_size for f in files) < CACHE_MIN_BYTES:
+        return build()
+    key = file_key(files, **{k: options[k] for k in sorted(options)})
+    fresh: list[MoleculeDataset] = []
+
+    def convert():
+        ds = build()
+        fresh.append(ds)
+        arrays = {"types": ds.types.numpy(), "pos": ds.pos.numpy(), "charges": ds.charges.numpy(),
+                  "ptr": ds.ptr.numpy()}
+        if ds.properties is not None:
+            arrays["properties"] = ds.properties.numpy()
+        c = ds.codec
+        return arrays, {"names": ds.names, "skipped": [list(x) for x in ds.skipped],
+                        "codec": [list(c.elements), c.include_charges, c.onehot_scale, c.charge_scale],
+                        "property_names": ds.property_names, "condition_properties": ds.condition_properties}
+
+    arrays, meta, _ = cached_arrays("molecules", key, convert)
+    if fresh:
+        return fresh[0]
+    ds = MoleculeDataset.__new__(MoleculeDataset)
+    ds.codec = FeatureCodec(*meta["codec"])
+    ds.types, ds.charges, ds.ptr, ds.pos = (_shared(arrays[k]) for k in ("types", "charges", "ptr", "pos"))
+    ds.counts = ds.ptr[1:] - ds.ptr[:-1]
+    ds.names = list(meta["names"])
+    ds.skipped = [tuple(x) for x in meta["skipped"]]
+    ds.properties, ds.property_names, ds.condition_properties = None, [], []
+    if "properties" in arrays:
+        ds.with_properties(np.asarray(arrays["properties"]), meta["property_names"], meta["condition_properties"])
+    (log.warning if ds.skipped else log.info)(
+        "%s: %d molecules from the cache (converted once; %d records were skipped then)", p, len(ds), len(ds.skipped))
+    return ds
 
 
 def load_bundled(options: dict[str, Any]) -> MoleculeDataset:

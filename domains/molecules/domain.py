@@ -32,7 +32,7 @@ from diffuse.core.graph import GraphSpace
 from diffuse.core.space import GeneratorLike
 
 from .chem import BOND_RULES, BondTables, MoleculeReport, analyze_molecule, bond_rule, validity_table
-from .dataset import QM9_ELEMENTS, FeatureCodec, MoleculeDataset, load_bundled, split_batch
+from .dataset import QM9_ELEMENTS, FeatureCodec, MoleculeDataset, load_bundled, split_batch, cached_dataset
 from .egnn import EGNN, model_kwargs
 from .property import CONDITION_NAME, PROPERTY_NAMES, draw_atom_counts, parse_property_names
 from .readers import read_path
@@ -224,11 +224,14 @@ class MoleculeDomain(Domain):
         else:
             if str(path).lower() in ("qm9", "qm9pack") and opts["elements"] is None:
                 opts["elements"] = QM9_ELEMENTS
-            raw = read_path(path, opts)
-            props = None
-            if str(path).lower() in ("qm9", "qm9pack") and opts["properties"]:
-                props = _qm9pack_properties(raw)
-            ds = MoleculeDataset.from_raw(raw, str(path), opts, props)
+
+            def build() -> MoleculeDataset:
+                raw = read_path(path, opts)
+                props = None
+                if str(path).lower() in ("qm9", "qm9pack") and opts["properties"]:
+                    props = _qm9pack_properties(raw)
+                return MoleculeDataset.from_raw(raw, str(path), opts, props)
+            ds = cached_dataset(path, opts, build)   # user files: converted once, then memory-mapped
         ds.bond_rule = bond_rule(ds.codec.elements, opts["bond_rule"])
         return ds
 

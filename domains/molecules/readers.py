@@ -248,10 +248,13 @@ def embed_smiles(smiles: str, seed: int) -> Chem.Mol | str:
     mol = Chem.AddHs(mol)
     params = AllChem.ETKDGv3()
     params.randomSeed = int(seed)
-    if AllChem.EmbedMolecule(mol, params) != 0:
-        params.useRandomCoords = True
+    try:   # some inputs (e.g. metal chelates of NCI's first_5K.smi) raise RDKit's "Invariant Violation"
         if AllChem.EmbedMolecule(mol, params) != 0:
-            return "RDKit could not embed it in 3-D"
+            params.useRandomCoords = True
+            if AllChem.EmbedMolecule(mol, params) != 0:
+                return "RDKit could not embed it in 3-D"
+    except RuntimeError as exc:
+        return f"RDKit could not embed it in 3-D ({str(exc).splitlines()[0] if str(exc) else 'RuntimeError'})"
     if AllChem.MMFFHasAllMoleculeParams(mol):
         AllChem.MMFFOptimizeMolecule(mol, maxIters=500)
     return mol

@@ -1,0 +1,150 @@
+"""An on-disk cache of arrays derived from data files (decoded audio, converted image / molecule
+sets), so that large data sets are converted once and then read lazily (memory-mapped).
+
+* location: ``$DIFFUSE_CACHE``, else ``$XDG_CACHE_HOME/diffuse``, else ``~/.cache/diffuse``;
+* key: a hash of the source files' resolved paths, modification times (ns) and sizes, and of the
+  conversion's parameters (:func:`file_key`): a changed file gets a new entry;
+* safe to share between processes: entries are written to a temporary file in the same folder
+  and renamed into place (atomic), so a reader sees a whole entry or none; two processes
+  converting the same file at once both write and the last rename wins (same content);
+* safe to read: arrays with ``np.load(allow_pickle=False)`` (``.npy`` only), metadata as JSON;
+  an unreadable entry is rebuilt. Nothing in a cache file can run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+__all__ = ["cache_dir", "file_key", "cached_array", "cached_json", "cached_arrays"]
+
+VERSION = 1
+
+
+def cache_dir() -> Path:
+    """The cache folder (created when first written)."""
+    if os.environ.get("DIFFUSE_CACHE"):
+        return Path(os.environ["DIFFUSE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "diffuse"
+
+
+def file_key(files: Path | str | Iterable[Path | str], **params: Any) -> str:
+    """A hex key of ``files`` (path, mtime, size each) and JSON-serialisable ``params``."""
+    files = [files] if isinstance(files, (str, Path)) else list(files)
+    parts = []
+    for f in files:
+        p = Path(f).resolve()
+        st = p.stat()
+        parts.append([str(p), st.st_mtime_ns, st.st_size])
+    text = json.dumps({"v": VERSION, "files": parts, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _entry(kind: str, key: str, suffix: str) -> Path:
+    if not kind.isidentifier() or not all(c in "0123456789abcdef" for c in key):
+        raise ValueError(f"bad cache entry {kind!r}/{key!r}")
+    return cache_dir() / kind / f"{key}{suffix}"
+
+
+def _readable_by_others(path: str | Path, mode: int = 0o666) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)   # as a plain file / folder would be (mkstemp / mkdtemp: owner only)
+
+
+def _atomic(target: Path, write: Callable[[Path], None]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        _readable_by_others(tmp)
+        write(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_array(kind: str, key: str, build: Callable[[Path], None]) -> np.ndarray:
+    """The array of entry ``kind/key``, memory-mapped read-only. When absent (or unreadable),
+    ``build(path)`` writes it first: a ``.npy`` file at ``path`` (``np.save`` or
+    ``np.lib.format.open_memmap``), which is then renamed into place."""
+    target = _entry(kind, key, ".npy")
+    if target.is_file():
+        try:
+            return np.load(target, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            pass   # torn or foreign file: rebuild
+    _atomic(target, build)
+    return np.load(target, mmap_mode="r", allow_pickle=False)
+
+
+def cached_json(kind: str, key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The JSON object of entry ``kind/key``, computed by ``build()`` and stored when absent."""
+    target = _entry(kind, key, ".json")
+    if target.is_file():
+        try:
+            value = json.loads(target.read_text())
+            if isinstance(value, dict):
+                return value
+        except (ValueError, OSError):
+            pass
+    value = build()
+    _atomic(target, lambda p: p.write_text(json.dumps(value)))
+    return value
+
+
+def _load_folder(target: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    try:
+        meta = json.loads((target / "meta.json").read_text())
+        names = meta["arrays"]
+        if not all(isinstance(n, str) and n.isidentifier() for n in names):
+            return None
+        arrays = {n: np.load(target / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
+        return arrays, meta["meta"]
+    except (ValueError, OSError, EOFError, KeyError, TypeError):
+        return None
+
+
+def cached_arrays(kind: str, key: str, build: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Any], bool]:
+    """Several named arrays plus JSON metadata as one entry (a folder renamed into place whole):
+    ``(arrays memory-mapped read-only, meta, built)``; ``build() -> (arrays, meta)`` runs when the
+    entry is absent or unreadable (``built`` is then true)."""
+    target = _entry(kind, key, "")
+    found = _load_folder(target) if target.is_dir() else None
+    if found is not None:
+        return (*found, False)
+    arrays, meta = build()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=target.parent))
+    try:
+        _readable_by_others(tmp, 0o777)
+        for name, a in arrays.items():
+            if not name.isidentifier():
+                raise ValueError(f"bad array name {name!r}")
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+            _readable_by_others(tmp / f"{name}.npy")
+        (tmp / "meta.json").write_text(json.dumps({"arrays": sorted(arrays), "meta": meta}))
+        _readable_by_others(tmp / "meta.json")
+        if target.exists() and _load_folder(target) is None:
+            shutil.rmtree(target, ignore_errors=True)   # an unreadable entry: replaced
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if _load_folder(target) is None:             # not another process's complete entry
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    found = _load_folder(target)
+    if found is None:
+        raise OSError(f"cache entry {target} could not be read back")
+    return (*found, True)
