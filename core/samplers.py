@@ -42,10 +42,13 @@ __all__ = [
     "check_sampler_options",
     "OPTION_LIMITS",
     "SPACINGS",
+    "JUMP",
 ]
 
 Callback = Callable[[dict[str, Any]], None]
-SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr", "uniform")
+SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr", "jump_logsnr", "uniform")
+#: the first step of the ``jump_logsnr`` grid is this many times the log-SNR step of the others
+JUMP = 3.0
 
 
 def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: float = 7.0,
@@ -64,6 +67,13 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
       for a discrete schedule).
     * ``logsnr``:   uniform in log-SNR between the end points (Lu et al. 2022, DPM-Solver's
       ``logSNR`` skip type); never rounded, so a discrete model is queried between its nodes.
+
+    * ``jump_logsnr``: uniform in log-SNR except the first step from ``t_max``, :data:`JUMP` times
+      longer than the others: ``lambda_k = lambda_max + (JUMP + k - 1) d`` for ``k = 1..steps-1``,
+      ``d = (lambda_min - lambda_max) / (JUMP + steps - 2)``. At high noise the denoiser's output is
+      nearly the data mean, for which a first-order exponential-integrator step is exact whatever its
+      length; the long first step frees evaluations for the mid-noise range where the trajectories
+      bend, and it shrinks as ``steps`` grows (the grid refines everywhere).
 
     * ``uniform``:  ``steps`` equal intervals of ``t`` from ``t_max`` down to ``final`` (default 0):
       ``t_max - k (t_max - final) / steps``, ``k = 0..steps-1`` (rectified flow's and SD3's grid; the
@@ -103,12 +113,17 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
         if T:
             t = _distinct_steps((t * T).round().clamp(1, T), T) / T
         t[0] = hi
-    elif spacing == "logsnr":
+    elif spacing in ("logsnr", "jump_logsnr"):
         if float(schedule.alpha_sigma(torch.tensor(hi, dtype=torch.float64))[0]) == 0.0:
             raise ValueError(f"logsnr spacing needs alpha_t > 0 at t_max={hi:g} (log-SNR -inf there); "
                              "use uniform or trailing spacing, or a smaller t_max")
-        lam = torch.linspace(float(schedule.log_snr(torch.tensor(hi, dtype=torch.float64))),
-                             float(schedule.log_snr(torch.tensor(lo, dtype=torch.float64))), steps, dtype=torch.float64)
+        l_hi = float(schedule.log_snr(torch.tensor(hi, dtype=torch.float64)))
+        l_lo = float(schedule.log_snr(torch.tensor(lo, dtype=torch.float64)))
+        if spacing == "logsnr":
+            lam = torch.linspace(l_hi, l_lo, steps, dtype=torch.float64)
+        else:
+            k = torch.cat([torch.zeros(1, dtype=torch.float64), JUMP + torch.arange(steps - 1, dtype=torch.float64)])
+            lam = l_hi + k * ((l_lo - l_hi) / (JUMP + steps - 2)) if steps > 1 else torch.tensor([l_hi], dtype=torch.float64)
         t = schedule.t_from_log_snr(lam) if steps > 1 else torch.tensor([hi], dtype=torch.float64)
         t[0], t[-1] = hi, (lo if steps > 1 else hi)
     elif T:
