@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["jump_logsnr_grid", "euler_maruyama", "pc", "ode_euler", "ode_heun", "rk45", "edm_heun", "dpmpp_2m", "dpmpp_3m",
            "dpmpp_2m_sde", "unipc", "HEUN_TRUST",
-           "HEUN_TRUST_STATE", "MAX_STEP_RATIO"]
+           "HEUN_TRUST_STATE", "HEUN_NEGLIGIBLE", "MAX_STEP_RATIO"]
 
 
 def _fg2(schedule: Schedule, t: Tensor) -> tuple[float, float]:
@@ -230,8 +230,11 @@ def ode_euler(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Sp
 #: little over the step) ...
 HEUN_TRUST = 0.25
 #: ... and at most this fraction of the state it lands on (a relative local-error test, as an
-#: adaptive solver's ``rtol``); past either bound the sample takes the Euler step
+#: adaptive solver's ``rtol``); past either bound the sample takes the Euler step. A correction
+#: below :data:`HEUN_NEGLIGIBLE` of the state is always kept (where the drift itself nearly
+#: vanishes, a tiny correction can exceed the tiny Euler step on any grid).
 HEUN_TRUST_STATE = 1.0
+HEUN_NEGLIGIBLE = 0.05
 
 
 class _Fallbacks:
@@ -246,7 +249,9 @@ class _Fallbacks:
         d_e = sp.inner(x_euler - x, x_euler - x)
         d_x = sp.inner(x_euler, x_euler)
         d_c = sp.inner(x_heun - x_euler, x_heun - x_euler)
-        bad = ~torch.isfinite(d_c) | (d_c > HEUN_TRUST ** 2 * d_e) | (d_c > HEUN_TRUST_STATE ** 2 * d_x)
+        large = d_c > HEUN_TRUST_STATE ** 2 * d_x
+        steep = (d_c > HEUN_TRUST ** 2 * d_e) & (d_c > HEUN_NEGLIGIBLE ** 2 * d_x)
+        bad = ~torch.isfinite(d_c) | large | steep
         if not bool(bad.any()):
             return x_heun
         self.steps += 1
@@ -265,9 +270,9 @@ def ode_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
     """Heun's method (explicit trapezoid) on the probability-flow ODE in ``t``; a step ending
     where ``sigma = 0`` (the score is singular there) is an Euler step.
 
-    Stable on any grid: where a sample's Heun correction is non-finite, or larger than a quarter of
-    its Euler step (:data:`HEUN_TRUST`) or than the state it lands on (:data:`HEUN_TRUST_STATE`),
-    that sample takes the Euler step, and the call logs one warning saying on how many steps
+    Stable on any grid: where a sample's Heun correction is non-finite, larger than the state it
+    lands on (:data:`HEUN_TRUST_STATE`), or both larger than a quarter of its Euler step
+    (:data:`HEUN_TRUST`) and not negligible (:data:`HEUN_NEGLIGIBLE`), that sample takes the Euler step, and the call logs one warning saying on how many steps
     this happened (the correction is O(h^2) against an O(h) step, so a fine grid of a smooth
     problem never falls back and the order is kept)."""
     fb = _Fallbacks("ode_heun", space)
@@ -395,14 +400,17 @@ LOWER_ORDER_FINAL_BELOW = 15
 MAX_STEP_RATIO = 3.0
 
 
-def _step_order(order: int, i: int, n_hist: int, n_steps: int, lower_order_final: bool, h_ratio: float = 1.0) -> int:
+def _step_order(order: int, i: int, n_hist: int, n_steps: int, lower_order_final: bool, h_ratio: float = 1.0,
+                below: float = LOWER_ORDER_FINAL_BELOW) -> int:
     """The order of multistep step ``i`` (0-based) of ``n_steps``: at most ``order``, at most one
-    more than the history holds (warm-up), and with ``lower_order_final`` on a short grid, at most
-    ``n_steps - i`` (the last step first order, the one before it at most second order)."""
+    more than the history holds (warm-up), first order when the step is more than
+    :data:`MAX_STEP_RATIO` times the previous one (``h_ratio``), and with ``lower_order_final`` on a
+    grid of fewer than ``below`` steps, at most ``n_steps - i`` (the last step first order, the
+    one before it at most second order)."""
     k = min(order, n_hist)
     if h_ratio > MAX_STEP_RATIO:
         k = 1
-    if lower_order_final and n_steps < LOWER_ORDER_FINAL_BELOW:
+    if lower_order_final and n_steps < below:
         k = min(k, n_steps - i)
     return max(k, 1)
 
@@ -575,8 +583,9 @@ def unipc(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
 
     then predicts ``x_s = (sigma_s / sigma_t) x_t - alpha_t phi_1 x0_t - alpha_s B(h) sum_m rho_m D_m``
     with the divided differences ``D_m = (x0_{s_m} - x0_t) / r_m`` of the history. UniP-p with UniC
-    converges with order ``p + 1``. The order is lowered during warm-up, and with
-    ``lower_order_final`` (default) on the last steps of a grid of fewer than 15 steps; the step
+    converges with order ``p + 1``. The order is lowered during warm-up, after a step more than
+    :data:`MAX_STEP_RATIO` times longer than the one before, and with ``lower_order_final``
+    (default; on every grid, as diffusers' UniPC) on the last ``order - 1`` steps; the step
     to ``sigma = 0`` returns ``alpha x0_hat`` (as the corrector never runs after the last
     evaluation, the final output is the corrected point's denoised value). ``corrector=False`` is
     the plain UniP predictor. One evaluation per step.
@@ -604,7 +613,8 @@ def unipc(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
             x_next = space.project(a_s * pred.x0)
         else:
             finite = sum(1 for lam, _ in hist if math.isfinite(lam))
-            k = _step_order(order, j, finite, len(steps), lower_order_final, h / (lam_t - hist[-2][0]) if len(hist) > 1 else 1.0)
+            k = _step_order(order, j, finite, len(steps), lower_order_final,
+                            h / (lam_t - hist[-2][0]) if len(hist) > 1 else 1.0, below=math.inf)
             rks, ds = _history(hist[:-1], lam_t, pred.x0, h, k - 1)
             phi1, b_h, rhos_p, _ = _unipc_coefs(rks, h, len(rks) + 1)
             x_next = (s_s / s_t) * x - a_s * phi1 * pred.x0
