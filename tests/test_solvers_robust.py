@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from diffuse.core import (SAMPLERS, SPACINGS, DenseSpace, FlowSchedule, LinearBetaSchedule, SigmaSchedule,
+from diffuse.core import (SAMPLERS, SPACINGS, CosineSchedule, DenseSpace, FlowSchedule, LinearBetaSchedule, SigmaSchedule,
                           TableSchedule, external_denoiser, jump_logsnr_grid, make_schedule, time_grid)
 from diffuse.core.gaussian import GaussianMixture, energy_distance
 from diffuse.core.samplers import JUMP, check_sampler_options
@@ -269,3 +269,39 @@ def test_unipc_and_ddim_equal_diffusers_schedulers_on_their_grid(steps):
     ddim = diffusers.DDIMScheduler(**base, clip_sample=False, set_alpha_to_one=True)
     torch.testing.assert_close(SAMPLERS["ddim"](den, x.clone(), grid, schedule=lin, space=SPACE),
                                _run_diffusers(ddim, model, x, steps).to(F64), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- Denoiser fast path
+@pytest.mark.parametrize("pname", ["eps", "x0", "v", "edm", "flow"])
+def test_denoiser_one_time_fast_path_equals_the_per_sample_path(pname):
+    """A batch at one time (every sampler step) takes the cached-numbers path; it must give what the
+    per-sample path gives (forced here by one sample at another time), and a swapped schedule
+    must not reuse the cached numbers."""
+    from diffuse.core import Denoiser, make_parameterization
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, c_noise, cond=None, space=None):
+            return self.net(x) * (1 + c_noise[:, None])
+
+    sch = FlowSchedule() if pname == "flow" else LinearBetaSchedule()
+    kw = {"path": "linear"} if pname == "flow" else {}
+    den = Denoiser(Backbone(), sch, make_parameterization(pname, **kw))
+    x = torch.randn(6, 3)
+    t = torch.full((6,), 0.37, dtype=F64)
+    mixed = torch.cat([t[:5], torch.tensor([0.9], dtype=F64)])
+    with torch.no_grad():
+        fast, slow = den(x, t, space=SPACE), den(x, mixed, space=SPACE)
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a[:5], b[:5], rtol=1e-5, atol=1e-6)
+        if pname != "flow":
+            den.schedule = CosineSchedule()
+            again, ref = den(x, t, space=SPACE), den(x, mixed, space=SPACE)
+            for a, b in zip(again, ref):
+                torch.testing.assert_close(a[:5], b[:5], rtol=1e-5, atol=1e-6)
+            assert not (torch.allclose(again.x0, fast.x0) and torch.allclose(again.eps, fast.eps))
