@@ -43,11 +43,16 @@ __all__ = [
     "OPTION_LIMITS",
     "SPACINGS",
     "JUMP",
+    "AUTO_MIN_STEPS",
+    "AUTO_GRID_SAMPLERS",
+    "default_spacing",
     "external_denoiser",
 ]
 
 Callback = Callable[[dict[str, Any]], None]
-SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr", "jump_logsnr", "uniform")
+SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr", "jump_logsnr", "auto", "uniform")
+#: ``auto`` on a VP schedule: ``trailing`` below this many steps, ``jump_logsnr`` from it on
+AUTO_MIN_STEPS = 10
 #: the first step of the ``jump_logsnr`` grid is this many times the log-SNR step of the others
 JUMP = 3.0
 
@@ -76,6 +81,12 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
       length; the long first step frees evaluations for the mid-noise range where the trajectories
       bend, and it shrinks as ``steps`` grows (the grid refines everywhere).
 
+    * ``auto``: the grid chosen on the TUNE half of ``benchmarks/bench_grids.py`` (random exact
+      mixtures) and checked on its HELD-OUT half: for a VP schedule ``trailing`` below
+      :data:`AUTO_MIN_STEPS` steps (a log-SNR grid spends too many of very few steps at low
+      noise) and ``jump_logsnr`` from there on (``trailing`` stops improving: its last point is
+      ``1 / steps``); ``karras`` for other schedules, the schedule's own spacing for flow paths.
+
     * ``uniform``:  ``steps`` equal intervals of ``t`` from ``t_max`` down to ``final`` (default 0):
       ``t_max - k (t_max - final) / steps``, ``k = 0..steps-1`` (rectified flow's and SD3's grid; the
       default of flow schedules, whose time shift then acts through the schedule). With ``final=None``
@@ -89,6 +100,9 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     if spacing not in SPACINGS:
         raise ValueError(f"unknown time spacing {spacing!r}; expected one of {SPACINGS}")
     steps = int(steps)
+    if spacing == "auto":
+        spacing = (getattr(schedule, "default_spacing", None) or ("karras" if not schedule.variance_preserving
+                   else "trailing" if steps < AUTO_MIN_STEPS else "jump_logsnr"))
     T = schedule.num_steps
     if T and steps > T:
         raise ValueError(f"asked for {steps} steps but the model was trained with T={T}")
@@ -142,6 +156,25 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     if final is not None:
         t = torch.cat([t, torch.tensor([float(final)], dtype=torch.float64)])
     return t
+
+
+#: the samplers whose default grid on a VP schedule is ``auto`` (validated on the held-out half of
+#: ``benchmarks/bench_grids.py``: the same grid as ``trailing`` below 10 steps, closer to the data
+#: and to the exact probability-flow solution on average at 10-50 evaluations); the others keep
+#: ``trailing`` (DDPM's full chain is the ``trailing`` grid with ``steps = T``)
+AUTO_GRID_SAMPLERS = frozenset({"ddim", "dpmpp_2m", "dpmpp_3m", "unipc"})
+
+
+def default_spacing(schedule: Schedule, sampler: str) -> str:
+    """The grid spacing a sampler runs on when none is asked for: the schedule's own (uniform in
+    ``t`` for flow paths), else ``karras`` for non-VP schedules, ``auto`` for the VP samplers in
+    :data:`AUTO_GRID_SAMPLERS` and ``trailing`` for the other VP samplers."""
+    own = getattr(schedule, "default_spacing", None)
+    if own:
+        return own
+    if not schedule.variance_preserving:
+        return "karras"
+    return "auto" if sampler in AUTO_GRID_SAMPLERS else "trailing"
 
 
 def _distinct_steps(n: Tensor, T: int) -> Tensor:
