@@ -1,5 +1,5 @@
 """Continuous-time samplers: reverse SDE, predictor-corrector, probability-flow ODE solvers,
-EDM's Heun sampler and DPM-Solver++(2M) / (3M).
+EDM's Heun sampler, DPM-Solver++(2M) / (3M) / (2M SDE) and UniPC.
 
 Every sampler keeps the signature of :mod:`diffuse.core.samplers`::
 
@@ -18,7 +18,14 @@ rk45             probability-flow ODE, adaptive RK45 (scipy ``solve_ivp``)   ada
 edm_heun         Karras et al. 2022, algorithm 2 (Heun, optional churn)      2 (1 on a step to sigma=0)
 dpmpp_2m         DPM-Solver++(2M), Lu et al. 2022, algorithm 2               1
 dpmpp_3m         DPM-Solver++(3M), Lu et al. 2022 (third-order multistep)    1
+dpmpp_2m_sde     DPM-Solver++(2M) SDE (Lu et al. 2022; diffusers' midpoint)  1
+unipc            UniPC, Zhao et al. 2023 (UniP-p + UniC, bh2, orders 1-3)    1
 ================ ======================================================== ===================
+
+The multistep solvers (``dpmpp_*``, ``unipc``) lower their order during warm-up, on the last
+steps of short grids (``lower_order_final``) and after a step more than :data:`MAX_STEP_RATIO`
+times longer in log-SNR than the previous one; the Heun samplers fall back to Euler per sample
+where the correction is unreliable (:data:`HEUN_TRUST`), so every grid works with few steps.
 
 The flow samplers (``flow_euler``, ``flow_heun``, ``flow_midpoint``, ``flow_rk45``, ``flow_sde``)
 live in :mod:`diffuse.core.flow` and are registered here too.
