@@ -305,3 +305,17 @@ def test_denoiser_one_time_fast_path_equals_the_per_sample_path(pname):
             for a, b in zip(again, ref):
                 torch.testing.assert_close(a[:5], b[:5], rtol=1e-5, atol=1e-6)
             assert not (torch.allclose(again.x0, fast.x0) and torch.allclose(again.eps, fast.eps))
+
+
+def test_auto_spacing_and_the_default_grids():
+    from diffuse.core.generate import sampling_grid
+    from diffuse.core.samplers import AUTO_MIN_STEPS, default_spacing
+    lin = LinearBetaSchedule()
+    torch.testing.assert_close(time_grid(lin, AUTO_MIN_STEPS - 1, "auto"), time_grid(lin, AUTO_MIN_STEPS - 1, "trailing"))
+    torch.testing.assert_close(time_grid(lin, AUTO_MIN_STEPS, "auto"), time_grid(lin, AUTO_MIN_STEPS, "jump_logsnr"))
+    torch.testing.assert_close(time_grid(SigmaSchedule(), 12, "auto"), time_grid(SigmaSchedule(), 12, "karras"))
+    torch.testing.assert_close(time_grid(FlowSchedule(), 12, "auto"), time_grid(FlowSchedule(), 12, "uniform"))
+    assert [default_spacing(lin, s) for s in ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc")] == ["auto"] * 4
+    assert default_spacing(lin, "ddpm") == "trailing" and default_spacing(SigmaSchedule(), "unipc") == "karras"
+    # DDPM's default is still exactly the T-step chain
+    torch.testing.assert_close(sampling_grid(lin, "ddpm", None, None), torch.arange(1000, -1, -1, dtype=F64) / 1000)
