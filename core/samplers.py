@@ -79,7 +79,9 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
       ``d = (lambda_min - lambda_max) / (JUMP + steps - 2)``. At high noise the denoiser's output is
       nearly the data mean, for which a first-order exponential-integrator step is exact whatever its
       length; the long first step frees evaluations for the mid-noise range where the trajectories
-      bend, and it shrinks as ``steps`` grows (the grid refines everywhere).
+      bend, and it shrinks as ``steps`` grows (the grid refines everywhere). On a discrete schedule
+      (without ``t_max`` / ``t_min``) the times are rounded to the model's own timesteps ``n / T``
+      (kept distinct, as ``karras``): a model trained on the T-step chain is never queried between them.
 
     * ``auto``: the grid chosen on the TUNE half of ``benchmarks/bench_grids.py`` (random exact
       mixtures) and checked on its HELD-OUT half: for a VP schedule ``trailing`` below
@@ -141,6 +143,8 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
             lam = l_hi + k * ((l_lo - l_hi) / (JUMP + steps - 2)) if steps > 1 else torch.tensor([l_hi], dtype=torch.float64)
         t = schedule.t_from_log_snr(lam) if steps > 1 else torch.tensor([hi], dtype=torch.float64)
         t[0], t[-1] = hi, (lo if steps > 1 else hi)
+        if spacing == "jump_logsnr" and T and t_max is None and t_min is None:   # a discrete model's own timesteps
+            t = _distinct_steps((t * T).round().clamp(1, T), T) / T
     elif T:
         if spacing == "linspace":
             n = (torch.linspace(0, T - 1, steps, dtype=torch.float64).round() + 1).flip(0)  # ties as diffusers

@@ -154,7 +154,10 @@ def test_heun_falls_back_to_euler_with_one_log_line_and_not_on_fine_grids(caplog
 
 # ----------------------------------------------------------------------------- grids
 def test_jump_logsnr_grid_first_step_is_jump_times_the_others_and_refines():
-    sch = LinearBetaSchedule()
+    disc = time_grid(LinearBetaSchedule(), 20, "jump_logsnr")          # discrete: the model's own timesteps
+    n = disc[:-1] * 1000
+    assert bool((n == n.round()).all()) and bool((n[1:] < n[:-1]).all()) and float(n[0]) == 1000 and float(n[-1]) == 1
+    sch = LinearBetaSchedule(num_steps=None)
     for steps in (4, 10, 40):
         g = time_grid(sch, steps, "jump_logsnr")
         lam = sch.log_snr(g[:-1])
