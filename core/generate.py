@@ -70,8 +70,7 @@ def check_generate_args(num: int, *, sampler: str = "ddim", steps: int | None = 
 def sampling_grid(schedule, sampler: str, steps: int | None, spacing: str | None):
     """The descending time grid a sampler runs on: ``steps`` (default :func:`default_steps`) with
     ``spacing`` (default :func:`~diffuse.core.samplers.default_spacing`: the schedule's own, e.g.
-    uniform in t for flow paths; else Karras for non-VP schedules; on VP ones ``auto`` for the
-    ODE solvers validated in ``benchmarks/bench_grids.py``, trailing for the others)."""
+    uniform in t for flow paths; else Karras for non-VP schedules and trailing for VP ones)."""
     steps = default_steps(sampler, schedule) if steps is None else steps
     return time_grid(schedule, steps, default_spacing(schedule, sampler) if spacing is None else spacing)
 

@@ -162,11 +162,15 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     return t
 
 
-#: the samplers whose default grid on a VP schedule is ``auto`` (validated on the held-out half of
-#: ``benchmarks/bench_grids.py``: the same grid as ``trailing`` below 10 steps, closer to the data
-#: and to the exact probability-flow solution on average at 10-50 evaluations); the others keep
-#: ``trailing`` (DDPM's full chain is the ``trailing`` grid with ``steps = T``)
-AUTO_GRID_SAMPLERS = frozenset({"ddim", "dpmpp_2m", "dpmpp_3m", "unipc"})
+#: the samplers whose default grid on a VP schedule is ``auto``. ``benchmarks/bench_grids.py`` favours
+#: ``auto`` for ddim, dpmpp_2m/3m and unipc on its held-out exact problems (the same grid as
+#: ``trailing`` below 10 steps, closer to the data and to the exact probability-flow solution on
+#: average at 10-50 evaluations), but with it a tiny trained molecule model's conditional test
+#: (tests/test_molecules_property.py) no longer separates its targets at 20 DDIM steps, and the
+#: domains' metrics have not been re-measured on it: empty until they are, so every VP sampler
+#: keeps ``trailing`` (DDPM's full chain is the ``trailing`` grid with ``steps = T``); ``--spacing auto``
+#: asks for it.
+AUTO_GRID_SAMPLERS: frozenset = frozenset()
 
 
 def default_spacing(schedule: Schedule, sampler: str) -> str:
