@@ -2,6 +2,7 @@
 per-step overhead and likelihood cost; side by side with diffusers' DPM-Solver++(2M) and UniPC.
 
     python benchmarks/bench_samplers.py [--device cpu|cuda] [--quick] [--threads 1]
+    python benchmarks/bench_samplers.py --overhead      # only: Denoiser vs bare closure vs diffusers' DDIM step
 
 Protocol (the model is exact, so every error is the sampler's):
 
@@ -248,6 +249,67 @@ def step_overhead(device, steps=50):
     return out
 
 
+def denoiser_overhead(device, n=20000, d=8, rounds=7, calls=100):
+    """Per-call cost beside the network, side by side in one run (round-robin, best round):
+    a bare closure (the eps model and ``x0 = (x - sigma eps) / alpha`` with numbers), our
+    ``Denoiser`` on the same network, diffusers' ``DDIMScheduler.step`` (the scheduler's whole
+    per-step work) and our DDIM step with the network excluded. The "network" is free (returns
+    its input) so only overhead is timed; 20,000 points in 8-D."""
+    from torch import nn
+
+    from diffuse.core import Denoiser
+    from diffuse.core.parameterization import EpsParam
+
+    class Free(nn.Module):
+        def forward(self, x, c_noise, cond=None, space=None):
+            return x
+
+    sch = LinearBetaSchedule(num_steps=1000)
+    net = Free()
+    den = Denoiser(net, sch, EpsParam()).bind(SPACE)
+    x = torch.randn(n, d, device=device)
+    t_val = 0.5
+    a, s = (float(v) for v in sch.alpha_sigma(torch.tensor(t_val, dtype=F64)))
+
+    def full_t():
+        return torch.full((n,), t_val, dtype=F64, device=device)
+
+    def bare():
+        tv = full_t()
+        eps = net(x, tv.to(torch.float32))
+        return Prediction((x - s * eps) / a, eps)
+
+    pred = Prediction(x, x)
+    grid = torch.tensor([t_val, t_val - 0.02], dtype=F64)
+    cases = {"network alone": lambda: net(x, full_t().to(torch.float32)),
+             "bare closure": bare,
+             "Denoiser": lambda: den(x, full_t()),
+             "our DDIM step, network excluded": lambda: SAMPLERS["ddim"](lambda y, tt: pred, x, grid, schedule=sch, space=SPACE)}
+    try:
+        from diffusers import DDIMScheduler
+        ds = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                           clip_sample=False)
+        ds.set_timesteps(50)
+        k = ds.timesteps[25]
+        cases["diffusers DDIMScheduler.step"] = lambda: ds.step(x, k, x)
+    except ImportError:
+        pass
+    best = {name: math.inf for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            for _ in range(3):
+                fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls)
+    return best
+
+
 def likelihood_cost(n):
     out = {}
     for d, exact in ((2, True), (2, False), (16, True), (16, False)):
@@ -269,6 +331,15 @@ def likelihood_cost(n):
     return out
 
 
+def print_overhead(ov):
+    print("\nPer-call cost, 20,000 points in 8-D, free network (best of 7 interleaved rounds of 100 calls)")
+    for k, v in ov.items():
+        print(f"  {k:34s} {v * 1e6:8.1f} us")
+    if "Denoiser" in ov and "diffusers DDIMScheduler.step" in ov:
+        print(f"  Denoiser above the bare closure: {(ov['Denoiser'] - ov['bare closure']) * 1e6:.1f} us; "
+              f"diffusers' DDIM step: {ov['diffusers DDIMScheduler.step'] * 1e6:.1f} us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -276,8 +347,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=None)
     ap.add_argument("--replicates", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable timings on shared cores)")
+    ap.add_argument("--overhead", action="store_true", help="only the per-call overhead table (Denoiser vs a bare "
+                    "closure vs diffusers' DDIM step)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.overhead:
+        print_overhead(denoiser_overhead(args.device))
+        return
     warnings.filterwarnings("ignore")
     n = args.samples or (1000 if args.quick else 4000)
     reps = args.replicates or (1 if args.quick else 3)
@@ -297,6 +373,8 @@ def main() -> None:
     print("\nPer-step overhead (network excluded; batch 16x3x32x32)")
     for k, v in overhead.items():
         print(f"  {k:18s} {v * 1e6:8.1f} us/step")
+    overhead_calls = denoiser_overhead(args.device)
+    print_overhead(overhead_calls)
     lik = likelihood_cost(64 if args.quick else 256)
     print(f"\nLikelihood evaluation ({64 if args.quick else 256} points; probability-flow ODE, RK45 rtol=atol=1e-5)")
     for k, v in lik.items():
@@ -304,7 +382,8 @@ def main() -> None:
               f"(ODE part {v['ode_err_nats']:.2e}; the rest is the N(0, I) prior vs the true p_1)  bpd {v['bpd']:.3f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"samples": n, "replicates": reps, "nfes": nfes, "table": table, "noise_floor_flow": floor,
-           "noise_floor_true": floor_true, "orders": orders, "step_overhead_s": overhead, "likelihood": lik,
+           "noise_floor_true": floor_true, "orders": orders, "step_overhead_s": overhead,
+           "call_overhead_s": overhead_calls, "likelihood": lik,
            "device": args.device, "torch": torch.__version__, "platform": platform.platform(),
            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0}
     path = RESULTS / "bench_samplers.json"

@@ -43,6 +43,8 @@ class Denoiser(nn.Module):
         self.backbone = backbone
         self.schedule = schedule
         self.param = param
+        self._one_time: dict[float, tuple] = {}     # time -> scalings as numbers, for _one_time_for
+        self._one_time_for: tuple = ()
 
     def scalings(self, t: Tensor) -> tuple[Tensor, Tensor, Scalings]:
         """``(alpha, sigma, scalings)`` per sample (float64) at times ``t``."""
@@ -60,6 +62,8 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Any = None, space: Space | None = None) -> Prediction:
         assert space is not None, "Denoiser needs the batch's Space"
+        if t.device.type == "cpu" and t.numel() > 1 and bool((t == t[0]).all()):
+            return self._forward_one_time(x_t, t, cond, space)
         _, _, sc = self.scalings(t)
         out = self.raw(x_t, t, cond=cond, space=space, scalings=sc)
         x_t = x_t.to(out.dtype)
@@ -67,8 +71,43 @@ class Denoiser(nn.Module):
         eps = space.coef(sc.e_skip, out) * x_t + space.coef(sc.e_out, out) * out
         return Prediction(space.project(x0), space.project(eps))
 
+    def _forward_one_time(self, x_t: Tensor, t: Tensor, cond: Any, space: Space) -> Prediction:
+        """:meth:`forward` for a batch at one time (every sampler step): the scalings of one
+        sample as Python numbers (no per-sample float64 work, no broadcast coefficient tensors),
+        and no multiplication by an exact 1 or 0 (eps-prediction: ``c_in = 1``, ``eps = F``).
+        Only on CPU, where testing ``t`` for one value is free (on an accelerator it would sync).
+        The numbers are cached per time (later chunks and Heun's second calls reuse them)."""
+        held = self._one_time_for
+        if not held or held[0] is not self.schedule or held[1] is not self.param:   # swapped: start afresh
+            self._one_time, self._one_time_for = {}, (self.schedule, self.param)
+        key = float(t[0])
+        cached = self._one_time.get(key)
+        if cached is None:
+            _, _, sc = self.scalings(t[:1])
+            cached = tuple(float(v) for v in (sc.c_skip, sc.c_out, sc.c_in, sc.e_skip, sc.e_out)) + (
+                sc.c_noise.to(torch.float32),)
+            if len(self._one_time) >= 4096:          # a sampler visits a few hundred times at most
+                self._one_time.clear()
+            self._one_time[key] = cached
+        c_skip, c_out, c_in, e_skip, e_out, c_noise = cached
+        c_noise = c_noise.expand(t.shape)
+        out = self.backbone(x_t if c_in == 1.0 else x_t * c_in, c_noise, cond=cond, space=space)
+        x_t = x_t.to(out.dtype)
+        x0 = _affine(x_t, c_skip, out, c_out)
+        eps = _affine(x_t, e_skip, out, e_out)
+        return Prediction(space.project(x0), space.project(eps))
+
     def bind(self, space: Space, cond: Any = None) -> DenoiseFn:
         """A sampler-ready closure ``denoise(x, t)`` for one batch's space and condition."""
         def denoise(x: Tensor, t: Tensor) -> Prediction:
             return self(x, t, cond=cond, space=space)
         return denoise
+
+
+def _affine(x: Tensor, a: float, y: Tensor, b: float) -> Tensor:
+    """``a x + b y`` skipping exact zeros and ones."""
+    if a == 0.0:
+        return y if b == 1.0 else y * b
+    if b == 0.0:
+        return x * a
+    return x * a + (y if b == 1.0 else y * b)

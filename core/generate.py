@@ -21,7 +21,7 @@ import torch
 from .condition import Condition
 from .domain import Batch, Domain
 from .guidance import Guidance, classifier_free_guidance
-from .samplers import SPACINGS, check_sampler_options, get_sampler, prior_sample, time_grid
+from .samplers import SPACINGS, check_sampler_options, default_spacing, get_sampler, prior_sample, time_grid
 from .space import per_sample_generators
 
 __all__ = ["generate", "check_generate_args", "check_condition", "concat_batches", "default_steps", "sampling_grid"]
@@ -69,13 +69,10 @@ def check_generate_args(num: int, *, sampler: str = "ddim", steps: int | None = 
 
 def sampling_grid(schedule, sampler: str, steps: int | None, spacing: str | None):
     """The descending time grid a sampler runs on: ``steps`` (default :func:`default_steps`) with
-    ``spacing`` (default: the schedule's own, e.g. uniform in t for flow paths; else Karras for
-    non-VP schedules and trailing for VP ones)."""
+    ``spacing`` (default :func:`~diffuse.core.samplers.default_spacing`: the schedule's own, e.g.
+    uniform in t for flow paths; else Karras for non-VP schedules and trailing for VP ones)."""
     steps = default_steps(sampler, schedule) if steps is None else steps
-    if spacing is None:
-        spacing = (getattr(schedule, "default_spacing", None)
-                   or ("karras" if not schedule.variance_preserving else "trailing"))
-    return time_grid(schedule, steps, spacing)
+    return time_grid(schedule, steps, default_spacing(schedule, sampler) if spacing is None else spacing)
 
 
 def check_condition(cond: Any, guidance: Any, num: int) -> None:

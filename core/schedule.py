@@ -29,6 +29,7 @@ __all__ = [
     "CosineSchedule",
     "PolynomialSchedule",
     "SigmaSchedule",
+    "TableSchedule",
     "FlowSchedule",
     "FlowPath",
     "FLOW_PATHS",
@@ -140,6 +141,14 @@ class _VPSchedule(Schedule):
     def alpha_sigma(self, t):
         lab = self.log_alpha_bar(t)
         return torch.exp(0.5 * lab), torch.sqrt(-torch.expm1(lab))
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """The discrete chain's ``alpha_bar_n``, ``n = 1..T`` (diffusers' ``alphas_cumprod``, whose
+        index ``k = n - 1``); a ``ValueError`` for a continuous schedule."""
+        if self._table is None:
+            raise ValueError(f"{self!r} is continuous: it has no alphas_cumprod table")
+        return torch.exp(self._table[1:])
 
     def log_snr(self, t):
         lab = self.log_alpha_bar(t)
@@ -272,6 +281,36 @@ class PolynomialSchedule(_VPSchedule):
     def config(self):
         return {"kind": "polynomial", "power": self.power, "precision": self.precision,
                 "num_steps": self.num_steps}
+
+
+class TableSchedule(_VPSchedule):
+    """A discrete VP schedule given by its table ``alphas_cumprod`` (``alpha_bar_n``, ``n = 1..T``,
+    strictly decreasing in ``(0, 1)``), e.g. a diffusers scheduler's ``alphas_cumprod``.
+
+    At ``t = n / T`` it is exactly the table (``alpha_t = sqrt(alpha_bar_n)``); in between, as every
+    discrete schedule here (and DPM-Solver's discrete wrapper), ``log alpha_bar`` is linear in ``t``
+    with ``alpha_bar_0 = 1``, so ``TableSchedule(LinearBetaSchedule().alphas_cumprod)`` *is* the
+    linear-beta chain at every ``t``, and continuous-time samplers and log-SNR grids work on it.
+    The log-SNR, ``log alpha_bar - log(1 - alpha_bar)``, is monotone in ``log alpha_bar``, so it
+    is interpolated monotonically too and :meth:`t_from_log_snr` inverts it exactly.
+    """
+
+    def __init__(self, alphas_cumprod) -> None:
+        ac = torch.as_tensor(alphas_cumprod, dtype=_F64).detach().cpu().reshape(-1)
+        if ac.numel() < 1 or not bool(torch.isfinite(ac).all()):
+            raise ValueError("alphas_cumprod must be a non-empty table of finite numbers")
+        if not bool(((ac > 0) & (ac < 1)).all()):
+            raise ValueError("alphas_cumprod must lie strictly between 0 and 1")
+        if ac.numel() > 1 and not bool((ac[1:] < ac[:-1]).all()):
+            raise ValueError("alphas_cumprod must be strictly decreasing (more noise at every step)")
+        self.num_steps = int(ac.numel())
+        self._table = torch.cat([torch.zeros(1, dtype=_F64), torch.log(ac)])
+
+    def config(self):
+        return {"kind": "table", "alphas_cumprod": self.alphas_cumprod.tolist()}
+
+    def __repr__(self) -> str:
+        return f"TableSchedule(T={self.num_steps})"
 
 
 class SigmaSchedule(Schedule):
@@ -470,6 +509,7 @@ SCHEDULES: dict[str, type[Schedule]] = {
     "polynomial": PolynomialSchedule,
     "sigma": SigmaSchedule,
     "flow": FlowSchedule,
+    "table": TableSchedule,
 }
 
 

@@ -1,5 +1,5 @@
 """Continuous-time samplers: reverse SDE, predictor-corrector, probability-flow ODE solvers,
-EDM's Heun sampler and DPM-Solver++(2M) / (3M).
+EDM's Heun sampler, DPM-Solver++(2M) / (3M) / (2M SDE) and UniPC.
 
 Every sampler keeps the signature of :mod:`diffuse.core.samplers`::
 
@@ -18,7 +18,14 @@ rk45             probability-flow ODE, adaptive RK45 (scipy ``solve_ivp``)   ada
 edm_heun         Karras et al. 2022, algorithm 2 (Heun, optional churn)      2 (1 on a step to sigma=0)
 dpmpp_2m         DPM-Solver++(2M), Lu et al. 2022, algorithm 2               1
 dpmpp_3m         DPM-Solver++(3M), Lu et al. 2022 (third-order multistep)    1
+dpmpp_2m_sde     DPM-Solver++(2M) SDE (Lu et al. 2022; diffusers' midpoint)  1
+unipc            UniPC, Zhao et al. 2023 (UniP-p + UniC, bh2, orders 1-3)    1
 ================ ======================================================== ===================
+
+The multistep solvers (``dpmpp_*``, ``unipc``) lower their order during warm-up, on the last
+steps of short grids (``lower_order_final``) and after a step more than :data:`MAX_STEP_RATIO`
+times longer in log-SNR than the previous one; the Heun samplers fall back to Euler per sample
+where the correction is unreliable (:data:`HEUN_TRUST`), so every grid works with few steps.
 
 The flow samplers (``flow_euler``, ``flow_heun``, ``flow_midpoint``, ``flow_rk45``, ``flow_sde``)
 live in :mod:`diffuse.core.flow` and are registered here too.
@@ -33,6 +40,7 @@ in which the probability-flow ODE reads ``dx~ / dsigma~ = eps(x, t)`` for every 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Iterator
 
@@ -47,7 +55,11 @@ from .schedule import Schedule
 from .sde import sde_coefficients
 from .space import GeneratorLike, Space
 
-__all__ = ["jump_logsnr_grid", "euler_maruyama", "pc", "ode_euler", "ode_heun", "rk45", "edm_heun", "dpmpp_2m", "dpmpp_3m"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["jump_logsnr_grid", "euler_maruyama", "pc", "ode_euler", "ode_heun", "rk45", "edm_heun", "dpmpp_2m", "dpmpp_3m",
+           "dpmpp_2m_sde", "unipc", "HEUN_TRUST",
+           "HEUN_TRUST_STATE", "HEUN_NEGLIGIBLE", "MAX_STEP_RATIO"]
 
 
 def _fg2(schedule: Schedule, t: Tensor) -> tuple[float, float]:
@@ -79,10 +91,15 @@ def _ode_finish(denoise, x: Tensor, t_end: Tensor, alpha_end, space: Space, fina
     return x
 
 
+#: steps shorter than this in log-SNR are skipped by the multistep solvers
+MIN_STEP = 1e-9
+
+
 def _multistep_steps(schedule: Schedule, grid: Tensor) -> Iterator[tuple]:
     """The steps of a multistep log-SNR solver: ``(i, t, s, a_t, s_t, a_s, s_s, h)`` with
     ``h = lambda_s - lambda_t`` (``lambda = log(alpha / sigma)``; ``inf`` when ``sigma_s = 0``).
-    Coefficients are computed once per call; a repeated time (a zero-length step) is skipped."""
+    Coefficients are computed once per call; a repeated time or a step shorter than
+    :data:`MIN_STEP` in log-SNR (a zero-length step up to rounding) is skipped."""
     coefs = _grid_coefs(schedule, grid)
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
         if float(s) == float(t):
@@ -90,20 +107,25 @@ def _multistep_steps(schedule: Schedule, grid: Tensor) -> Iterator[tuple]:
         (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
         # h = inf on a step from pure noise (alpha_t = 0, a flow path at t = 1) or to clean data
         h = math.inf if s_s == 0.0 or a_t == 0.0 else math.log(a_s / s_s) - math.log(a_t / s_t)
+        if abs(h) < MIN_STEP:      # rounding-level step (e.g. a grid ending twice at sigma_min): nothing to do,
+            continue               # and the phi functions of higher orders cancel catastrophically there
         yield i, t, s, a_t, s_t, a_s, s_s, h
 
 
-def jump_logsnr_grid(schedule: Schedule, steps: int, t_jump: float = 0.8, t_min: float | None = None,
+def jump_logsnr_grid(schedule: Schedule, steps: int, t_jump: float | None = None, t_min: float | None = None,
                      final: float | None = 0.0) -> Tensor:
-    """A descending grid with ``steps`` evaluations: ``t = 1``, then ``steps - 1`` times uniform
-    in log-SNR from ``t_jump`` down to ``t_min`` (default ``schedule.t_min``), then ``final``.
+    """A descending grid with ``steps`` evaluations: one long first step from ``t_max``, then
+    uniform in log-SNR down to ``t_min`` (default ``schedule.t_min``), then ``final``.
 
-    At high noise the denoiser's output is nearly the data mean, for which a first-order
-    exponential-integrator step (DDIM / the first DPM-Solver++ step) is exact whatever its
-    length; one long first step frees evaluations for the mid-noise range where the
-    trajectories bend (see ``benchmarks/bench_samplers.py``).
+    With ``t_jump=None`` (default) this is ``time_grid(schedule, steps, "jump_logsnr")``: the first
+    step is :data:`~diffuse.core.samplers.JUMP` times the log-SNR step of the others, so it
+    shrinks as ``steps`` grows. With ``t_jump`` given the first step always ends at ``t_jump``
+    (then ``steps - 1`` times uniform in log-SNR from ``t_jump``); that grid does not refine its
+    first step, so it stops improving as ``steps`` grows.
     """
     from .samplers import time_grid
+    if t_jump is None:
+        return time_grid(schedule, steps, "jump_logsnr", t_min=t_min, final=final)
     if steps < 2:
         return time_grid(schedule, 1, "logsnr", final=final)
     inner = time_grid(schedule, steps - 1, "logsnr", t_max=t_jump, t_min=t_min, final=final)
@@ -210,11 +232,57 @@ def ode_euler(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Sp
     return x
 
 
+#: the Heun correction (``x_heun - x_euler``, the embedded error estimate of the Euler step) is
+#: trusted only while it is at most this fraction of the Euler step itself (the slope changes
+#: little over the step) ...
+HEUN_TRUST = 0.25
+#: ... and at most this fraction of the state it lands on (a relative local-error test, as an
+#: adaptive solver's ``rtol``); past either bound the sample takes the Euler step. A correction
+#: below :data:`HEUN_NEGLIGIBLE` of the state is always kept (where the drift itself nearly
+#: vanishes, a tiny correction can exceed the tiny Euler step on any grid).
+HEUN_TRUST_STATE = 1.0
+HEUN_NEGLIGIBLE = 0.05
+
+
+class _Fallbacks:
+    """Per-sample choice between the Heun and the Euler step, and ONE log line per sampler call."""
+
+    def __init__(self, name: str, space: Space) -> None:
+        self.name, self.space, self.steps, self.pairs, self.total = name, space, 0, 0, 0
+
+    def choose(self, x: Tensor, x_euler: Tensor, x_heun: Tensor) -> Tensor:
+        sp = self.space
+        self.total += 1
+        d_e = sp.inner(x_euler - x, x_euler - x)
+        d_x = sp.inner(x_euler, x_euler)
+        d_c = sp.inner(x_heun - x_euler, x_heun - x_euler)
+        large = d_c > HEUN_TRUST_STATE ** 2 * d_x
+        steep = (d_c > HEUN_TRUST ** 2 * d_e) & (d_c > HEUN_NEGLIGIBLE ** 2 * d_x)
+        bad = ~torch.isfinite(d_c) | large | steep
+        if not bool(bad.any()):
+            return x_heun
+        self.steps += 1
+        self.pairs += int(bad.sum())
+        return torch.where(sp.coef(bad.to(torch.float64), x_heun) > 0, x_euler, x_heun)
+
+    def report(self) -> None:
+        if self.steps:
+            logger.warning("%s: the Heun correction was unreliable on %d of %d steps (%d sample-steps); "
+                           "those samples took the Euler step there", self.name, self.steps, self.total, self.pairs)
+
+
 @torch.no_grad()
 def ode_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
              generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
     """Heun's method (explicit trapezoid) on the probability-flow ODE in ``t``; a step ending
-    where ``sigma = 0`` (the score is singular there) is an Euler step."""
+    where ``sigma = 0`` (the score is singular there) is an Euler step.
+
+    Stable on any grid: where a sample's Heun correction is non-finite, larger than the state it
+    lands on (:data:`HEUN_TRUST_STATE`), or both larger than a quarter of its Euler step
+    (:data:`HEUN_TRUST`) and not negligible (:data:`HEUN_NEGLIGIBLE`), that sample takes the Euler step, and the call logs one warning saying on how many steps
+    this happened (the correction is O(h^2) against an O(h) step, so a fine grid of a smooth
+    problem never falls back and the order is kept)."""
+    fb = _Fallbacks("ode_heun", space)
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
         dt = float(s) - float(t)
         pred = _call(denoise, x, t, space)
@@ -222,9 +290,10 @@ def ode_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
         x_next = space.project(x + dt * d1)
         if _coefs(schedule, s)[1] > 0:
             d2 = _pf_drift(_call(denoise, x_next, s, space), x_next, s, schedule)
-            x_next = space.project(x + 0.5 * dt * (d1 + d2))
+            x_next = fb.choose(x, x_next, space.project(x + 0.5 * dt * (d1 + d2)))
         x = x_next
         _report(callback, i, t, s, x, pred.x0)
+    fb.report()
     return x
 
 
@@ -255,8 +324,10 @@ def edm_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
        ``x~' = x^ + (sigma_{i+1} - sigma^) (d + d') / 2``.
 
     ``S_churn = 0`` is the deterministic Heun sampler (algorithm 1). Evaluations: 2 per step,
-    1 on the step to ``sigma = 0``.
+    1 on the step to ``sigma = 0``. As in :func:`ode_heun`, a sample whose correction is
+    unreliable takes the Euler step (here DDIM's step) and the call logs one warning.
     """
+    fb = _Fallbacks("edm_heun", space)
     n = len(grid) - 1
     a0, _ = _sigma_ratio(schedule, grid[0])
     xs = x / a0
@@ -275,9 +346,10 @@ def edm_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
         x_next = space.project(xs + (sig_n - sig_hat) * d)
         if sig_n > 0:
             d2 = _call(denoise, a_n * x_next, s, space).eps
-            x_next = space.project(xs + (sig_n - sig_hat) * 0.5 * (d + d2))
+            x_next = fb.choose(xs, x_next, space.project(xs + (sig_n - sig_hat) * 0.5 * (d + d2)))
         xs = x_next
         _report(callback, i, t, s, a_n * xs, pred.x0)
+    fb.report()
     return _coefs(schedule, grid[-1])[0] * xs
 
 
@@ -326,10 +398,34 @@ def rk45(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
                        stats, callback, grid)
 
 
-# ---------------------------------------------------------------------------- DPM-Solver++
+# ---------------------------------------------------------------------------- multistep log-SNR solvers
+#: below this many steps the last steps of a multistep solver lower their order (diffusers'
+#: ``lower_order_final``: a long last step extrapolates the x0 history far beyond where it was seen)
+LOWER_ORDER_FINAL_BELOW = 15
+#: a step more than this many times longer (in log-SNR) than the one before it is first order:
+#: the history's slope is not extrapolated that far
+MAX_STEP_RATIO = 3.0
+
+
+def _step_order(order: int, i: int, n_hist: int, n_steps: int, lower_order_final: bool, h_ratio: float = 1.0,
+                below: float = LOWER_ORDER_FINAL_BELOW) -> int:
+    """The order of multistep step ``i`` (0-based) of ``n_steps``: at most ``order``, at most one
+    more than the history holds (warm-up), first order when the step is more than
+    :data:`MAX_STEP_RATIO` times the previous one (``h_ratio``), and with ``lower_order_final`` on a
+    grid of fewer than ``below`` steps, at most ``n_steps - i`` (the last step first order, the
+    one before it at most second order)."""
+    k = min(order, n_hist)
+    if h_ratio > MAX_STEP_RATIO:
+        k = 1
+    if lower_order_final and n_steps < below:
+        k = min(k, n_steps - i)
+    return max(k, 1)
+
+
 @torch.no_grad()
 def dpmpp_2m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
-             generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
+             generator: GeneratorLike = None, callback: Callback | None = None,
+             lower_order_final: bool = True) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", algorithm 2), multistep, data prediction.
 
     With ``lambda_t = log(alpha_t / sigma_t)``, ``h_i = lambda_{t_i} - lambda_{t_{i-1}}`` and
@@ -338,30 +434,18 @@ def dpmpp_2m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
         D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2}     (D_1 = x0_0: first order)
         x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (exp(-h_i) - 1) D_i
 
-    A step that ends where ``sigma = 0`` (``h = inf``) is first order: ``x = alpha x0_hat``.
-    One evaluation per step.
+    A step that ends where ``sigma = 0`` (``h = inf``) is first order: ``x = alpha x0_hat``; with
+    ``lower_order_final`` (default) so is the last step of a grid of fewer than 15 steps
+    (diffusers' rule), which keeps the long last step of a linspace / leading / Karras grid from
+    extrapolating the history. One evaluation per step.
     """
-    x0_prev, h_prev = None, None
-    for i, t, s, a_t, s_t, a_s, s_s, h in _multistep_steps(schedule, grid):
-        pred = _call(denoise, x, t, space)
-        if s_s == 0.0:
-            x = space.project(a_s * pred.x0)
-        else:
-            if x0_prev is None:
-                d = pred.x0
-            else:
-                r = h_prev / h
-                d = (1.0 + 0.5 / r) * pred.x0 - (0.5 / r) * x0_prev
-            x = space.project((s_s / s_t) * x - a_s * math.expm1(-h) * d)
-            h_prev = h
-        x0_prev = pred.x0
-        _report(callback, i, t, s, x, pred.x0)
-    return x
+    return _dpmpp_multistep(denoise, x, grid, schedule, space, callback, 2, lower_order_final)
 
 
 @torch.no_grad()
 def dpmpp_3m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
-             generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
+             generator: GeneratorLike = None, callback: Callback | None = None,
+             lower_order_final: bool = True) -> Tensor:
     """DPM-Solver++(3M): the third-order multistep data-prediction solver (Lu et al. 2022,
     "DPM-Solver++", section 4 / appendix; the Taylor expansion of eq. 9 to second order).
 
@@ -373,23 +457,32 @@ def dpmpp_3m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
         D2 = 2 (D1_0 - D1_1) / (r_0 + r_1)              (~ h^2 x0'')
         x_{t_i} = (sigma_i / sigma_{i-1}) x - alpha_i phi_1 x0_{i-1} + alpha_i phi_2 D1 - alpha_i phi_3 D2
 
-    The first steps are DPM-Solver++(1) and (2M); a step to ``sigma = 0`` returns ``alpha x0_hat``.
+    The first steps are DPM-Solver++(1) and (2M) (warm-up); with ``lower_order_final`` (default)
+    on a grid of fewer than 15 steps the last step is first order and the one before it at most
+    second order (diffusers' rule); a step to ``sigma = 0`` returns ``alpha x0_hat``.
     One evaluation per step.
     """
-    hist: list[Tensor] = []     # x0 at the last three grid times, newest last
+    return _dpmpp_multistep(denoise, x, grid, schedule, space, callback, 3, lower_order_final)
+
+
+def _dpmpp_multistep(denoise, x, grid, schedule, space, callback, order, lower_order_final):
+    steps = list(_multistep_steps(schedule, grid))
+    hist: list[Tensor] = []     # x0 at the last grid times, newest last
     hs: list[float] = []        # the steps h that separate them
-    for i, t, s, a_t, s_t, a_s, s_s, h in _multistep_steps(schedule, grid):
+    for j, (i, t, s, a_t, s_t, a_s, s_s, h) in enumerate(steps):
         pred = _call(denoise, x, t, space)
         hist = (hist + [pred.x0])[-3:]
+        usable = 1 + sum(1 for _ in _finite_tail(hs, len(hist) - 1))
+        k = _step_order(order, j, usable, len(steps), lower_order_final, h / hs[-1] if hs else 1.0)
         if s_s == 0.0:
             x = space.project(a_s * pred.x0)
         else:
             phi1 = math.expm1(-h)
             x_new = (s_s / s_t) * x - a_s * phi1 * pred.x0
-            if len(hist) >= 2:
+            if k >= 2:
                 r0 = hs[-1] / h
                 d1_0 = (hist[-1] - hist[-2]) / r0
-                if len(hist) == 3:
+                if k >= 3:
                     r1 = hs[-2] / h
                     d1_1 = (hist[-2] - hist[-3]) / r1
                     d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
@@ -400,9 +493,161 @@ def dpmpp_3m(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
                 else:                                  # DPM-Solver++(2M) step
                     x_new = x_new - a_s * phi1 * 0.5 * d1_0
             x = space.project(x_new)
-            hs.append(h)
+        hs.append(h)
         _report(callback, i, t, s, x, pred.x0)
     return x
+
+
+def _finite_tail(hs: list[float], n: int) -> Iterator[float]:
+    """The last ``n`` step sizes, newest first, stopping at the first infinite one (a step from
+    pure noise carries no slope information)."""
+    for h in reversed(hs[-n:] if n > 0 else []):
+        if not math.isfinite(h):
+            return
+        yield h
+
+
+@torch.no_grad()
+def dpmpp_2m_sde(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+                 generator: GeneratorLike = None, callback: Callback | None = None,
+                 lower_order_final: bool = True) -> Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, "DPM-Solver++", appendix; diffusers' ``sde-dpmsolver++``
+    with the midpoint form), data prediction: with ``h = lambda_s - lambda_t``, ``r = h_prev / h``,
+
+        x_s = (sigma_s / sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) (x0_i + (x0_i - x0_{i-1}) / (2 r))
+              + sigma_s sqrt(1 - e^{-2h}) z
+
+    (first order on the first step, on the step to ``sigma = 0``, and with ``lower_order_final``
+    on the last step of a grid of fewer than 15 steps). One evaluation per step.
+    """
+    steps = list(_multistep_steps(schedule, grid))
+    x0_prev, h_prev = None, math.inf
+    for j, (i, t, s, a_t, s_t, a_s, s_s, h) in enumerate(steps):
+        pred = _call(denoise, x, t, space)
+        hist = 2 if x0_prev is not None and math.isfinite(h_prev) else 1
+        k = _step_order(2, j, hist, len(steps), lower_order_final, h / h_prev)
+        if s_s == 0.0:
+            x = space.project(a_s * pred.x0)
+        else:
+            em2h = -math.expm1(-2.0 * h)                       # 1 - e^{-2h}
+            d = pred.x0
+            if k >= 2:
+                d = d + (0.5 * h / h_prev) * (pred.x0 - x0_prev)
+            x = (s_s / s_t) * math.exp(-h) * x + (a_s * em2h) * d
+            x = space.project(x + (s_s * math.sqrt(em2h)) * space.noise(x, generator))
+        x0_prev, h_prev = pred.x0, h
+        _report(callback, i, t, s, x, pred.x0)
+    return x
+
+
+# ---------------------------------------------------------------------------- UniPC
+def _unipc_coefs(rks: list[float], h: float, order: int) -> tuple[float, float, list[float], list[float]]:
+    """UniPC's B(h) variant bh2 (Zhao et al. 2023, section 3.3 and appendix; diffusers' ``bh2``) in
+    data prediction: returns ``(h_phi_1, B_h, rhos_p, rhos_c)`` for the ratios ``rks`` of the
+    history (``r_m = (lambda_{s_m} - lambda_{s_0}) / h``, newest first, without the final 1).
+
+    ``R[i, m] = r_m^i``, ``b_i = h_phi_{i+1} i! / B_h`` with ``phi`` the exponential-integrator
+    functions in ``hh = -h``; the predictor solves the leading ``(order-1)`` system (with the
+    paper's ``rho = 1/2`` for order 2), the corrector the full ``order`` system including ``r = 1``."""
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1.0
+    b_h = h_phi_1                                   # bh2: B(h) = e^h - 1 (of hh)
+    rs = list(rks) + [1.0]
+    R, b, fact = [], [], 1
+    for i in range(1, order + 1):
+        R.append([r ** (i - 1) for r in rs])
+        b.append(h_phi_k * fact / b_h)
+        fact *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / fact
+    rhos_p: list[float] = []
+    if rks:
+        if order == 2:
+            rhos_p = [0.5]
+        else:
+            rhos_p = torch.linalg.solve(torch.tensor([row[:-1] for row in R[:-1]], dtype=torch.float64),
+                                        torch.tensor(b[:-1], dtype=torch.float64)).tolist()
+    if order == 1:
+        rhos_c = [0.5]
+    else:
+        rhos_c = torch.linalg.solve(torch.tensor(R, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)).tolist()
+    return h_phi_1, b_h, rhos_p, rhos_c
+
+
+@torch.no_grad()
+def unipc(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
+          generator: GeneratorLike = None, callback: Callback | None = None,
+          order: int = 2, corrector: bool = True, lower_order_final: bool = True) -> Tensor:
+    """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of
+    Diffusion Models"): the multistep UniP-``order`` predictor with the UniC corrector, variant
+    ``B(h) = e^h - 1`` (bh2), in data prediction (the paper's algorithms 2-3 in x0 form; the same
+    coefficients as diffusers' ``UniPCMultistepScheduler``).
+
+    Each step ``t -> s`` evaluates ``x0(x_t, t)`` once, first *corrects* ``x_t`` (the value the
+    previous predictor gave) with it at no extra cost,
+
+        x_t <- (sigma_t / sigma_p) x_p - alpha_t phi_1 x0_p - alpha_t B(h) (sum_m rho_m D_m + rho_c (x0_t - x0_p)),
+
+    then predicts ``x_s = (sigma_s / sigma_t) x_t - alpha_t phi_1 x0_t - alpha_s B(h) sum_m rho_m D_m``
+    with the divided differences ``D_m = (x0_{s_m} - x0_t) / r_m`` of the history. UniP-p with UniC
+    converges with order ``p + 1``. The order is lowered during warm-up, after a step more than
+    :data:`MAX_STEP_RATIO` times longer than the one before, and with ``lower_order_final``
+    (default; on every grid, as diffusers' UniPC) on the last ``order - 1`` steps; the step
+    to ``sigma = 0`` returns ``alpha x0_hat`` (as the corrector never runs after the last
+    evaluation, the final output is the corrected point's denoised value). ``corrector=False`` is
+    the plain UniP predictor. One evaluation per step.
+    """
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
+        raise ValueError(f"the UniPC order must be 1, 2 or 3, got {order!r}")
+    steps = list(_multistep_steps(schedule, grid))
+    hist: list[tuple[float, Tensor]] = []      # (lambda, x0) newest last
+    last: tuple | None = None                  # (x_p, lambda_p, sigma_p, order used) of the previous predictor
+    for j, (i, t, s, a_t, s_t, a_s, s_s, h) in enumerate(steps):
+        pred = _call(denoise, x, t, space)
+        lam_t = math.log(a_t / s_t) if a_t > 0 and s_t > 0 else (-math.inf if a_t == 0 else math.inf)
+        if corrector and last is not None and math.isfinite(last[1]) and math.isfinite(lam_t):
+            x_p, lam_p, s_p, a_p, k_p = last
+            hc = lam_t - lam_p
+            rks, ds = _history(hist[:-1], lam_p, hist[-1][1], hc, k_p - 1)
+            phi1, b_h, _, rhos_c = _unipc_coefs(rks, hc, len(rks) + 1)
+            corr = rhos_c[-1] * (pred.x0 - hist[-1][1])
+            for rho, d in zip(rhos_c[:-1], ds):
+                corr = corr + rho * d
+            x = space.project((s_t / s_p) * x_p - a_t * phi1 * hist[-1][1] - (a_t * b_h) * corr)
+        hist = (hist + [(lam_t, pred.x0)])[-order:]
+        if s_s == 0.0:
+            last = None
+            x_next = space.project(a_s * pred.x0)
+        else:
+            finite = sum(1 for lam, _ in hist if math.isfinite(lam))
+            k = _step_order(order, j, finite, len(steps), lower_order_final,
+                            h / (lam_t - hist[-2][0]) if len(hist) > 1 else 1.0, below=math.inf)
+            rks, ds = _history(hist[:-1], lam_t, pred.x0, h, k - 1)
+            phi1, b_h, rhos_p, _ = _unipc_coefs(rks, h, len(rks) + 1)
+            x_next = (s_s / s_t) * x - a_s * phi1 * pred.x0
+            if ds:
+                res = rhos_p[0] * ds[0]
+                for rho, d in zip(rhos_p[1:], ds[1:]):
+                    res = res + rho * d
+                x_next = x_next - (a_s * b_h) * res
+            x_next = space.project(x_next)
+            last = (x, lam_t, s_t, a_t, k)
+        x = x_next
+        _report(callback, i, t, s, x, pred.x0)
+    return x
+
+
+def _history(older: list[tuple[float, Tensor]], lam0: float, x00: Tensor, h: float, n: int) -> tuple[list[float], list[Tensor]]:
+    """Up to ``n`` ratios ``r_m = (lambda_m - lambda_0) / h`` and divided differences
+    ``(x0_m - x0_0) / r_m`` of the ``older`` history (newest first; an infinite log-SNR ends it)."""
+    rks, ds = [], []
+    for lam, x0 in reversed(older):
+        if len(rks) >= n or not math.isfinite(lam):
+            break
+        r = (lam - lam0) / h
+        rks.append(r)
+        ds.append((x0 - x00) / r)
+    return rks, ds
 
 
 _limits()
@@ -410,6 +655,7 @@ OPTION_LIMITS.update({
     "s_churn": NON_NEGATIVE, "s_tmin": NON_NEGATIVE, "s_tmax": NON_NEGATIVE, "s_noise": NON_NEGATIVE,
     "rtol": POSITIVE, "atol": POSITIVE, "method": OneOf(("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")),
     "snr": POSITIVE, "corrector_steps": NON_NEGATIVE, "predictor": OneOf(tuple(sorted(_PREDICTORS))),
+    "order": OneOf((1, 2, 3)),
 })
 
 SAMPLERS.update({
@@ -421,6 +667,8 @@ SAMPLERS.update({
     "rk45": rk45,
     "edm_heun": edm_heun,
     "dpmpp_2m": dpmpp_2m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "unipc": unipc,
 })
 
 from . import flow as _flow  # noqa: E402,F401 - registers the flow samplers (flow_euler, flow_heun, ...)

@@ -1,0 +1,371 @@
+"""Default time grids chosen on one family of exact problems and validated on another (held out),
+ours vs diffusers' schedulers at 5 / 10 / 20 / 50 evaluations.
+
+    python benchmarks/bench_grids.py [--quick] [--samples 1000] [--problems 8] [--threads 1]
+
+Protocol (every model is exact, so every error is the sampler's):
+
+* problems: random Gaussian mixtures (:func:`problem`): dimension 1..16, 1..8 components, random
+  weights (Dirichlet(1)), means (spread 2-4), covariances (widths log-uniform 0.03..1, random
+  orientation); each on one of three processes: the DDPM linear chain and the cosine chain
+  (T = 1000, as diffusers' "linear" and "squaredcos_cap_v2" betas) and EDM's sigmas
+  (0.002..80, rho 7). Seeds 0..P-1 are the TUNE part, seeds 1000..1000+P-1 the HELD-OUT part.
+* tuning: for each of our samplers and each kind of process (VP / EDM) the default grid is the
+  spacing with the smallest worst-case regret over the four budgets (at each budget: its
+  geometric-mean sample distance over the TUNE problems / the best spacing's); each diffusers
+  scheduler likewise gets its best spacing option on TUNE by the same rule.
+* report (HELD-OUT only): sample distance = energy distance to a fresh draw of the true mixture
+  as a multiple of its noise floor (two true draws); component-weight error = total variation
+  between the true weights and the fractions of samples whose most likely component is k (the
+  exact probability-flow solution's own error is listed as its floor); transport error = RMS
+  distance to the exact probability-flow solution of the same noise (RK45, rtol 1e-8) over the
+  data's RMS scale. Mean and [min, max] over held-out problems. "diffusers best" is, per problem
+  and budget, the best of every diffusers scheduler and spacing option on that very problem
+  (an oracle: stricter than any single default).
+* diffusers gets the exact model at the scheduler's own noise level (its ``sigmas[step_index]``
+  or ``alphas_cumprod[k]``), so fractional Karras timesteps cost it nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from diffuse.core import SAMPLERS, SPACINGS, CosineSchedule, DenseSpace, LinearBetaSchedule, SigmaSchedule, time_grid
+from diffuse.core.gaussian import GaussianMixture, energy_distance
+from diffuse.core.samplers import AUTO_MIN_STEPS
+
+F64 = torch.float64
+SPACE = DenseSpace()
+RESULTS = Path(__file__).resolve().parent / "results"
+NFES = (5, 10, 20, 50)
+HEUN = {"edm_heun", "ode_heun"}
+OURS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "ode_heun")
+GRIDS = tuple(s for s in SPACINGS if s != "uniform")
+KINDS = ("linear", "cosine", "edm")
+
+
+def problem(seed: int):
+    """One random exact problem: (mixture, schedule kind, schedule)."""
+    g = torch.Generator().manual_seed(seed)
+    d = int(torch.randint(1, 17, (1,), generator=g))
+    k = int(torch.randint(1, 9, (1,), generator=g))
+    w = -torch.log(torch.rand(k, generator=g, dtype=F64))              # Dirichlet(1)
+    spread = 2.0 + 2.0 * float(torch.rand(1, generator=g, dtype=F64))
+    mu = spread * torch.randn(k, d, generator=g, dtype=F64)
+    width = torch.exp(math.log(0.03) + (math.log(1.0) - math.log(0.03)) * torch.rand(k, generator=g, dtype=F64))
+    q = torch.linalg.qr(torch.randn(k, d, d, generator=g, dtype=F64))[0]
+    ev = width[:, None] * (0.3 + 0.7 * torch.rand(k, d, generator=g, dtype=F64))
+    cov = q @ torch.diag_embed(ev ** 2) @ q.transpose(1, 2) + 1e-6 * torch.eye(d, dtype=F64)
+    kind = KINDS[seed % 3]
+    sch = {"linear": LinearBetaSchedule(), "cosine": CosineSchedule(), "edm": SigmaSchedule()}[kind]
+    return GaussianMixture(w, mu, cov), kind, sch
+
+
+def counted(den):
+    box = {"n": 0}
+
+    def f(x, t):
+        box["n"] += 1
+        return den(x, t)
+    return f, box
+
+
+def steps_for(name: str, nfe: int) -> int:
+    return (nfe + 1) // 2 if name in HEUN else nfe
+
+
+def run_ours(den, sch, name, spacing, nfe, x):
+    grid = time_grid(sch, steps_for(name, nfe), spacing)
+    f, box = counted(den)
+    y = SAMPLERS[name](f, x.clone(), grid, schedule=sch, space=SPACE)
+    return y, box["n"]
+
+
+# ----------------------------------------------------------------------------- diffusers
+def diffusers_schedulers(kind: str):
+    """name -> {spacing option -> factory}; evaluations per step: 'heun' uses (n + 1) // 2 steps."""
+    import diffusers as D
+    if kind == "edm":
+        base = dict(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0)
+        return {
+            "EDM Euler": {s: (lambda s=s: D.EDMEulerScheduler(**base, sigma_schedule=s)) for s in ("karras", "exponential")},
+            "EDM DPM-Solver++(2M)": {s: (lambda s=s: D.EDMDPMSolverMultistepScheduler(**base, sigma_schedule=s))
+                                     for s in ("karras", "exponential")},
+        }
+    betas = (dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02) if kind == "linear"
+             else dict(beta_schedule="squaredcos_cap_v2"))
+    base = dict(num_train_timesteps=1000, **betas)
+    sp = ("linspace", "leading", "trailing")
+
+    def opts(cls, karras=True, **kw):
+        out = {s: (lambda s=s: cls(**base, timestep_spacing=s, **kw)) for s in sp}
+        if karras:
+            out["karras"] = lambda: cls(**base, use_karras_sigmas=True, **kw)
+        return out
+    return {
+        "DPM-Solver++(2M)": opts(D.DPMSolverMultistepScheduler, solver_order=2, algorithm_type="dpmsolver++"),
+        "UniPC": opts(D.UniPCMultistepScheduler, solver_order=2),
+        "DDIM": opts(D.DDIMScheduler, karras=False, clip_sample=False, set_alpha_to_one=True),
+        "Euler": opts(D.EulerDiscreteScheduler),
+        "Heun": opts(D.HeunDiscreteScheduler),
+    }
+
+
+def run_diffusers(gm, kind, name, make, nfe, x):
+    """Run one diffusers scheduler on the exact model; returns (samples, evaluations)."""
+    sched = make()
+    heun = "Heun" in name
+    sched.set_timesteps((nfe + 1) // 2 if heun else nfe)
+    has_sigmas = hasattr(sched, "sigmas") and not isinstance(sched, __import__("diffusers").DDIMScheduler)
+    ve_sample = kind == "edm" or type(sched).__name__ in ("EulerDiscreteScheduler", "HeunDiscreteScheduler")
+    y, n = x.clone(), 0
+    if ve_sample and kind != "edm":             # those keep x / alpha: start from our x at their first time
+        y = y * math.sqrt(float(sched.sigmas[0]) ** 2 + 1.0)
+    for k in sched.timesteps:
+        if has_sigmas:
+            if sched.step_index is None:
+                sched._init_step_index(k)
+            sig = float(sched.sigmas[sched.step_index])
+        else:
+            ac = float(sched.alphas_cumprod[int(k)])
+            sig = math.sqrt((1 - ac) / ac)
+        b = y.shape[0]
+        if kind == "edm":
+            a_t, s_t, x_in = 1.0, sig, y
+        else:
+            a_t = 1.0 / math.sqrt(1.0 + sig * sig)
+            s_t, x_in = sig * a_t, (y * a_t if ve_sample else y)
+        x0, score = gm.denoise_at(x_in, torch.full((b,), a_t, dtype=F64), torch.full((b,), s_t, dtype=F64))
+        n += 1
+        if kind == "edm":                        # their EDM "epsilon" output F: x0 = c_skip x + c_out F
+            sd = 0.5
+            c_skip, c_out = sd ** 2 / (sig ** 2 + sd ** 2), sig * sd / math.sqrt(sig ** 2 + sd ** 2)
+            out = (x0 - c_skip * y) / c_out
+        else:
+            out = -s_t * score                   # eps
+        y = sched.step(out, k, y).prev_sample
+    return y.to(F64), n
+
+
+# ----------------------------------------------------------------------------- metrics
+def weight_error(gm, y):
+    r = gm.class_log_prob(y, torch.ones(y.shape[0], dtype=F64), torch.zeros(y.shape[0], dtype=F64)).argmax(1)
+    frac = torch.bincount(r, minlength=gm.K).to(F64) / y.shape[0]
+    return float(0.5 * (frac - gm.weights).abs().sum())
+
+
+def evaluate(gm, y, ref, flow, floor, scale):
+    if not bool(torch.isfinite(y).all()):
+        return {"dist": math.inf, "weights": 1.0, "transport": math.inf}
+    return {"dist": energy_distance(y, ref) / floor, "weights": weight_error(gm, y),
+            "transport": float(((y - flow) ** 2).sum(1).mean().sqrt()) / scale}
+
+
+def setup(seed, n):
+    gm, kind, sch = problem(seed)
+    den = gm.denoiser(sch)
+    a, s = sch.alpha_sigma(torch.tensor(1.0, dtype=F64))
+    x = float(torch.sqrt(a * a + s * s)) * torch.randn(n, gm.D, dtype=F64, generator=torch.Generator().manual_seed(seed + 1))
+    ref = gm.sample(n, torch.Generator().manual_seed(seed + 2))
+    floor = energy_distance(gm.sample(n, torch.Generator().manual_seed(seed + 3)), ref)
+    flow = SAMPLERS["rk45"](den, x.clone(), time_grid(sch, 2, "logsnr", t_min=1e-6 if sch.num_steps else None),
+                            schedule=sch, space=SPACE, rtol=1e-8, atol=1e-8)
+    scale = float((ref - ref.mean(0)).pow(2).sum(1).mean().sqrt())
+    return gm, kind, sch, den, x, ref, floor, flow, scale
+
+
+def measure(seed, n, ours_grids, diff_opts, log):
+    """All metrics of one problem for the given (sampler -> spacings) and (scheduler -> options)."""
+    gm, kind, sch, den, x, ref, floor, flow, scale = setup(seed, n)
+    out = {"seed": seed, "kind": kind, "D": gm.D, "K": gm.K, "flow": evaluate(gm, flow, ref, flow, floor, scale),
+           "ours": {}, "diffusers": {}}
+    for name, spacings in ours_grids(kind).items():
+        for sp in spacings:
+            for nfe in NFES:
+                try:
+                    y, used = run_ours(den, sch, name, sp, nfe, x)
+                except ValueError:
+                    continue
+                out["ours"][f"{name}|{sp}|{nfe}"] = {**evaluate(gm, y, ref, flow, floor, scale), "nfe": used}
+    try:
+        scheds = diffusers_schedulers(kind)
+    except ImportError:
+        scheds = {}
+    for name, options in scheds.items():
+        for opt in diff_opts(kind, name, options):
+            for nfe in NFES:
+                try:
+                    y, used = run_diffusers(gm, kind, name, options[opt], nfe, x)
+                except (IndexError, AssertionError, RuntimeError) as err:   # e.g. cosine + Karras sigmas repeat
+                    out.setdefault("diffusers_failed", []).append(f"{name}|{opt}|{nfe}: {type(err).__name__}")
+                    continue
+                out["diffusers"][f"{name}|{opt}|{nfe}"] = {**evaluate(gm, y, ref, flow, floor, scale), "nfe": used}
+    log(f"problem {seed}: {kind} D={gm.D} K={gm.K} floor {floor:.2e}")
+    return out
+
+
+def vp(kind):
+    return "edm" if kind == "edm" else "vp"
+
+
+def geo(vals):
+    vals = [min(v, 1e6) for v in vals]
+    return math.exp(sum(math.log(max(v, 1e-12)) for v in vals) / len(vals))
+
+
+def tune(results):
+    """Per sampler and process family: the spacing whose worst regret over the four budgets is
+    smallest, the regret at a budget being its geometric-mean sample distance over the TUNE
+    problems divided by the best spacing's at that budget (a default must hold at 5 NFE as at
+    50: an average over budgets let a grid that is best at 10-50 NFE and 6x worse at 5 win)."""
+    choice = {}
+    for fam in ("vp", "edm"):
+        rs = [r for r in results if vp(r["kind"]) == fam]
+        for table in ("ours", "diffusers"):
+            keys = {tuple(k.split("|")[:2]) for r in rs for k in r[table]}
+            for name in sorted({k[0] for k in keys}):
+                per = {}
+                for sp in sorted({k[1] for k in keys if k[0] == name}):
+                    vals = {nfe: [r[table][f"{name}|{sp}|{nfe}"]["dist"] for r in rs if f"{name}|{sp}|{nfe}" in r[table]]
+                            for nfe in NFES}
+                    if all(len(v) == len(rs) for v in vals.values()):      # skip a spacing some problem refused
+                        per[sp] = {nfe: geo(v) for nfe, v in vals.items()}
+                best = {nfe: min(p[nfe] for p in per.values()) for nfe in NFES}
+                regret = {sp: max(p[nfe] / best[nfe] for nfe in NFES) for sp, p in per.items()}
+                choice[(table, fam, name)] = min(sorted(regret), key=lambda sp: regret[sp])
+    return choice
+
+
+def summarise(held, choice):
+    rows = {}
+    for r in held:
+        fam = vp(r["kind"])
+        for table in ("ours", "diffusers"):
+            for key, m in r[table].items():
+                name, sp, nfe = key.split("|")
+                if choice.get((table, fam, name)) != sp:
+                    continue
+                label = name if table == "ours" else f"diffusers {name}"
+                rows.setdefault((fam, label, int(nfe)), []).append((r["seed"], m))
+        for nfe in NFES:
+            cands = [m for k, m in r["diffusers"].items() if int(k.split("|")[2]) == nfe]
+            if cands:
+                best = min(cands, key=lambda m: m["dist"])
+                rows.setdefault((fam, "diffusers best (oracle)", nfe), []).append((r["seed"], best))
+        rows.setdefault((fam, "exact PF-ODE (floor)", 0), []).append((r["seed"], {**r["flow"], "nfe": 0}))
+    return rows
+
+
+def stat(vals):
+    finite = [v for v in vals if math.isfinite(v)]
+    if len(finite) < len(vals):
+        return f"inf ({len(vals) - len(finite)})"
+    return f"{sum(vals) / len(vals):.2f} [{min(vals):.2f}, {max(vals):.2f}]"
+
+
+def print_tables(rows, choice, held):
+    for fam in ("vp", "edm"):
+        probs = [r for r in held if vp(r["kind"]) == fam]
+        if not probs:
+            continue
+        print(f"\n### {'VP (DDPM linear + cosine, T=1000)' if fam == 'vp' else 'EDM sigmas'}: {len(probs)} held-out problems")
+        labels = list(dict.fromkeys(k[1] for k in rows if k[0] == fam))
+        for metric, title in (("dist", "sample distance (x noise floor)"), ("weights", "component-weight error (TV)"),
+                              ("transport", "distance to the exact PF-ODE solution (/ data RMS)")):
+            print(f"\n{title}: mean [min, max] over problems\n")
+            print("| sampler (default grid) | " + " | ".join(f"{n} NFE" for n in NFES) + " |")
+            print("|---|" + "---|" * len(NFES))
+            for label in labels:
+                if label.startswith("exact"):
+                    continue
+                table = "diffusers" if label.startswith("diffusers") else "ours"
+                name = label.replace("diffusers ", "")
+                sp = "per problem" if "oracle" in label else choice.get((table, fam, name), "?")
+                cells = []
+                for n in NFES:
+                    vals = [m[metric] for _, m in rows.get((fam, label, n), [])]
+                    cells.append(stat(vals) if vals else "-")
+                print(f"| {label} ({sp}) | " + " | ".join(cells) + " |")
+            floor = [m[metric] for _, m in rows[(fam, "exact PF-ODE (floor)", 0)]]
+            print(f"| exact PF-ODE solution | {stat(floor)} (all budgets) |" + " |" * (len(NFES) - 1))
+
+
+def wins(rows, held):
+    """For each of our samplers: on how many held-out (problem, budget) pairs its default is no
+    worse (sample distance) than the oracle-best diffusers scheduler."""
+    out = {}
+    for (fam, label, nfe), vals in rows.items():
+        if label.startswith(("diffusers", "exact")):
+            continue
+        best = dict((s, m) for s, m in rows.get((fam, "diffusers best (oracle)", nfe), []))
+        w = sum(1 for s, m in vals if s in best and m["dist"] <= best[s]["dist"])
+        tot = out.setdefault((fam, label), [0, 0])
+        tot[0] += w
+        tot[1] += sum(1 for s, _ in vals if s in best)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 + 3 problems, 400 samples")
+    ap.add_argument("--samples", type=int, default=None)
+    ap.add_argument("--problems", type=int, default=None, help="problems per part (TUNE and HELD-OUT)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tune-from", default=None, help="reuse the TUNE measurements of an earlier run (its json)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("diffuse.core.solvers").setLevel(logging.ERROR)    # the Heun fallback line, once per run
+    try:
+        from diffusers.utils import logging as dlog
+        dlog.set_verbosity_error()
+    except ImportError:
+        pass
+    n = args.samples or (400 if args.quick else 1000)
+    p = args.problems or (3 if args.quick else 9)
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    t0 = time.perf_counter()
+    every = lambda kind: {name: GRIDS for name in OURS}
+    tune_res = json.loads(Path(args.tune_from).read_text()) if args.tune_from else [measure(s, n, every, lambda kind, name, options: list(options), log) for s in range(p)]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_grids_tune.json").write_text(json.dumps(tune_res, default=float))
+    for r in tune_res:                         # an earlier run's TUNE data may predate a spacing: derive "auto"
+        for name in OURS:
+            for nfe in NFES:
+                if f"{name}|auto|{nfe}" not in r["ours"]:
+                    sp = ("karras" if r["kind"] == "edm" else "trailing" if steps_for(name, nfe) < AUTO_MIN_STEPS
+                          else "jump_logsnr")
+                    if f"{name}|{sp}|{nfe}" in r["ours"]:
+                        r["ours"][f"{name}|auto|{nfe}"] = r["ours"][f"{name}|{sp}|{nfe}"]
+    choice = tune(tune_res)
+    log("defaults chosen on TUNE: " + ", ".join(f"{k[1]}/{k[2]}={v}" for k, v in sorted(choice.items())))
+    chosen = lambda kind: {name: sorted({choice[("ours", vp(kind), name)], "trailing" if kind != "edm" else "karras", "auto"})
+                           for name in OURS}
+    held = [measure(1000 + s, n, chosen, lambda kind, name, options: list(options), log) for s in range(p)]
+    rows = summarise(held, choice)
+    print(f"\nHELD-OUT problems only ({p} per part, {n} samples each); defaults chosen on {p} TUNE problems")
+    print_tables(rows, choice, held)
+    print("\nour default no worse than the oracle-best diffusers scheduler (sample distance), held-out problem x budget pairs:")
+    w = wins(rows, held)
+    for (fam, label), (a, b) in sorted(w.items()):
+        print(f"  {fam:4s} {label:12s} {a}/{b}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"samples": n, "problems_per_part": p, "choice": {"|".join(k): v for k, v in choice.items()},
+           "tune": tune_res, "held_out": held, "torch": torch.__version__, "platform": platform.platform(),
+           "seconds": time.perf_counter() - t0}
+    path = RESULTS / "bench_grids.json"
+    path.write_text(json.dumps(out, indent=1, default=float))
+    print(f"\nwrote {path} ({out['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
