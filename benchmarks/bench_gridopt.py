@@ -1,7 +1,8 @@
 """Per-model optimised grids (``diffuse optimize-grid``) against the default grid, out of sample.
 
     python benchmarks/bench_gridopt.py [--quick] [--threads 1] [--samplers ddim,dpmpp_2m]
-        [--image RUN] [--audio RUN] [--molecules RUN]
+        [--image RUN] [--audio RUN] [--molecules RUN] [--no-exact] [--domain-samplers ddim]
+        [--domain-evals N] [--out FILE]
 
 1. Exact problems (where the truth is known): random Gaussian mixtures of several dimensions,
    numbers and widths of components on the DDPM linear and cosine schedules (T = 1000), each
@@ -15,7 +16,7 @@
      for the exact flow's samples: what a perfect solver would get with these samples).
 2. Trained models (``--image`` / ``--audio`` / ``--molecules`` run folders, e.g. small models
    trained in a few minutes on CPU): the grid is optimised at 10 NFE on ``--opt-num`` prior draws
-   (seed 0); then samples from held-out noise (seed 1) on the default and on the optimised grid
+   (seed 0; reference: ``--domain-ref-steps`` steps); then samples from held-out noise (seed 1) on the default and on the optimised grid
    are scored by the domain's own metrics (image FID / KID on the framework's LeNet features,
    audio Frechet distances, molecule stability / validity) against the held-out data.
 
@@ -142,13 +143,13 @@ def domain_models(args, log) -> list[dict]:
         if run is None:
             continue
         model = api.load(run, device="cpu")
-        opt_num, eval_num = {"image": (128, 256), "audio": (32, 64), "molecules": (128, 256)}[domain]
+        opt_num, eval_num = {"image": (64, 256), "audio": (16, 64), "molecules": (64, 256)}[domain]
         opt_num, eval_num = args.domain_opt_num or opt_num, args.domain_eval_num or eval_num
         reference = model.reference_data()
-        for sampler in args.samplers:
+        for sampler in args.domain_samplers:
             t0 = time.perf_counter()
             res = model.optimize_grid(10, sampler=sampler, num=opt_num, seed=0, save=False,
-                                      max_evals=args.domain_evals)
+                                      max_evals=args.domain_evals, ref_steps=args.domain_ref_steps)
             secs = time.perf_counter() - t0
             row = {"domain": domain, "run": str(run), "sampler": sampler, "nfe": 10, "opt_num": opt_num,
                    "eval_num": eval_num, "opt_objective_default": res.start_objective, "opt_objective": res.objective,
@@ -191,10 +192,14 @@ def main() -> None:
     ap.add_argument("--domain-opt-num", type=int, default=None)
     ap.add_argument("--domain-eval-num", type=int, default=None)
     ap.add_argument("--domain-evals", type=int, default=None, help="max_evals of the domain searches (default 20 x NFE)")
+    ap.add_argument("--domain-ref-steps", type=int, default=200, help="steps of the domain searches' reference")
+    ap.add_argument("--domain-samplers", default=None, help="samplers for the trained models (default --samplers)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "bench_gridopt.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.samplers = [s for s in args.samplers.split(",") if s]
     args.nfes = [int(n) for n in args.nfes.split(",") if n]
+    args.domain_samplers = [s for s in (args.domain_samplers or ",".join(args.samplers)).split(",") if s]
     args.eval = args.eval or (1000 if args.quick else 2000)
     args.replicates = args.replicates or (1 if args.quick else 3)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -204,12 +209,12 @@ def main() -> None:
         print_exact(exact, args.samplers, args.nfes)
     domains = domain_models(args, log)
     print_domains(domains)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     out = {"exact": exact, "domains": domains, "args": {k: (str(v) if isinstance(v, Path) else v)
                                                           for k, v in vars(args).items()},
            "torch": torch.__version__, "platform": platform.platform(), "threads": torch.get_num_threads(),
            "seconds": time.perf_counter() - t0}
-    path = RESULTS / "bench_gridopt.json"
+    path = args.out
     path.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {path}")
 
