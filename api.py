@@ -254,8 +254,9 @@ class DiffusionModel:
         schedule = self.diffusion.schedule
         if schedule.num_steps and nfe > schedule.num_steps:
             raise ValueError(f"asked for {nfe} steps but the model was trained with T={schedule.num_steps}")
-        if save and self.run_dir is not None:
-            check_writable(self.run_dir, training=False)
+        if save and self.run_dir is not None and not os.access(self.run_dir, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self.run_dir} is not writable; optimize-grid stores its grid there "
+                                  "(fix the permissions or copy the run)")
         start = sampling_grid(schedule, sampler, nfe, None)
         cond, _ = self.prepare_condition(num)
         problems = prior_batches(self.denoiser, self.domain, self.data_info, num, start_t=float(start[0]), seed=seed,
