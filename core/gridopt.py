@@ -109,8 +109,8 @@ def check_grid(grid: Any, nfe: int | None = None) -> Tensor:
 
 def snap_grid(grid: Tensor, T: int) -> Tensor:
     """The grid's evaluation times (all but the last entry) rounded to the trained timesteps
-    ``k / T``, kept strictly decreasing in ``[1, T]`` with the first one unchanged in rank;
-    the final time is kept as is. ``len(grid) - 1 <= T`` is required."""
+    ``k / T`` and kept strictly decreasing within ``[1/T, 1]`` (a collision is pushed up, then
+    down from the top); the final time is kept as is. ``len(grid) - 1 <= T`` is required."""
     evals = grid[:-1]
     n = (evals * T).round().clamp(1, T)
     for i in range(len(n) - 2, -1, -1):        # from the clean end up: each above its successor
@@ -121,11 +121,13 @@ def snap_grid(grid: Tensor, T: int) -> Tensor:
     return torch.cat([n / T, grid[-1:]])
 
 
-def reference_grid(schedule: Schedule, start_grid: Tensor, steps: int) -> Tensor:
-    """The fine grid of the reference solution: ``steps`` steps from ``start_grid[0]`` to the
-    schedule's lowest time, uniform in log-SNR where it is finite at both ends (else uniform in
-    ``t``), then ``start_grid[-1]``; snapped to the trained timesteps for a discrete model."""
-    hi, lo = float(start_grid[0]), min(schedule.t_min, float(start_grid[-2]))
+def reference_grid(schedule: Schedule, start_grid: Tensor, steps: int, t_lo: float | None = None) -> Tensor:
+    """The fine grid of the reference solution: ``steps`` steps from ``start_grid[0]`` down to
+    ``t_lo`` (default: the schedule's ``t_min`` or the start grid's lowest evaluation time, the
+    lower), uniform in log-SNR where it is finite at both ends (else uniform in ``t``), then
+    ``start_grid[-1]``; snapped to the trained timesteps for a discrete model."""
+    hi = float(start_grid[0])
+    lo = min(schedule.t_min, float(start_grid[-2])) if t_lo is None else float(t_lo)
     lam = schedule.log_snr(torch.tensor([hi, lo], dtype=F64))
     if bool(torch.isfinite(lam).all()):
         t = schedule.t_from_log_snr(torch.linspace(float(lam[0]), float(lam[1]), steps, dtype=F64))
@@ -306,7 +308,7 @@ def optimize_grid(problems: Sequence[Problem], schedule: Schedule, start_grid: T
     _check_deterministic(fn, sampler, problems, start, schedule, options)
     ref_name = reference_sampler(schedule, start, sampler) if ref_sampler is None else ref_sampler
     ref_fn = get_sampler(ref_name)
-    refs = _run(ref_fn, problems, reference_grid(schedule, start, ref_steps), schedule, seed,
+    refs = _run(ref_fn, problems, reference_grid(schedule, start, ref_steps, lo), schedule, seed,
                 options if ref_name == sampler else {})
     if not all(bool(torch.isfinite(r).all()) for r in refs):
         raise ValueError(f"the reference solution ({ref_name}, {ref_steps} steps) is not finite; "

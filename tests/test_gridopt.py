@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from diffuse import api
 from diffuse.cli.main import main
-from diffuse.core import SAMPLERS, DenseSpace, LinearBetaSchedule, CosineSchedule, time_grid
+from diffuse.core import SAMPLERS, DenseSpace, LinearBetaSchedule, CosineSchedule, SigmaSchedule, time_grid
 from diffuse.core.gaussian import GaussianMixture
 from diffuse.core.generate import generate, sampling_grid
 from diffuse.core.gridopt import (GRIDS_FILE, GridResult, check_grid, grid_error, load_grids, optimize_grid,
@@ -68,8 +68,8 @@ def test_never_worse_than_start_and_closer_to_the_exact_flow(sampler):
     assert abs(e_opt - res.objective) < 0.1 * res.objective
 
 
-def test_deterministic_and_continuous_schedule():
-    sch = CosineSchedule(num_steps=None)             # continuous time: no snapping
+@pytest.mark.parametrize("sch", [CosineSchedule(num_steps=None), SigmaSchedule()], ids=["vp-continuous", "ve-edm"])
+def test_deterministic_and_continuous_schedule(sch):
     gm, _, x, _ = _problem(seed=4, n=64, schedule=sch)
     den = gm.denoiser(sch)
     start = sampling_grid(sch, "ddim", 4, None)
