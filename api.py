@@ -165,6 +165,8 @@ class DiffusionModel:
                  device: torch.device, run_dir: Path | None = None) -> None:
         self.domain, self.config, self.denoiser, self.diffusion = domain, config, denoiser, diffusion
         self.device, self.run_dir = device, run_dir
+        #: which weights of which checkpoint were loaded (``{"checkpoint_step", "weights"}``; set by :func:`load`)
+        self.checkpoint_info: dict[str, Any] = {}
         self.denoiser.eval()
 
     @property
@@ -190,7 +192,14 @@ class DiffusionModel:
 
         ``guidance="classifier"`` with ``classifier`` (a run folder from :func:`train_classifier`
         or a loaded classifier): classifier guidance towards the classifier's target in ``cond``
-        (``{"label": 7}``) with scale ``guidance_scale`` (default 1); the model may be unconditional."""
+        (``{"label": 7}``) with scale ``guidance_scale`` (default 1); the model may be unconditional.
+
+        A grid stored by :meth:`optimize_grid` for this sampler and number of steps is used when
+        ``spacing`` is not given (one log line says so); ``spacing=`` overrides it."""
+        if spacing is None and "grid" not in options:
+            stored = self.stored_grid(sampler, steps)
+            if stored is not None:
+                options["grid"] = stored
         # --- classifier guidance (clf helper) ---
         if guidance not in (None, "free") or classifier is not None:
             if eta is not None:
@@ -208,6 +217,71 @@ class DiffusionModel:
         return generate(self.denoiser, self.domain, self.data_info, num, sampler=sampler, steps=steps,
                         spacing=spacing, seed=seed, batch_size=batch_size, device=self.device, cond=condition,
                         progress=progress, structure=structure, guidance=guidance, **options)
+
+    # --- per-model optimised grids (gridopt helper) ---
+    def stored_grid(self, sampler: str, steps: int | None = None) -> torch.Tensor | None:
+        """The grid :meth:`optimize_grid` stored in the run folder for ``sampler`` with ``steps``
+        (default: the sampler's default) on this model's schedule and weights, or ``None``."""
+        from .core.generate import default_steps
+        from .core.gridopt import GRIDS_FILE, stored_grid
+
+        if self.run_dir is None or not self.checkpoint_info or not isinstance(sampler, str):
+            return None   # weights not loaded from a checkpoint (build(), untrained()): no stored grid
+        schedule = self.diffusion.schedule
+        n = default_steps(sampler, schedule) if steps is None else steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            return None
+        found = stored_grid(self.run_dir, sampler, n, schedule, **self.checkpoint_info)
+        if found is None:
+            return None
+        grid, entry = found
+        log.warning("using the optimised %s grid for %d steps from %s (error %s vs %s on the default grid); "
+                    "--spacing overrides it", sampler, n, self.run_dir / GRIDS_FILE, _fmt(entry.get("objective")),
+                    _fmt(entry.get("start_objective")))
+        return grid
+
+    def optimize_grid(self, nfe: int, *, sampler: str = "ddim", num: int = 256, seed: int = 0,
+                      batch_size: int = 64, ref_steps: int | None = None, max_evals: int | None = None,
+                      save: bool = True, progress: Callable[[int, float], None] | None = None):
+        """Find the time grid of ``nfe`` steps on which the deterministic ``sampler`` best reproduces
+        its fine-grid solution (``ref_steps`` steps) from the same ``num`` prior draws (seed
+        ``seed``), starting from the default grid (``core.gridopt``); the model's null condition is
+        used for a conditional model. With ``save`` (and a run folder) the grid is stored in
+        ``RUN/grids.json``, where :meth:`sample` finds it. Returns a
+        :class:`~diffuse.core.gridopt.GridResult`; every argument is checked before any work."""
+        from .core.generate import sampling_grid
+        from .core.gridopt import optimize_grid, prior_batches, save_grid
+        from .core.samplers import check_sampler_options, get_sampler
+
+        for name, value in (("the number of steps (nfe)", nfe), ("the number of samples", num),
+                            ("the batch size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("ref_steps", ref_steps), ("max_evals", max_evals)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if nfe < 2:
+            raise ValueError(f"an optimised grid needs at least 2 steps (--nfe), got {nfe}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+            raise ValueError(f"the seed must be an integer in [0, 2^63), got {seed!r}")
+        get_sampler(sampler)
+        check_sampler_options(sampler, {})
+        schedule = self.diffusion.schedule
+        if schedule.num_steps and nfe > schedule.num_steps:
+            raise ValueError(f"asked for {nfe} steps but the model was trained with T={schedule.num_steps}")
+        if save and self.run_dir is not None and not os.access(self.run_dir, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self.run_dir} is not writable; optimize-grid stores its grid there "
+                                  "(fix the permissions or copy the run)")
+        start = sampling_grid(schedule, sampler, nfe, None)
+        cond, _ = self.prepare_condition(num)
+        problems = prior_batches(self.denoiser, self.domain, self.data_info, num, start_t=float(start[0]), seed=seed,
+                                 batch_size=batch_size, device=self.device, cond=cond)
+        with torch.no_grad():
+            result = optimize_grid(problems, schedule, start, sampler=sampler, ref_steps=ref_steps,
+                                   max_evals=max_evals, seed=seed, progress=progress)
+        if save and self.run_dir is not None:
+            save_grid(self.run_dir, result, schedule, num=num, seed=seed, **self.checkpoint_info)
+        return result
 
     # --- conditional generation (cond helper) ---
     def condition_kinds(self) -> dict[str, Any]:
@@ -375,6 +449,10 @@ class DiffusionModel:
         if samples is None:
             samples = self.sample(num, **sample_options)
         return self.domain.metrics(samples, reference, self.data_info)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, Any] | None = None,
@@ -561,7 +639,10 @@ def load(checkpoint: str | Path, *, device: str = "auto", ema: bool = True,
     if domain is not None and domain != cfg.domain:
         raise CheckpointError(f"{run_dir} is a {cfg.domain!r} checkpoint, not {domain!r}")
     weights = ck["ema"] if (ema and ck["ema"] is not None) else ck["model"]
-    return _assemble(cfg, weights, run_dir, device)
+    model = _assemble(cfg, weights, run_dir, device)
+    model.checkpoint_info = {"checkpoint_step": ck["meta"].get("step"),
+                             "weights": "ema" if weights is ck["ema"] else "raw"}
+    return model
 
 
 def _assemble(cfg: RunConfig, weights: dict[str, torch.Tensor], where: Path, device: str) -> DiffusionModel:

@@ -88,13 +88,15 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
              steps: int | None = None, spacing: str | None = None, seed: int = 0, batch_size: int = 64,
              device: torch.device | str = "cpu", cond: Any = None, progress: Callable[[int], None] | None = None,
              denoise_wrapper: Callable | None = None, structure: Any = None, guidance: Guidance | None = None,
-             **sampler_options) -> Batch:
+             grid: torch.Tensor | None = None, **sampler_options) -> Batch:
     """Draw ``num`` samples. ``progress(n)`` is called after each sampler step with the chunk's size.
 
     ``cond``: a :class:`Condition` of ``num`` samples (or ``None``; a raw tensor is passed to
     the backbone as is). ``structure``: given to ``domain.template`` (a per-sample tensor or
     list is sliced per chunk). ``guidance``: classifier-free guidance (needs ``cond``).
     ``denoise_wrapper(denoise_fn, batch) -> denoise_fn`` lets callers add other guidance.
+    ``grid``: an explicit descending time grid (e.g. an optimised one, ``core.gridopt``) instead
+    of ``steps`` / ``spacing``.
     Arguments, sampler options and the domain's structure (``Domain.check_structure``)
     are checked first. Returns one :class:`Batch` on CPU with all samples (``cond`` carried along),
     in data space (``domain.to_data``: a latent model's samples are decoded chunk by chunk).
@@ -105,7 +107,11 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
     fn = get_sampler(sampler)
     schedule = denoiser.schedule
     check_condition(cond, guidance, num)
-    grid = sampling_grid(schedule, sampler, steps, spacing)
+    if grid is None:
+        grid = sampling_grid(schedule, sampler, steps, spacing)
+    else:
+        from .gridopt import check_grid
+        grid = check_grid(grid, steps)
     device = torch.device(device)
     out: list[Batch] = []
     for start in range(0, num, batch_size):
