@@ -216,6 +216,8 @@ class Trainer:
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(self.cfg.ema_decay, self.cfg.ema_warmup),
                                  use_buffers=True)
         self.step = 0
+        self._held_signal: int | None = None   # a Ctrl-C / SIGTERM held during an update
+        self._defer_signal = False             # True inside _loop: raise it after the step is logged
         self._saved_step: int | None = None
         self._perms: dict[int, torch.Tensor] = {}
         self._eval_seconds = 0.0   # evaluation time of this session (kept out of the training time)
@@ -412,8 +414,16 @@ class Trainer:
             self.ema.update_parameters(self.model)
             self.step += 1
         if pending:
-            raise KeyboardInterrupt(f"signal {signal.Signals(pending[0]).name}")
+            self._held_signal = pending[0]
+            if not self._defer_signal:
+                self._raise_held_signal()
         return total, grad_norm
+
+    def _raise_held_signal(self) -> None:
+        """Raise the Ctrl-C / SIGTERM held during an update (KeyboardInterrupt), if one was."""
+        sig, self._held_signal = getattr(self, "_held_signal", None), None
+        if sig is not None:
+            raise KeyboardInterrupt(f"signal {signal.Signals(sig).name}")
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -546,26 +556,41 @@ class Trainer:
         window_t, window_n = time.perf_counter(), 0
         loss = float("nan")
         ema_loss = None
-        while self.step < end:
-            loss, grad_norm = self.train_step()
-            window_n += cfg.batch_size * cfg.grad_accum
-            ema_loss = loss if ema_loss is None else 0.9 * ema_loss + 0.1 * loss
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                now = time.perf_counter()
-                rate = window_n / max(now - window_t, 1e-9)
-                window_t, window_n = now, 0
-                self._log({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": grad_norm, "samples_per_s": rate})
-                bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{rate:.1f}")
-            bar.update(1)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
-                self.save()
-            if (cfg.sample_every and cfg.eval_samples and self.step % cfg.sample_every == 0 and self.step < cfg.steps
-                    and self.dist.is_main):
-                metrics, where = self.evaluate(f"step_{self.step:06d}", self._eval_budget(final=False), final=False)
-                if where is not None:
-                    bar.write(f"step {self.step}: " + _fmt(metrics))
+        # an interrupt held during a step's update is raised only after that step's log line is
+        # written, so the interrupt's checkpoint (step N) and metrics.jsonl (lines up to N) agree
+        self._defer_signal = True
+        try:
+            while self.step < end:
+                loss, grad_norm = self.train_step()
+                window_n += cfg.batch_size * cfg.grad_accum
+                ema_loss = loss if ema_loss is None else 0.9 * ema_loss + 0.1 * loss
+                with _signals_held() as pending:
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        now = time.perf_counter()
+                        rate = window_n / max(now - window_t, 1e-9)
+                        window_t, window_n = now, 0
+                        self._log({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                                   "grad_norm": grad_norm, "samples_per_s": rate})
+                        bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{rate:.1f}")
+                if pending and self._held_signal is None:
+                    self._held_signal = pending[0]
+                self._raise_held_signal()
+                self._after_step(bar, end)
+        finally:
+            self._defer_signal = False
         return loss
+
+    def _after_step(self, bar, end: int) -> None:
+        """Progress, the periodic checkpoint and the periodic evaluation after a step."""
+        cfg = self.cfg
+        bar.update(1)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
+            self.save()
+        if (cfg.sample_every and cfg.eval_samples and self.step % cfg.sample_every == 0 and self.step < cfg.steps
+                and self.dist.is_main):
+            metrics, where = self.evaluate(f"step_{self.step:06d}", self._eval_budget(final=False), final=False)
+            if where is not None:
+                bar.write(f"step {self.step}: " + _fmt(metrics))
 
 
 def _fmt(metrics: dict[str, float]) -> str:
