@@ -150,3 +150,19 @@ def test_module_entry_point(run, tmp_path, capsys):
         export_main([str(run)])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: Missing argument 'NAME'")
+
+
+def test_shipped_image_model_draws_the_requested_digits():
+    """The shipped `image` model, label-guided, draws digits the framework's own LeNet reads as the
+    requested label (its model card: 0.93 at s = 1, 1.00 at s = 2 over 200 samples); a few
+    samples at s = 2 with 20 DDIM steps must mostly be right."""
+    from diffuse.domains.image.features import bundled_lenet
+
+    if "image" not in pretrained.available():
+        pytest.skip("no shipped image model in this copy")
+    model = api.load_pretrained("image", device="cpu")
+    labels = [0, 1, 3, 7, 9, 4]
+    samples = model.sample(len(labels), sampler="ddim", steps=20, seed=0, cond={"label": labels},
+                           guidance_scale=2.0)
+    pred = bundled_lenet()(samples.x.float().clamp(-1, 1)).argmax(1)
+    assert (pred == torch.tensor(labels)).float().mean() >= 5 / 6
