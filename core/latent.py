@@ -139,6 +139,21 @@ class Autoencoder(nn.Module, ABC):
         return float(self.scale)
 
 
+def gaussian_draw(mean: Tensor, logvar: Tensor, generator: torch.Generator | None = None,
+                  sample: bool = True) -> Tensor:
+    """A draw of the diagonal Gaussian posterior ``N(mean, exp(logvar))`` (reparameterised, so
+    gradients flow), or its mean with ``sample=False``: the ``encode`` of a KL autoencoder."""
+    if not sample:
+        return mean
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)), averaged over elements (the KL term of a KL autoencoder)."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+
+
 class AutoencoderObjective:
     """Lets :class:`~diffuse.core.trainer.Trainer` train an autoencoder: it stands where the
     trainer expects a Diffusion and returns the autoencoder's own loss."""

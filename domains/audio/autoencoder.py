@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ...core.config import AT_LEAST_ONE, NON_NEGATIVE, OneOf, check_kwargs
 from ...core.domain import Batch
-from ...core.latent import Autoencoder
+from ...core.latent import Autoencoder, gaussian_draw, gaussian_kl
 
 __all__ = ["AudioAutoencoder", "DEFAULT_AUDIO_AUTOENCODER", "stft_distance", "logmel_distance"]
 
@@ -127,11 +127,7 @@ class AudioAutoencoder(Autoencoder):
         return mean, logvar.clamp(-30.0, 20.0)
 
     def encode(self, batch: Batch, generator: torch.Generator | None = None, sample: bool = True) -> Tensor:
-        mean, logvar = self.posterior(batch.x)
-        if not sample:
-            return mean
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * logvar) * eps
+        return gaussian_draw(*self.posterior(batch.x), generator, sample)
 
     def decode(self, z: Tensor, like: Batch) -> Tensor:
         return self.decoder(z)[..., :self.length]
@@ -151,7 +147,7 @@ class AudioAutoencoder(Autoencoder):
         rec = self.decoder(mean + torch.exp(0.5 * logvar) * eps)[..., :x.shape[-1]]
         spec = stft_distance(rec, x, self.fft_sizes).mean()
         wave = (rec - x).abs().mean()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        kl = gaussian_kl(mean, logvar)
         total = spec + self.wave_weight * wave + self.kl_weight * kl
         return total, {"stft": float(spec.detach()), "wave": float(wave.detach()), "kl": float(kl.detach())}
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ...core.config import AT_LEAST_ONE, NON_NEGATIVE, OneOf, check_kwargs
 from ...core.domain import Batch
-from ...core.latent import Autoencoder
+from ...core.latent import Autoencoder, gaussian_draw, gaussian_kl
 
 __all__ = ["ImageAutoencoder", "DEFAULT_IMAGE_AUTOENCODER", "psnr"]
 
@@ -129,11 +129,7 @@ class ImageAutoencoder(Autoencoder):
         return mean, logvar.clamp(-30.0, 20.0)
 
     def encode(self, batch: Batch, generator: torch.Generator | None = None, sample: bool = True) -> Tensor:
-        mean, logvar = self.posterior(batch.x)
-        if not sample:
-            return mean
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * logvar) * eps
+        return gaussian_draw(*self.posterior(batch.x), generator, sample)
 
     def decode(self, z: Tensor, like: Batch) -> Tensor:
         return self.decoder(z)
@@ -154,7 +150,7 @@ class ImageAutoencoder(Autoencoder):
         rec = self.decoder(mean + torch.exp(0.5 * logvar) * eps)
         err = (rec - x).abs() if self.recon == "l1" else (rec - x).pow(2)
         rec_loss = err.mean()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        kl = gaussian_kl(mean, logvar)
         total = rec_loss + self.kl_weight * kl
         parts = {"recon": float(rec_loss.detach()), "kl": float(kl.detach())}
         if self.perceptual_weight > 0:

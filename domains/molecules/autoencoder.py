@@ -50,7 +50,7 @@ from diffuse.core.latent import Autoencoder
 from diffuse.core.space import GeneratorLike
 
 from .dataset import FeatureCodec
-from .egnn import GCL, CoordUpdate, _geometry
+from .egnn import GCL, CoordUpdate, egnn_trunk
 
 __all__ = ["MoleculeAutoencoder", "AUTOENCODER_DEFAULTS", "autoencoder_kwargs"]
 
@@ -101,14 +101,7 @@ class _EquivariantNet(nn.Module):
     def forward(self, pos0: Tensor, h: Tensor, space: GraphSpace) -> tuple[Tensor, Tensor]:
         row, col = (e.to(pos0.device) for e in space.edges())
         h = self.embed(h)
-        d0, _ = _geometry(pos0, row, col, self.norm_constant)
-        pos = pos0
-        for gcls, upd in self.blocks:
-            d2, unit = _geometry(pos, row, col, self.norm_constant)
-            edge_attr = torch.cat([d2, d0], 1)
-            for gcl in gcls:
-                h = gcl(h, row, col, edge_attr)
-            pos = upd(h, pos, row, col, unit, edge_attr)
+        h, pos = egnn_trunk(self.blocks, h, pos0, row, col, self.norm_constant)
         return space.project(pos), self.head(h)
 
 

@@ -160,6 +160,23 @@ def _geometry(pos: Tensor, row: Tensor, col: Tensor, norm_constant: float) -> tu
     return d2, unit
 
 
+def egnn_trunk(blocks: nn.ModuleList, h: Tensor, pos0: Tensor, row: Tensor, col: Tensor,
+               norm_constant: float) -> tuple[Tensor, Tensor]:
+    """The EGNN's message-passing trunk (EDM's layout): per block, GCLs on edge attributes
+    (squared distance now, squared distance at the input) then one equivariant coordinate update.
+    ``blocks``: pairs ``(ModuleList of GCL, CoordUpdate)``. Returns ``(h, pos)``; shared by the
+    denoiser and the molecule autoencoder."""
+    d0, _ = _geometry(pos0, row, col, norm_constant)
+    pos = pos0
+    for gcls, upd in blocks:
+        d2, unit = _geometry(pos, row, col, norm_constant)
+        edge_attr = torch.cat([d2, d0], 1)
+        for gcl in gcls:
+            h = gcl(h, row, col, edge_attr)
+        pos = upd(h, pos, row, col, unit, edge_attr)
+    return h, pos
+
+
 class EGNN(nn.Module):
     """EDM-style EGNN denoiser for ``x = [positions (3), features (F)]`` on a :class:`GraphSpace`.
 
@@ -201,14 +218,7 @@ class EGNN(nn.Module):
                 ctx = x.new_zeros(space.num_graphs, self.context_dim)
             parts.append(ctx.to(x.dtype).index_select(0, batch))
         h = self.embed(torch.cat(parts, 1))
-        d0, _ = _geometry(pos0, row, col, self.norm_constant)
-        pos = pos0
-        for gcls, upd in self.blocks:
-            d2, unit = _geometry(pos, row, col, self.norm_constant)
-            edge_attr = torch.cat([d2, d0], 1)
-            for gcl in gcls:
-                h = gcl(h, row, col, edge_attr)
-            pos = upd(h, pos, row, col, unit, edge_attr)
+        h, pos = egnn_trunk(self.blocks, h, pos0, row, col, self.norm_constant)
         eps_pos = pos - pos0
         eps_pos = eps_pos - space.graph_mean(eps_pos).index_select(0, batch)
         return torch.cat([eps_pos, self.head(h)], 1)
