@@ -10,7 +10,7 @@ Then trains the default audio model on the file at 48 kHz stereo, 0.1 s clips (s
 soundfile seeks) for ``--train-steps`` steps with ``train.prefetch`` 0 and 2, alternating, twice
 (seconds per step).
 
-    python -m diffuse.benchmarks.bench_streaming [--minutes 20] [--train-steps 10]
+    python benchmarks/bench_streaming.py [--minutes 20] [--train-steps 10]
 
 (run from a folder where ``diffuse`` imports; the machine's load affects the seconds, not the
 memory figures). Writes ``benchmarks/results/streaming.json``.
