@@ -278,6 +278,8 @@ def evaluate(run: Path, num: int) -> dict:
 def bench_quality(args, tmp: Path) -> dict:
     out: dict = {}
     for name, data in (("image", IMAGE_DATA), ("audio", AUDIO_QUALITY_DATA)):
+        if name not in args.domains:
+            continue
         est = _ae_step_time(name, data)
         ae = train_ae_for(name, tmp / f"{name}-ae", args.ae_seconds, data, est)
         print(f"{name} autoencoder: {ae}", flush=True)
@@ -289,7 +291,7 @@ def bench_quality(args, tmp: Path) -> dict:
         latent["metrics"] = evaluate(tmp / f"{name}-latent", args.num)
         print(f"{name} metrics: pixel {pixel['metrics']}  latent {latent['metrics']}", flush=True)
         out[name] = {"autoencoder": ae, "pixel": pixel, "latent": latent}
-    mol = bench_molecules(args, tmp)
+    mol = bench_molecules(args, tmp) if "molecules" in args.domains else None
     if mol is not None:
         out["molecules"] = mol
     return out
@@ -328,6 +330,8 @@ def main() -> None:
     p.add_argument("--ae-seconds", type=float, default=150.0, help="autoencoder training time per domain")
     p.add_argument("--num", type=int, default=64, help="samples per quality evaluation")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test of the script)")
+    p.add_argument("--domains", type=lambda v: v.split(","), default=["image", "audio", "molecules"],
+                   help="comma-separated: image, audio, molecules (molecules: autoencoder reconstruction only)")
     p.add_argument("--memory-worker", nargs=4, metavar=("DOMAIN", "KIND", "PHASE", "DEVICE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -341,7 +345,7 @@ def main() -> None:
                     "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(), "speed": {}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench_latent_{device.type}.json"
-    for name in ("image", "audio") if not args.no_speed else ():
+    for name in [n for n in args.domains if n != "molecules"] if not args.no_speed else ():
         sp = bench_speed(name, device, args.rounds)
         sp.update({k: {**sp[k], **v} for k, v in bench_memory(name, device, args.threads).items()})
         result["speed"][name] = sp
@@ -373,7 +377,7 @@ def main() -> None:
         q = result["quality"]
         print(f"\nQuality at equal diffusion training time ({args.seconds:.0f} s each, {args.threads} thread(s))")
         rows = []
-        for name in ("image", "audio"):
+        for name in (n for n in ("image", "audio") if n in q):
             ae = q[name]["autoencoder"]
             rec = "  ".join(f"{k}={v:.3g}" for k, v in ae["recon"].items() if k != "held_out_items")
             print(f"  {name} autoencoder: {ae['steps']} steps in {ae['seconds']:.0f} s; held-out {rec}")
