@@ -40,7 +40,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save as safetensors_bytes
 
-from .config import RunConfig
+from .config import RunConfig, TrainConfig, update_dataclass
 from .io import atomic_write_text
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_run_config", "atomic_write_text",
@@ -209,6 +209,32 @@ def _checkpoint_dir(run_dir: Path) -> Path:
         log.warning("ignoring %s (%s); the next save removes it", folder,
                     "an older checkpoint" if _marker(folder) is not None else "incomplete, left by an interrupted save")
     return best
+
+
+def load_kind_config(cls, run_dir: str | Path, kind: str, command: str, not_kind: str):
+    """The dataclass ``cls`` read from the ``config.json`` of a ``kind`` run folder (classifier,
+    autoencoder) written by ``diffuse COMMAND``; its ``train`` section becomes a checked
+    :class:`TrainConfig`. One CheckpointError line for a missing folder, a file, a missing or
+    corrupt config, or a run of another kind (``not_kind``: that message)."""
+    run = Path(run_dir)
+    if not run.exists():
+        raise CheckpointError(f"{kind} run {run} does not exist")
+    if not run.is_dir():
+        raise CheckpointError(f"{run} is not a folder; expected a run folder written by 'diffuse {command}'")
+    path = run / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run} has no config.json; expected a run folder written by 'diffuse {command}'")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt ({exc})") from None
+    if not isinstance(d, dict) or d.get("kind") != kind:
+        raise CheckpointError(not_kind)
+    try:
+        d["train"] = update_dataclass(TrainConfig(), d.get("train", {}), "train")
+        return cls(**d)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a {kind} config ({exc})") from None
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:

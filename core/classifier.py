@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, atomic_write_text, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_text, load_kind_config, save_checkpoint
 from .condition import Condition, LabelKind
-from .config import TrainConfig, update_dataclass
+from .config import TrainConfig
 from .domain import Batch, Domain, DomainDataset
 from .guidance import classifier_guidance, noisy_classifier_loss
 from .schedule import Schedule
@@ -197,24 +197,9 @@ class ClassifierConfig:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "ClassifierConfig":
-        run = Path(run_dir)
-        if not run.exists():
-            raise CheckpointError(f"classifier run {run} does not exist")
-        path = run / "config.json"
-        if not path.is_file():
-            raise CheckpointError(f"{run} has no config.json; expected a run folder written by 'diffuse train-classifier'")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError) as exc:
-            raise CheckpointError(f"{path} is corrupt ({exc})") from None
-        if not isinstance(d, dict) or d.get("kind") != "classifier":
-            raise CheckpointError(f"{run} is not a classifier run (a diffusion run?); train one with "
-                                  "'diffuse train-classifier'")
-        try:
-            d["train"] = update_dataclass(TrainConfig(), d.get("train", {}), "train")
-            return cls(**d)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path} is corrupt or not a classifier config ({exc})") from None
+        return load_kind_config(cls, run_dir, "classifier", "train-classifier",
+                                f"{run_dir} is not a classifier run (a diffusion run?); train one with "
+                                "'diffuse train-classifier'")
 
 
 # keys of data_info that describe one training set, not the shape of its samples

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError
-from .config import TrainConfig, update_dataclass
+from .checkpoint import CheckpointError, load_kind_config
+from .config import TrainConfig
 from .domain import Batch, DataError, Domain, DomainDataset
 from .space import Space
 
@@ -319,26 +319,8 @@ class AutoencoderConfig:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "AutoencoderConfig":
-        run = Path(run_dir)
-        if not run.exists():
-            raise CheckpointError(f"autoencoder run {run} does not exist")
-        if not run.is_dir():
-            raise CheckpointError(f"{run} is not a folder; expected a run folder written by 'diffuse train-autoencoder'")
-        path = run / "config.json"
-        if not path.is_file():
-            raise CheckpointError(f"{run} has no config.json; expected a run folder written by "
-                                  "'diffuse train-autoencoder'")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path} is corrupt ({exc})") from None
-        if not isinstance(d, dict) or d.get("kind") != "autoencoder":
-            raise CheckpointError(f"{run} is not an autoencoder run; train one with 'diffuse train-autoencoder'")
-        try:
-            d["train"] = update_dataclass(TrainConfig(), d.get("train", {}), "train")
-            return cls(**d)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path} is corrupt or not an autoencoder config ({exc})") from None
+        return load_kind_config(cls, run_dir, "autoencoder", "train-autoencoder",
+                                f"{run_dir} is not an autoencoder run; train one with 'diffuse train-autoencoder'")
 
 
 def is_autoencoder_run(run_dir: str | Path) -> bool:
