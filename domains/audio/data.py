@@ -281,19 +281,28 @@ def _load(files: list[Path], labels: list[int] | None, classes: list[str] | None
         log_skipped(source, skipped)
 
 
+def _read_or_skip(read, f: Path, opts: dict[str, Any], skipped: list[tuple[Path, str]]):
+    """``read(f)``; with ``skip_bad``, ``None`` for an unreadable file (logged and recorded in
+    ``skipped``), else its DataError."""
+    try:
+        return read(f)
+    except DataError as exc:
+        if not opts["skip_bad"]:
+            raise
+        log.info("skipped bad file: %s", exc)
+        skipped.append((f, "unreadable"))
+        return None
+
+
 def _decode_all(files: list[Path], labels: list[int] | None, classes: list[str] | None, opts: dict[str, Any],
                 source: str, default_crop: str, skipped: list[tuple[Path, str]]) -> AudioDataset:
     headers: list[tuple[Path, int, int, int | None]] = []   # file, frames, bytes decoded, label
     rates: dict[Path, int] = {}
     for i, f in enumerate(files):
-        try:
-            frames, channels, rates[f] = audio_info(f)
-        except DataError as exc:
-            if not opts["skip_bad"]:
-                raise
-            log.info("skipped bad file: %s", exc)
-            skipped.append((f, "unreadable"))
+        info = _read_or_skip(audio_info, f, opts, skipped)
+        if info is None:
             continue
+        frames, channels, rates[f] = info
         headers.append((f, frames, frames * channels * 4, labels[i] if labels is not None else None))
     stream_all = opts["stream"] is True or (opts["stream"] == "auto" and sum(h[2] for h in headers) > STREAM_SET_BYTES)
     decoded: list[tuple[Path, Tensor | int, int, int | None]] = []   # a streamed file keeps its frame count
@@ -301,14 +310,10 @@ def _decode_all(files: list[Path], labels: list[int] | None, classes: list[str] 
         if stream_all or (opts["stream"] == "auto" and size > STREAM_FILE_BYTES):
             decoded.append((f, frames, rates[f], lab))
             continue
-        try:
-            x, rate = read_audio(f)
-        except DataError as exc:
-            if not opts["skip_bad"]:
-                raise
-            log.info("skipped bad file: %s", exc)
-            skipped.append((f, "unreadable"))
+        read = _read_or_skip(read_audio, f, opts, skipped)
+        if read is None:
             continue
+        x, rate = read
         decoded.append((f, x, rate, lab))
     if not decoded:
         raise DataError(f"{source}: none of the {len(files)} audio files could be read")
