@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from ..core.condition import Condition, TokensKind, _per_sample, register_kind
 
-__all__ = ["Tokenizer", "TextKind", "Captioner", "TextEncoder", "HFTextEncoder", "build_text_encoder",
+__all__ = ["Tokenizer", "TextKind", "Captioner", "TextEncoder", "HFTextEncoder", "TextPool", "build_text_encoder",
            "text_kind_for", "generic_phrases", "with_article", "split_words", "text_context",
            "VOCAB_PATH", "VOCAB_VERSION", "PAD", "UNK", "DEFAULT_MAX_LEN"]
 
@@ -356,6 +356,19 @@ def build_text_encoder(options: Mapping[str, Any] | None, kind: TextKind) -> nn.
         return HFTextEncoder(opts["path"], kind.tokenizer, int(opts.get("dim", 64)), int(opts.get("max_len", 77)))
     return TextEncoder(kind.vocab_size, kind.max_len, int(opts.get("dim", 64)), int(opts.get("layers", 2)),
                        int(opts.get("heads", 4)), kind.pad_id)
+
+
+class TextPool(nn.Linear):
+    """The pooled prompt for a backbone's time embedding (as Imagen adds its pooled text
+    embedding): the mean of the valid tokens of ``(context [B, S, D], mask [B, S])``, projected
+    to ``[B, out_features]``. Added to the time embedding, the prompt reaches every ResBlock the
+    way a class label does, not only the cross-attention levels. (A ``Linear`` subclass, so its
+    weights keep the names ``weight`` / ``bias``.)"""
+
+    def forward(self, text: tuple[Tensor, Tensor]) -> Tensor:  # type: ignore[override]
+        ctx, mask = text
+        m = mask[..., None].to(ctx.dtype)
+        return super().forward((ctx * m).sum(1) / m.sum(1).clamp_min(1.0))
 
 
 def text_context(encoder: nn.Module | None, cond: Any) -> tuple[Tensor, Tensor] | None:

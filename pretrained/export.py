@@ -13,7 +13,8 @@ that is renamed into place: a failure leaves nothing half-written.
 
 The model card states the data, the recipe, the training steps, the wall time (given, or the
 training steps' own time summed from ``metrics.jsonl``), the hardware (given, or not recorded),
-the last evaluation's metrics and the licenses.
+the run's last evaluation during training, the run's ``evaluation.json`` when ``diffuse evaluate``
+wrote one (a larger, fixed evaluation), and the licenses.
 """
 
 from __future__ import annotations
@@ -83,9 +84,20 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _evaluation(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``evaluation.json`` (written by ``diffuse evaluate``), or ``None`` if absent or unreadable."""
+    path = run_dir / "evaluation.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("metrics"), dict) else None
+
+
 def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[dict[str, Any]], *,
-               params: int, dtype: str, sizes: dict[str, int], wall_time: str | None, hardware: str | None) -> str:
-    """The MODEL_CARD.md text of an exported run."""
+               params: int, dtype: str, sizes: dict[str, int], wall_time: str | None, hardware: str | None,
+               evaluation: dict[str, Any] | None = None) -> str:
+    """The MODEL_CARD.md text of an exported run (``evaluation``: the run's ``evaluation.json``)."""
     evals = [r for r in records if r.get("event") == "eval"]
     seconds = training_seconds(records, cfg)
     if wall_time is None:
@@ -121,8 +133,15 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
         lines += [f"The run's last evaluation (step {last.get('step')}: {last.get('num')} samples, "
                   f"sampler {last.get('sampler')}, {last.get('steps')} steps):", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in last.items() if k not in ("step", "event", "sampler", "steps", "num")]
-    else:
+    elif evaluation is None:
         lines.append("The run logged no evaluation; measure with `diffuse evaluate` on a run folder.")
+    if evaluation is not None:
+        e = evaluation
+        lines += ["", f"`diffuse evaluate` on the run ({e.get('num')} samples, sampler {e.get('sampler')}, "
+                  f"{e.get('steps') or 'default'} steps, seed {e.get('seed')}, reference "
+                  f"{'`' + str(e['data']) + '`' if e.get('data') else 'the held-out part of the training data'}):",
+                  "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in e["metrics"].items()]
     lines += ["", "## Recipe", "", "```json", json.dumps(recipe_of(cfg), indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)
 
@@ -147,7 +166,8 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     sizes = {k: len(v) for k, v in blobs.items()}
     blobs["MODEL_CARD.md"] = model_card(name, cfg, ck["meta"], records, params=params,
                                         dtype="float16" if half else "float32", sizes=sizes,
-                                        wall_time=wall_time, hardware=hardware).encode()
+                                        wall_time=wall_time, hardware=hardware,
+                                        evaluation=_evaluation(run_dir)).encode()
     for fname, data in blobs.items():
         if len(data) > MAX_FILE_BYTES:
             hint = "; store float16 (--half) or train a smaller model" if fname == "ema.safetensors" else ""

@@ -42,6 +42,25 @@ def test_export_load_sample_round_trip(run, tmp_path):
         assert fact in card, fact
 
 
+def test_model_card_carries_the_runs_evaluation(run, tmp_path):
+    """`diffuse evaluate` writes RUN/evaluation.json; the exported card lists it beside the training eval."""
+    copy = tmp_path / "run"
+    import shutil
+    shutil.copytree(run, copy)
+    runner = CliRunner()
+    res = runner.invoke(main, ["evaluate", "-c", str(copy), "--num", "8", "--steps", "3", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    measured = json.loads((copy / "evaluation.json").read_text())["metrics"]
+    export(copy, "tiny", root=tmp_path)
+    card = (tmp_path / "pretrained" / "tiny" / "MODEL_CARD.md").read_text()
+    assert "`diffuse evaluate` on the run (8 samples, sampler ddim, 3 steps, seed 0" in card
+    for k, v in measured.items():
+        assert (f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |") in card, k
+    (copy / "evaluation.json").write_text("{not json")            # unreadable: the card leaves it out
+    export(copy, "tiny2", root=tmp_path)
+    assert "`diffuse evaluate` on the run" not in (tmp_path / "pretrained" / "tiny2" / "MODEL_CARD.md").read_text()
+
+
 def test_half_precision_storage(run, tmp_path):
     export(run, "tiny-half", root=tmp_path, half=True)
     stored = load_file(str(tmp_path / "pretrained" / "tiny-half" / "ema.safetensors"))

@@ -145,6 +145,8 @@ def test_unets_read_the_text_condition_through_their_encoder():
                    (UNet(base_channels=8, channel_mult=[1, 2], attn_levels=[1], groups=4, head_dim=8, text_pool=True,
                          text_encoder=build_text_encoder({"dim": 16}, kind)), torch.randn(2, 1, 12, 12)),
                    (UNet1D(channels=(8, 16), factors=(4,), attn_levels=(-1,), heads=2,
+                           text_encoder=build_text_encoder({"dim": 16, "layers": 1}, kind)), torch.randn(2, 1, 64)),
+                   (UNet1D(channels=(8, 16), factors=(4,), attn_levels=(-1,), heads=2, text_pool=True,
                            text_encoder=build_text_encoder({"dim": 16, "layers": 1}, kind)), torch.randn(2, 1, 64))]:
         for p in net.parameters():   # leave the zero-initialised identity start
             p.data.add_(0.05 * torch.randn_like(p))
@@ -154,6 +156,21 @@ def test_unets_read_the_text_condition_through_their_encoder():
         b = net(x, t, Condition({"text": kind.parse(["a kick", "a tabla"], 2)}, {"text": kind}))
         assert torch.allclose(a[0], b[0], atol=1e-6) and not torch.allclose(a[1], b[1], atol=1e-4)
         assert torch.isfinite(net(x, t, Condition.null_of({"text": kind}, 2))).all()
+
+
+def test_text_pool_is_the_masked_token_mean_projected():
+    from diffuse.domains.text import TextPool
+
+    torch.manual_seed(0)
+    pool = TextPool(4, 3)
+    ctx, mask = torch.randn(2, 5, 4), torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    out = pool((ctx, mask))
+    want = torch.stack([ctx[0, :2].mean(0), ctx[1].mean(0)]) @ pool.weight.T + pool.bias
+    assert torch.allclose(out, want, atol=1e-6)
+    ctx2 = ctx.clone()
+    ctx2[0, 2:] = 1e3    # what sits under the padding never matters
+    assert torch.allclose(pool((ctx2, mask)), out)
+    assert set(dict(pool.named_parameters())) == {"weight", "bias"}   # checkpoints keep their key names
 
 
 def test_pretrained_encoder_adapter_errors_are_clear(tmp_path):

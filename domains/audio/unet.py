@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.condition import Condition, concat_inputs
-from ..text import text_context
+from ..text import TextPool, text_context
 
 __all__ = ["UNet1D", "timestep_embedding"]
 
@@ -216,6 +216,9 @@ class UNet1D(nn.Module):
             :class:`Attention1D`).
         text_encoder: a module ``ids [B, L] -> (tokens [B, S, D], mask [B, S])`` for the condition
             ``text`` (``cond_dim`` defaults to its ``dim``); it trains and saves with the U-Net.
+        text_pool: also add the pooled prompt (:class:`~diffuse.domains.text.TextPool`) to the
+            time embedding, so text reaches every ResBlock as a label does, not only the
+            cross-attention at the attention levels (no effect without ``text_encoder``).
         in_cond_channels: channels of a condition concatenated to the input (bandwidth
             extension: the low-rate clip resampled to the output rate, plus its presence flag;
             ``core.condition.ConcatKind``); zeros (the null condition) when none is given.
@@ -226,7 +229,7 @@ class UNet1D(nn.Module):
                  attn_levels: Sequence[int] = (-1,), mid_attn: bool = True, heads: int = 4, dropout: float = 0.0,
                  emb_dim: int | None = None, num_classes: int | None = None, cond_dim: int | None = None,
                  upsample: str = "conv_transpose", stem_kernel: int = 7, pos_emb: bool = True,
-                 text_encoder: nn.Module | None = None, in_cond_channels: int = 0) -> None:
+                 text_encoder: nn.Module | None = None, in_cond_channels: int = 0, text_pool: bool = False) -> None:
         super().__init__()
         if text_encoder is not None and cond_dim is None:
             cond_dim = int(text_encoder.dim)
@@ -244,6 +247,7 @@ class UNet1D(nn.Module):
         self.base = channels[0]
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.text_pool = TextPool(int(text_encoder.dim), emb_dim) if text_encoder is not None and text_pool else None
         self.in_cond_channels = int(in_cond_channels)
         self.stem = nn.Conv1d(in_channels + self.in_cond_channels, channels[0], stem_kernel, padding=stem_kernel // 2)
         mk = lambda cin, ch, i: _Level(cin, ch, emb_dim, num_res_blocks, dilations, dropout, i in attn, heads, cond_dim, pos_emb)
@@ -260,19 +264,19 @@ class UNet1D(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def _context(self, cond: Any, b: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """Split ``cond`` into (labels, cross-attention tokens, token mask)."""
+    def _context(self, cond: Any, b: int) -> tuple[Tensor | None, Tensor | None, Tensor | None, bool]:
+        """Split ``cond`` into (labels, cross-attention tokens, token mask, whether the tokens are text)."""
         if isinstance(cond, Condition):
             text = text_context(self.text_encoder, cond)
             labels = cond.get("label")
             if labels is not None and self.label_emb is None:
                 raise ValueError("this U-Net was built without num_classes, so it cannot take class labels")
-            return labels, *(text if text is not None else (None, None))
+            return labels, *(text if text is not None else (None, None)), text is not None
         if cond is None or not isinstance(cond, Tensor):
-            return None, None, None
+            return None, None, None, False
         if cond.dtype in (torch.long, torch.int, torch.int32, torch.int16, torch.uint8):
-            return cond.reshape(b).long(), None, None
-        return None, (cond[:, None, :] if cond.ndim == 2 else cond), None
+            return cond.reshape(b).long(), None, None, False
+        return None, (cond[:, None, :] if cond.ndim == 2 else cond), None, False
 
     def forward(self, x: Tensor, noise_level: Tensor, cond: Any = None, space: Any = None) -> Tensor:
         b, c, length = x.shape
@@ -290,7 +294,9 @@ class UNet1D(nn.Module):
         h = F.pad(x, (0, pad)) if pad else x
         emb = self.time_mlp(timestep_embedding(noise_level.reshape(-1).expand(b) if noise_level.numel() == 1
                                                else noise_level.reshape(b), self.base))
-        labels, ctx, mask = self._context(cond, b)
+        labels, ctx, mask, is_text = self._context(cond, b)
+        if self.text_pool is not None and is_text:
+            emb = emb + self.text_pool((ctx, mask)).to(emb.dtype)
         if self.label_emb is not None:
             if labels is None:
                 labels = torch.full((b,), self.num_classes, device=x.device, dtype=torch.long)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.condition import Condition, concat_inputs
-from ..text import text_context
+from ..text import TextPool, text_context
 
 __all__ = ["UNet", "timestep_embedding", "split_condition"]
 
@@ -247,7 +247,7 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
-        self.text_pool = nn.Linear(int(text_encoder.dim), emb_dim) if text_encoder is not None and text_pool else None
+        self.text_pool = TextPool(int(text_encoder.dim), emb_dim) if text_encoder is not None and text_pool else None
         self.in_cond_channels = int(in_cond_channels)
         self.conv_in = nn.Conv2d(in_channels + self.in_cond_channels, base_channels, 3, padding=1)
 
@@ -300,9 +300,7 @@ class UNet(nn.Module):
             noise_level = noise_level.expand(batch)
         emb = self.time_mlp(timestep_embedding(noise_level, self.base_channels).to(dtype))
         if self.text_pool is not None and text is not None:
-            ctx, mask = text
-            m = mask[..., None].to(ctx.dtype)
-            emb = emb + self.text_pool((ctx * m).sum(1) / m.sum(1)).to(emb.dtype)
+            emb = emb + self.text_pool(text).to(emb.dtype)
         if self.class_emb is not None:
             if labels is None:
                 labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
