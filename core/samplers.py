@@ -90,8 +90,8 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
       mixtures) and checked on its HELD-OUT ones. For a VP schedule with ``steps`` from
       :data:`AUTO_MIN_STEPS` on it is ``jump_logsnr``; below that, the few-step grid: uniform in
       log-SNR with a first step :data:`JUMP_FEW` times the others, from ``t_max`` down to the last
-      point of the ``trailing`` grid (``round(T / steps) / T``, or ``1 / steps``) instead of
-      ``t_min``, and from there the final step to the data. With very few evaluations a grid that
+      point of the ``trailing`` grid (``round(T / steps) / T``; ``t_min + (t_max - t_min) / steps``
+      for a continuous schedule) instead of ``t_min``, and from there the final step to the data. With very few evaluations a grid that
       reaches the lowest noise spends them where the trajectories are already straight and
       leaves too few for the mid-noise range (on the TUNE problems at 5 evaluations: 2-4x the
       sample distance of the few-step grid); ``trailing`` stops at the same point but spaces its
