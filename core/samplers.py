@@ -177,15 +177,14 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     return t
 
 
-#: the samplers whose default grid on a VP schedule is ``auto``. ``benchmarks/bench_grids.py`` favours
-#: ``auto`` for ddim, dpmpp_2m/3m and unipc on its held-out exact problems (the same grid as
-#: ``trailing`` below 10 steps, closer to the data and to the exact probability-flow solution on
-#: average at 10-50 evaluations), but with it a tiny trained molecule model's conditional test
-#: (tests/test_molecules_property.py) no longer separates its targets at 20 DDIM steps, and the
-#: domains' metrics have not been re-measured on it: empty until they are, so every VP sampler
-#: keeps ``trailing`` (DDPM's full chain is the ``trailing`` grid with ``steps = T``); ``--spacing auto``
-#: asks for it.
-AUTO_GRID_SAMPLERS: frozenset = frozenset()
+#: the samplers whose default grid on a VP schedule is ``auto``: those for which it was at least as
+#: good as ``trailing`` both on the held-out exact problems of ``benchmarks/bench_grids.py`` (there
+#: UniPC on ``auto`` is no worse than diffusers' best scheduler on every held-out problem at 5, 10,
+#: 20 and 50 evaluations) and on a tiny trained image model's FID at 5, 10 and 20 evaluations
+#: (README, "Default grids"). ``ddim`` (image FID worse at 10 evaluations) and ``dpmpp_3m`` (worse
+#: at 10, on the image model and the exact problems) keep ``trailing``, as do the other VP samplers
+#: (DDPM's full chain is the ``trailing`` grid with ``steps = T``); ``--spacing auto`` asks for it.
+AUTO_GRID_SAMPLERS: frozenset = frozenset({"dpmpp_2m", "unipc"})
 
 
 def default_spacing(schedule: Schedule, sampler: str) -> str:

@@ -343,8 +343,14 @@ def test_auto_spacing_and_the_default_grids():
     torch.testing.assert_close(time_grid(SigmaSchedule(), 12, "auto"), time_grid(SigmaSchedule(), 12, "karras"))
     torch.testing.assert_close(time_grid(FlowSchedule(), 12, "auto"), time_grid(FlowSchedule(), 12, "uniform"))
     from diffuse.core.samplers import AUTO_GRID_SAMPLERS
-    for name in ("ddim", "dpmpp_2m", "unipc", "ddpm"):
+    for name in ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ddpm"):
         assert default_spacing(lin, name) == ("auto" if name in AUTO_GRID_SAMPLERS else "trailing")
+    # generate() / `diffuse sample` without --spacing: UniPC and DPM-Solver++(2M) on auto, DDIM on trailing
+    assert {"unipc", "dpmpp_2m"} <= AUTO_GRID_SAMPLERS and "ddim" not in AUTO_GRID_SAMPLERS
+    for steps in (5, 10, 20):
+        torch.testing.assert_close(sampling_grid(lin, "unipc", steps, None), time_grid(lin, steps, "auto"))
+        torch.testing.assert_close(sampling_grid(lin, "ddim", steps, None), time_grid(lin, steps, "trailing"))
+        torch.testing.assert_close(sampling_grid(lin, "unipc", steps, "trailing"), time_grid(lin, steps, "trailing"))
     assert default_spacing(SigmaSchedule(), "unipc") == "karras" and default_spacing(FlowSchedule(), "ddim") == "uniform"
     # DDPM's default is still exactly the T-step chain
     torch.testing.assert_close(sampling_grid(lin, "ddpm", None, None), torch.arange(1000, -1, -1, dtype=F64) / 1000)
