@@ -267,9 +267,20 @@ def vp(kind):
     return "edm" if kind == "edm" else "vp"
 
 
-def code_default(fam, name):
-    """The grid our sampler runs on when none is asked for (``core.samplers.default_spacing``)."""
-    return default_spacing(SigmaSchedule() if fam == "edm" else LinearBetaSchedule(), name)
+def code_default(fam, name, nfe=None):
+    """The grid our sampler runs on at ``nfe`` evaluations when none is asked for
+    (``core.samplers.default_spacing``); without ``nfe``: its name at 10 or more."""
+    sch = SigmaSchedule() if fam == "edm" else LinearBetaSchedule()
+    if nfe is None:
+        return default_spacing(sch, name)
+    return default_spacing(sch, name, steps_for(name, nfe))
+
+
+def default_label(fam, name):
+    """'auto' or 'trailing', or 'auto below 7 steps, trailing' where the default changes with the budget."""
+    at = dict.fromkeys(code_default(fam, name, nfe) for nfe in NFES)
+    return " / ".join(f"{sp} at {', '.join(str(n) for n in NFES if code_default(fam, name, n) == sp)}"
+                      for sp in at) if len(at) > 1 else next(iter(at))
 
 
 def geo(vals):
@@ -329,9 +340,8 @@ def compare(r, boots, choice):
     out = {}
     best_name, best_sp = choice[("diffusers", fam, "best")].split("|")
     for name in OURS:
-        sp = code_default(fam, name)
         for nfe in NFES:
-            ko = f"{name}|{sp}|{nfe}"
+            ko = f"{name}|{code_default(fam, name, nfe)}|{nfe}"
             if ko not in r["ours"]:
                 continue
             ours = ("ours", ko, r["ours"][ko])
@@ -355,7 +365,7 @@ def summarise(held, choice):
         for table in ("ours", "diffusers"):
             for key, m in r[table].items():
                 name, sp, nfe = key.split("|")
-                if (code_default(fam, name) if table == "ours" else choice.get((table, fam, name))) == sp:
+                if (code_default(fam, name, int(nfe)) if table == "ours" else choice.get((table, fam, name))) == sp:
                     label = name if table == "ours" else f"diffusers {name}"
                     rows.setdefault((fam, label, int(nfe)), []).append((r["seed"], m))
                 if table == "diffusers" and choice.get(("diffusers", fam, "best")) == f"{name}|{sp}":
@@ -394,7 +404,7 @@ def print_tables(rows, choice, held):
                 table = "diffusers" if label.startswith("diffusers") else "ours"
                 name = label.replace("diffusers ", "")
                 sp = ("per problem" if name == "oracle" else choice.get(("diffusers", fam, "best")) if name == "best (TUNE)"
-                      else code_default(fam, name) if table == "ours" else choice.get((table, fam, name), "?"))
+                      else default_label(fam, name) if table == "ours" else choice.get((table, fam, name), "?"))
                 cells = []
                 for n in NFES:
                     vals = [m[metric] for _, m in rows.get((fam, label, n), [])]
@@ -480,7 +490,7 @@ def main() -> None:
         (RESULTS / "bench_grids_tune.json").write_text(json.dumps(tune_res, default=float))
     choice = tune(tune_res)
     log("defaults chosen on TUNE: " + ", ".join(f"{k[1]}/{k[2]}={v}" for k, v in sorted(choice.items())))
-    chosen = lambda kind: {name: sorted({choice[("ours", vp(kind), name)], code_default(vp(kind), name),
+    chosen = lambda kind: {name: sorted({choice[("ours", vp(kind), name)], *(code_default(vp(kind), name, n) for n in NFES),
                                          "trailing" if kind != "edm" else "karras", "auto"}) for name in OURS}
     held = []
     for s in range(ph):

@@ -345,11 +345,17 @@ def test_auto_spacing_and_the_default_grids():
     from diffuse.core.samplers import AUTO_GRID_SAMPLERS
     for name in ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ddpm"):
         assert default_spacing(lin, name) == ("auto" if name in AUTO_GRID_SAMPLERS else "trailing")
-    # generate() / `diffuse sample` without --spacing: UniPC and DPM-Solver++(2M) on auto, DDIM on trailing
-    assert {"unipc", "dpmpp_2m"} <= AUTO_GRID_SAMPLERS and "ddim" not in AUTO_GRID_SAMPLERS
-    for steps in (5, 10, 20):
+    # generate() / `diffuse sample` without --spacing: UniPC and DPM-Solver++(2M) on auto; DDIM and
+    # DPM-Solver++(3M) on auto's few-step grid below AUTO_MIN_STEPS steps, on trailing from there on
+    from diffuse.core.samplers import FEW_STEP_GRID_SAMPLERS
+    assert {"unipc", "dpmpp_2m"} <= AUTO_GRID_SAMPLERS and {"ddim", "dpmpp_3m"} <= FEW_STEP_GRID_SAMPLERS
+    assert not AUTO_GRID_SAMPLERS & FEW_STEP_GRID_SAMPLERS
+    for steps in (5, AUTO_MIN_STEPS - 1, AUTO_MIN_STEPS, 10, 20):
+        few = steps < AUTO_MIN_STEPS
         torch.testing.assert_close(sampling_grid(lin, "unipc", steps, None), time_grid(lin, steps, "auto"))
-        torch.testing.assert_close(sampling_grid(lin, "ddim", steps, None), time_grid(lin, steps, "trailing"))
+        for name in ("ddim", "dpmpp_3m"):
+            torch.testing.assert_close(sampling_grid(lin, name, steps, None), time_grid(lin, steps, "auto" if few else "trailing"))
+        torch.testing.assert_close(sampling_grid(lin, "ode_heun", steps, None), time_grid(lin, steps, "trailing"))
         torch.testing.assert_close(sampling_grid(lin, "unipc", steps, "trailing"), time_grid(lin, steps, "trailing"))
     assert default_spacing(SigmaSchedule(), "unipc") == "karras" and default_spacing(FlowSchedule(), "ddim") == "uniform"
     # DDPM's default is still exactly the T-step chain
