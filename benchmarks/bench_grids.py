@@ -460,7 +460,7 @@ def print_verdicts(v, choice):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 + 3 problems, 300 samples")
+    ap.add_argument("--quick", action="store_true", help="3 + 3 problems, 300 samples (writes bench_grids_quick*.json)")
     ap.add_argument("--samples", type=int, default=None, help="samples per problem (default 500)")
     ap.add_argument("--tune", type=int, default=None, help="TUNE problems, seeds 0.. (default 18: 12 VP, 6 EDM)")
     ap.add_argument("--held", type=int, default=None, help="HELD-OUT problems, seeds 1000.. (default 24: 16 VP, 8 EDM)")
@@ -481,13 +481,14 @@ def main() -> None:
     ph = args.held or (3 if args.quick else 24)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
     t0 = time.perf_counter()
+    suffix = "_quick" if args.quick else ""               # a smoke run never replaces the full results
     every = lambda kind: {name: GRIDS for name in OURS}
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.tune_from:
         tune_res = json.loads(Path(args.tune_from).read_text())
     else:
         tune_res = [measure(s, n, every, 0, log)[0] for s in range(pt)]
-        (RESULTS / "bench_grids_tune.json").write_text(json.dumps(tune_res, default=float))
+        (RESULTS / f"bench_grids{suffix}_tune.json").write_text(json.dumps(tune_res, default=float))
     choice = tune(tune_res)
     log("defaults chosen on TUNE: " + ", ".join(f"{k[1]}/{k[2]}={v}" for k, v in sorted(choice.items())))
     chosen = lambda kind: {name: sorted({choice[("ours", vp(kind), name)], *(code_default(vp(kind), name, n) for n in NFES),
@@ -508,7 +509,7 @@ def main() -> None:
            "verdicts": {"|".join(map(str, k)): x for k, x in v.items()},
            "held_out": held, "torch": torch.__version__, "platform": platform.platform(),
            "seconds": time.perf_counter() - t0}
-    path = RESULTS / "bench_grids.json"
+    path = RESULTS / f"bench_grids{suffix}.json"
     path.write_text(json.dumps(out, indent=1, default=float))
     print(f"\nwrote {path} ({out['seconds']:.0f} s)")
 
