@@ -1,7 +1,7 @@
 """Default time grids chosen on one family of exact problems and validated on another (held out),
-ours vs diffusers' schedulers at 5 / 10 / 20 / 50 evaluations.
+ours vs diffusers' schedulers at 5 / 10 / 20 / 50 evaluations, compared pairwise with standard errors.
 
-    python benchmarks/bench_grids.py [--quick] [--samples 1000] [--problems 8] [--threads 1]
+    python benchmarks/bench_grids.py [--quick] [--samples 500] [--tune 18] [--held 24] [--boot 200] [--threads 1]
 
 Protocol (every model is exact, so every error is the sampler's):
 
@@ -9,19 +9,29 @@ Protocol (every model is exact, so every error is the sampler's):
   weights (Dirichlet(1)), means (spread 2-4), covariances (widths log-uniform 0.03..1, random
   orientation); each on one of three processes: the DDPM linear chain and the cosine chain
   (T = 1000, as diffusers' "linear" and "squaredcos_cap_v2" betas) and EDM's sigmas
-  (0.002..80, rho 7). Seeds 0..P-1 are the TUNE part, seeds 1000..1000+P-1 the HELD-OUT part.
-* tuning: for each of our samplers and each kind of process (VP / EDM) the default grid is the
-  spacing with the smallest worst-case regret over the four budgets (at each budget: its
+  (0.002..80, rho 7), by seed mod 3. Seeds 0..17 are the TUNE part (12 VP, 6 EDM), seeds
+  1000..1023 the HELD-OUT part (16 VP, 8 EDM); no held-out seed is ever used to choose anything.
+* tuning (TUNE only): for each of our samplers and each kind of process (VP / EDM) the best grid
+  is the spacing with the smallest worst-case regret over the four budgets (at each budget: its
   geometric-mean sample distance over the TUNE problems / the best spacing's); each diffusers
-  scheduler likewise gets its best spacing option on TUNE by the same rule.
-* report (HELD-OUT only): sample distance = energy distance to a fresh draw of the true mixture
-  as a multiple of its noise floor (two true draws); component-weight error = total variation
-  between the true weights and the fractions of samples whose most likely component is k (the
-  exact probability-flow solution's own error is listed as its floor); transport error = RMS
-  distance to the exact probability-flow solution of the same noise (RK45, rtol 1e-8) over the
-  data's RMS scale. Mean and [min, max] over held-out problems. "diffusers best" is, per problem
-  and budget, the best of every diffusers scheduler and spacing option on that very problem
-  (an oracle: stricter than any single default).
+  scheduler likewise gets its best spacing option, and "diffusers best" is the single (scheduler,
+  spacing) pair the same rule picks among all of diffusers' pairs.
+* report (HELD-OUT only), for our samplers on their default grid (``default_spacing``, what
+  ``generate()`` / ``diffuse sample`` use without ``--spacing``): sample distance = energy
+  distance to a fixed draw of the true mixture as a multiple of its noise floor (the mean energy
+  distance of 4 further true draws to it); component-weight error = total variation between the
+  true weights and the fractions of samples whose most likely component is k; transport error =
+  RMS distance to the exact probability-flow solution of the same noise (RK45, rtol 1e-8) over
+  the data's RMS scale. Mean and [min, max] over held-out problems.
+* the bar (common random numbers): ours and every diffusers scheduler start from the SAME initial
+  noise and are scored against the SAME reference draw; the difference of two sample distances
+  gets a paired bootstrap standard error (200 replicates resampling the initial noises and the
+  reference draws with the same weights for both). "No worse" on a problem = ours - theirs <= 2
+  SE; "better on average" = mean difference over the problems < 0 (SE: the problems' SEs in
+  quadrature / P). Against (a) "diffusers best" (chosen on TUNE, as ours) and (b) the
+  per-problem oracle: the best of all diffusers pairs on that very problem and budget, picked
+  after seeing its score, so it is biased low by the selection (at 20-50 NFE it scores below the
+  exact probability-flow solution itself).
 * diffusers gets the exact model at the scheduler's own noise level (its ``sigmas[step_index]``
   or ``alphas_cumprod[k]``), so fractional Karras timesteps cost it nothing.
 """
@@ -41,7 +51,7 @@ import torch
 
 from diffuse.core import SAMPLERS, SPACINGS, CosineSchedule, DenseSpace, LinearBetaSchedule, SigmaSchedule, time_grid
 from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.samplers import AUTO_MIN_STEPS
+from diffuse.core.samplers import default_spacing
 
 F64 = torch.float64
 SPACE = DenseSpace()
@@ -163,31 +173,67 @@ def weight_error(gm, y):
     return float(0.5 * (frac - gm.weights).abs().sum())
 
 
-def evaluate(gm, y, ref, flow, floor, scale):
+class Scorer:
+    """Energy distance to one fixed draw ``ref`` of the true mixture, as a multiple of the noise
+    floor, with ``boot`` bootstrap replicates that resample the sampler's initial noises (rows of
+    ``y``, which share their index across samplers: common random numbers) and the reference
+    draws, with the SAME resampling weights for every sampler of a problem, so the replicates of
+    two samplers' scores pair up and their difference has a standard error."""
+
+    def __init__(self, ref, floor, n, boot, seed):
+        self.ref, self.floor, self.n, self.m = ref, floor, n, ref.shape[0]
+        g = torch.Generator().manual_seed(seed)
+        self.c = torch.zeros(boot, n, dtype=F64).scatter_add_(
+            1, torch.randint(n, (boot, n), generator=g), torch.ones(boot, n, dtype=F64)) if boot else None
+        self.w = torch.zeros(boot, self.m, dtype=F64).scatter_add_(
+            1, torch.randint(self.m, (boot, self.m), generator=g), torch.ones(boot, self.m, dtype=F64)) if boot else None
+        rr = torch.cdist(ref, ref)
+        self.rr = float(rr.mean())
+        self.rr_boot = ((self.w @ rr) * self.w).sum(1) / self.m ** 2 if boot else None
+
+    def __call__(self, y):
+        yr, yy = torch.cdist(y, self.ref), torch.cdist(y, y)
+        point = (2 * float(yr.mean()) - float(yy.mean()) - self.rr) / self.floor
+        if self.c is None:
+            return point, None
+        boot = (2 * ((self.c @ yr) * self.w).sum(1) / (self.n * self.m) - ((self.c @ yy) * self.c).sum(1) / self.n ** 2
+                - self.rr_boot) / self.floor
+        return point, boot
+
+
+def evaluate(gm, y, scorer, flow, scale):
     if not bool(torch.isfinite(y).all()):
-        return {"dist": math.inf, "weights": 1.0, "transport": math.inf}
-    return {"dist": energy_distance(y, ref) / floor, "weights": weight_error(gm, y),
-            "transport": float(((y - flow) ** 2).sum(1).mean().sqrt()) / scale}
+        return {"dist": math.inf, "weights": 1.0, "transport": math.inf}, None
+    dist, boot = scorer(y)
+    return {"dist": dist, "weights": weight_error(gm, y),
+            "transport": float(((y - flow) ** 2).sum(1).mean().sqrt()) / scale}, boot
 
 
-def setup(seed, n):
+def setup(seed, n, boot=0):
+    """One problem's exact model, the initial noise ``x`` every sampler starts from (ours and
+    diffusers': common random numbers), the reference draw, the noise floor (the mean energy
+    distance of 4 further true draws of n points to the reference) and the exact flow of ``x``."""
     gm, kind, sch = problem(seed)
     den = gm.denoiser(sch)
     a, s = sch.alpha_sigma(torch.tensor(1.0, dtype=F64))
     x = float(torch.sqrt(a * a + s * s)) * torch.randn(n, gm.D, dtype=F64, generator=torch.Generator().manual_seed(seed + 1))
     ref = gm.sample(n, torch.Generator().manual_seed(seed + 2))
-    floor = energy_distance(gm.sample(n, torch.Generator().manual_seed(seed + 3)), ref)
+    floor = sum(energy_distance(gm.sample(n, torch.Generator().manual_seed(seed + 3 + 7919 * j)), ref)
+                for j in range(4)) / 4
     flow = SAMPLERS["rk45"](den, x.clone(), time_grid(sch, 2, "logsnr", t_min=1e-6 if sch.num_steps else None),
                             schedule=sch, space=SPACE, rtol=1e-8, atol=1e-8)
     scale = float((ref - ref.mean(0)).pow(2).sum(1).mean().sqrt())
-    return gm, kind, sch, den, x, ref, floor, flow, scale
+    return gm, kind, sch, den, x, Scorer(ref, floor, n, boot, seed + 4), flow, scale
 
 
-def measure(seed, n, ours_grids, diff_opts, log):
-    """All metrics of one problem for the given (sampler -> spacings) and (scheduler -> options)."""
-    gm, kind, sch, den, x, ref, floor, flow, scale = setup(seed, n)
-    out = {"seed": seed, "kind": kind, "D": gm.D, "K": gm.K, "flow": evaluate(gm, flow, ref, flow, floor, scale),
+def measure(seed, n, ours_grids, boot, log):
+    """All metrics of one problem for the given (sampler -> spacings) and every diffusers
+    scheduler option; returns (results, bootstrap replicates of the sample distance per key)."""
+    gm, kind, sch, den, x, scorer, flow, scale = setup(seed, n, boot)
+    fl, _ = evaluate(gm, flow, scorer, flow, scale)
+    out = {"seed": seed, "kind": kind, "D": gm.D, "K": gm.K, "floor": scorer.floor, "flow": fl,
            "ours": {}, "diffusers": {}}
+    boots = {}
     for name, spacings in ours_grids(kind).items():
         for sp in spacings:
             for nfe in NFES:
@@ -195,26 +241,46 @@ def measure(seed, n, ours_grids, diff_opts, log):
                     y, used = run_ours(den, sch, name, sp, nfe, x)
                 except ValueError:
                     continue
-                out["ours"][f"{name}|{sp}|{nfe}"] = {**evaluate(gm, y, ref, flow, floor, scale), "nfe": used}
+                m, b = evaluate(gm, y, scorer, flow, scale)
+                out["ours"][f"{name}|{sp}|{nfe}"] = {**m, "nfe": used}
+                boots[("ours", f"{name}|{sp}|{nfe}")] = b
     try:
         scheds = diffusers_schedulers(kind)
     except ImportError:
         scheds = {}
     for name, options in scheds.items():
-        for opt in diff_opts(kind, name, options):
+        for opt in options:
             for nfe in NFES:
                 try:
                     y, used = run_diffusers(gm, kind, name, options[opt], nfe, x)
                 except (IndexError, AssertionError, RuntimeError) as err:   # e.g. cosine + Karras sigmas repeat
                     out.setdefault("diffusers_failed", []).append(f"{name}|{opt}|{nfe}: {type(err).__name__}")
                     continue
-                out["diffusers"][f"{name}|{opt}|{nfe}"] = {**evaluate(gm, y, ref, flow, floor, scale), "nfe": used}
-    log(f"problem {seed}: {kind} D={gm.D} K={gm.K} floor {floor:.2e}")
-    return out
+                m, b = evaluate(gm, y, scorer, flow, scale)
+                out["diffusers"][f"{name}|{opt}|{nfe}"] = {**m, "nfe": used}
+                boots[("diffusers", f"{name}|{opt}|{nfe}")] = b
+    log(f"problem {seed}: {kind} D={gm.D} K={gm.K} floor {scorer.floor:.2e}")
+    return out, boots
 
 
 def vp(kind):
     return "edm" if kind == "edm" else "vp"
+
+
+def code_default(fam, name, nfe=None):
+    """The grid our sampler runs on at ``nfe`` evaluations when none is asked for
+    (``core.samplers.default_spacing``); without ``nfe``: its name at 10 or more."""
+    sch = SigmaSchedule() if fam == "edm" else LinearBetaSchedule()
+    if nfe is None:
+        return default_spacing(sch, name)
+    return default_spacing(sch, name, steps_for(name, nfe))
+
+
+def default_label(fam, name):
+    """'auto' or 'trailing', or 'auto below 7 steps, trailing' where the default changes with the budget."""
+    at = dict.fromkeys(code_default(fam, name, nfe) for nfe in NFES)
+    return " / ".join(f"{sp} at {', '.join(str(n) for n in NFES if code_default(fam, name, n) == sp)}"
+                      for sp in at) if len(at) > 1 else next(iter(at))
 
 
 def geo(vals):
@@ -222,16 +288,27 @@ def geo(vals):
     return math.exp(sum(math.log(max(v, 1e-12)) for v in vals) / len(vals))
 
 
+def minimax(per):
+    """``per``: option -> {nfe: geometric-mean sample distance over the TUNE problems}; the option
+    whose worst regret (its value / the best option's, at each budget) is smallest."""
+    best = {nfe: min(p[nfe] for p in per.values()) for nfe in NFES}
+    regret = {o: max(p[nfe] / best[nfe] for nfe in NFES) for o, p in per.items()}
+    return min(sorted(regret), key=lambda o: regret[o])
+
+
 def tune(results):
     """Per sampler and process family: the spacing whose worst regret over the four budgets is
     smallest, the regret at a budget being its geometric-mean sample distance over the TUNE
     problems divided by the best spacing's at that budget (a default must hold at 5 NFE as at
-    50: an average over budgets let a grid that is best at 10-50 NFE and 6x worse at 5 win)."""
+    50: an average over budgets let a grid that is best at 10-50 NFE and 6x worse at 5 win).
+    Each diffusers scheduler gets its spacing option by the same rule, and "diffusers best" is
+    the single (scheduler, option) pair the same rule picks among all of diffusers' pairs."""
     choice = {}
     for fam in ("vp", "edm"):
         rs = [r for r in results if vp(r["kind"]) == fam]
         for table in ("ours", "diffusers"):
             keys = {tuple(k.split("|")[:2]) for r in rs for k in r[table]}
+            every = {}
             for name in sorted({k[0] for k in keys}):
                 per = {}
                 for sp in sorted({k[1] for k in keys if k[0] == name}):
@@ -239,10 +316,46 @@ def tune(results):
                             for nfe in NFES}
                     if all(len(v) == len(rs) for v in vals.values()):      # skip a spacing some problem refused
                         per[sp] = {nfe: geo(v) for nfe, v in vals.items()}
-                best = {nfe: min(p[nfe] for p in per.values()) for nfe in NFES}
-                regret = {sp: max(p[nfe] / best[nfe] for nfe in NFES) for sp, p in per.items()}
-                choice[(table, fam, name)] = min(sorted(regret), key=lambda sp: regret[sp])
+                        every[f"{name}|{sp}"] = per[sp]
+                choice[(table, fam, name)] = minimax(per)
+            if table == "diffusers" and every:
+                choice[("diffusers", fam, "best")] = minimax(every)
     return choice
+
+
+def paired(a, b, boots):
+    """(difference a - b of the sample distance, its bootstrap standard error)."""
+    (ta, ka, ma), (tb, kb, mb) = a, b
+    if not (math.isfinite(ma["dist"]) and math.isfinite(mb["dist"])):
+        return (math.inf if not math.isfinite(ma["dist"]) else -math.inf), 0.0
+    d = boots[(ta, ka)] - boots[(tb, kb)]
+    return ma["dist"] - mb["dist"], float(d.std())
+
+
+def compare(r, boots, choice):
+    """Per our sampler and budget on one held-out problem: its default vs (a) the diffusers pair
+    chosen on TUNE ("diffusers best") and (b) the per-problem oracle (the best diffusers pair on
+    this very problem and budget, picked after seeing its score), as (difference, standard error)."""
+    fam = vp(r["kind"])
+    out = {}
+    best_name, best_sp = choice[("diffusers", fam, "best")].split("|")
+    for name in OURS:
+        for nfe in NFES:
+            ko = f"{name}|{code_default(fam, name, nfe)}|{nfe}"
+            if ko not in r["ours"]:
+                continue
+            ours = ("ours", ko, r["ours"][ko])
+            kb = f"{best_name}|{best_sp}|{nfe}"
+            row = {}
+            if kb in r["diffusers"]:
+                row["best"] = paired(ours, ("diffusers", kb, r["diffusers"][kb]), boots)
+            cands = [(k, m) for k, m in r["diffusers"].items() if int(k.split("|")[2]) == nfe]
+            if cands:
+                k, m = min(cands, key=lambda km: km[1]["dist"])
+                row["oracle"] = paired(ours, ("diffusers", k, m), boots)
+                row["oracle_is"] = k
+            out[f"{name}|{nfe}"] = row
+    return out
 
 
 def summarise(held, choice):
@@ -252,15 +365,16 @@ def summarise(held, choice):
         for table in ("ours", "diffusers"):
             for key, m in r[table].items():
                 name, sp, nfe = key.split("|")
-                if choice.get((table, fam, name)) != sp:
-                    continue
-                label = name if table == "ours" else f"diffusers {name}"
-                rows.setdefault((fam, label, int(nfe)), []).append((r["seed"], m))
+                if (code_default(fam, name, int(nfe)) if table == "ours" else choice.get((table, fam, name))) == sp:
+                    label = name if table == "ours" else f"diffusers {name}"
+                    rows.setdefault((fam, label, int(nfe)), []).append((r["seed"], m))
+                if table == "diffusers" and choice.get(("diffusers", fam, "best")) == f"{name}|{sp}":
+                    rows.setdefault((fam, "diffusers best (TUNE)", int(nfe)), []).append((r["seed"], m))
         for nfe in NFES:
             cands = [m for k, m in r["diffusers"].items() if int(k.split("|")[2]) == nfe]
             if cands:
                 best = min(cands, key=lambda m: m["dist"])
-                rows.setdefault((fam, "diffusers best (oracle)", nfe), []).append((r["seed"], best))
+                rows.setdefault((fam, "diffusers oracle", nfe), []).append((r["seed"], best))
         rows.setdefault((fam, "exact PF-ODE (floor)", 0), []).append((r["seed"], {**r["flow"], "nfe": 0}))
     return rows
 
@@ -289,7 +403,8 @@ def print_tables(rows, choice, held):
                     continue
                 table = "diffusers" if label.startswith("diffusers") else "ours"
                 name = label.replace("diffusers ", "")
-                sp = "per problem" if "oracle" in label else choice.get((table, fam, name), "?")
+                sp = ("per problem" if name == "oracle" else choice.get(("diffusers", fam, "best")) if name == "best (TUNE)"
+                      else default_label(fam, name) if table == "ours" else choice.get((table, fam, name), "?"))
                 cells = []
                 for n in NFES:
                     vals = [m[metric] for _, m in rows.get((fam, label, n), [])]
@@ -299,26 +414,57 @@ def print_tables(rows, choice, held):
             print(f"| exact PF-ODE solution | {stat(floor)} (all budgets) |" + " |" * (len(NFES) - 1))
 
 
-def wins(rows, held):
-    """For each of our samplers: on how many held-out (problem, budget) pairs its default is no
-    worse (sample distance) than the oracle-best diffusers scheduler."""
+def verdicts(held, choice):
+    """The issue's bar under the 2-standard-error rule, per family, sampler, budget and opponent:
+    'no worse' on a problem = difference <= 2 SE; 'better on average' = mean difference < 0
+    (its SE: the problems' SEs in quadrature / P)."""
     out = {}
-    for (fam, label, nfe), vals in rows.items():
-        if label.startswith(("diffusers", "exact")):
-            continue
-        best = dict((s, m) for s, m in rows.get((fam, "diffusers best (oracle)", nfe), []))
-        w = sum(1 for s, m in vals if s in best and m["dist"] <= best[s]["dist"])
-        tot = out.setdefault((fam, label), [0, 0])
-        tot[0] += w
-        tot[1] += sum(1 for s, _ in vals if s in best)
+    for fam in ("vp", "edm"):
+        probs = [r for r in held if vp(r["kind"]) == fam]
+        for name in OURS:
+            for nfe in NFES:
+                for opp in ("best", "oracle"):
+                    pairs = [r["compare"][f"{name}|{nfe}"][opp] for r in probs
+                             if opp in r["compare"].get(f"{name}|{nfe}", {})]
+                    if not pairs:
+                        continue
+                    P = len(pairs)
+                    mean = sum(d for d, _ in pairs) / P
+                    se = math.sqrt(sum(s * s for _, s in pairs)) / P
+                    out[(fam, name, nfe, opp)] = {
+                        "problems": P, "no_worse": sum(1 for d, s in pairs if d <= 2 * s),
+                        "worse_by_more_than_2se": [r["seed"] for r, (d, s) in zip(probs, pairs) if d > 2 * s],
+                        "mean_diff": mean, "se_mean": se}
     return out
+
+
+def print_verdicts(v, choice):
+    for fam in ("vp", "edm"):
+        keys = [k for k in v if k[0] == fam]
+        if not keys:
+            continue
+        print(f"\n### the bar, {fam.upper()}: ours (its default grid) minus diffusers, sample distance in noise floors; "
+              f"'no worse' = difference <= 2 SE (paired bootstrap) on a problem")
+        print(f"diffusers best (chosen on TUNE by the same rule as ours): {choice.get(('diffusers', fam, 'best'))}\n")
+        print("| ours | vs | " + " | ".join(f"{n} NFE: no worse / mean diff +- SE" for n in NFES) + " |")
+        print("|---|---|" + "---|" * len(NFES))
+        for name in OURS:
+            for opp in ("best", "oracle"):
+                cells = []
+                for nfe in NFES:
+                    c = v.get((fam, name, nfe, opp))
+                    cells.append("-" if c is None else
+                                 f"{c['no_worse']}/{c['problems']}, {c['mean_diff']:+.2f} +- {c['se_mean']:.2f}")
+                print(f"| {name} | {'diffusers best' if opp == 'best' else 'oracle'} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 + 3 problems, 400 samples")
-    ap.add_argument("--samples", type=int, default=None)
-    ap.add_argument("--problems", type=int, default=None, help="problems per part (TUNE and HELD-OUT)")
+    ap.add_argument("--quick", action="store_true", help="3 + 3 problems, 300 samples (writes bench_grids_quick*.json)")
+    ap.add_argument("--samples", type=int, default=None, help="samples per problem (default 500)")
+    ap.add_argument("--tune", type=int, default=None, help="TUNE problems, seeds 0.. (default 18: 12 VP, 6 EDM)")
+    ap.add_argument("--held", type=int, default=None, help="HELD-OUT problems, seeds 1000.. (default 24: 16 VP, 8 EDM)")
+    ap.add_argument("--boot", type=int, default=200, help="bootstrap replicates for the paired standard errors")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tune-from", default=None, help="reuse the TUNE measurements of an earlier run (its json)")
     args = ap.parse_args()
@@ -329,40 +475,41 @@ def main() -> None:
         from diffusers.utils import logging as dlog
         dlog.set_verbosity_error()
     except ImportError:
-        pass
-    n = args.samples or (400 if args.quick else 1000)
-    p = args.problems or (3 if args.quick else 9)
+        raise SystemExit("error: this benchmark compares against diffusers; pip install diffusers")
+    n = args.samples or (300 if args.quick else 500)
+    pt = args.tune or (3 if args.quick else 18)
+    ph = args.held or (3 if args.quick else 24)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
     t0 = time.perf_counter()
+    suffix = "_quick" if args.quick else ""               # a smoke run never replaces the full results
     every = lambda kind: {name: GRIDS for name in OURS}
-    tune_res = json.loads(Path(args.tune_from).read_text()) if args.tune_from else [measure(s, n, every, lambda kind, name, options: list(options), log) for s in range(p)]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_grids_tune.json").write_text(json.dumps(tune_res, default=float))
-    for r in tune_res:                         # an earlier run's TUNE data may predate a spacing: derive "auto"
-        for name in OURS:
-            for nfe in NFES:
-                if f"{name}|auto|{nfe}" not in r["ours"]:
-                    sp = ("karras" if r["kind"] == "edm" else "trailing" if steps_for(name, nfe) < AUTO_MIN_STEPS
-                          else "jump_logsnr")
-                    if f"{name}|{sp}|{nfe}" in r["ours"]:
-                        r["ours"][f"{name}|auto|{nfe}"] = r["ours"][f"{name}|{sp}|{nfe}"]
+    if args.tune_from:
+        tune_res = json.loads(Path(args.tune_from).read_text())
+    else:
+        tune_res = [measure(s, n, every, 0, log)[0] for s in range(pt)]
+        (RESULTS / f"bench_grids{suffix}_tune.json").write_text(json.dumps(tune_res, default=float))
     choice = tune(tune_res)
     log("defaults chosen on TUNE: " + ", ".join(f"{k[1]}/{k[2]}={v}" for k, v in sorted(choice.items())))
-    chosen = lambda kind: {name: sorted({choice[("ours", vp(kind), name)], "trailing" if kind != "edm" else "karras", "auto"})
-                           for name in OURS}
-    held = [measure(1000 + s, n, chosen, lambda kind, name, options: list(options), log) for s in range(p)]
+    chosen = lambda kind: {name: sorted({choice[("ours", vp(kind), name)], *(code_default(vp(kind), name, n) for n in NFES),
+                                         "trailing" if kind != "edm" else "karras", "auto"}) for name in OURS}
+    held = []
+    for s in range(ph):
+        r, boots = measure(1000 + s, n, chosen, args.boot, log)
+        r["compare"] = compare(r, boots, choice)
+        held.append(r)
     rows = summarise(held, choice)
-    print(f"\nHELD-OUT problems only ({p} per part, {n} samples each); defaults chosen on {p} TUNE problems")
+    print(f"\nHELD-OUT problems only ({ph}: seeds 1000-{999 + ph}, {n} samples each); defaults chosen on {pt} TUNE "
+          f"problems (seeds 0-{pt - 1}); {args.boot} paired bootstrap replicates")
     print_tables(rows, choice, held)
-    print("\nour default no worse than the oracle-best diffusers scheduler (sample distance), held-out problem x budget pairs:")
-    w = wins(rows, held)
-    for (fam, label), (a, b) in sorted(w.items()):
-        print(f"  {fam:4s} {label:12s} {a}/{b}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"samples": n, "problems_per_part": p, "choice": {"|".join(k): v for k, v in choice.items()},
-           "tune": tune_res, "held_out": held, "torch": torch.__version__, "platform": platform.platform(),
+    v = verdicts(held, choice)
+    print_verdicts(v, choice)
+    out = {"samples": n, "tune_problems": pt, "held_problems": ph, "boot": args.boot,
+           "choice": {"|".join(k): v for k, v in choice.items()},
+           "verdicts": {"|".join(map(str, k)): x for k, x in v.items()},
+           "held_out": held, "torch": torch.__version__, "platform": platform.platform(),
            "seconds": time.perf_counter() - t0}
-    path = RESULTS / "bench_grids.json"
+    path = RESULTS / f"bench_grids{suffix}.json"
     path.write_text(json.dumps(out, indent=1, default=float))
     print(f"\nwrote {path} ({out['seconds']:.0f} s)")
 

@@ -70,9 +70,11 @@ def check_generate_args(num: int, *, sampler: str = "ddim", steps: int | None = 
 def sampling_grid(schedule, sampler: str, steps: int | None, spacing: str | None):
     """The descending time grid a sampler runs on: ``steps`` (default :func:`default_steps`) with
     ``spacing`` (default :func:`~diffuse.core.samplers.default_spacing`: the schedule's own, e.g.
-    uniform in t for flow paths; else Karras for non-VP schedules and trailing for VP ones)."""
+    uniform in t for flow paths; else Karras for non-VP schedules, and for VP ones ``auto`` for the
+    samplers in :data:`~diffuse.core.samplers.AUTO_GRID_SAMPLERS` (UniPC, DPM-Solver++(2M)) and
+    for DDIM / DPM-Solver++(3M) below 7 steps (``auto``'s few-step grid), trailing otherwise)."""
     steps = default_steps(sampler, schedule) if steps is None else steps
-    return time_grid(schedule, steps, default_spacing(schedule, sampler) if spacing is None else spacing)
+    return time_grid(schedule, steps, default_spacing(schedule, sampler, steps) if spacing is None else spacing)
 
 
 def check_condition(cond: Any, guidance: Any, num: int) -> None:

@@ -44,17 +44,21 @@ __all__ = [
     "SPACINGS",
     "JUMP",
     "AUTO_MIN_STEPS",
+    "JUMP_FEW",
     "AUTO_GRID_SAMPLERS",
+    "FEW_STEP_GRID_SAMPLERS",
     "default_spacing",
     "external_denoiser",
 ]
 
 Callback = Callable[[dict[str, Any]], None]
 SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr", "jump_logsnr", "auto", "uniform")
-#: ``auto`` on a VP schedule: ``trailing`` below this many steps, ``jump_logsnr`` from it on
-AUTO_MIN_STEPS = 10
+#: ``auto`` on a VP schedule: the few-step grid below this many steps, ``jump_logsnr`` from it on
+AUTO_MIN_STEPS = 7
 #: the first step of the ``jump_logsnr`` grid is this many times the log-SNR step of the others
 JUMP = 3.0
+#: the same ratio in ``auto``'s few-step grid (below :data:`AUTO_MIN_STEPS` steps on a VP schedule)
+JUMP_FEW = 4.0
 
 
 def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: float = 7.0,
@@ -83,11 +87,17 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
       (without ``t_max`` / ``t_min``) the times are rounded to the model's own timesteps ``n / T``
       (kept distinct, as ``karras``): a model trained on the T-step chain is never queried between them.
 
-    * ``auto``: the grid chosen on the TUNE half of ``benchmarks/bench_grids.py`` (random exact
-      mixtures) and checked on its HELD-OUT half: for a VP schedule ``trailing`` below
-      :data:`AUTO_MIN_STEPS` steps (a log-SNR grid spends too many of very few steps at low
-      noise) and ``jump_logsnr`` from there on (``trailing`` stops improving: its last point is
-      ``1 / steps``); ``karras`` for other schedules, the schedule's own spacing for flow paths.
+    * ``auto``: the grid chosen on the TUNE problems of ``benchmarks/bench_grids.py`` (random exact
+      mixtures) and checked on its HELD-OUT ones. For a VP schedule with ``steps`` from
+      :data:`AUTO_MIN_STEPS` on it is ``jump_logsnr``; below that, the few-step grid: uniform in
+      log-SNR with a first step :data:`JUMP_FEW` times the others, from ``t_max`` down to the last
+      point of the ``trailing`` grid (``round(T / steps) / T``; ``t_min + (t_max - t_min) / steps``
+      for a continuous schedule) instead of ``t_min``, and from there the final step to the data. With very few evaluations a grid that
+      reaches the lowest noise spends them where the trajectories are already straight and
+      leaves too few for the mid-noise range (on the TUNE problems at 5 evaluations: 2-4x the
+      sample distance of the few-step grid); ``trailing`` stops at the same point but spaces its
+      steps uniformly in ``t``, half of them before the data's structure forms. ``karras`` for
+      other schedules, the schedule's own spacing for flow paths.
 
     * ``uniform``:  ``steps`` equal intervals of ``t`` from ``t_max`` down to ``final`` (default 0):
       ``t_max - k (t_max - final) / steps``, ``k = 0..steps-1`` (rectified flow's and SD3's grid; the
@@ -102,10 +112,16 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     if spacing not in SPACINGS:
         raise ValueError(f"unknown time spacing {spacing!r}; expected one of {SPACINGS}")
     steps = int(steps)
+    T = schedule.num_steps
+    jump, rounded = JUMP, False
     if spacing == "auto":
         spacing = (getattr(schedule, "default_spacing", None) or ("karras" if not schedule.variance_preserving
-                   else "trailing" if steps < AUTO_MIN_STEPS else "jump_logsnr"))
-    T = schedule.num_steps
+                   else "jump_logsnr"))
+        if spacing == "jump_logsnr" and 1 < steps < AUTO_MIN_STEPS and t_min is None:   # the few-step grid
+            jump = JUMP_FEW
+            t_min = max(round(T / steps), 1) / T if T else schedule.t_min + (schedule.t_max - schedule.t_min) / steps
+            if T and t_max is None:
+                t_max, rounded = schedule.t_max, True
     if T and steps > T:
         raise ValueError(f"asked for {steps} steps but the model was trained with T={T}")
     hi = schedule.t_max if t_max is None else float(t_max)
@@ -139,11 +155,11 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
         if spacing == "logsnr":
             lam = torch.linspace(l_hi, l_lo, steps, dtype=torch.float64)
         else:
-            k = torch.cat([torch.zeros(1, dtype=torch.float64), JUMP + torch.arange(steps - 1, dtype=torch.float64)])
-            lam = l_hi + k * ((l_lo - l_hi) / (JUMP + steps - 2)) if steps > 1 else torch.tensor([l_hi], dtype=torch.float64)
+            k = torch.cat([torch.zeros(1, dtype=torch.float64), jump + torch.arange(steps - 1, dtype=torch.float64)])
+            lam = l_hi + k * ((l_lo - l_hi) / (jump + steps - 2)) if steps > 1 else torch.tensor([l_hi], dtype=torch.float64)
         t = schedule.t_from_log_snr(lam) if steps > 1 else torch.tensor([hi], dtype=torch.float64)
         t[0], t[-1] = hi, (lo if steps > 1 else hi)
-        if spacing == "jump_logsnr" and T and t_max is None and t_min is None:   # a discrete model's own timesteps
+        if spacing == "jump_logsnr" and T and (rounded or (t_max is None and t_min is None)):   # the model's own timesteps
             t = _distinct_steps((t * T).round().clamp(1, T), T) / T
     elif T:
         if spacing == "linspace":
@@ -162,27 +178,38 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     return t
 
 
-#: the samplers whose default grid on a VP schedule is ``auto``. ``benchmarks/bench_grids.py`` favours
-#: ``auto`` for ddim, dpmpp_2m/3m and unipc on its held-out exact problems (the same grid as
-#: ``trailing`` below 10 steps, closer to the data and to the exact probability-flow solution on
-#: average at 10-50 evaluations), but with it a tiny trained molecule model's conditional test
-#: (tests/test_molecules_property.py) no longer separates its targets at 20 DDIM steps, and the
-#: domains' metrics have not been re-measured on it: empty until they are, so every VP sampler
-#: keeps ``trailing`` (DDPM's full chain is the ``trailing`` grid with ``steps = T``); ``--spacing auto``
-#: asks for it.
-AUTO_GRID_SAMPLERS: frozenset = frozenset()
+#: the samplers whose default grid on a VP schedule is ``auto``: those for which it was at least as
+#: good as ``trailing`` both on the held-out exact problems of ``benchmarks/bench_grids.py`` (there
+#: UniPC on ``auto`` is no worse than diffusers' best scheduler on every held-out problem at 5, 10,
+#: 20 and 50 evaluations) and on a tiny trained image model's FID at 5, 10 and 20 evaluations
+#: (README, "Default grids"). ``ddim`` (image FID worse at 10 evaluations) and ``dpmpp_3m`` (worse
+#: at 10, on the image model and the exact problems) keep ``trailing`` from :data:`AUTO_MIN_STEPS`
+#: steps on (below it: :data:`FEW_STEP_GRID_SAMPLERS`), the other VP samplers keep ``trailing``
+#: (DDPM's full chain is the ``trailing`` grid with ``steps = T``); ``--spacing auto`` asks for it.
+AUTO_GRID_SAMPLERS: frozenset = frozenset({"dpmpp_2m", "unipc"})
 
 
-def default_spacing(schedule: Schedule, sampler: str) -> str:
+#: the VP samplers that keep ``trailing`` from :data:`AUTO_MIN_STEPS` steps on but take ``auto``'s
+#: few-step grid below it: on the held-out exact problems at 5 evaluations it halves their sample
+#: distance on average, and on the tiny image model it lowered FID at 5 and 6 evaluations (DDIM
+#: 192 -> 163 and 175 -> 156, DPM-Solver++(3M) 143 -> 129 and 123 -> 114; README, "Default grids")
+FEW_STEP_GRID_SAMPLERS: frozenset = frozenset({"ddim", "dpmpp_3m"})
+
+
+def default_spacing(schedule: Schedule, sampler: str, steps: int | None = None) -> str:
     """The grid spacing a sampler runs on when none is asked for: the schedule's own (uniform in
-    ``t`` for flow paths), else ``karras`` for non-VP schedules, ``auto`` for the VP samplers in
-    :data:`AUTO_GRID_SAMPLERS` and ``trailing`` for the other VP samplers."""
+    ``t`` for flow paths), else ``karras`` for non-VP schedules; for VP schedules ``auto`` for the
+    samplers in :data:`AUTO_GRID_SAMPLERS`, and for those in :data:`FEW_STEP_GRID_SAMPLERS` when
+    ``steps`` is below :data:`AUTO_MIN_STEPS` (``auto``'s few-step grid), else ``trailing``."""
     own = getattr(schedule, "default_spacing", None)
     if own:
         return own
     if not schedule.variance_preserving:
         return "karras"
-    return "auto" if sampler in AUTO_GRID_SAMPLERS else "trailing"
+    if sampler in AUTO_GRID_SAMPLERS or (sampler in FEW_STEP_GRID_SAMPLERS and steps is not None
+                                         and steps < AUTO_MIN_STEPS):
+        return "auto"
+    return "trailing"
 
 
 def _distinct_steps(n: Tensor, T: int) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 from diffuse.core import (SAMPLERS, SPACINGS, CosineSchedule, DenseSpace, FlowSchedule, LinearBetaSchedule, SigmaSchedule,
                           TableSchedule, external_denoiser, jump_logsnr_grid, make_schedule, time_grid)
 from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.samplers import JUMP, check_sampler_options
+from diffuse.core.samplers import AUTO_MIN_STEPS, JUMP, JUMP_FEW, check_sampler_options
 
 F64 = torch.float64
 SPACE = DenseSpace()
@@ -168,6 +168,30 @@ def test_jump_logsnr_grid_first_step_is_jump_times_the_others_and_refines():
     assert "jump_logsnr" in SPACINGS
 
 
+def test_auto_few_step_grid_is_log_snr_uniform_with_a_long_first_step_down_to_trailings_end():
+    """Below AUTO_MIN_STEPS on a VP schedule ``auto`` spaces its points uniformly in log-SNR, the
+    first step JUMP_FEW times the others, from t_max to the last point of the trailing grid of the
+    T-step chain (t_min + (t_max - t_min) / steps on a continuous schedule); on the T-step chain
+    the points are the model's own timesteps."""
+    sch = LinearBetaSchedule(num_steps=None)
+    for steps in range(2, AUTO_MIN_STEPS):
+        g = time_grid(sch, steps, "auto")
+        assert len(g) == steps + 1 and float(g[-1]) == 0.0 and float(g[0]) == 1.0
+        assert float(g[-2]) == pytest.approx(sch.t_min + (1 - sch.t_min) / steps)   # where trailing ends on a chain
+        h = sch.log_snr(g[:-1]).diff()
+        assert bool((h > 0).all())
+        if steps > 2:
+            torch.testing.assert_close(h[0] / h[1:], torch.full_like(h[1:], JUMP_FEW), rtol=1e-6, atol=0)
+    disc = LinearBetaSchedule()
+    for steps in range(2, AUTO_MIN_STEPS):
+        g, trail = time_grid(disc, steps, "auto"), time_grid(disc, steps, "trailing")
+        n = g[:-1] * 1000
+        assert bool((n == n.round()).all()) and bool((n[1:] < n[:-1]).all())
+        assert float(g[0]) == 1.0 and float(g[-2]) == float(trail[-2]) and float(g[-1]) == 0.0
+    # an explicit range is honoured as given (no few-step end, no rounding)
+    torch.testing.assert_close(time_grid(disc, 5, "auto", t_min=0.01), time_grid(disc, 5, "jump_logsnr", t_min=0.01))
+
+
 def test_cli_offers_every_spacing():
     from diffuse.cli.main import sample
     choices = next(p for p in sample.params if p.name == "spacing").type.choices
@@ -314,13 +338,25 @@ def test_auto_spacing_and_the_default_grids():
     from diffuse.core.generate import sampling_grid
     from diffuse.core.samplers import AUTO_MIN_STEPS, default_spacing
     lin = LinearBetaSchedule()
-    torch.testing.assert_close(time_grid(lin, AUTO_MIN_STEPS - 1, "auto"), time_grid(lin, AUTO_MIN_STEPS - 1, "trailing"))
-    torch.testing.assert_close(time_grid(lin, AUTO_MIN_STEPS, "auto"), time_grid(lin, AUTO_MIN_STEPS, "jump_logsnr"))
+    for steps in (AUTO_MIN_STEPS, 20, 50):
+        torch.testing.assert_close(time_grid(lin, steps, "auto"), time_grid(lin, steps, "jump_logsnr"))
     torch.testing.assert_close(time_grid(SigmaSchedule(), 12, "auto"), time_grid(SigmaSchedule(), 12, "karras"))
     torch.testing.assert_close(time_grid(FlowSchedule(), 12, "auto"), time_grid(FlowSchedule(), 12, "uniform"))
     from diffuse.core.samplers import AUTO_GRID_SAMPLERS
-    for name in ("ddim", "dpmpp_2m", "unipc", "ddpm"):
+    for name in ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ddpm"):
         assert default_spacing(lin, name) == ("auto" if name in AUTO_GRID_SAMPLERS else "trailing")
+    # generate() / `diffuse sample` without --spacing: UniPC and DPM-Solver++(2M) on auto; DDIM and
+    # DPM-Solver++(3M) on auto's few-step grid below AUTO_MIN_STEPS steps, on trailing from there on
+    from diffuse.core.samplers import FEW_STEP_GRID_SAMPLERS
+    assert {"unipc", "dpmpp_2m"} <= AUTO_GRID_SAMPLERS and {"ddim", "dpmpp_3m"} <= FEW_STEP_GRID_SAMPLERS
+    assert not AUTO_GRID_SAMPLERS & FEW_STEP_GRID_SAMPLERS
+    for steps in (5, AUTO_MIN_STEPS - 1, AUTO_MIN_STEPS, 10, 20):
+        few = steps < AUTO_MIN_STEPS
+        torch.testing.assert_close(sampling_grid(lin, "unipc", steps, None), time_grid(lin, steps, "auto"))
+        for name in ("ddim", "dpmpp_3m"):
+            torch.testing.assert_close(sampling_grid(lin, name, steps, None), time_grid(lin, steps, "auto" if few else "trailing"))
+        torch.testing.assert_close(sampling_grid(lin, "ode_heun", steps, None), time_grid(lin, steps, "trailing"))
+        torch.testing.assert_close(sampling_grid(lin, "unipc", steps, "trailing"), time_grid(lin, steps, "trailing"))
     assert default_spacing(SigmaSchedule(), "unipc") == "karras" and default_spacing(FlowSchedule(), "ddim") == "uniform"
     # DDPM's default is still exactly the T-step chain
     torch.testing.assert_close(sampling_grid(lin, "ddpm", None, None), torch.arange(1000, -1, -1, dtype=F64) / 1000)
