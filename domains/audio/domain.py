@@ -18,8 +18,9 @@ the sub-folder, bundled: cymbal, kick, snare, tabla, tom; :class:`~diffuse.core.
 also ``bass``/``bd`` for kick, ``hihat``/``hat`` for cymbal) through the U-Net's label embedding,
 and ``text`` (captions such as "an 808 bass drum hit" drawn per clip from
 :data:`~diffuse.domains.audio.data.CLASS_PHRASES`; :class:`~diffuse.domains.text.TextKind`) through
-a small text encoder inside the U-Net and its cross-attention. Model option ``text_encoder``:
-see :func:`~diffuse.domains.text.build_text_encoder`.
+a small text encoder inside the U-Net, its cross-attention and (``text_pool``, on in every preset)
+the pooled prompt added to the time embedding, so a prompt reaches every ResBlock as a label
+does. Model option ``text_encoder``: see :func:`~diffuse.domains.text.build_text_encoder`.
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ log = logging.getLogger(__name__)
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "small": {"channels": [16, 32, 64, 128], "factors": [4, 4, 4], "num_res_blocks": 2, "dilations": [1, 3],
-              "attn_levels": [-2], "heads": 4, "dropout": 0.0, "upsample": "conv_transpose"},
+              "attn_levels": [-2], "heads": 4, "dropout": 0.0, "upsample": "conv_transpose", "text_pool": True},
     "base": {"channels": [32, 64, 128, 256], "factors": [4, 4, 4], "num_res_blocks": 2, "dilations": [1, 3],
-             "attn_levels": [-2], "heads": 8, "dropout": 0.0, "upsample": "conv_transpose"},
+             "attn_levels": [-2], "heads": 8, "dropout": 0.0, "upsample": "conv_transpose", "text_pool": True},
     "large": {"channels": [64, 128, 256, 512, 512], "factors": [4, 4, 4, 2], "num_res_blocks": 2,
               "dilations": [1, 3, 9], "attn_levels": [-3, -2], "heads": 8, "dropout": 0.1,
-              "upsample": "conv_transpose"},
+              "upsample": "conv_transpose", "text_pool": True},
 }
 #: at most this many reference clips enter the Frechet distances
 MAX_REFERENCE = 2000
