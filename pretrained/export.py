@@ -132,7 +132,8 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
         last = evals[-1]
         lines += [f"The run's last evaluation (step {last.get('step')}: {last.get('num')} samples, "
                   f"sampler {last.get('sampler')}, {last.get('steps')} steps):", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in last.items() if k not in ("step", "event", "sampler", "steps", "num")]
+        skip = ("step", "event", "sampler", "steps", "num", "seconds", "estimated_seconds", "budget_seconds")
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in last.items() if k not in skip]
     elif evaluation is None:
         lines.append("The run logged no evaluation; measure with `diffuse evaluate` on a run folder.")
     if evaluation is not None:

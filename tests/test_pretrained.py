@@ -171,6 +171,13 @@ def test_module_entry_point(run, tmp_path, capsys):
     assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: Missing argument 'NAME'")
 
 
+@pytest.mark.parametrize("name", pretrained.available())
+def test_every_shipped_model_loads_and_samples(name):
+    model = api.load_pretrained(name, device="cpu")
+    samples = model.sample(2, sampler="ddim", steps=3, seed=0)
+    assert torch.isfinite(samples.x).all()
+
+
 def test_shipped_image_model_draws_the_requested_digits():
     """The shipped `image` model, label-guided, draws digits the framework's own LeNet reads as the
     requested label (its model card: 0.93 at s = 1, 1.00 at s = 2 over 200 samples); a few
