@@ -61,6 +61,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 POINTS = RESULTS / "quality_compute"
 DOCS = ROOT / "docs"
+SUMMARY = RESULTS / "quality_compute.json"
 
 DOMAINS = ("molecules", "image", "audio")
 #: step lists: idle-equivalent ~1, 2, 5 (quickstart), ~2x quickstart minutes
@@ -294,6 +295,9 @@ def _plot_matplotlib(panels, quick, xlabel, path: Path) -> None:
             color = f"C{i}"
             if s["xy"]:
                 ax.plot(*zip(*s["xy"]), marker="o", color=color, label=s["label"])
+                ax.plot([x for x, _ in s["xy"] if math.isclose(x, quick)],
+                        [y for x, y in s["xy"] if math.isclose(x, quick)], marker="o", markersize=12,
+                        markerfacecolor="none", color=color, linestyle="none")
             if s["ref"] is not None:
                 ax.axhline(s["ref"], color=color, linestyle="--", linewidth=0.8)
         ax.axvline(quick, color="grey", linestyle=":")
@@ -318,8 +322,8 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
         for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
             out += [m * 10 ** e for m in (1, 2, 5) if lo <= m * 10 ** e <= hi]
         return out or [lo, hi]
-    step = 10 ** math.floor(math.log10(max(hi - lo, 1e-12)))
-    for m in (1, 2, 5, 10):
+    step = 10 ** (math.floor(math.log10(max(hi - lo, 1e-12))) - 1)
+    for m in (1, 2, 5, 10, 20, 50):
         if (hi - lo) / (step * m) <= 6:
             step *= m
             break
@@ -334,7 +338,10 @@ def _plot_pillow(panels, quick, xlabel, path: Path) -> None:
     W, H, ml, mr, mt, mb = 720, 460, 70, 20, 40, 150
     img = Image.new("RGB", (W * len(panels), H), "white")
     d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    try:
+        font = ImageFont.load_default(size=13)     # Pillow >= 10.1: a scalable font
+    except TypeError:
+        font = ImageFont.load_default()
     for pi, panel in enumerate(panels):
         ox = pi * W
         xs = [x for s in panel["series"] for x, _ in s["xy"]] + [quick]
@@ -365,7 +372,7 @@ def _plot_pillow(panels, quick, xlabel, path: Path) -> None:
         Q = fx(quick)
         for Y in range(mt, H - mb, 6):
             d.line([Q, Y, Q, Y + 2], fill="grey")
-        d.text((Q + 3, mt + 3), "quickstart", fill="grey", font=font)
+        d.text((Q - 78, mt + 3) if Q > ox + W - mr - 90 else (Q + 3, mt + 3), "quickstart", fill="grey", font=font)
         for i, s in enumerate(panel["series"]):
             c = _COLORS[i % len(_COLORS)]
             if s["ref"] is not None and y0 <= s["ref"] <= y1:
@@ -375,12 +382,15 @@ def _plot_pillow(panels, quick, xlabel, path: Path) -> None:
             pts = [(fx(x), fy(y)) for x, y in s["xy"]]
             if len(pts) > 1:
                 d.line(pts, fill=c, width=2)
-            for X, Y in pts:
+            for (x, _), (X, Y) in zip(s["xy"], pts):
                 d.ellipse([X - 3, Y - 3, X + 3, Y + 3], fill=c)
-            ly = H - mb + 44 + 14 * i
+                if math.isclose(x, quick):
+                    d.ellipse([X - 7, Y - 7, X + 7, Y + 7], outline=c, width=2)
+            ly = H - mb + 44 + 16 * i
             d.line([ox + ml, ly + 6, ox + ml + 20, ly + 6], fill=c, width=2)
             d.text((ox + ml + 26, ly), s["label"], fill="black", font=font)
         d.text((ox + ml + 260, H - mb + 44), "solid: trained models; dashed: real data", fill="black", font=font)
+        d.text((ox + ml + 260, H - mb + 60), "ringed: the quickstart run (default steps)", fill="black", font=font)
     img.save(path)
 
 
@@ -399,13 +409,13 @@ def report(domains: list[str], args) -> dict:
         png = DOCS / f"quality_compute_{dom}.png"
         used = plot(dom, points, ref, png)
         summary["domains"][dom] = {"points": sorted(points, key=lambda p: p["steps"]), "reference": ref,
-                                   "png": str(png.relative_to(ROOT)), "plotter": used}
-        print(f"\n### {dom}\n\n{table(dom, points, ref)}\n\n(figure: {png.relative_to(ROOT)}, drawn with {used})")
+                                   "png": str(png), "plotter": used}
+        print(f"\n### {dom}\n\n{table(dom, points, ref)}\n\n(figure: {png}, drawn with {used})")
         cost = ", ".join(f"{p['steps']}: train {p['train_seconds_wall']:.0f} s + eval {p['eval']['seconds']:.0f} s"
                          for p in sorted(points, key=lambda p: p["steps"]))
         print(f"cost per point (wall, this machine): {cost}")
-    _atomic_json(RESULTS / "quality_compute.json", summary)
-    print(f"\nwrote {RESULTS / 'quality_compute.json'}")
+    _atomic_json(SUMMARY, summary)
+    print(f"\nwrote {SUMMARY}")
     return summary
 
 
@@ -437,16 +447,21 @@ def main() -> None:
     p.add_argument("--out", default=None, help="folder for the run folders (default: a new temp dir)")
     p.add_argument("--resume", action="store_true", help="skip points whose result JSON exists; continue "
                    "an interrupted run folder in --out from its checkpoint")
-    p.add_argument("--results", default=None, help="folder for the point JSONs (default benchmarks/results/quality_compute)")
+    p.add_argument("--results", default=None, help="folder for the point JSONs, and then also the summary JSON and "
+                   "PNGs (a smoke test; default: benchmarks/results/quality_compute, the summary in "
+                   "benchmarks/results/quality_compute.json, the PNGs in docs/)")
     p.add_argument("--plot-only", action="store_true", help="only the tables, summary JSON and PNGs from the point files")
     p.add_argument("--measure-step-time", action="store_true",
                    help="measure the idle s/step of each domain's default recipe (60 steps) and stop")
+    p.add_argument("--longest-in-order", action="store_true",
+                   help="run each domain's points in order (default: every domain's longest run comes last)")
     p.add_argument("--point", nargs=2, metavar=("DOMAIN", "STEPS"), help=argparse.SUPPRESS)
     p.add_argument("--reference", metavar="DOMAIN", help=argparse.SUPPRESS)
     args = p.parse_args()
-    global POINTS
+    global POINTS, DOCS, SUMMARY
     if args.results:
-        POINTS = Path(args.results)
+        POINTS = DOCS = Path(args.results)
+        SUMMARY = POINTS / "quality_compute.json"
     domains = [d.strip() for d in args.domains.split(",") if d.strip()]
     bad = [d for d in domains if d not in DOMAINS]
     if bad:
@@ -484,25 +499,32 @@ def main() -> None:
         base += ["--results", str(POINTS)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(args.threads))}
     print(f"run folders in {out}; point results in {POINTS}", flush=True)
-    for dom in domains:
-        jobs = [("reference", None)] + [("point", n) for n in steps[dom]]
-        for kind, n in jobs:
-            target = POINTS / (f"{dom}_reference.json" if kind == "reference" else f"{dom}_{n}.json")
-            if args.resume and target.exists():
-                print(f"{dom} {kind} {n or ''}: done already ({target.name})", flush=True)
-                continue
-            if not args.resume and kind == "point" and (out / f"{dom}_{n}").exists():
-                shutil.rmtree(out / f"{dom}_{n}")
-            cmd = base + (["--reference", dom] if kind == "reference" else ["--point", dom, str(n)])
-            t0 = time.perf_counter()
-            print(f"{time.strftime('%H:%M:%S')} {dom} {kind} {n or ''} ... (load {os.getloadavg()[0]:.2f})", flush=True)
-            res = subprocess.run(cmd, env=env)
-            if res.returncode != 0:
-                print(f"  FAILED (exit {res.returncode}); the sweep continues", flush=True)
-                continue
-            data = json.loads(target.read_text())
-            msg = "  ".join(f"{k}={_fmt(data['metrics'].get(k))}" for k in METRICS[dom])
-            print(f"  done in {time.perf_counter() - t0:.0f} s: {msg}", flush=True)
+    # the references, then every domain's points but its longest, then the longest runs: a sweep
+    # stopped early still has each domain's curve up to the quickstart point
+    jobs = [(dom, "reference", None) for dom in domains]
+    if args.longest_in_order:
+        jobs += [(dom, "point", n) for dom in domains for n in sorted(steps[dom])]
+    else:
+        jobs += [(dom, "point", n) for dom in domains for n in sorted(steps[dom])[:-1]]
+        jobs += [(dom, "point", max(steps[dom])) for dom in domains]
+    print("order: " + ", ".join(f"{d} {n or 'reference'}" for d, _, n in jobs), flush=True)
+    for dom, kind, n in jobs:
+        target = POINTS / (f"{dom}_reference.json" if kind == "reference" else f"{dom}_{n}.json")
+        if args.resume and target.exists():
+            print(f"{dom} {kind} {n or ''}: done already ({target.name})", flush=True)
+            continue
+        if not args.resume and kind == "point" and (out / f"{dom}_{n}").exists():
+            shutil.rmtree(out / f"{dom}_{n}")
+        cmd = base + (["--reference", dom] if kind == "reference" else ["--point", dom, str(n)])
+        t0 = time.perf_counter()
+        print(f"{time.strftime('%H:%M:%S')} {dom} {kind} {n or ''} ... (load {os.getloadavg()[0]:.2f})", flush=True)
+        res = subprocess.run(cmd, env=env)
+        if res.returncode != 0:
+            print(f"  FAILED (exit {res.returncode}); the sweep continues", flush=True)
+            continue
+        data = json.loads(target.read_text())
+        msg = "  ".join(f"{k}={_fmt(data['metrics'].get(k))}" for k in METRICS[dom])
+        print(f"  done in {time.perf_counter() - t0:.0f} s: {msg}", flush=True)
     report(domains, args)
 
 
