@@ -406,6 +406,9 @@ def report(domains: list[str], args) -> dict:
         if not points:
             print(f"\n{dom}: no points yet")
             continue
+        for pt in points:   # the x axis from the current idle s/step (--idle-step-s)
+            pt["idle_step_s"] = IDLE_STEP_S[dom]
+            pt["idle_equiv_minutes"] = pt["steps"] * IDLE_STEP_S[dom] / 60.0
         png = DOCS / f"quality_compute_{dom}.png"
         used = plot(dom, points, ref, png)
         summary["domains"][dom] = {"points": sorted(points, key=lambda p: p["steps"]), "reference": ref,
@@ -455,6 +458,10 @@ def main() -> None:
                    help="measure the idle s/step of each domain's default recipe (60 steps) and stop")
     p.add_argument("--longest-in-order", action="store_true",
                    help="run each domain's points in order (default: every domain's longest run comes last)")
+    p.add_argument("--idle-step-s", default=None, metavar="DOMAIN=S,...",
+                   help="idle 2-thread seconds per step for the x axis, e.g. 'image=0.30,audio=0.48' "
+                        f"(default: {IDLE_STEP_S}, measured on this machine); applied when reporting, "
+                        "so a new measurement rescales the curves without training again")
     p.add_argument("--point", nargs=2, metavar=("DOMAIN", "STEPS"), help=argparse.SUPPRESS)
     p.add_argument("--reference", metavar="DOMAIN", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -468,6 +475,15 @@ def main() -> None:
         p.error(f"unknown domain(s) {bad}; choose from {', '.join(DOMAINS)}")
     if args.threads < 1:
         p.error("--threads must be >= 1")
+    for part in (args.idle_step_s or "").split(","):
+        if part.strip():
+            name, _, value = part.partition("=")
+            try:
+                IDLE_STEP_S[name.strip()] = float(value)
+            except ValueError:
+                p.error(f"--idle-step-s takes DOMAIN=SECONDS pairs, got {part!r}")
+            if name.strip() not in DOMAINS or not IDLE_STEP_S[name.strip()] > 0:
+                p.error(f"--idle-step-s: unknown domain or non-positive seconds in {part!r}")
 
     if args.point or args.reference or args.measure_step_time:
         os.environ.setdefault("GOMP_SPINCOUNT", "1000")   # the CLI's OpenMP policy (diffuse.cli.threads)
@@ -483,7 +499,8 @@ def main() -> None:
             for r in res:
                 print(f"{r['domain']}: {r['step_s']:.3f} s/step (batch {r['batch_size']}, {r['threads']} threads, "
                       f"load average {r['load_avg'][0]:.2f})")
-            _atomic_json(RESULTS / "quality_compute_step_time.json", {"runs": res})
+            _atomic_json(SUMMARY.with_name("quality_compute_step_time.json"), {"runs": res})
+            print("use them with --plot-only --idle-step-s " + ",".join(f"{r['domain']}={r['step_s']:.3f}" for r in res))
         return
     if args.plot_only:
         report(domains, args)
