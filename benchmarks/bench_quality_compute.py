@@ -394,6 +394,13 @@ def _plot_pillow(panels, quick, xlabel, path: Path) -> None:
     img.save(path)
 
 
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def report(domains: list[str], args) -> dict:
     """Gather the point files into the summary JSON, print the tables, draw the figures."""
     summary = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "idle_step_s": IDLE_STEP_S,
@@ -412,8 +419,8 @@ def report(domains: list[str], args) -> dict:
         png = DOCS / f"quality_compute_{dom}.png"
         used = plot(dom, points, ref, png)
         summary["domains"][dom] = {"points": sorted(points, key=lambda p: p["steps"]), "reference": ref,
-                                   "png": str(png), "plotter": used}
-        print(f"\n### {dom}\n\n{table(dom, points, ref)}\n\n(figure: {png}, drawn with {used})")
+                                   "png": _rel(png), "plotter": used}
+        print(f"\n### {dom}\n\n{table(dom, points, ref)}\n\n(figure: {_rel(png)}, drawn with {used})")
         cost = ", ".join(f"{p['steps']}: train {p['train_seconds_wall']:.0f} s + eval {p['eval']['seconds']:.0f} s"
                          for p in sorted(points, key=lambda p: p["steps"]))
         print(f"cost per point (wall, this machine): {cost}")
