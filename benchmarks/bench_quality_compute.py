@@ -30,7 +30,7 @@ marked.
 
     OMP_NUM_THREADS=1 nice -n 2 python benchmarks/bench_quality_compute.py --threads 1 \\
         --domains molecules,image,audio --out /tmp/quality_compute --resume
-    python benchmarks/bench_quality_compute.py --plot-only        # tables + PNGs from the JSON files
+    python benchmarks/bench_quality_compute.py --plot-only --update-readme   # tables, PNGs, README block
     python benchmarks/bench_quality_compute.py --measure-step-time --threads 2   # idle s/step
 
 Every point runs in its own process and writes ``benchmarks/results/quality_compute/<domain>_<steps>.json``
@@ -429,6 +429,39 @@ def report(domains: list[str], args) -> dict:
     return summary
 
 
+README_START, README_END = "<!-- quality-compute:start -->", "<!-- quality-compute:end -->"
+
+
+def readme_block(summary: dict, domains: list[str]) -> str:
+    """The README's tables and figure links (what is missing said plainly)."""
+    parts = []
+    for dom in domains:
+        d, want = summary["domains"].get(dom), DEFAULT_STEPS[dom]
+        if d is None:
+            parts.append(f"**{dom}**: no point finished yet (step list {', '.join(map(str, want))}); the sweep "
+                         "command below continues it.")
+            continue
+        missing = [n for n in want if n not in {p["steps"] for p in d["points"]}]
+        head = f"**{dom}** ({len(d['points'])} of {len(want)} points"
+        head += f"; still to run: {', '.join(map(str, missing))} steps)" if missing else ")"
+        parts.append(f"{head}\n\n{table(dom, d['points'], d['reference'])}\n\n"
+                     f"![{dom}: quality vs training time]({d['png']})")
+    return "\n\n".join(parts)
+
+
+def update_readme(summary: dict, domains: list[str], path: Path = ROOT / "README.md") -> None:
+    """Replace the block between the README's quality-compute markers."""
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"error: {path} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{head}{README_START}\n{readme_block(summary, domains)}\n{README_END}{tail}")
+    os.replace(tmp, path)
+    print(f"updated {path}")
+
+
 # ----------------------------------------------------------------------------- main
 def _steps_arg(value: str) -> dict[str, list[int]]:
     """``200,400`` (every domain) or ``image=200,400;audio=120`` (per domain)."""
@@ -461,6 +494,8 @@ def main() -> None:
                    "PNGs (a smoke test; default: benchmarks/results/quality_compute, the summary in "
                    "benchmarks/results/quality_compute.json, the PNGs in docs/)")
     p.add_argument("--plot-only", action="store_true", help="only the tables, summary JSON and PNGs from the point files")
+    p.add_argument("--update-readme", action="store_true",
+                   help="with --plot-only: rewrite the README's quality-versus-compute tables")
     p.add_argument("--measure-step-time", action="store_true",
                    help="measure the idle s/step of each domain's default recipe (60 steps) and stop")
     p.add_argument("--longest-in-order", action="store_true",
@@ -510,7 +545,9 @@ def main() -> None:
             print("use them with --plot-only --idle-step-s " + ",".join(f"{r['domain']}={r['step_s']:.3f}" for r in res))
         return
     if args.plot_only:
-        report(domains, args)
+        summary = report(domains, args)
+        if args.update_readme:
+            update_readme(summary, DOMAINS)
         return
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="quality_compute_"))
