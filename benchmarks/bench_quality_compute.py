@@ -143,19 +143,23 @@ def run_point(domain: str, steps: int, out: Path, device: str) -> dict:
     from diffuse.core.checkpoint import load_checkpoint, read_run_config
 
     run_dir = out / f"{domain}_{steps}"
-    resumed = False
+    resumed, done = False, 0
     if run_dir.exists():
         try:
-            load_checkpoint(run_dir, with_state=True)
+            done = int(load_checkpoint(run_dir, with_state=True)["state"]["step"])
         except Exception:   # noqa: BLE001 -- a run folder killed before its first complete checkpoint
             shutil.rmtree(run_dir)
     t0 = time.perf_counter()
+    fit_s = final_loss = None
     with LoadSampler() as load:
         if run_dir.exists():
             resumed = True
-            res = api.train(domain, resume=run_dir, progress=False)
+            if done < steps:     # else trained already (the evaluation was interrupted): evaluate only
+                res = api.train(domain, resume=run_dir, progress=False)
+                fit_s, final_loss = res.seconds, res.final_loss
         else:
             res = api.train(domain, out=run_dir, progress=False, steps=steps, seed=0, eval_samples=0, device=device)
+            fit_s, final_loss = res.seconds, res.final_loss
     train_wall = time.perf_counter() - t0
     cfg = read_run_config(run_dir)
     tc = cfg.train
@@ -172,12 +176,13 @@ def run_point(domain: str, steps: int, out: Path, device: str) -> dict:
         "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_avg": load.summary(),
         "train_seconds_logged": logged,           # the training windows of metrics.jsonl
-        "train_seconds_fit": res.seconds,         # Trainer.fit (steps + checkpoints), this session
+        # this session only (a resumed run's earlier sessions are in train_seconds_logged alone)
+        "train_seconds_fit": fit_s,               # Trainer.fit (steps + checkpoints)
         "train_seconds_wall": train_wall,         # api.train including data loading and model building
         "median_step_s": sorted(per_step)[len(per_step) // 2] if per_step else None,
         "idle_step_s": IDLE_STEP_S[domain],
         "idle_equiv_minutes": steps * IDLE_STEP_S[domain] / 60.0,
-        "final_loss": res.final_loss,
+        "final_loss": final_loss,
         "eval": {"num": EVAL_NUM[domain], "sampler": tc.eval_sampler, "steps": tc.eval_steps, "seed": 0,
                  "seconds": eval_s},
         "metrics": metrics,
@@ -421,8 +426,8 @@ def report(domains: list[str], args) -> dict:
         summary["domains"][dom] = {"points": sorted(points, key=lambda p: p["steps"]), "reference": ref,
                                    "png": _rel(png), "plotter": used}
         print(f"\n### {dom}\n\n{table(dom, points, ref)}\n\n(figure: {_rel(png)}, drawn with {used})")
-        cost = ", ".join(f"{p['steps']}: train {p['train_seconds_wall']:.0f} s + eval {p['eval']['seconds']:.0f} s"
-                         for p in sorted(points, key=lambda p: p["steps"]))
+        cost = ", ".join(f"{p['steps']}: train {p['train_seconds_logged' if p.get('resumed') else 'train_seconds_wall']:.0f}"
+                         f" s + eval {p['eval']['seconds']:.0f} s" for p in sorted(points, key=lambda p: p["steps"]))
         print(f"cost per point (wall, this machine): {cost}")
     _atomic_json(SUMMARY, summary)
     print(f"\nwrote {SUMMARY}")
