@@ -325,10 +325,12 @@ def failure_guard() -> Iterator[None]:
     except BaseException as exc:
         ctx = current()
         rank = ctx.rank if ctx.enabled else world_from_env()[0]
+        # the record first: once the other ranks read the failure they exit, and the launcher may
+        # then stop this process before it could write anything (it would read as "killed")
+        _write_error_record(rank, "failed", _one_line(exc), getattr(exc, "exit_code", 1))
         earlier = ctx.report_failure(_one_line(exc)) if ctx.enabled else None
-        if earlier is not None:
+        if earlier is not None:             # another rank failed first: this one merely stopped
             line = f"rank {rank} stopped: {earlier}"
             _write_error_record(rank, "stopped", line)
             raise PeerFailed(line) from None
-        _write_error_record(rank, "failed", _one_line(exc), getattr(exc, "exit_code", 1))
         raise
