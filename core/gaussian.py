@@ -132,6 +132,19 @@ class GaussianMixture:
         score = -(r[..., None] * sol).sum(1)
         return x0, score
 
+    def pf_ode_solution(self, x1: Tensor, schedule: Schedule, t_end: float, t_start: float = 1.0) -> Tensor:
+        """The exact probability-flow ODE map from ``x1`` at ``t_start`` to ``t_end``, for a single
+        Gaussian ``N(mu, S)`` (closed form: in ``x / alpha`` with noise ``sigma / alpha`` each
+        eigen-direction of ``S`` scales as ``sqrt(lambda + sigma^2)``). Mixtures have no closed form."""
+        if self.K != 1:
+            raise ValueError("the closed-form probability-flow map exists for a single Gaussian only")
+        lam, q = torch.linalg.eigh(self.covs[0])
+        a1, s1 = schedule.alpha_sigma(torch.tensor(float(t_start), dtype=torch.float64))
+        a0, s0 = schedule.alpha_sigma(torch.tensor(float(t_end), dtype=torch.float64))
+        y = (x1.to(torch.float64) / a1 - self.means) @ q
+        y = y * torch.sqrt((lam + (s0 / a0) ** 2) / (lam + (s1 / a1) ** 2))
+        return a0 * (y @ q.T + self.means)
+
     def denoiser(self, schedule: Schedule):
         """A sampler-ready ``denoise(x, t) -> Prediction`` for this exact model."""
         def denoise(x: Tensor, t: Tensor) -> Prediction:

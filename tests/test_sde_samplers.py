@@ -28,14 +28,8 @@ def prior_scale(sch):
 
 
 def exact_pf_ode(x1, sch, t_end):
-    """Closed-form PF-ODE for Gaussian data N(mu, S): in x~ = x / alpha, sigma = sigma_t / alpha_t,
-    each eigen-direction of S scales as sqrt(lambda + sigma^2)."""
-    lam, q = torch.linalg.eigh(COV[0])
-    a1, s1 = sch.alpha_sigma(torch.tensor(1.0, dtype=F64))
-    a0, s0 = sch.alpha_sigma(torch.tensor(float(t_end), dtype=F64))
-    y = (x1 / a1 - MU) @ q
-    y = y * torch.sqrt((lam + (s0 / a0) ** 2) / (lam + (s1 / a1) ** 2))
-    return a0 * (y @ q.T + MU)
+    """Closed-form PF-ODE solution for the Gaussian N(MU, COV) (core.gaussian)."""
+    return GaussianMixture(torch.ones(1, dtype=F64), MU, COV).pf_ode_solution(x1, sch, t_end)
 
 
 def test_registered_under_cli_names():
@@ -217,3 +211,12 @@ def test_repeated_grid_times_are_no_ops():
     for name in ("ddim", "ode_euler", "ode_heun", "edm_heun", "dpmpp_2m", "dpmpp_3m"):
         run = lambda g: SAMPLERS[name](den, x1.clone(), g, schedule=sch, space=SPACE)
         torch.testing.assert_close(run(doubled), run(grid), rtol=1e-12, atol=1e-12)
+
+
+def test_closed_form_pf_ode_map_round_trips_and_is_refused_for_mixtures():
+    sch = LinearBetaSchedule()
+    x1 = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    mid = GAUSS.pf_ode_solution(x1, sch, 0.3)
+    torch.testing.assert_close(GAUSS.pf_ode_solution(mid, sch, 1.0, t_start=0.3), x1, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="single Gaussian"):
+        GaussianMixture.random(k=2).pf_ode_solution(x1, sch, 0.3)

@@ -23,14 +23,8 @@ GAUSS = GaussianMixture(torch.ones(1), MU, COV)
 
 
 def exact_pf_ode(x1, sch, t_end):
-    """Closed-form PF-ODE for Gaussian data: in x~ = x / alpha, sigma = sigma_t / alpha_t each
-    eigen-direction of S scales as sqrt(lambda + sigma^2)."""
-    lam, q = torch.linalg.eigh(COV[0])
-    a1, s1 = sch.alpha_sigma(torch.tensor(1.0, dtype=F64))
-    a0, s0 = sch.alpha_sigma(torch.tensor(float(t_end), dtype=F64))
-    y = (x1 / a1 - MU) @ q
-    y = y * torch.sqrt((lam + (s0 / a0) ** 2) / (lam + (s1 / a1) ** 2))
-    return a0 * (y @ q.T + MU)
+    """Closed-form PF-ODE solution for the Gaussian N(MU, COV) (core.gaussian)."""
+    return GaussianMixture(torch.ones(1, dtype=F64), MU, COV).pf_ode_solution(x1, sch, t_end)
 
 
 # ----------------------------------------------------------------------------- orders
