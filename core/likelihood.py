@@ -94,7 +94,8 @@ def log_likelihood(denoise, x0: Tensor, schedule: Schedule, space: Space, *,
     """Negative log-likelihood of ``x0`` under the probability-flow ODE of ``denoise``.
 
     ``denoise(x, t) -> Prediction`` must be differentiable in ``x``. The ODE runs from
-    ``t_min`` (default ``schedule.t_min``, or 1e-5 for a continuous schedule starting at 0)
+    ``t_min`` (default ``schedule.t_min``, or 1e-5 for a continuous schedule starting at 0; on a
+    schedule whose noise level jumps to 0 at ``t = 0``, as EDM's and VE's, at least its ``t_min``)
     to ``t_max`` (default 1); the result is ``-log p_{t_min}(x0)``, which tends to
     ``-log p_0(x0)`` as ``t_min -> 0``; on a schedule with ``alpha = 0`` at ``t_max`` (a flow path)
     the ODE stops where ``sigma / alpha = 1e4``. ``exact_trace=None`` picks the exact trace when a
@@ -109,6 +110,8 @@ def log_likelihood(denoise, x0: Tensor, schedule: Schedule, space: Space, *,
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
     sde = SDE(schedule)
     lo = float(t_min) if t_min is not None else (schedule.t_min or 1e-5)
+    if float(schedule.alpha_sigma(torch.tensor(lo, dtype=_F64))[1]) == 0.0 and schedule.t_min > lo:
+        lo = schedule.t_min        # a schedule whose noise level jumps to 0 at t = 0 (EDM, VE): its lowest level
     hi = float(t_max) if t_max is not None else schedule.t_max
     if float(schedule.alpha_sigma(torch.tensor(hi, dtype=_F64))[0]) == 0.0:
         # a flow path ends in pure noise (alpha_1 = 0, sigma / alpha infinite): stop where

@@ -313,6 +313,10 @@ class TableSchedule(_VPSchedule):
         return f"TableSchedule(T={self.num_steps})"
 
 
+#: the smallest sampling time of a continuous :class:`SigmaSchedule` (``t = 0`` is the data)
+T_MIN_SIGMA = 1e-9
+
+
 class SigmaSchedule(Schedule):
     """Variance-exploding noise levels: ``alpha_t = 1``, ``sigma_t`` increasing in ``t``.
 
@@ -320,6 +324,14 @@ class SigmaSchedule(Schedule):
     ``sigma(t) = (sigma_min^(1/rho) + t (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``.
     With ``rho=None`` the geometric VE-SDE levels of Song et al. 2021:
     ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``.
+
+    ``t = 0`` is the clean data, ``sigma = 0``, as in every other schedule: EDM's sampler ends
+    with a step from ``sigma_min`` to ``t_N = 0`` (Karras et al. 2022, eq. 5) and score_sde's VE
+    sampler with a denoising step (``noise_removal``). The formula's own low end ``sigma_min`` is
+    reached as ``t -> 0+``; the smallest time a sampler queries, :attr:`t_min`, is
+    :data:`T_MIN_SIGMA` for a continuous schedule (``sigma`` there equals ``sigma_min`` to 1e-7
+    relative). (Earlier the formula held at ``t = 0`` too, so every grid's final point was
+    ``sigma_min``, not the data: samples kept ``sigma_min`` of noise.)
     """
 
     variance_preserving = False
@@ -332,25 +344,31 @@ class SigmaSchedule(Schedule):
 
     @property
     def t_min(self) -> float:
-        return 1.0 / self.num_steps if self.num_steps else 0.0
+        return 1.0 / self.num_steps if self.num_steps else T_MIN_SIGMA
 
     def sigma(self, t: Tensor | float) -> Tensor:
         t = _as64(t).clamp(0.0, 1.0)
         if self.rho is None:
-            return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
-        r = 1.0 / self.rho
-        return (self.sigma_min ** r + t * (self.sigma_max ** r - self.sigma_min ** r)) ** self.rho
+            s = self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+        else:
+            r = 1.0 / self.rho
+            s = (self.sigma_min ** r + t * (self.sigma_max ** r - self.sigma_min ** r)) ** self.rho
+        return torch.where(t > 0, s, torch.zeros_like(s))      # t = 0: the clean data
 
     def alpha_sigma(self, t):
         sigma = self.sigma(t)
         return torch.ones_like(sigma), sigma
 
     def t_from_sigma_ratio(self, ratio):
-        s = _as64(ratio).clamp(self.sigma_min, self.sigma_max)
+        ratio = _as64(ratio)
+        s = ratio.clamp(self.sigma_min, self.sigma_max)
         if self.rho is None:
-            return torch.log(s / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
-        r = 1.0 / self.rho
-        return (s ** r - self.sigma_min ** r) / (self.sigma_max ** r - self.sigma_min ** r)
+            t = torch.log(s / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+        else:
+            r = 1.0 / self.rho
+            t = (s ** r - self.sigma_min ** r) / (self.sigma_max ** r - self.sigma_min ** r)
+        # a positive noise level never maps to t = 0 (the data); sigma = 0 does
+        return torch.where(ratio > 0, t.clamp(min=T_MIN_SIGMA), torch.zeros_like(t))
 
     def t_from_log_snr(self, log_snr, iters: int = 0):
         return self.t_from_sigma_ratio(torch.exp(-0.5 * _as64(log_snr)))

@@ -136,7 +136,9 @@ def jump_logsnr_grid(schedule: Schedule, steps: int, t_jump: float | None = None
 def _em_step(pred: Prediction, x: Tensor, t: Tensor, s: Tensor, schedule: Schedule, space: Space,
              generator: GeneratorLike) -> Tensor:
     """One Euler-Maruyama step ``t -> s`` of ``dx = [f x - g^2 score] dt + g dW_bar``;
-    no noise on a step that ends at ``s = 0`` (Song et al.'s final "x_mean")."""
+    a step that ends at the data (``sigma_s = 0``) is the denoising step (:func:`_to_data`)."""
+    if _at_data(schedule, s):
+        return _to_data(pred, schedule, s, space)
     f, g2 = _fg2(schedule, t)
     _, sig = _coefs(schedule, t)
     dt = float(s) - float(t)                     # negative: time runs backwards
@@ -214,6 +216,18 @@ def pc(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
 
 
 # ---------------------------------------------------------------------------- probability-flow ODE in t
+def _at_data(schedule: Schedule, s) -> bool:
+    return _coefs(schedule, s)[1] == 0.0
+
+
+def _to_data(pred: Prediction, schedule: Schedule, s, space: Space) -> Tensor:
+    """The step onto the clean data (``sigma_s = 0``, where the score is singular): ``x = alpha_s
+    x0_hat``, the exact flow step for a constant ``x0_hat`` (DDIM's last step; score_sde's final
+    denoising, EDM's last Euler step). A schedule whose noise level jumps to 0 at ``t = 0`` (EDM,
+    VE) needs it: an Euler step in ``t`` of length ``t_min`` would leave ``sigma_min`` of noise."""
+    return space.project(_coefs(schedule, s)[0] * pred.x0)
+
+
 def _pf_drift(pred: Prediction, x: Tensor, t: Tensor, schedule: Schedule) -> Tensor:
     """``dx/dt = f(t) x - g(t)^2 score / 2 = f x + g^2 eps / (2 sigma)`` (eq. 13)."""
     f, g2 = _fg2(schedule, t)
@@ -224,10 +238,12 @@ def _pf_drift(pred: Prediction, x: Tensor, t: Tensor, schedule: Schedule) -> Ten
 @torch.no_grad()
 def ode_euler(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
               generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
-    """Euler's method on the probability-flow ODE in ``t`` (Song et al. 2021, eq. 13)."""
+    """Euler's method on the probability-flow ODE in ``t`` (Song et al. 2021, eq. 13); the step
+    onto the data (``sigma = 0``) is the denoising step ``x = alpha x0_hat``."""
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
         pred = _call(denoise, x, t, space)
-        x = space.project(x + (float(s) - float(t)) * _pf_drift(pred, x, t, schedule))
+        x = (_to_data(pred, schedule, s, space) if _at_data(schedule, s)
+             else space.project(x + (float(s) - float(t)) * _pf_drift(pred, x, t, schedule)))
         _report(callback, i, t, s, x, pred.x0)
     return x
 
@@ -275,7 +291,7 @@ class _Fallbacks:
 def ode_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Space,
              generator: GeneratorLike = None, callback: Callback | None = None) -> Tensor:
     """Heun's method (explicit trapezoid) on the probability-flow ODE in ``t``; a step ending
-    where ``sigma = 0`` (the score is singular there) is an Euler step.
+    where ``sigma = 0`` (the score is singular there) is the denoising step ``x = alpha x0_hat``.
 
     Stable on any grid: where a sample's Heun correction is non-finite, larger than the state it
     lands on (:data:`HEUN_TRUST_STATE`), or both larger than a quarter of its Euler step
@@ -286,12 +302,14 @@ def ode_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
         dt = float(s) - float(t)
         pred = _call(denoise, x, t, space)
+        if _at_data(schedule, s):
+            x = _to_data(pred, schedule, s, space)
+            _report(callback, i, t, s, x, pred.x0)
+            continue
         d1 = _pf_drift(pred, x, t, schedule)
         x_next = space.project(x + dt * d1)
-        if _coefs(schedule, s)[1] > 0:
-            d2 = _pf_drift(_call(denoise, x_next, s, space), x_next, s, schedule)
-            x_next = fb.choose(x, x_next, space.project(x + 0.5 * dt * (d1 + d2)))
-        x = x_next
+        d2 = _pf_drift(_call(denoise, x_next, s, space), x_next, s, schedule)
+        x = fb.choose(x, x_next, space.project(x + 0.5 * dt * (d1 + d2)))
         _report(callback, i, t, s, x, pred.x0)
     fb.report()
     return x
@@ -489,13 +507,29 @@ def _dpmpp_multistep(denoise, x, grid, schedule, space, callback, order, lower_o
                     d2 = (2.0 / (r0 + r1)) * (d1_0 - d1_1)
                     phi2 = phi1 / h + 1.0
                     phi3 = phi2 / h - 0.5
-                    x_new = x_new + a_s * phi2 * d1 - a_s * phi3 * d2
+                    x2 = x_new - a_s * phi1 * 0.5 * d1_0          # the second-order (2M) step
+                    c3 = a_s * phi2 * d1 - a_s * phi3 * d2 + a_s * phi1 * 0.5 * d1_0
+                    x_new = _trusted(space, x2, c3, a_s * phi1 * 0.5 * d1_0)
                 else:                                  # DPM-Solver++(2M) step
                     x_new = x_new - a_s * phi1 * 0.5 * d1_0
             x = space.project(x_new)
         hs.append(h)
         _report(callback, i, t, s, x, pred.x0)
     return x
+
+
+def _trusted(space: Space, x_low: Tensor, correction: Tensor, low_term: Tensor) -> Tensor:
+    """``x_low + correction`` for the samples whose higher-order correction is smaller than the
+    lower-order term it refines (an embedded error test, as the Heun samplers' fallback); else the
+    lower-order ``x_low``. On a smooth trajectory and a fine grid the correction is a factor
+    ``O(h)`` smaller and the full order is kept; on a few-step grid where the x0 history bends
+    sharply (high noise to low) the quadratic extrapolation of DPM-Solver++(3M) is not trusted."""
+    d_c = space.inner(correction, correction)
+    d_l = space.inner(low_term, low_term)
+    ok = torch.isfinite(d_c) & (d_c <= d_l)
+    if bool(ok.all()):
+        return x_low + correction
+    return torch.where(space.coef(ok.to(x_low.dtype), x_low) > 0, x_low + correction, x_low)
 
 
 def _finite_tail(hs: list[float], n: int) -> Iterator[float]:

@@ -394,9 +394,11 @@ def test_time_grid_uses_the_literature_timesteps(spacing, steps):
 def test_karras_grid_matches_karras_noise_levels():
     # for the EDM sigma schedule (rho = 7) Karras' levels are uniform in t
     edm = SigmaSchedule()
-    torch.testing.assert_close(time_grid(edm, 18, "karras"),
-                               torch.cat([torch.linspace(1, 0, 18, dtype=F64), torch.zeros(1, dtype=F64)]),
-                               rtol=0, atol=1e-12)
+    # (the lowest level sigma_min at t_min = 1e-9, then the data at t = 0)
+    grid = time_grid(edm, 18, "karras")
+    torch.testing.assert_close(grid, torch.cat([torch.linspace(1, 0, 18, dtype=F64).clamp(min=edm.t_min),
+                                                torch.zeros(1, dtype=F64)]), rtol=0, atol=2e-9)
+    assert float(edm.sigma(grid[-2])) == pytest.approx(edm.sigma_min, rel=1e-7) and float(edm.sigma(grid[-1])) == 0.0
     # for a continuous VP schedule the grid's sigma / alpha are Karras' eq. 5 between the end points
     cos = CosineSchedule(num_steps=None)
     grid = time_grid(cos, 12, "karras")

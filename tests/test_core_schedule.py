@@ -120,24 +120,30 @@ def test_sigma_schedule_matches_karras_formula():
     s = SigmaSchedule(smin, smax, rho)
     alpha0, sigma0 = s.alpha_sigma(0.0)
     alpha1, sigma1 = s.alpha_sigma(1.0)
-    assert float(sigma0) == pytest.approx(smin, rel=1e-12) and float(sigma1) == pytest.approx(smax, rel=1e-12)
+    # t = 0 is the clean data (EDM's t_N = 0); sigma_min is the formula's low end, at t_min
+    assert float(sigma0) == 0.0 and float(sigma1) == pytest.approx(smax, rel=1e-12)
+    assert float(s.sigma(s.t_min)) == pytest.approx(smin, rel=1e-7) and 0 < s.t_min < 1e-6
     assert float(alpha0) == 1.0 and float(alpha1) == 1.0
     # Karras eq. 5: sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, i = 0..N-1,
-    # which is this schedule at t = 1 - i / (N - 1)
+    # which is this schedule at t = 1 - i / (N - 1) for i < N - 1, and at t_min for i = N - 1
     N = 18
     i = torch.arange(N, dtype=F64)
     karras = (smax ** (1 / rho) + i / (N - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-    torch.testing.assert_close(s.sigma(1 - i / (N - 1)), karras, rtol=1e-12, atol=0)
+    torch.testing.assert_close(s.sigma((1 - i / (N - 1)).clamp(min=s.t_min)), karras, rtol=1e-7, atol=0)
+    torch.testing.assert_close(s.sigma(1 - i[:-1] / (N - 1)), karras[:-1], rtol=1e-12, atol=0)
     sig = s.sigma(torch.linspace(0, 1, 2001, dtype=F64))
     assert bool((sig[1:] > sig[:-1]).all())
+    # a positive noise level maps to a positive time, sigma = 0 to the data
+    assert float(s.t_from_sigma_ratio(torch.tensor(smin, dtype=F64))) == s.t_min
+    assert float(s.t_from_sigma_ratio(torch.tensor(0.0, dtype=F64))) == 0.0
 
 
 def test_sigma_schedule_geometric_ve_levels():
     s = SigmaSchedule(0.01, 50.0, rho=None)
     torch.testing.assert_close(s.sigma(RAND_T), 0.01 * (50.0 / 0.01) ** RAND_T, rtol=1e-12, atol=0)
     # log sigma is linear in t
-    ls = torch.log(s.sigma(GRID))
-    torch.testing.assert_close(ls[1:] - ls[:-1], torch.full((T,), math.log(5000.0) / T, dtype=F64),
+    ls = torch.log(s.sigma(GRID[1:]))       # GRID[0] = 0 is the data (sigma = 0)
+    torch.testing.assert_close(ls[1:] - ls[:-1], torch.full((T - 1,), math.log(5000.0) / T, dtype=F64),
                                rtol=1e-9, atol=0)
 
 

@@ -82,7 +82,7 @@ def test_graph_likelihood_on_the_zero_com_subspace():
         return Prediction(space.project(x0), space.project((xt - space.coef(a, xt) * x0) / space.coef(s, xt)))
 
     out = log_likelihood(denoise, x, sch, space, rtol=1e-7, atol=1e-7, t_min=0.0)
-    var = c ** 2 + float(at(sch, 0.0)[1]) ** 2
+    var = c ** 2 + float(at(sch, sch.t_min)[1]) ** 2      # t_min=0 asks for the lowest noise level, sigma_min
     dof = space.dof(x)
     assert dof.tolist() == [6.0, 3.0]
     expect_p1 = -0.5 * space.inner(out["x_T"], out["x_T"]) / (c ** 2 + 30.0 ** 2) - 0.5 * dof * math.log(2 * math.pi * (c ** 2 + 30.0 ** 2))
