@@ -47,6 +47,9 @@ __all__ = [
     "JUMP_FEW",
     "AUTO_GRID_SAMPLERS",
     "FEW_STEP_GRID_SAMPLERS",
+    "VP_SPACING",
+    "LOGSNR_SAMPLERS",
+    "SIGMA_AUTO_SAMPLERS",
     "default_spacing",
     "external_denoiser",
 ]
@@ -59,6 +62,11 @@ AUTO_MIN_STEPS = 7
 JUMP = 3.0
 #: the same ratio in ``auto``'s few-step grid (below :data:`AUTO_MIN_STEPS` steps on a VP schedule)
 JUMP_FEW = 4.0
+#: ``auto`` on a schedule that is not VP (EDM's and VE's sigmas): uniform in log-SNR with a first
+#: step this many times the others ...
+JUMP_SIGMA = 1.5
+#: ... down to this many times the schedule's lowest noise level (then the step to the data)
+END_SIGMA = 2.5
 
 
 def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: float = 7.0,
@@ -97,7 +105,10 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
       leaves too few for the mid-noise range (on the TUNE problems at 5 evaluations: 2-4x the
       sample distance of the few-step grid); ``trailing`` stops at the same point but spaces its
       steps uniformly in ``t``, half of them before the data's structure forms. ``karras`` for
-      other schedules, the schedule's own spacing for flow paths.
+      For a schedule that is not VP (EDM's or VE's sigmas), uniform in log-SNR with a first step
+      :data:`JUMP_SIGMA` times the others, from ``t_max`` down to :data:`END_SIGMA` times the lowest
+      noise level (EDM: 0.005 instead of 0.002; the last evaluation there, then the step to the
+      data), chosen the same way (README, "Default grids"). The schedule's own spacing for flow paths.
 
     * ``uniform``:  ``steps`` equal intervals of ``t`` from ``t_max`` down to ``final`` (default 0):
       ``t_max - k (t_max - final) / steps``, ``k = 0..steps-1`` (rectified flow's and SD3's grid; the
@@ -115,9 +126,13 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     T = schedule.num_steps
     jump, rounded = JUMP, False
     if spacing == "auto":
-        spacing = (getattr(schedule, "default_spacing", None) or ("karras" if not schedule.variance_preserving
-                   else "jump_logsnr"))
-        if spacing == "jump_logsnr" and 1 < steps < AUTO_MIN_STEPS and t_min is None:   # the few-step grid
+        spacing = getattr(schedule, "default_spacing", None) or "jump_logsnr"
+        if spacing == "jump_logsnr" and not schedule.variance_preserving:               # EDM / VE sigmas
+            jump = JUMP_SIGMA
+            if t_min is None:
+                ratio = schedule.alpha_sigma(torch.tensor(schedule.t_min, dtype=torch.float64))
+                t_min = float(schedule.t_from_sigma_ratio(END_SIGMA * ratio[1] / ratio[0]))
+        elif spacing == "jump_logsnr" and 1 < steps < AUTO_MIN_STEPS and t_min is None:   # the few-step grid
             jump = JUMP_FEW
             t_min = max(round(T / steps), 1) / T if T else schedule.t_min + (schedule.t_max - schedule.t_min) / steps
             if T and t_max is None:
@@ -178,38 +193,45 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
     return t
 
 
-#: the samplers whose default grid on a VP schedule is ``auto``: those for which it was at least as
-#: good as ``trailing`` both on the held-out exact problems of ``benchmarks/bench_grids.py`` (there
-#: UniPC on ``auto`` is no worse than diffusers' best scheduler on every held-out problem at 5, 10,
-#: 20 and 50 evaluations) and on a tiny trained image model's FID at 5, 10 and 20 evaluations
-#: (README, "Default grids"). ``ddim`` (image FID worse at 10 evaluations) and ``dpmpp_3m`` (worse
-#: at 10, on the image model and the exact problems) keep ``trailing`` from :data:`AUTO_MIN_STEPS`
-#: steps on (below it: :data:`FEW_STEP_GRID_SAMPLERS`), the other VP samplers keep ``trailing``
-#: (DDPM's full chain is the ``trailing`` grid with ``steps = T``); ``--spacing auto`` asks for it.
-AUTO_GRID_SAMPLERS: frozenset = frozenset({"dpmpp_2m", "unipc"})
+#: the default grids below were chosen on the TUNE problems of ``benchmarks/bench_grids.py``
+#: (random exact Gaussian mixtures; the rule: among the spacings better than diffusers' best
+#: scheduler on average at 5, 10, 20 and 50 evaluations, the one no worse than it on the most
+#: problem-budget pairs) and are reported on its HELD-OUT problems only (README, "Default grids").
+#:
+#: the samplers whose default grid on a VP schedule is ``auto`` at every number of steps
+AUTO_GRID_SAMPLERS: frozenset = frozenset({"dpmpp_2m", "dpmpp_3m", "unipc", "ode_heun"})
 
 
-#: the VP samplers that keep ``trailing`` from :data:`AUTO_MIN_STEPS` steps on but take ``auto``'s
-#: few-step grid below it: on the held-out exact problems at 5 evaluations it halves their sample
-#: distance on average, and on the tiny image model it lowered FID at 5 and 6 evaluations (DDIM
-#: 192 -> 163 and 175 -> 156, DPM-Solver++(3M) 143 -> 129 and 123 -> 114; README, "Default grids")
-FEW_STEP_GRID_SAMPLERS: frozenset = frozenset({"ddim", "dpmpp_3m"})
+#: the VP samplers that take ``auto``'s few-step grid below :data:`AUTO_MIN_STEPS` steps and
+#: ``trailing`` from it on: DDIM, the default sampler of every domain. TUNE prefers ``auto`` for it
+#: at every budget too, but on a small trained image model ``auto`` raised DDIM's FID at 10 steps
+#: (142.8 -> 162.6) and the domains' published figures were measured on ``trailing``.
+FEW_STEP_GRID_SAMPLERS: frozenset = frozenset({"ddim"})
+
+#: other VP defaults chosen on TUNE (every sampler not named here or above keeps ``trailing``)
+VP_SPACING: dict = {"edm_heun": "leading"}
+
+#: the samplers whose default grid on a schedule that is not VP (EDM's and VE's sigmas) is ``auto``
+SIGMA_AUTO_SAMPLERS: frozenset = frozenset({"dpmpp_2m", "dpmpp_3m", "unipc"})
+#: ... and ``logsnr`` (uniform in log-SNR, = diffusers' ``exponential`` sigmas); the others keep ``karras``
+LOGSNR_SAMPLERS: frozenset = frozenset({"ode_heun"})
 
 
 def default_spacing(schedule: Schedule, sampler: str, steps: int | None = None) -> str:
     """The grid spacing a sampler runs on when none is asked for: the schedule's own (uniform in
-    ``t`` for flow paths), else ``karras`` for non-VP schedules; for VP schedules ``auto`` for the
-    samplers in :data:`AUTO_GRID_SAMPLERS`, and for those in :data:`FEW_STEP_GRID_SAMPLERS` when
-    ``steps`` is below :data:`AUTO_MIN_STEPS` (``auto``'s few-step grid), else ``trailing``."""
+    ``t`` for flow paths); for other non-VP schedules ``auto`` for :data:`SIGMA_AUTO_SAMPLERS`,
+    ``logsnr`` for :data:`LOGSNR_SAMPLERS`, else ``karras``; for VP schedules ``auto`` for :data:`AUTO_GRID_SAMPLERS`, ``auto`` below
+    :data:`AUTO_MIN_STEPS` steps and ``trailing`` from it on for :data:`FEW_STEP_GRID_SAMPLERS`,
+    :data:`VP_SPACING`'s entry, else ``trailing``."""
     own = getattr(schedule, "default_spacing", None)
     if own:
         return own
     if not schedule.variance_preserving:
-        return "karras"
+        return "auto" if sampler in SIGMA_AUTO_SAMPLERS else "logsnr" if sampler in LOGSNR_SAMPLERS else "karras"
     if sampler in AUTO_GRID_SAMPLERS or (sampler in FEW_STEP_GRID_SAMPLERS and steps is not None
                                          and steps < AUTO_MIN_STEPS):
         return "auto"
-    return "trailing"
+    return VP_SPACING.get(sampler, "trailing")
 
 
 def _distinct_steps(n: Tensor, T: int) -> Tensor:

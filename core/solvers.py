@@ -284,7 +284,7 @@ class _Fallbacks:
     def report(self) -> None:
         if self.steps:
             logger.warning("%s: the Heun correction was unreliable on %d of %d steps (%d sample-steps); "
-                           "those samples took the Euler step there", self.name, self.steps, self.total, self.pairs)
+                           "those samples took the first-order (DDIM) step there", self.name, self.steps, self.total, self.pairs)
 
 
 @torch.no_grad()
@@ -293,11 +293,15 @@ def ode_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
     """Heun's method (explicit trapezoid) on the probability-flow ODE in ``t``; a step ending
     where ``sigma = 0`` (the score is singular there) is the denoising step ``x = alpha x0_hat``.
 
-    Stable on any grid: where a sample's Heun correction is non-finite, larger than the state it
-    lands on (:data:`HEUN_TRUST_STATE`), or both larger than a quarter of its Euler step
-    (:data:`HEUN_TRUST`) and not negligible (:data:`HEUN_NEGLIGIBLE`), that sample takes the Euler step, and the call logs one warning saying on how many steps
-    this happened (the correction is O(h^2) against an O(h) step, so a fine grid of a smooth
-    problem never falls back and the order is kept)."""
+    Stable on any grid: where a sample's Heun step differs from the first-order DDIM step from the
+    same evaluation (the exponential integrator ``x = alpha_s x0_hat + sigma_s eps_hat``, exact for
+    a constant ``x0_hat`` and stable for any step length, unlike Euler in ``t``, which overshoots by
+    orders of magnitude on EDM's ``sigma(t)``) by more than the state it lands on
+    (:data:`HEUN_TRUST_STATE`), or both by more than a quarter of the DDIM step
+    (:data:`HEUN_TRUST`) and not negligibly (:data:`HEUN_NEGLIGIBLE`), or is non-finite, that
+    sample takes the DDIM step, and the call logs one warning saying on how many steps this
+    happened (the two differ by O(h^2) against an O(h) step, so a fine grid of a smooth problem
+    never falls back and the order is kept)."""
     fb = _Fallbacks("ode_heun", space)
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
         dt = float(s) - float(t)
@@ -309,7 +313,9 @@ def ode_heun(denoise, x: Tensor, grid: Tensor, *, schedule: Schedule, space: Spa
         d1 = _pf_drift(pred, x, t, schedule)
         x_next = space.project(x + dt * d1)
         d2 = _pf_drift(_call(denoise, x_next, s, space), x_next, s, schedule)
-        x = fb.choose(x, x_next, space.project(x + 0.5 * dt * (d1 + d2)))
+        a_s, s_s = _coefs(schedule, s)
+        x_ddim = space.project(a_s * pred.x0 + s_s * pred.eps)        # the fallback: stable on any grid
+        x = fb.choose(x, x_ddim, space.project(x + 0.5 * dt * (d1 + d2)))
         _report(callback, i, t, s, x, pred.x0)
     fb.report()
     return x

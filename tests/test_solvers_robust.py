@@ -334,23 +334,36 @@ def test_auto_spacing_and_the_default_grids():
     lin = LinearBetaSchedule()
     for steps in (AUTO_MIN_STEPS, 20, 50):
         torch.testing.assert_close(time_grid(lin, steps, "auto"), time_grid(lin, steps, "jump_logsnr"))
-    torch.testing.assert_close(time_grid(SigmaSchedule(), 12, "auto"), time_grid(SigmaSchedule(), 12, "karras"))
+    edm = SigmaSchedule()                  # EDM: log-SNR from sigma_max to 2.5 sigma_min, first step 1.5x
+    g = time_grid(edm, 12, "auto")
+    lam = -2 * torch.log(edm.sigma(g[:-1]))
+    d = lam[1:] - lam[:-1]
+    torch.testing.assert_close(d[0] / d[1], torch.tensor(1.5, dtype=F64))
+    torch.testing.assert_close(d[1:], d[1:2].expand(10))
+    torch.testing.assert_close(edm.sigma(g[[0, -2, -1]]), torch.tensor([80.0, 0.005, 0.0], dtype=F64))
     torch.testing.assert_close(time_grid(FlowSchedule(), 12, "auto"), time_grid(FlowSchedule(), 12, "uniform"))
-    from diffuse.core.samplers import AUTO_GRID_SAMPLERS
-    for name in ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ddpm"):
-        assert default_spacing(lin, name) == ("auto" if name in AUTO_GRID_SAMPLERS else "trailing")
-    # generate() / `diffuse sample` without --spacing: UniPC and DPM-Solver++(2M) on auto; DDIM and
-    # DPM-Solver++(3M) on auto's few-step grid below AUTO_MIN_STEPS steps, on trailing from there on
-    from diffuse.core.samplers import FEW_STEP_GRID_SAMPLERS
-    assert {"unipc", "dpmpp_2m"} <= AUTO_GRID_SAMPLERS and {"ddim", "dpmpp_3m"} <= FEW_STEP_GRID_SAMPLERS
+    from diffuse.core.samplers import AUTO_GRID_SAMPLERS, FEW_STEP_GRID_SAMPLERS, LOGSNR_SAMPLERS, VP_SPACING
+    for name in ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ddpm", "ode_heun", "edm_heun"):
+        assert default_spacing(lin, name) == ("auto" if name in AUTO_GRID_SAMPLERS else VP_SPACING.get(name, "trailing"))
+    # generate() / `diffuse sample` without --spacing (the TUNE choices of benchmarks/bench_grids.py):
+    # UniPC, DPM-Solver++(2M / 3M) and ode_heun on auto; DDIM on auto's few-step grid below
+    # AUTO_MIN_STEPS steps and on trailing from there on; edm_heun on leading
+    assert {"unipc", "dpmpp_2m", "dpmpp_3m"} <= AUTO_GRID_SAMPLERS and FEW_STEP_GRID_SAMPLERS == {"ddim"}
     assert not AUTO_GRID_SAMPLERS & FEW_STEP_GRID_SAMPLERS
     for steps in (5, AUTO_MIN_STEPS - 1, AUTO_MIN_STEPS, 10, 20):
         few = steps < AUTO_MIN_STEPS
-        torch.testing.assert_close(sampling_grid(lin, "unipc", steps, None), time_grid(lin, steps, "auto"))
-        for name in ("ddim", "dpmpp_3m"):
-            torch.testing.assert_close(sampling_grid(lin, name, steps, None), time_grid(lin, steps, "auto" if few else "trailing"))
-        torch.testing.assert_close(sampling_grid(lin, "ode_heun", steps, None), time_grid(lin, steps, "trailing"))
+        for name in ("unipc", "dpmpp_3m"):
+            torch.testing.assert_close(sampling_grid(lin, name, steps, None), time_grid(lin, steps, "auto"))
+        torch.testing.assert_close(sampling_grid(lin, "ddim", steps, None), time_grid(lin, steps, "auto" if few else "trailing"))
+        torch.testing.assert_close(sampling_grid(lin, "edm_heun", steps, None), time_grid(lin, steps, "leading"))
+        torch.testing.assert_close(sampling_grid(lin, "ddpm", steps, None), time_grid(lin, steps, "trailing"))
         torch.testing.assert_close(sampling_grid(lin, "unipc", steps, "trailing"), time_grid(lin, steps, "trailing"))
-    assert default_spacing(SigmaSchedule(), "unipc") == "karras" and default_spacing(FlowSchedule(), "ddim") == "uniform"
+    # EDM / VE sigmas: the multistep solvers on auto, ode_heun on logsnr (= diffusers' "exponential"),
+    # the others on karras
+    from diffuse.core.samplers import SIGMA_AUTO_SAMPLERS
+    assert SIGMA_AUTO_SAMPLERS == {"unipc", "dpmpp_2m", "dpmpp_3m"} and LOGSNR_SAMPLERS == {"ode_heun"}
+    assert default_spacing(SigmaSchedule(), "unipc") == "auto" and default_spacing(SigmaSchedule(), "ddim") == "karras"
+    assert default_spacing(SigmaSchedule(), "ode_heun") == "logsnr"
+    assert default_spacing(SigmaSchedule(), "edm_heun") == "karras" and default_spacing(FlowSchedule(), "ddim") == "uniform"
     # DDPM's default is still exactly the T-step chain
     torch.testing.assert_close(sampling_grid(lin, "ddpm", None, None), torch.arange(1000, -1, -1, dtype=F64) / 1000)
