@@ -367,3 +367,26 @@ def test_auto_spacing_and_the_default_grids():
     assert default_spacing(SigmaSchedule(), "edm_heun") == "karras" and default_spacing(FlowSchedule(), "ddim") == "uniform"
     # DDPM's default is still exactly the T-step chain
     torch.testing.assert_close(sampling_grid(lin, "ddpm", None, None), torch.arange(1000, -1, -1, dtype=F64) / 1000)
+
+
+def test_jump_logsnr_skips_the_pure_noise_top_of_the_cosine_chain():
+    """The cosine chain starts near log-SNR -20; the log-SNR steps of jump_logsnr / auto are
+    measured from LOGSNR_TOP, so its first step lands exactly where a grid starting at -10.5
+    would put it (the linear chain, which starts above -10.5, is unchanged)."""
+    from diffuse.core.samplers import LOGSNR_TOP
+    cos, lin = CosineSchedule(num_steps=None), LinearBetaSchedule(num_steps=None)
+    assert float(cos.log_snr(torch.tensor(1.0, dtype=F64))) < LOGSNR_TOP < float(lin.log_snr(torch.tensor(1.0, dtype=F64)))
+    for steps in (5, 10):
+        g = time_grid(cos, steps, "jump_logsnr")
+        lam = cos.log_snr(g[1:-1])
+        lo = float(cos.log_snr(torch.tensor(cos.t_min, dtype=F64)))
+        d = (lo - LOGSNR_TOP) / (JUMP + steps - 2)
+        expect = LOGSNR_TOP + (JUMP + torch.arange(steps - 1, dtype=F64)) * d
+        torch.testing.assert_close(lam, expect, rtol=0, atol=1e-6)
+        assert float(g[0]) == 1.0
+    # the linear chain's grid is still uniform from its own top
+    g = time_grid(lin, 10, "jump_logsnr")
+    top = float(lin.log_snr(torch.tensor(1.0, dtype=F64)))
+    lam = lin.log_snr(g[:-1])
+    d = (float(lam[-1]) - top) / (JUMP + 8)
+    torch.testing.assert_close(lam[1:], top + (JUMP + torch.arange(9, dtype=F64)) * d, rtol=0, atol=1e-6)
