@@ -541,6 +541,35 @@ def print_verdicts(v, choice):
                 print(f"| {name} | {label} | " + " | ".join(cells) + " |")
 
 
+def print_opt_in(held, fam, spacing):
+    """The bar for a spacing that is not the default (``--spacing auto`` on EDM sigmas, where the
+    default stays ``karras``), from ``r["vs_best"]``."""
+    probs = [r for r in held if vp(r["kind"]) == fam]
+    rows = {}
+    for name in OURS:
+        cells = []
+        for nfe in NFES:
+            pairs = [r["vs_best"][k] for r in probs if (k := f"{name}|{spacing}|{nfe}") in r.get("vs_best", {})]
+            if len(pairs) != len(probs) or not pairs:
+                break
+            P = len(pairs)
+            c = {"problems": P, "no_worse": sum(no_worse(p) for p in pairs),
+                 "no_worse_strict": sum(no_worse(p, 0.0) for p in pairs),
+                 "mean_diff": sum(p[0] for p in pairs) / P, "se_mean": math.sqrt(sum(p[1] ** 2 for p in pairs)) / P}
+            cells.append(c)
+        if len(cells) == len(NFES):
+            rows[name] = cells
+    if rows:
+        print(f"\n### the bar, {fam.upper()}, opt-in `--spacing {spacing}` vs diffusers best\n")
+        print("| ours | " + " | ".join(f"{n} NFE" for n in NFES) + " |")
+        print("|---|" + "---|" * len(NFES))
+        for name, cells in rows.items():
+            print(f"| {name} ({spacing}) | " + " | ".join(
+                f"{c['no_worse']}/{c['problems']} ({c['no_worse_strict']}), {c['mean_diff']:+.2f} +- {c['se_mean']:.2f}"
+                for c in cells) + " |")
+    return {f"{fam}|{name}|{spacing}": cells for name, cells in rows.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 + 3 problems, 300 samples (writes bench_grids_quick*.json)")
@@ -595,6 +624,7 @@ def main() -> None:
     for s in range(ph):
         r, boots = measure(args.held_base + s, n, chosen, args.boot, log)
         r["compare"] = compare(r, boots, choice)
+        r["vs_best"] = vs_best(r, boots, choice)
         held.append(r)
     rows = summarise(held, choice)
     print(f"\nHELD-OUT problems only ({ph}: seeds {args.held_base}-{args.held_base + ph - 1}, {n} samples each); defaults chosen on {pt} TUNE "
@@ -602,12 +632,14 @@ def main() -> None:
     print_tables(rows, choice, held)
     v = verdicts(held, choice)
     print_verdicts(v, choice)
+    opt_in = print_opt_in(held, "edm", "auto")
     out = {"samples": n, "tune_problems": pt, "held_problems": ph, "boot": args.boot,
            "choice": {"|".join(k): v for k, v in choice.items()},
            "verdicts": {"|".join(map(str, k)): x for k, x in v.items()},
            "held_out": held, "torch": torch.__version__, "platform": platform.platform(),
            "seconds": time.perf_counter() - t0}
     out["held_base"], out["margin"] = args.held_base, MARGIN
+    out["opt_in"] = opt_in
     out["tune_counts"] = {"|".join(k): v for k, v in counts.items()}
     path = RESULTS / f"bench_grids{suffix}{'' if args.held_base == 1000 else f'_held{args.held_base}'}.json"
     path.write_text(json.dumps(out, indent=1, default=float))

@@ -449,8 +449,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 @click.option("--spacing", type=click.Choice(SPACINGS), default=None,
               help="Time-grid spacing (default, chosen on exact problems: on VP schedules auto for unipc / "
                    "dpmpp_2m / dpmpp_3m / ode_heun, auto below 7 steps and trailing from 7 for ddim, leading for "
-                   "edm_heun, else trailing; on EDM / VE sigmas auto for unipc / dpmpp_2m / dpmpp_3m, logsnr for "
-                   "ode_heun, else karras; flow paths their own uniform grid).")
+                   "edm_heun, else trailing; karras on EDM / VE sigmas; flow paths their own uniform grid).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples (any batch size).")
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
 @click.option("--device", default="auto", show_default=True)
