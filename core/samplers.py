@@ -98,6 +98,8 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
       bend, and it shrinks as ``steps`` grows (the grid refines everywhere). On a discrete schedule
       (without ``t_max`` / ``t_min``) the times are rounded to the model's own timesteps ``n / T``
       (kept distinct, as ``karras``): a model trained on the T-step chain is never queried between them.
+      Where the schedule starts below log-SNR :data:`LOGSNR_TOP` the steps are measured from there
+      (``lambda_max`` replaced by it; the first point stays ``t_max``).
 
     * ``auto``: the grid chosen on the TUNE problems of ``benchmarks/bench_grids.py`` (random exact
       mixtures) and checked on its HELD-OUT ones. For a VP schedule with ``steps`` from
@@ -112,7 +114,8 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", rho: fl
       For a schedule that is not VP (EDM's or VE's sigmas), uniform in log-SNR with a first step
       :data:`JUMP_SIGMA` times the others, from ``t_max`` down to :data:`END_SIGMA` times the lowest
       noise level (EDM: 0.005 instead of 0.002; the last evaluation there, then the step to the
-      data), chosen the same way (README, "Default grids"). The schedule's own spacing for flow paths.
+      data), chosen the same way (README, "Default grids"; opt-in: the samplers' default on such
+      schedules stays ``karras``). The schedule's own spacing for flow paths.
 
     * ``uniform``:  ``steps`` equal intervals of ``t`` from ``t_max`` down to ``final`` (default 0):
       ``t_max - k (t_max - final) / steps``, ``k = 0..steps-1`` (rectified flow's and SD3's grid; the
