@@ -404,20 +404,19 @@ def vs_best(r, boots, choice):
 def compare(r, boots, choice):
     """Per our sampler and budget on one held-out problem: its default vs (a) the diffusers pair
     chosen on TUNE ("diffusers best") and (b) the per-problem oracle (the best diffusers pair on
-    this very problem and budget, picked after seeing its score), as (difference, standard error)."""
+    this very problem and budget, picked after seeing its score), as (difference, standard error,
+    theirs); the first is ``r["vs_best"]``'s entry (:func:`vs_best` runs first)."""
     fam = vp(r["kind"])
     out = {}
-    best_name, best_sp = choice[("diffusers", fam, "best")].split("|")
     for name in OURS:
         for nfe in NFES:
             ko = f"{name}|{code_default(fam, name, nfe)}|{nfe}"
             if ko not in r["ours"]:
                 continue
             ours = ("ours", ko, r["ours"][ko])
-            kb = f"{best_name}|{best_sp}|{nfe}"
             row = {}
-            if kb in r["diffusers"]:
-                row["best"] = paired(ours, ("diffusers", kb, r["diffusers"][kb]), boots)
+            if ko in r["vs_best"]:
+                row["best"] = tuple(r["vs_best"][ko])
             twin = COUNTERPART[fam].get(name)
             if twin and ("diffusers", fam, twin) in choice:
                 kc = f"{twin}|{choice[('diffusers', fam, twin)]}|{nfe}"
@@ -503,15 +502,8 @@ def verdicts(held, choice):
                            if opp in r["compare"].get(f"{name}|{nfe}", {})]
                     if not got:
                         continue
-                    pairs = [p for _, p in got]
-                    P = len(pairs)
-                    mean = sum(p[0] for p in pairs) / P
-                    se = math.sqrt(sum(p[1] ** 2 for p in pairs)) / P
-                    out[(fam, name, nfe, opp)] = {
-                        "problems": P, "no_worse": sum(1 for p in pairs if no_worse(p)),
-                        "no_worse_strict": sum(1 for p in pairs if no_worse(p, 0.0)),
-                        "worse": [r["seed"] for r, p in got if not no_worse(p)],
-                        "mean_diff": mean, "se_mean": se}
+                    out[(fam, name, nfe, opp)] = {**summary([p for _, p in got]),
+                                                  "worse": [r["seed"] for r, p in got if not no_worse(p)]}
     return out
 
 
@@ -541,6 +533,15 @@ def print_verdicts(v, choice):
                 print(f"| {name} | {label} | " + " | ".join(cells) + " |")
 
 
+def summary(pairs):
+    """The bar over problems for a list of ``(difference, SE, theirs)``: no-worse counts (with and
+    without the margin), mean difference and its SE (the problems' in quadrature / P)."""
+    P = len(pairs)
+    return {"problems": P, "no_worse": sum(no_worse(p) for p in pairs),
+            "no_worse_strict": sum(no_worse(p, 0.0) for p in pairs),
+            "mean_diff": sum(p[0] for p in pairs) / P, "se_mean": math.sqrt(sum(p[1] ** 2 for p in pairs)) / P}
+
+
 def print_opt_in(held, fam, spacing):
     """The bar for a spacing that is not the default (``--spacing auto`` on EDM sigmas, where the
     default stays ``karras``), from ``r["vs_best"]``."""
@@ -552,11 +553,7 @@ def print_opt_in(held, fam, spacing):
             pairs = [r["vs_best"][k] for r in probs if (k := f"{name}|{spacing}|{nfe}") in r.get("vs_best", {})]
             if len(pairs) != len(probs) or not pairs:
                 break
-            P = len(pairs)
-            c = {"problems": P, "no_worse": sum(no_worse(p) for p in pairs),
-                 "no_worse_strict": sum(no_worse(p, 0.0) for p in pairs),
-                 "mean_diff": sum(p[0] for p in pairs) / P, "se_mean": math.sqrt(sum(p[1] ** 2 for p in pairs)) / P}
-            cells.append(c)
+            cells.append(summary(pairs))
         if len(cells) == len(NFES):
             rows[name] = cells
     if rows:
@@ -582,6 +579,13 @@ def main() -> None:
     ap.add_argument("--held-base", type=int, default=1000,
                     help="first HELD-OUT seed (default 1000; 2000: a second held-out set, B)")
     args = ap.parse_args()
+    for name in ("samples", "tune", "held", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.boot < 0 or args.held_base < 0:
+        ap.error("--boot and --held-base must not be negative")
+    if args.tune_from and not Path(args.tune_from).is_file():
+        ap.error(f"--tune-from {args.tune_from}: no such file")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.getLogger("diffuse.core.solvers").setLevel(logging.ERROR)    # the Heun fallback line, once per run
@@ -623,8 +627,8 @@ def main() -> None:
     held = []
     for s in range(ph):
         r, boots = measure(args.held_base + s, n, chosen, args.boot, log)
-        r["compare"] = compare(r, boots, choice)
         r["vs_best"] = vs_best(r, boots, choice)
+        r["compare"] = compare(r, boots, choice)
         held.append(r)
     rows = summarise(held, choice)
     print(f"\nHELD-OUT problems only ({ph}: seeds {args.held_base}-{args.held_base + ph - 1}, {n} samples each); defaults chosen on {pt} TUNE "

@@ -36,8 +36,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--num", type=int, default=256, help="samples per sampler, budget and spacing")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads < 1 or args.num < 2:
+        ap.error("--threads must be >= 1 and --num >= 2")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out {out} is a file; give a folder")
+    torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for kind, (diffusion, runs, spacings) in CASES.items():

@@ -279,7 +279,7 @@ class _Fallbacks:
             return x_heun
         self.steps += 1
         self.pairs += int(bad.sum())
-        return torch.where(sp.coef(bad.to(torch.float64), x_heun) > 0, x_euler, x_heun)
+        return _per_sample_where(sp, ~bad, x_heun, x_euler)
 
     def report(self) -> None:
         if self.steps:
@@ -513,9 +513,8 @@ def _dpmpp_multistep(denoise, x, grid, schedule, space, callback, order, lower_o
                     d2 = (2.0 / (r0 + r1)) * (d1_0 - d1_1)
                     phi2 = phi1 / h + 1.0
                     phi3 = phi2 / h - 0.5
-                    x2 = x_new - a_s * phi1 * 0.5 * d1_0          # the second-order (2M) step
-                    c3 = a_s * phi2 * d1 - a_s * phi3 * d2 + a_s * phi1 * 0.5 * d1_0
-                    x_new = _trusted(space, x2, c3, a_s * phi1 * 0.5 * d1_0)
+                    low = a_s * phi1 * 0.5 * d1_0                 # the second-order (2M) term
+                    x_new = _trusted(space, x_new - low, a_s * phi2 * d1 - a_s * phi3 * d2 + low, low)
                 else:                                  # DPM-Solver++(2M) step
                     x_new = x_new - a_s * phi1 * 0.5 * d1_0
             x = space.project(x_new)
@@ -535,7 +534,12 @@ def _trusted(space: Space, x_low: Tensor, correction: Tensor, low_term: Tensor) 
     ok = torch.isfinite(d_c) & (d_c <= d_l)
     if bool(ok.all()):
         return x_low + correction
-    return torch.where(space.coef(ok.to(x_low.dtype), x_low) > 0, x_low + correction, x_low)
+    return _per_sample_where(space, ok, x_low + correction, x_low)
+
+
+def _per_sample_where(space: Space, keep: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a`` for the samples where the per-sample boolean ``keep`` holds, ``b`` elsewhere."""
+    return torch.where(space.coef(keep.to(torch.float64), a) > 0, a, b)
 
 
 def _finite_tail(hs: list[float], n: int) -> Iterator[float]:
