@@ -216,8 +216,6 @@ class Trainer:
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(self.cfg.ema_decay, self.cfg.ema_warmup),
                                  use_buffers=True)
         self.step = 0
-        self._held_signal: int | None = None   # a Ctrl-C / SIGTERM held during an update
-        self._defer_signal = False             # True inside _loop: raise it after the step is logged
         self._saved_step: int | None = None
         self._perms: dict[int, torch.Tensor] = {}
         self._eval_seconds = 0.0   # evaluation time of this session (kept out of the training time)
@@ -364,6 +362,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> tuple[float, float]:
+        """One optimizer step: (loss, gradient norm). Ctrl-C / SIGTERM during the forward and
+        backward passes stop before any update; one arriving during the update is held until the
+        update is complete, then raised (KeyboardInterrupt)."""
+        loss, grad_norm = self._gradients()
+        with _signals_held() as pending:
+            self._update()
+        if pending:
+            raise KeyboardInterrupt(f"signal {signal.Signals(pending[0]).name}")
+        return loss, grad_norm
+
+    def _gradients(self) -> tuple[float, float]:
+        """Forward and backward passes of one step (all micro-batches), then gradient clipping."""
         cfg = self.cfg
         seed = _step_seed(cfg.seed, self.step)
         # dropout and any other global draws (each rank its own stream; rank 0's is the 1-process one)
@@ -403,27 +413,18 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             if not math.isfinite(grad_norm):
                 raise TrainingDiverged(f"gradient norm {grad_norm}")
-        # the update is all or nothing: Ctrl-C / SIGTERM arriving inside it is held until it is
-        # complete, so an interrupt's checkpoint never holds half-updated weights or optimizer state
-        with _signals_held() as pending:
-            self.optimizer.step()
-            self.scheduler.step()
-            # on CPU, zeroing in place avoids freeing and re-allocating every gradient each step
-            # (about 15 % of a small U-Net's step); CUDA's caching allocator makes None cheaper there
-            self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
-            self.ema.update_parameters(self.model)
-            self.step += 1
-        if pending:
-            self._held_signal = pending[0]
-            if not self._defer_signal:
-                self._raise_held_signal()
         return total, grad_norm
 
-    def _raise_held_signal(self) -> None:
-        """Raise the Ctrl-C / SIGTERM held during an update (KeyboardInterrupt), if one was."""
-        sig, self._held_signal = getattr(self, "_held_signal", None), None
-        if sig is not None:
-            raise KeyboardInterrupt(f"signal {signal.Signals(sig).name}")
+    def _update(self) -> None:
+        """The optimizer, learning-rate and EMA updates of one step (the caller holds signals:
+        the update is all or nothing, so a checkpoint never holds half-updated weights)."""
+        self.optimizer.step()
+        self.scheduler.step()
+        # on CPU, zeroing in place avoids freeing and re-allocating every gradient each step
+        # (about 15 % of a small U-Net's step); CUDA's caching allocator makes None cheaper there
+        self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
+        self.ema.update_parameters(self.model)
+        self.step += 1
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -556,28 +557,25 @@ class Trainer:
         window_t, window_n = time.perf_counter(), 0
         loss = float("nan")
         ema_loss = None
-        # an interrupt held during a step's update is raised only after that step's log line is
-        # written, so the interrupt's checkpoint (step N) and metrics.jsonl (lines up to N) agree
-        self._defer_signal = True
-        try:
-            while self.step < end:
-                loss, grad_norm = self.train_step()
+        while self.step < end:
+            loss, grad_norm = self._gradients()
+            # the update and the step's log line are one held section: an interrupt arriving
+            # anywhere in it is raised only after both, so the interrupt's checkpoint (step N) and
+            # metrics.jsonl (lines up to N) always agree
+            with _signals_held() as pending:
+                self._update()
                 window_n += cfg.batch_size * cfg.grad_accum
                 ema_loss = loss if ema_loss is None else 0.9 * ema_loss + 0.1 * loss
-                with _signals_held() as pending:
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        now = time.perf_counter()
-                        rate = window_n / max(now - window_t, 1e-9)
-                        window_t, window_n = now, 0
-                        self._log({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                                   "grad_norm": grad_norm, "samples_per_s": rate})
-                        bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{rate:.1f}")
-                if pending and self._held_signal is None:
-                    self._held_signal = pending[0]
-                self._raise_held_signal()
-                self._after_step(bar, end)
-        finally:
-            self._defer_signal = False
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.perf_counter()
+                    rate = window_n / max(now - window_t, 1e-9)
+                    window_t, window_n = now, 0
+                    self._log({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                               "grad_norm": grad_norm, "samples_per_s": rate})
+                    bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{rate:.1f}")
+            if pending:
+                raise KeyboardInterrupt(f"signal {signal.Signals(pending[0]).name}")
+            self._after_step(bar, end)
         return loss
 
     def _after_step(self, bar, end: int) -> None:

@@ -256,6 +256,44 @@ def test_signal_during_a_save_is_held_until_the_checkpoint_is_complete(tmp_path,
     assert res.steps == 6
 
 
+@pytest.mark.parametrize("where", ["after_gradients", "in_update", "after_update"])
+def test_signal_at_any_point_of_a_step_leaves_checkpoint_and_log_in_agreement(tmp_path, monkeypatch, caplog, where):
+    """SIGTERM at step 4: after its backward pass (no update yet: the run stops at step 3), inside
+    its update, or right after it (the update completes and its log line is written: step 4).
+    Either way the checkpoint's step is the last step in metrics.jsonl (CI once caught a SIGTERM
+    that landed between an update and its log line: the checkpoint said 28, the log stopped at 27)."""
+    from diffuse.core.trainer import Trainer
+    run = tmp_path / "run"
+    real_grad, real_update = Trainer._gradients, Trainer._update
+
+    def kill():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def gradients(self):
+        out = real_grad(self)
+        if where == "after_gradients" and self.step == 3:
+            kill()
+        return out
+
+    def update(self):
+        if where == "in_update" and self.step == 3:
+            kill()
+        real_update(self)
+        if where == "after_update" and self.step == 4:
+            kill()
+
+    monkeypatch.setattr(Trainer, "_gradients", gradients)
+    monkeypatch.setattr(Trainer, "_update", update)
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        api.train("points2d", out=run, steps=8, progress=False, final_eval=False, **FAST)
+    monkeypatch.undo()
+    expected = 3 if where == "after_gradients" else 4
+    assert f"interrupted at step {expected}" in caplog.text
+    assert load_checkpoint(run, with_state=True)["state"]["step"] == expected
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, expected + 1))
+
+
 def _python(script: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(api.__file__).parent.parent), str(TESTS)]),
            "OMP_NUM_THREADS": "1"}
