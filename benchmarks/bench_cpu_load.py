@@ -18,7 +18,10 @@ wait policy: "another PyTorch job"), or with the environment given by ``--load-e
     python benchmarks/bench_cpu_load.py --load-env policy
 
 The ``policy`` variant is what ``diffuse`` (the CLI) sets up by default, see
-:mod:`diffuse.cli.threads`. Writes ``benchmarks/results/bench_cpu_load.json``. Figures depend on
+:mod:`diffuse.cli.threads`: it chooses from the machine's load as it starts, so its worker is
+started anew at each load level once the load processes run (as a user's ``diffuse train`` would
+start on that machine), and the table says what it chose. ``--load-env policy`` load processes
+make the same choice as they start, one after the other. Writes ``benchmarks/results/bench_cpu_load.json``. Figures depend on
 everything else running on the machine: the load average at the start of each level is printed.
 """
 
@@ -84,8 +87,11 @@ def _worker(threads: int, use_policy: bool, batch: int) -> None:
         print(json.dumps({"times": times}), flush=True)
 
 
-def _load(batch: int) -> None:
+def _load(batch: int, use_policy: bool = False) -> None:
     """A competing training process: trains until killed."""
+    if use_policy:
+        from diffuse.cli.threads import configure
+        configure()
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -109,11 +115,8 @@ def _spawn(args_list: list[str], env_over: dict[str, str], clear: bool = True) -
 
 
 def _parse_env(text: str) -> dict[str, str]:
-    if text in ("", "default"):
+    if text in ("", "default", "policy"):   # policy: each load process chooses as it starts
         return {}
-    if text == "policy":
-        from diffuse.cli.threads import policy_env
-        return policy_env({})
     return dict(item.split("=", 1) for item in text.split(","))
 
 
@@ -136,7 +139,7 @@ def main() -> None:
         _worker(args.threads, args.threads < 0, args.batch)
         return
     if args.worker == "load":
-        _load(args.batch)
+        _load(args.batch, args.threads < 0)
         return
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -147,23 +150,45 @@ def main() -> None:
     load_env = _parse_env(args.load_env)
     workers: dict[str, subprocess.Popen] = {}
     info: dict[str, dict] = {}
-    for n in names:
+
+    def start(n: str) -> None:
         env, threads = VARIANTS[n]
         workers[n] = _spawn(["--worker", "variant", "--threads", str(threads), "--batch", str(args.batch)], env)
-    for n, w in workers.items():
-        info[n] = json.loads(w.stdout.readline())
+
+    def stop(n: str) -> None:
+        try:
+            workers[n].stdin.write("quit\n")
+            workers[n].stdin.flush()
+        except OSError:
+            pass
+        workers[n].wait(timeout=30)
+
+    for n in names:
+        start(n)
+    for n in names:
+        info[n] = json.loads(workers[n].stdout.readline())
     print(f"{os.cpu_count()} CPUs, torch threads per variant: " +
           ", ".join(f"{n} {info[n]['threads']}" for n in names) + f"; load processes: {args.load_env}", flush=True)
+    chosen: dict[int, dict] = {}
 
     steps: dict[int, dict[str, list[float]]] = {}
     loadavg: dict[int, tuple] = {}
     try:
         for L in loads:
-            procs = [_spawn(["--worker", "load", "--batch", str(args.batch)], load_env, clear=False) for _ in range(L)]
+            procs = []
             try:
-                for pr in procs:
-                    pr.stdout.readline()
+                for _ in range(L):   # one after the other: a policy load process sees the ones before it
+                    procs.append(_spawn(["--worker", "load", "--batch", str(args.batch),
+                                         "--threads", "-1" if args.load_env == "policy" else "0"],
+                                        load_env, clear=args.load_env == "policy"))
+                    procs[-1].stdout.readline()
                 time.sleep(args.settle)
+                if "policy" in names:   # the CLI chooses as it starts: start it anew under this load, alone
+                    stop("policy")
+                    start("policy")
+                    info["policy"] = json.loads(workers["policy"].stdout.readline())
+                if "policy" in names:
+                    chosen[L] = info["policy"]["env"]
                 loadavg[L] = os.getloadavg()
                 steps[L] = {n: [] for n in names}
                 for rnd in range(args.rounds):
@@ -179,13 +204,8 @@ def main() -> None:
                     pr.kill()
                     pr.wait()
     finally:
-        for w in workers.values():
-            try:
-                w.stdin.write("quit\n")
-                w.stdin.flush()
-            except OSError:
-                pass
-            w.wait(timeout=30)
+        for n in workers:
+            stop(n)
 
     base = statistics.median(steps[loads[0]]["default"]) if "default" in names and loads[0] == 0 else None
     print(f"\nimage U-Net (28x28x1, batch {args.batch}) training step time, median seconds (ratio to the same "
@@ -212,11 +232,14 @@ def main() -> None:
         if 1 in pol:
             line += f", one other job {pol[1]['median_s'] / base:.2f}x torch's default idle (<= 2)"
         print(line)
+    if chosen:
+        print("the policy variant chose: " + ", ".join(
+            f"load {L}: " + (", ".join(f"{k}={v}" for k, v in env.items() if v) or "nothing") for L, env in chosen.items()))
     print("load average at the start of each level: " + ", ".join(f"{L}: {loadavg[L][0]:.2f}" for L in loads))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "bench_cpu_load.json"
     out.write_text(json.dumps({"platform": platform.platform(), "cpu_count": os.cpu_count(), "batch": args.batch,
-                               "load_env": args.load_env, "loadavg_at_level": loadavg, "workers": info,
+                               "load_env": args.load_env, "loadavg_at_level": loadavg, "policy_chose": chosen, "workers": info,
                                "table": table, "step_times": steps}, indent=2))
     print(f"wrote {out}")
 

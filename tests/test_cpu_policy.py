@@ -1,4 +1,5 @@
-"""The CLI's CPU thread policy (diffuse.cli.threads): the OpenMP spin count reaches the OpenMP
+"""The CLI's CPU thread policy (diffuse.cli.threads): the OpenMP waiting it chooses from the
+machine's load (a short spin when idle, passive waiting beside busy work) reaches the OpenMP
 runtime (read back from the runtime itself via OMP_DISPLAY_ENV), user settings win, and
 --threads / DIFFUSE_THREADS set torch's thread count or fail as one ``error:`` line."""
 
@@ -7,13 +8,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from diffuse.cli.main import main
-from diffuse.cli.threads import SPIN_ENV, USER_KNOBS, configure, parse_threads, policy_env
+import diffuse.cli.threads as threads_mod
+from diffuse.cli.threads import (BUSY_CORES, PASSIVE_ENV, SPIN_ENV, USER_KNOBS, busy_cores, configure,
+                                  parse_threads, policy_env)
 
 KNOBS = (*USER_KNOBS, "OMP_NUM_THREADS", "DIFFUSE_THREADS", "OMP_DISPLAY_ENV")
 
@@ -45,11 +49,50 @@ def gomp():
     return plain
 
 
-def test_cli_import_sets_spin_count_before_the_runtime_starts(gomp):
-    # the package alone sets it without importing torch; the runtime then starts with it
+def _chosen_and_runtime(**env: str) -> tuple[str, str | None]:
+    """A fresh interpreter imports diffuse.cli (which chooses the policy without importing torch),
+    prints what it chose, then starts torch's OpenMP runtime, which reports what it read."""
     code = ("import sys, os, diffuse.cli; assert 'torch' not in sys.modules; "
-            "assert os.environ['GOMP_SPINCOUNT'] == %r; import diffuse.cli.main" % SPIN_ENV["GOMP_SPINCOUNT"])
-    assert _spincount(_runtime_env(code)) == SPIN_ENV["GOMP_SPINCOUNT"] != gomp
+            "print(os.environ.get('OMP_WAIT_POLICY') or os.environ.get('GOMP_SPINCOUNT'), flush=True); "
+            "import diffuse.cli.main")
+    base = {k: v for k, v in os.environ.items() if k not in KNOBS}
+    base.update(OMP_DISPLAY_ENV="VERBOSE", OMP_NUM_THREADS="1", **env)
+    res = subprocess.run([sys.executable, "-c", code + "; import torch; torch.ones(64, 64).sum()"],
+                         capture_output=True, text=True, env=base, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()[0], _spincount(res.stderr)
+
+
+def test_cli_import_sets_the_policy_before_the_runtime_starts(gomp):
+    # whichever the machine's load made it choose, the runtime starts with it
+    chosen, runtime = _chosen_and_runtime()
+    assert chosen in (SPIN_ENV["GOMP_SPINCOUNT"], PASSIVE_ENV["OMP_WAIT_POLICY"])
+    assert runtime == ("0" if chosen == "PASSIVE" else chosen) != gomp
+
+
+def test_a_busy_machine_gets_passive_waiting(gomp):
+    """A competing process that keeps a core busy (a pure-Python loop) is seen at the CLI's start."""
+    hog = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.3)
+        chosen, runtime = _chosen_and_runtime()
+    finally:
+        hog.kill()
+        hog.wait()
+    assert (chosen, runtime) == ("PASSIVE", "0")
+
+
+def test_busy_cores_reads_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal; two CPUs
+    stat.write_text("cpu  100 0 50 1000 10 0 0 0 0 0\ncpu0 1 0 0 0 0\ncpu1 1 0 0 0 0\n")
+
+    def later(seconds):   # 100 ticks pass: 30 user, 10 system, 50 idle, 10 iowait -> 40 % of 2 CPUs
+        stat.write_text("cpu  130 0 60 1050 20 0 0 0 0 0\ncpu0 1 0 0 0 0\ncpu1 1 0 0 0 0\n")
+
+    monkeypatch.setattr(threads_mod.time, "sleep", later)
+    assert busy_cores(stat=str(stat)) == pytest.approx(0.8)
+    assert busy_cores(stat=str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize("knob,value,expect", [("GOMP_SPINCOUNT", "5000", "5000"),
@@ -59,9 +102,10 @@ def test_user_settings_win(gomp, knob, value, expect):
 
 
 def test_policy_env_and_configure():
-    assert policy_env({}) == SPIN_ENV
+    assert policy_env({}) == SPIN_ENV == policy_env({}, busy=None) == policy_env({}, busy=BUSY_CORES - 0.01)
+    assert policy_env({}, busy=BUSY_CORES) == PASSIVE_ENV == policy_env({}, busy=1.7)
     for knob in USER_KNOBS:
-        assert policy_env({knob: "1"}) == {}
+        assert policy_env({knob: "1"}) == {} == policy_env({knob: "1"}, busy=2.0)
     env: dict[str, str] = {}
     assert "torch" in sys.modules
     assert configure(env) == {} and env == {}  # too late once torch is imported: nothing is touched

@@ -113,3 +113,26 @@ def test_default_size_matches_diffusers_reference():
     from diffuse.domains.image import ImageDomain
     ours = ImageDomain().build_backbone({}, {"channels": 1, "height": 28, "width": 28})
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+@pytest.mark.parametrize("side,channels_last", [(7, True), (10, False), (16, True), (5, False)])
+def test_upsample_is_nearest_upsampling_then_the_3x3_convolution(side, channels_last):
+    """The transposed-convolution upsampler equals what it replaces (nearest 2x, then the same
+    3x3 convolution with zero padding), in value and in the gradients of input, weight and bias,
+    on both sides of the size where it switches to the direct path."""
+    from diffuse.domains.image.unet import Upsample
+    torch.manual_seed(side)
+    up = Upsample(6).double()
+    x = torch.randn(3, 6, side, side + 3, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = up(x)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"),
+                                     up.weight, up.bias, padding=1)
+    assert out.shape == (3, 6, 2 * side, 2 * side + 6)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (x, up.weight, up.bias), g),
+                    torch.autograd.grad(ref, (x, up.weight, up.bias), g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

