@@ -533,7 +533,8 @@ def main() -> None:
                 p.error(f"--idle-step-s: unknown domain or non-positive seconds in {part!r}")
 
     if args.point or args.reference or args.measure_step_time:
-        os.environ.setdefault("GOMP_SPINCOUNT", "1000")   # the CLI's OpenMP policy (diffuse.cli.threads)
+        from diffuse.cli.threads import configure
+        configure()   # the CLI's OpenMP policy, chosen from the machine's load (diffuse.cli.threads)
         import torch
         torch.set_num_threads(args.threads)
         if args.point:
