@@ -21,8 +21,9 @@ The ``policy`` variant is what ``diffuse`` (the CLI) sets up by default, see
 :mod:`diffuse.cli.threads`: it chooses from the machine's load as it starts, so its worker is
 started anew at each load level once the load processes run (as a user's ``diffuse train`` would
 start on that machine), and the table says what it chose. ``--load-env policy`` load processes
-make the same choice as they start, one after the other. Writes ``benchmarks/results/bench_cpu_load.json``. Figures depend on
-everything else running on the machine: the load average at the start of each level is printed.
+make the same choice as they start, one after the other. Writes
+``benchmarks/results/bench_cpu_load.json``. Figures depend on everything else running on the
+machine: the load average at the start of each level is printed.
 """
 
 from __future__ import annotations
@@ -187,7 +188,6 @@ def main() -> None:
                     stop("policy")
                     start("policy")
                     info["policy"] = json.loads(workers["policy"].stdout.readline())
-                if "policy" in names:
                     chosen[L] = info["policy"]["env"]
                 loadavg[L] = os.getloadavg()
                 steps[L] = {n: [] for n in names}

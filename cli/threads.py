@@ -15,13 +15,13 @@ little spinning). So the CLI, unless the user set any of :data:`USER_KNOBS`:
   waiting threads sleep at once); otherwise ``GOMP_SPINCOUNT=1000`` (:data:`SPIN_ENV`: the spin
   count libgomp itself falls back to when it sees more threads than cores in its own process; it
   cannot see other processes). Measured (``bench_cpu_load.py``, default image U-Net, 2 cores):
-  idle, passive waiting costs 14 % and the short spin 3-4 %; beside one other training process
-  passive waiting is the faster of the two (1.9-2.0x the idle step time against 2.1-2.6x). The
+  idle, passive waiting costs 14-16 % and the short spin 1-4 %; beside one other training process
+  passive waiting is the faster of the two (2.0-2.3x torch's idle step time against 2.3-2.6x). The
   choice is made before torch is imported -- the runtime reads it once, when it starts.
   :func:`configure` is called from ``diffuse/cli/__init__.py``, the first module the ``diffuse``
   console script, ``python -m diffuse.cli`` and ``torchrun -m diffuse.cli`` import; child
   processes inherit it. Work that starts after this process is not seen (the short spin then
-  stays: within 2.1-2.6x of idle beside one such job);
+  stays: 2.3-2.6x of idle beside one such job);
 * sets torch's thread count from ``--threads`` or ``DIFFUSE_THREADS`` when given (else torch's
   default: ``OMP_NUM_THREADS``, or one thread per core). Measured under load, two threads with
   little spinning beat one thread, so the count is not lowered automatically.
@@ -74,11 +74,15 @@ def busy_cores(seconds: float = 0.1, stat: str = "/proc/stat") -> float | None:
     return max(cpus, 1) * (total - idle) / total
 
 
+def _user_chose(environ: Mapping[str, str]) -> bool:
+    return any(k in environ for k in USER_KNOBS)
+
+
 def policy_env(environ: Mapping[str, str], busy: float | None = 0.0) -> dict[str, str]:
     """The variables :func:`configure` would add to ``environ`` when other work keeps ``busy``
     cores busy (``None``: unknown, taken as idle): empty if the user set any of
     :data:`USER_KNOBS`, else :data:`PASSIVE_ENV` from :data:`BUSY_CORES` up, else :data:`SPIN_ENV`."""
-    if any(k in environ for k in USER_KNOBS):
+    if _user_chose(environ):
         return {}
     return dict(PASSIVE_ENV if busy is not None and busy >= BUSY_CORES else SPIN_ENV)
 
@@ -91,7 +95,7 @@ def configure(environ: MutableMapping[str, str] | None = None, busy: float | Non
     if "torch" in sys.modules:
         return {}
     environ = os.environ if environ is None else environ
-    if any(k in environ for k in USER_KNOBS):
+    if _user_chose(environ):   # nothing to choose: skip the 0.1 s measurement
         return {}
     add = policy_env(environ, busy_cores() if busy is None else busy)
     environ.update(add)
