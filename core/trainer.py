@@ -121,17 +121,24 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 @contextmanager
 def _signals_held():
-    """Hold SIGINT / SIGTERM for the duration (yields the list of signals that arrived)."""
+    """Hold SIGINT / SIGTERM for the duration (yields the list of signals that arrived; read it
+    after the block: a signal that arrives while the handlers are being put back lands there too).
+
+    The handlers are swapped one at a time inside the ``try``, so a signal that arrives between the
+    two swaps (and raises through the other, not yet swapped handler) still has the first one
+    restored, instead of leaving a handler behind that would swallow every later Ctrl-C."""
     pending: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield pending
         return
-    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.getsignal(s)
+            signal.signal(s, lambda signum, frame: pending.append(signum))
         yield pending
     finally:
-        for s, handler in previous.items():
+        for s, handler in reversed(previous.items()):
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 

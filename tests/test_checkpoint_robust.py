@@ -26,7 +26,7 @@ import diffuse.core.checkpoint as ckpt_mod
 from diffuse.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from diffuse.core.config import RunConfig
 
-from toy import EXAMPLES, points_domain
+from toy import points_domain
 
 TESTS = Path(__file__).resolve().parent
 FAST = dict(batch_size=32, warmup_steps=3, eval_samples=32, eval_steps=5, log_every=1, checkpoint_every=0,
@@ -254,6 +254,35 @@ def test_signal_during_a_save_is_held_until_the_checkpoint_is_complete(tmp_path,
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "config.json", "metrics.jsonl"]
     res = api.train("points2d", resume=run, progress=False)
     assert res.steps == 6
+
+
+def test_a_signal_between_the_two_handler_swaps_leaves_no_handler_behind(monkeypatch):
+    """A SIGTERM that arrives after SIGINT's holding handler is in place but before SIGTERM's
+    raises through the old SIGTERM handler; the SIGINT handler must be put back all the same (a
+    handler left behind would swallow every later Ctrl-C)."""
+    import diffuse.core.trainer as trainer_mod
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    real = signal.signal
+    calls = []
+
+    def swap_then_interrupt(signum, handler):
+        calls.append(signum)
+        if len(calls) == 2:            # the old SIGTERM handler raises before the second swap
+            raise KeyboardInterrupt("signal SIGTERM")
+        return real(signum, handler)
+
+    monkeypatch.setattr(trainer_mod.signal, "signal", swap_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with trainer_mod._signals_held():
+            pytest.fail("the block must not run")
+    monkeypatch.undo()
+    assert {s: signal.getsignal(s) for s in before} == before
+    with trainer_mod._signals_held() as pending:    # and a complete hold still works
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+    assert pending == [signal.SIGINT]
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 @pytest.mark.parametrize("where", ["after_gradients", "in_update", "after_update"])
