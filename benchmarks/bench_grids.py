@@ -10,7 +10,8 @@ Protocol (every model is exact, so every error is the sampler's):
   orientation); each on one of three processes: the DDPM linear chain and the cosine chain
   (T = 1000, as diffusers' "linear" and "squaredcos_cap_v2" betas) and EDM's sigmas
   (0.002..80, rho 7), by seed mod 3. Seeds 0..17 are the TUNE part (12 VP, 6 EDM), seeds
-  1000..1023 the HELD-OUT part (16 VP, 8 EDM); no held-out seed is ever used to choose anything.
+  1000..1023 the HELD-OUT part (16 VP, 8 EDM; ``--held-base`` 2000 / 3000 / 4000: sets B / C /
+  D); no held-out seed is ever used to choose anything.
 * tuning (TUNE only): for each of our samplers and each kind of process (VP / EDM) the best grid
   is the spacing with the smallest worst-case regret over the four budgets (at each budget: its
   geometric-mean sample distance over the TUNE problems / the best spacing's); each diffusers
@@ -27,8 +28,11 @@ Protocol (every model is exact, so every error is the sampler's):
   noise and are scored against the SAME reference draw; the difference of two sample distances
   gets a paired bootstrap standard error (200 replicates resampling the initial noises and the
   reference draws with the same weights for both). "No worse" on a problem = ours - theirs <= 2
-  SE; "better on average" = mean difference over the problems < 0 (SE: the problems' SEs in
-  quadrature / P). Against (a) "diffusers best" (chosen on TUNE, as ours) and (b) the
+  SE + 1 % of theirs; "better on average" = mean difference over the problems < 0 (SE: the
+  problems' SEs in quadrature / P). Beside the per-problem count, the family-wise one
+  (:func:`holm_worse`: Holm's step-down at 5 % over the set's problems), and the calibration row
+  ``exact``: the exact probability-flow solution of the same noise, judged by the same rules
+  (the per-problem rule fails it on held-out set C; Holm does not). Against (a) "diffusers best" (chosen on TUNE, as ours) and (b) the
   per-problem oracle: the best of all diffusers pairs on that very problem and budget, picked
   after seeing its score, so it is biased low by the selection (at 20-50 NFE it scores below the
   exact probability-flow solution itself).
