@@ -1,7 +1,7 @@
 """Default time grids chosen on one family of exact problems and validated on another (held out),
 ours vs diffusers' schedulers at 5 / 10 / 20 / 50 evaluations, compared pairwise with standard errors.
 
-    python benchmarks/bench_grids.py [--quick] [--samples 500] [--tune 18] [--held 24] [--boot 200] [--threads 1]
+    python benchmarks/bench_grids.py [--quick] [--samples 500] [--tune 36] [--held 24] [--boot 200] [--threads 1]
 
 Protocol (every model is exact, so every error is the sampler's):
 
@@ -9,7 +9,7 @@ Protocol (every model is exact, so every error is the sampler's):
   weights (Dirichlet(1)), means (spread 2-4), covariances (widths log-uniform 0.03..1, random
   orientation); each on one of three processes: the DDPM linear chain and the cosine chain
   (T = 1000, as diffusers' "linear" and "squaredcos_cap_v2" betas) and EDM's sigmas
-  (0.002..80, rho 7), by seed mod 3. Seeds 0..17 are the TUNE part (12 VP, 6 EDM), seeds
+  (0.002..80, rho 7), by seed mod 3. Seeds 0..35 are the TUNE part (24 VP, 12 EDM), seeds
   1000..1023 the HELD-OUT part (16 VP, 8 EDM; ``--held-base`` 2000 / 3000 / 4000: sets B / C /
   D); no held-out seed is ever used to choose anything.
 * tuning (TUNE only): for each of our samplers and each kind of process (VP / EDM) the best grid
