@@ -192,3 +192,20 @@ def test_shipped_image_model_draws_the_requested_digits():
                            guidance_scale=2.0)
     pred = bundled_lenet()(samples.x.float().clamp(-1, 1)).argmax(1)
     assert (pred == torch.tensor(labels)).float().mean() >= 5 / 6
+
+
+def test_the_package_forwards_the_api_names_lazily():
+    """``import diffuse; diffuse.load_pretrained(...)`` as the README shows: the top-level names are
+    the API's, and ``import diffuse`` alone does not load torch (the CLI sets OpenMP knobs first)."""
+    import subprocess
+    import sys
+
+    import diffuse
+
+    assert diffuse.load_pretrained is api.load_pretrained and diffuse.train is api.train and diffuse.load is api.load
+    assert "load_pretrained" in dir(diffuse) and diffuse.api is api
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        diffuse.no_such_name
+    out = subprocess.run([sys.executable, "-c", "import sys, diffuse; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
