@@ -15,7 +15,7 @@
      to a fresh sample of the true mixture, as a multiple of the noise floor (the same distance
      for the exact flow's samples: what a perfect solver would get with these samples).
 2. Trained models (``--image`` / ``--audio`` / ``--molecules`` run folders, e.g. small models
-   trained in a few minutes on CPU): the grid is optimised at 10 NFE on ``--opt-num`` prior draws
+   trained in a few minutes on CPU, or ``pretrained``: the model shipped in the package): the grid is optimised at 10 NFE on ``--opt-num`` prior draws
    (seed 0; reference: ``--domain-ref-steps`` steps); then samples from held-out noise (seed 1) on the default and on the optimised grid
    are scored by the domain's own metrics (image FID / KID on the framework's LeNet features,
    audio Frechet distances, molecule stability / validity) against the held-out data.
@@ -142,7 +142,8 @@ def domain_models(args, log) -> list[dict]:
     for domain, run in (("image", args.image), ("audio", args.audio), ("molecules", args.molecules)):
         if run is None:
             continue
-        model = api.load(run, device="cpu")
+        model = (api.load_pretrained(domain, device="cpu") if str(run) == "pretrained"
+                 else api.load(run, device="cpu"))
         opt_num, eval_num = {"image": (64, 256), "audio": (16, 64), "molecules": (64, 256)}[domain]
         opt_num, eval_num = args.domain_opt_num or opt_num, args.domain_eval_num or eval_num
         reference = model.reference_data()
@@ -186,9 +187,9 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=None, help="held-out draws per replicate")
     ap.add_argument("--replicates", type=int, default=None)
     ap.add_argument("--no-exact", action="store_true", help="skip the exact problems")
-    ap.add_argument("--image", type=Path, default=None, help="a trained image run folder")
-    ap.add_argument("--audio", type=Path, default=None, help="a trained audio run folder")
-    ap.add_argument("--molecules", type=Path, default=None, help="a trained molecules run folder")
+    ap.add_argument("--image", type=Path, default=None, help="a trained image run folder, or 'pretrained' (the shipped model)")
+    ap.add_argument("--audio", type=Path, default=None, help="a trained audio run folder, or 'pretrained' (the shipped model)")
+    ap.add_argument("--molecules", type=Path, default=None, help="a trained molecules run folder, or 'pretrained' (the shipped model)")
     ap.add_argument("--domain-opt-num", type=int, default=None)
     ap.add_argument("--domain-eval-num", type=int, default=None)
     ap.add_argument("--domain-evals", type=int, default=None, help="max_evals of the domain searches (default 20 x NFE)")
