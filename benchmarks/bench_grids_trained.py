@@ -27,7 +27,7 @@ import torch
 
 from diffuse import api
 
-SMALL = {"model": {"base_channels": 16}, "train": {"steps": 300, "batch_size": 32, "eval_samples": 0}}
+TRAIN = {"batch_size": 32, "eval_samples": 0}     # with --train-steps; --base-channels sets the width
 CASES = {
     "pretrained": ({}, [("ddim", n) for n in (5, 6, 10, 20)] + [(s, n) for s in ("unipc", "dpmpp_2m") for n in (5, 10, 20)]
                    + [("dpmpp_3m", 10), ("dpmpp_3m", 20)], ("trailing", "auto")),
@@ -57,7 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     config = {"model": {"base_channels": args.base_channels},
-              "train": {**SMALL["train"], "steps": args.train_steps}}
+              "train": {**TRAIN, "steps": args.train_steps}}
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     for kind in cases:
