@@ -231,8 +231,8 @@ def bench_molecules(run: str, num: int, device: str) -> list[dict]:
 
 
 def _mol_row(t: dict) -> dict:
-    return {"valid": t["validity"], "connected": t["connected"], "mol_stable": t["mol_stability"],
-            "atom_stable": t["atom_stability"]}
+    return {"valid_connected": t["valid_connected"], "mol_stable": t["mol_stability"],
+            "atom_stable": t["atom_stability"], "valid": t["validity"], "connected": t["connected"]}
 
 
 def main() -> None:
