@@ -37,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .core.cache import cache_dir, cache_entries, clear_cache
 from .core.checkpoint import (CheckpointError, atomic_write_text, check_writable, is_run_folder, load_checkpoint,
                               load_weights, read_run_config)
 from .core.config import DiffusionConfig, RunConfig, TrainConfig, check_device, update_dataclass
@@ -52,7 +53,7 @@ from .core.trainer import Trainer, TrainResult, resolve_device
 __all__ = ["train", "load", "build", "DiffusionModel", "make_config", "available_domains", "get_domain",
            "TrainResult", "write_samples", "write_text", "fresh_sample_dir", "train_classifier", "load_classifier",
            "prepare_classifier_guidance", "load_pretrained", "recipe_domain", "train_autoencoder",
-           "load_autoencoder", "reconstruction_report"]
+           "load_autoencoder", "reconstruction_report", "cache_dir", "cache_entries", "clear_cache"]
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -629,6 +630,55 @@ def _parse_target_values(cond: dict[str, Any] | None, pairs: tuple[str, ...]) ->
         vals = [v.strip() for v in raw.split(",") if v.strip()]
         out[name.strip()] = vals[0] if len(vals) == 1 else vals
     return out or None
+
+
+def _size_text(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@main.command("cache")
+@click.option("--clear", "clear", is_flag=True, help="Remove the entries (all, or those --kind / --older-than select).")
+@click.option("--kind", default=None, metavar="KIND", help="Only this kind of entry (audio, audio_stats, images, molecules).")
+@click.option("--older-than", type=float, default=None, metavar="DAYS", callback=_non_negative,
+              help="Only entries not used for DAYS days (a fraction is fine: 0.5 is 12 hours).")
+@click.option("--dry-run", is_flag=True, help="With --clear: list what would be removed, remove nothing.")
+def cache(clear, kind, older_than, dry_run) -> None:
+    """Show the data cache (decoded audio, converted image / molecule sets) or clear it.
+
+    The cache lives in $DIFFUSE_CACHE, else $XDG_CACHE_HOME/diffuse, else ~/.cache/diffuse; a
+    removed entry is rebuilt from its data file the next time it is needed.
+    """
+    if (dry_run or older_than is not None) and not clear:
+        raise UserError("--older-than and --dry-run go with --clear")
+    if clear:
+        removed = _run(api.clear_cache, kind=kind, older_than_days=older_than, dry_run=dry_run)
+        total = sum(e["bytes"] for e in removed)
+        verb = "would remove" if dry_run else "removed"
+        for e in removed:
+            click.echo(f"{verb} {e['path']} ({_size_text(e['bytes'])})")
+        click.echo(f"{verb} {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {_size_text(total)}"
+                   f" from {api.cache_dir()}")
+        return
+    entries = _run(api.cache_entries, kind)
+    click.echo(f"cache: {api.cache_dir()}")
+    if not entries:
+        click.echo("  (empty)")
+        return
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        kinds.setdefault(e["kind"], []).append(e)
+    now = time.time()
+    for k, items in sorted(kinds.items()):
+        size = sum(e["bytes"] for e in items)
+        oldest = max(now - e["last_used"] for e in items) / 86400.0
+        partial = sum(e["partial"] for e in items)
+        extra = f" ({partial} temporary: a conversion running now or interrupted)" if partial else ""
+        click.echo(f"  {k:<12} {len(items):5d} {_size_text(size):>9}  least recently used {oldest:.1f} days ago{extra}")
+    click.echo(f"  {'total':<12} {len(entries):5d} {_size_text(sum(e['bytes'] for e in entries)):>9}")
 
 
 @main.command("export-pretrained")

@@ -8,7 +8,12 @@ sets), so that large data sets are converted once and then read lazily (memory-m
   and renamed into place (atomic), so a reader sees a whole entry or none; two processes
   converting the same file at once both write and the last rename wins (same content);
 * safe to read: arrays with ``np.load(allow_pickle=False)`` (``.npy`` only), metadata as JSON;
-  an unreadable entry is rebuilt. Nothing in a cache file can run code.
+  an unreadable entry is rebuilt. Nothing in a cache file can run code;
+* bounded by the user: every read of an entry refreshes its modification time (its "last used"),
+  :func:`cache_entries` lists the entries and :func:`clear_cache` removes them, all or those of
+  one kind or unused for some days (``diffuse cache [--clear] [--kind K] [--older-than DAYS]``).
+  Removing an entry another process has open is safe (a memory map outlives the unlink; a reader
+  that finds it half-removed rebuilds it).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-__all__ = ["cache_dir", "file_key", "cached_array", "cached_json", "cached_arrays"]
+__all__ = ["cache_dir", "file_key", "cached_array", "cached_json", "cached_arrays", "cache_entries",
+           "clear_cache"]
 
 VERSION = 1
 
@@ -54,6 +61,14 @@ def _entry(kind: str, key: str, suffix: str) -> Path:
     return cache_dir() / kind / f"{key}{suffix}"
 
 
+def _used(target: Path) -> None:
+    """Mark an entry as used now (its mtime); best effort (a read-only cache stays as it is)."""
+    try:
+        os.utime(target)
+    except OSError:
+        pass
+
+
 def _readable_by_others(path: str | Path, mode: int = 0o666) -> None:
     umask = os.umask(0)
     os.umask(umask)
@@ -80,7 +95,9 @@ def cached_array(kind: str, key: str, build: Callable[[Path], None]) -> np.ndarr
     target = _entry(kind, key, ".npy")
     if target.is_file():
         try:
-            return np.load(target, mmap_mode="r", allow_pickle=False)
+            arr = np.load(target, mmap_mode="r", allow_pickle=False)
+            _used(target)
+            return arr
         except (ValueError, OSError, EOFError):
             pass   # torn or foreign file: rebuild
     _atomic(target, build)
@@ -94,6 +111,7 @@ def cached_json(kind: str, key: str, build: Callable[[], dict[str, Any]]) -> dic
         try:
             value = json.loads(target.read_text())
             if isinstance(value, dict):
+                _used(target)
                 return value
         except (ValueError, OSError):
             pass
@@ -122,6 +140,7 @@ def cached_arrays(kind: str, key: str, build: Callable[[], tuple[dict[str, np.nd
     target = _entry(kind, key, "")
     found = _load_folder(target) if target.is_dir() else None
     if found is not None:
+        _used(target)
         return (*found, False)
     arrays, meta = build()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,3 +167,65 @@ def cached_arrays(kind: str, key: str, build: Callable[[], tuple[dict[str, np.nd
     if found is None:
         raise OSError(f"cache entry {target} could not be read back")
     return (*found, True)
+
+
+#: a temporary file or folder left by a writer is removed only when it is at least this old (a
+#: younger one may belong to a conversion running now)
+STALE_TEMP_SECONDS = 3600.0
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def cache_entries(kind: str | None = None) -> list[dict[str, Any]]:
+    """The cache's entries (of ``kind`` only, when given), oldest use first: dicts with ``kind``,
+    ``name``, ``path``, ``bytes``, ``last_used`` (seconds since the epoch) and ``partial`` (a
+    temporary file or folder a writer left behind, e.g. when it was killed)."""
+    root = cache_dir()
+    if kind is not None and not kind.isidentifier():
+        raise ValueError(f"bad cache kind {kind!r}: expected a name such as audio, images or molecules")
+    if not root.is_dir():
+        return []
+    out = []
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or not folder.name.isidentifier() or (kind is not None and folder.name != kind):
+            continue
+        for path in sorted(folder.iterdir()):
+            try:
+                used = path.stat().st_mtime
+            except OSError:
+                continue      # removed meanwhile
+            out.append({"kind": folder.name, "name": path.name, "path": str(path), "bytes": _size(path),
+                        "last_used": used, "partial": path.name.startswith(".") and ".tmp" in path.name})
+    return sorted(out, key=lambda e: e["last_used"])
+
+
+def clear_cache(*, kind: str | None = None, older_than_days: float | None = None,
+                dry_run: bool = False) -> list[dict[str, Any]]:
+    """Remove cache entries (all, those of ``kind``, or those unused for ``older_than_days``) and
+    return them; ``dry_run`` only lists what would go. Temporary leftovers of writers are removed
+    only when older than :data:`STALE_TEMP_SECONDS`. The next use of a removed entry rebuilds it."""
+    if older_than_days is not None and not (older_than_days >= 0 and older_than_days != float("inf")):
+        raise ValueError(f"--older-than must be a number of days >= 0, got {older_than_days}")
+    now = time.time()
+    removed = []
+    for e in cache_entries(kind):
+        age = now - e["last_used"]
+        if older_than_days is not None and age < older_than_days * 86400.0:
+            continue
+        if e["partial"] and age < STALE_TEMP_SECONDS:
+            continue
+        if not dry_run:
+            path = Path(e["path"])
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        removed.append(e)
+    return removed
