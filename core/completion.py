@@ -26,12 +26,21 @@ step: the state was changed from outside, so the history no longer describes it)
 integrates each step adaptively. ``s_churn`` (edm_heun), a per-grid amount, is divided by the
 grid's step count so that it means what it means on the whole grid.
 
-*Translation-free spaces* (molecules: positions with zero centre of mass, ``GraphSpace``): the
-known atoms are placed in the sample's current frame, i.e. shifted by the mean offset between
-the sample's known atoms and the target (``Space.frame_shift``, as DiffSBDD's inpainting does,
-Schneuing et al. 2022), then the whole sample is projected to zero CoM; the known atoms move only
-by whole-sample translations, so they keep their geometry. The result is returned in the frame
-of ``known`` (the fragment's frame), not centred. Dense spaces have no such shift.
+*Translation-free spaces* (molecules: positions with zero centre of mass, ``GraphSpace``): what
+is known is the fixed atoms' geometry, not where they sit in the zero-CoM frame. Write a state as
+``u`` (the known atoms relative to their centroid) and ``v`` (the free atoms relative to that
+centroid): both are translation-free, so the forward process acts on them as
+``u_t = alpha u_0 + sigma u(z)``, ``v_t = alpha v_0 + sigma v(z)`` with ``u(z)`` and ``v(z)``
+independent (for zero-CoM noise ``z``, ``Cov(z_i - zbar_K, z_j - zbar_K) = 0`` for a known atom
+``i`` and a free ``j``). RePaint in these coordinates re-imposes ``u_t`` from the fragment and
+keeps the model's ``v_t``: the known atoms are placed at ``alpha known + sigma z`` shifted into
+the sample's current frame (``Space.frame_shift``, as DiffSBDD's inpainting does, Schneuing et
+al. 2022) with the noise's own mean over the known atoms removed, so the known centroid, and with
+it ``v``, is left exactly where the sampler put it. (Adding the noise with its mean, as a plain
+replacement would, kicks ``v`` by ``sigma zbar_K`` at every step: on an exact Gaussian problem
+that made one-pass completion farther from the true conditional than ignoring the fragment.)
+The known atoms keep their geometry exactly; the result is returned in the frame of ``known``
+(the fragment's frame), not centred. Dense spaces have no such shift.
 
 **Editing** (SDEdit, Meng et al. 2022): :func:`sdedit` noises an input to ``t0`` (the first
 ``round(strength * steps)`` steps of the grid are skipped, as diffusers' img2img does) and
@@ -119,7 +128,10 @@ def complete(sampler: str | Callable[..., Tensor], denoise, x: Tensor, grid: Ten
         target = a * known
         value = target + space.frame_shift(x, target, mask)
         if s > 0:
-            value = value + s * space.noise(x, generator)
+            z = space.noise(x, generator)
+            # translation-free spaces: the fresh noise must not move the known atoms' centroid
+            # (that would add noise to where the free atoms sit relative to them at every step)
+            value = value + s * (z - space.frame_shift(z, torch.zeros_like(z), mask))
         return space.project(torch.where(mask, value, x))
 
     def step_callback(info: dict[str, Any]) -> None:

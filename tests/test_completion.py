@@ -271,3 +271,71 @@ def test_concat_kind_null_flag_spec_and_dropout():
         kind.parse(torch.zeros(2, 4, 4), 3)
     with pytest.raises(ValueError, match="NaN"):
         kind.parse(torch.full((1, 4, 4), float("nan")), 3)
+
+
+def _graph_gaussian(num_graphs, atoms=5, known_atoms=3, seed=3):
+    """Positions of ``atoms`` atoms ~ y projected to zero CoM, y ~ N(MU, C) per axis (C over atoms,
+    shared by the three axes); the first ``known_atoms`` are a fragment in its own frame. Returns
+    the exact denoiser, the batch, and the closed-form conditional of ``v`` (the free atoms
+    relative to the fragment's centroid) given the fragment's geometry ``u`` (its atoms relative
+    to one another): both are translation-free linear maps of y, so the conditional is the
+    ordinary Gaussian one."""
+    n, k = atoms, known_atoms
+    g = torch.Generator().manual_seed(seed)
+    a_ = torch.randn(n, n, generator=g, dtype=F64)
+    cov = a_ @ a_.T / n + 0.2 * torch.eye(n, dtype=F64)
+    mu = 2.0 * torch.randn(n, 3, generator=g, dtype=F64)
+    h = torch.eye(n, dtype=F64) - 1.0 / n
+    hch, hmu = h @ cov @ h, h @ mu
+
+    def denoise(x, t):
+        a, s = (float(v) for v in SCHED.alpha_sigma(t[:1]))
+        m = a * hch @ torch.linalg.pinv(a * a * hch + s * s * h)   # E[x0 | x_t] within the subspace
+        x0 = (hmu + m @ (x.reshape(-1, n, 3) - a * hmu)).reshape(-1, 3)
+        return Prediction(x0, (x - a * x0) / s)
+
+    rel = torch.zeros(k - 1, n, dtype=F64)          # u: known atoms 1..k-1 minus known atom 0
+    rel[:, 0] = -1.0
+    rel[torch.arange(k - 1), torch.arange(1, k)] = 1.0
+    free = torch.zeros(n - k, n, dtype=F64)         # v: free atoms minus the known centroid
+    free[:, :k] = -1.0 / k
+    free[torch.arange(n - k), torch.arange(k, n)] = 1.0
+    y = mu + torch.linalg.cholesky(cov) @ torch.randn(n, 3, generator=g, dtype=F64)
+    frag = y[:k] + 10.0                              # the fragment's own frame, far from the origin
+    s_uu, s_vu, s_vv = rel @ cov @ rel.T, free @ cov @ rel.T, free @ cov @ free.T
+    c_mean = free @ mu + s_vu @ torch.linalg.solve(s_uu, rel[:, :k] @ frag - rel @ mu)
+    c_cov = torch.kron(s_vv - s_vu @ torch.linalg.solve(s_uu, s_vu.T), torch.eye(3, dtype=F64))
+    prior = ((free @ mu).reshape(-1), torch.kron(s_vv, torch.eye(3, dtype=F64)))
+
+    batch = torch.repeat_interleave(torch.arange(num_graphs), n)
+    space = GraphSpace(batch, num_graphs, centred=3)
+    known = frag.repeat(num_graphs, 1, 1)
+    known = torch.cat([known, torch.zeros(num_graphs, n - k, 3, dtype=F64)], 1).reshape(-1, 3)
+    mask = (torch.arange(n) < k).repeat(num_graphs)[:, None]
+    return denoise, space, known, mask, frag, (c_mean.reshape(-1), c_cov), prior
+
+
+def test_graph_completion_approaches_the_exact_conditional_of_the_free_atoms():
+    """Zero-CoM completion against the closed form. Measured (3000 molecules of 5 atoms, 3 fixed,
+    DDPM-100, jump 5): one pass W2 0.21 (the variance of v 0.94x the truth's), 4 resamplings 0.18;
+    ignoring the fragment is 0.38 away. Re-imposing the fixed atoms with noise whose mean over
+    them is not removed (the code before) kicked v at every step: one pass 0.92, variance 1.9x."""
+    g = 3000
+    denoise, space, known, mask, frag, (c_mean, c_cov), (p_mean, p_cov) = _graph_gaussian(g)
+    prior_dist = gaussian_w2(p_mean, p_cov, c_mean, c_cov)
+    assert prior_dist > 0.3
+    err = {}
+    for r in (1, 4):
+        gens = torch.Generator().manual_seed(0)
+        x = space.project(prior_sample(SCHED, space, known, generator=gens))
+        out = complete("ddpm", denoise, x, time_grid(SCHED, 100), known=known, mask=mask, schedule=SCHED,
+                       space=space, generator=gens, jump_length=5, resample=r)
+        o = out.reshape(g, 5, 3)
+        torch.testing.assert_close(o[:, :3], frag.expand(g, 3, 3), rtol=0, atol=1e-9)
+        v = (o[:, 3:] - frag.mean(0)).reshape(g, -1)
+        cov = torch.cov(v.T)
+        err[r] = (gaussian_w2(v.mean(0), cov, c_mean, c_cov), float((v.mean(0) - c_mean).norm()),
+                  float(cov.trace() / c_cov.trace()))
+    assert err[1][0] < 0.7 * prior_dist, err          # one pass already beats ignoring the fragment
+    assert 0.85 < err[1][2] < 1.1 and 0.8 < err[4][2] < 1.1, err     # no variance from the frame
+    assert err[4][1] < 0.7 * err[1][1], err           # resampling pulls the mean in
