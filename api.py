@@ -174,7 +174,7 @@ class DiffusionModel:
     def data_info(self) -> dict[str, Any]:
         return self.config.data_info
 
-    def sample(self, num: int, *, sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
+    def sample(self, num: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                spacing: str | None = None, seed: int = 0, batch_size: int = 64, cond: Any = None,
                progress: Callable[[int], None] | None = None, structure: Any = None,
                guidance_scale: float | str | None = None, guidance_rescale: float | str | None = None,
@@ -195,8 +195,12 @@ class DiffusionModel:
         or a loaded classifier): classifier guidance towards the classifier's target in ``cond``
         (``{"label": 7}``) with scale ``guidance_scale`` (default 1); the model may be unconditional.
 
+        ``sampler`` None: the domain's default (:meth:`Domain.default_sampling`: DDIM-50, molecules
+        DDPM-500; ``steps`` given still counts).
+
         A grid stored by :meth:`optimize_grid` for this sampler and number of steps is used when
         ``spacing`` is not given (one log line says so); ``spacing=`` overrides it."""
+        sampler, steps = self.default_sampling(sampler, steps)
         if spacing is None and "grid" not in options:
             stored = self.stored_grid(sampler, steps)
             if stored is not None:
@@ -442,6 +446,14 @@ class DiffusionModel:
         if self.domain.likelihood_unit == "nats":
             result.pop("bits_per_dim")
         return result
+
+    def default_sampling(self, sampler: str | None = None, steps: int | None = None) -> tuple[str, int | None]:
+        """``(sampler, steps)`` as :meth:`sample` runs them: the given ones, or the domain's default
+        sampler (and its steps, unless ``steps`` is given) when ``sampler`` is None."""
+        if sampler is not None:
+            return sampler, steps
+        name, n = self.domain.default_sampling()
+        return name, steps if steps is not None else n
 
     def evaluate(self, num: int = 256, *, data: str | Path | None = None, samples: Batch | None = None,
                  **sample_options: Any) -> dict[str, float]:

@@ -443,9 +443,11 @@ def _without_nproc(argv: list[str]) -> list[str]:
               help="A model shipped inside the package instead of --checkpoint (image, audio, molecules; "
                    "see pretrained/NAME/MODEL_CARD.md).")
 @click.option("--num", "-n", type=int, default=16, show_default=True, callback=_positive, help="Number of samples.")
-@click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(_sampler_names()) + ".")
+@click.option("--sampler", default=None,
+              help="Sampler: " + ", ".join(_sampler_names()) + ". Default: the domain's (ddim; molecules ddpm, "
+                   "500 steps).")
 @click.option("--steps", type=int, default=None, callback=_positive,
-              help="Sampler steps (default: T for ddpm, 50 otherwise).")
+              help="Sampler steps (default: the domain's default sampler's; else T for ddpm, 50 otherwise).")
 @click.option("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (default 0); same as -o eta=E.")
 @click.option("--spacing", type=click.Choice(SPACINGS), default=None,
               help="Time-grid spacing (default, chosen on exact problems: on VP schedules auto for unipc / "
@@ -504,7 +506,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
         raise UserError("give either --checkpoint RUN_DIR or --pretrained NAME, not both")
     if pretrained is not None and raw_weights:
         raise UserError("--raw-weights does not apply to --pretrained (it ships EMA weights only)")
-    opts = _parse_options(sampler, options, eta)
+    if sampler is not None:        # checked now; the domain's default once the model is loaded
+        _parse_options(sampler, options, eta)
     structure = _parse_condition(condition, num)
     cond = _parse_labels(labels)
     _check_device(device)
@@ -518,6 +521,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
             raise UserError(f"pretrained model {pretrained!r} is a {model.domain.name!r} model, not {domain!r}")
     else:
         model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
+    sampler, steps = model.default_sampling(sampler, steps)
+    opts = _parse_options(sampler, options, eta)
     guidance = {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
                 "guidance_interval": guidance_interval}
     if guidance_kind == "classifier" or classifier is not None:   # clf helper: classifier guidance
@@ -559,7 +564,7 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 @click.option("--num", "-n", type=int, default=256, show_default=True, callback=_positive, help="Samples to generate.")
 @click.option("--data", type=PATH, default=None,
               help="Reference data (default: the training data's held-out split).")
-@click.option("--sampler", default="ddim", show_default=True)
+@click.option("--sampler", default=None, help="Sampler (default: the domain's: ddim; molecules ddpm, 500 steps).")
 @click.option("--steps", type=int, default=None, callback=_positive)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
@@ -580,7 +585,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, baseline, options, likelihood,
              likelihood_num, exact_trace, out) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
-    sampler_opts = _parse_options(sampler, options)
+    if sampler is not None:        # checked now; the domain's default once the model is loaded
+        _parse_options(sampler, options)
     if data is not None and str(data).strip() == "":
         raise UserError("--data is an empty string; give a file or folder, or leave it out for the held-out split")
     if data is not None and not Path(data).exists():
@@ -589,6 +595,8 @@ def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, do
     if out is not None:
         _check_out_file(out)
     model = _run(api.load, checkpoint, device=device, domain=domain)
+    sampler, steps = model.default_sampling(sampler, steps)
+    sampler_opts = _parse_options(sampler, options)
     out = _check_out_file(out or Path(checkpoint) / "evaluation.json")
     from ..core.generate import check_generate_args
     _run(check_generate_args, num, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,

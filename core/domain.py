@@ -186,6 +186,13 @@ class Domain(ABC):
         """Data options (resolution, clip length, ...) passed to :meth:`load_data`."""
         return {}
 
+    def default_sampling(self) -> tuple[str, int | None]:
+        """``(sampler, steps)`` used when the user names no sampler (``diffuse sample`` /
+        ``evaluate`` without ``--sampler``, ``DiffusionModel.sample()``); ``steps`` None means
+        the sampler's own default (T for ddpm, 50 otherwise). DDIM-50 unless a domain knows
+        better."""
+        return "ddim", None
+
     # ---------------------------------------------------------------- data and model
     @abstractmethod
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:

@@ -210,6 +210,17 @@ def test_molecules_sample_prints_validity_table_and_takes_atom_counts(tmp_path):
     assert len(list((out / "xyz").glob("*.xyz"))) == 3
     _fails(["sample", "-c", str(run), "--num", "3", "--condition", "[5, 9]"], "one per sample")
     _fails(["sample", "-c", str(run), "--num", "3", "--condition", "{oops"], "must be JSON")
+    # no --sampler: the domain's default (molecules: DDPM, 500 steps), recorded as run; given: as given
+    res = CliRunner().invoke(main, ["evaluate", "-c", str(run), "--num", "2", "--out", str(tmp_path / "e1.json")])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "e1.json").read_text())
+    assert (rec["sampler"], rec["steps"]) == ("ddpm", 500)
+    res = CliRunner().invoke(main, ["evaluate", "-c", str(run), "--num", "2", "--sampler", "ddim",
+                                    "--out", str(tmp_path / "e2.json")])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "e2.json").read_text())
+    assert (rec["sampler"], rec["steps"]) == ("ddim", None)
+    _fails(["sample", "-c", str(run), "--num", "2", "--eta", "0.5"], "sampler 'ddpm' has no option 'eta'")
 
 
 @pytest.mark.parametrize("domain, model, files", [

@@ -178,6 +178,12 @@ class MoleculeDomain(Domain):
     def default_data(self) -> dict[str, Any]:
         return dict(_DATA_DEFAULTS)
 
+    def default_sampling(self) -> tuple[str, int | None]:
+        # deterministic few-step samplers make poor molecules (the 10,000-step shipped model: valid &
+        # connected 0.14 with DDIM-50 on 128 molecules against 0.43 with DDPM-500 on 256, atom
+        # stability 0.76 against 0.87); EDM samples with the ancestral chain too
+        return "ddpm", 500
+
     def check_config(self, model: dict[str, Any]) -> None:
         check_kwargs(EGNN, {k: v for k, v in model.items() if k != "preset"}, "model", skip=("in_features",),
                      allow_unknown=True)
