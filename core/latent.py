@@ -234,6 +234,9 @@ class LatentDomain(Domain):
     def default_data(self) -> dict[str, Any]:
         return {**self.base.default_data(), **self.data_defaults}
 
+    def default_sampling(self) -> tuple[str, int | None]:
+        return self.base.default_sampling()
+
     def check_config(self, model: dict[str, Any]) -> None:
         self.base.check_config(model)
 

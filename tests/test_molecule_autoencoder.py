@@ -250,6 +250,7 @@ def test_latent_domain_templates_and_decodes_molecules():
     assert data.x.shape == (12, 8)
     table = latent.describe_samples(data, info)
     assert table["num_molecules"] == 3
+    assert latent.default_sampling() == dom.default_sampling() == ("ddpm", 500)   # the data's domain decides
 
 
 def test_latent_model_trains_and_samples_end_to_end(tmp_path):
