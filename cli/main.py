@@ -506,8 +506,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
         raise UserError("give either --checkpoint RUN_DIR or --pretrained NAME, not both")
     if pretrained is not None and raw_weights:
         raise UserError("--raw-weights does not apply to --pretrained (it ships EMA weights only)")
-    if sampler is not None:        # checked now; the domain's default once the model is loaded
-        _parse_options(sampler, options, eta)
+    # a named sampler's options are checked now; the domain's default sampler's once the model is loaded
+    opts = _parse_options(sampler, options, eta) if sampler is not None else None
     structure = _parse_condition(condition, num)
     cond = _parse_labels(labels)
     _check_device(device)
@@ -521,8 +521,9 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
             raise UserError(f"pretrained model {pretrained!r} is a {model.domain.name!r} model, not {domain!r}")
     else:
         model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
-    sampler, steps = model.default_sampling(sampler, steps)
-    opts = _parse_options(sampler, options, eta)
+    if opts is None:
+        sampler, steps = model.default_sampling(sampler, steps)
+        opts = _parse_options(sampler, options, eta)
     guidance = {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
                 "guidance_interval": guidance_interval}
     if guidance_kind == "classifier" or classifier is not None:   # clf helper: classifier guidance
@@ -585,8 +586,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, baseline, options, likelihood,
              likelihood_num, exact_trace, out) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
-    if sampler is not None:        # checked now; the domain's default once the model is loaded
-        _parse_options(sampler, options)
+    # a named sampler's options are checked now; the domain's default sampler's once the model is loaded
+    sampler_opts = _parse_options(sampler, options) if sampler is not None else None
     if data is not None and str(data).strip() == "":
         raise UserError("--data is an empty string; give a file or folder, or leave it out for the held-out split")
     if data is not None and not Path(data).exists():
@@ -595,8 +596,9 @@ def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, do
     if out is not None:
         _check_out_file(out)
     model = _run(api.load, checkpoint, device=device, domain=domain)
-    sampler, steps = model.default_sampling(sampler, steps)
-    sampler_opts = _parse_options(sampler, options)
+    if sampler_opts is None:
+        sampler, steps = model.default_sampling(sampler, steps)
+        sampler_opts = _parse_options(sampler, options)
     out = _check_out_file(out or Path(checkpoint) / "evaluation.json")
     from ..core.generate import check_generate_args
     _run(check_generate_args, num, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
@@ -641,11 +643,12 @@ def _parse_target_values(cond: dict[str, Any] | None, pairs: tuple[str, ...]) ->
 
 
 def _size_text(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KB", "MB", "GB"):
         n /= 1024
-    return f"{n:.1f} TB"
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}"
 
 
 @main.command("cache")

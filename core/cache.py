@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -190,6 +191,8 @@ def cache_entries(kind: str | None = None) -> list[dict[str, Any]]:
     root = cache_dir()
     if kind is not None and not kind.isidentifier():
         raise ValueError(f"bad cache kind {kind!r}: expected a name such as audio, images or molecules")
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"the cache location {root} is a file, not a folder (set $DIFFUSE_CACHE to a folder)")
     if not root.is_dir():
         return []
     out = []
@@ -211,7 +214,7 @@ def clear_cache(*, kind: str | None = None, older_than_days: float | None = None
     """Remove cache entries (all, those of ``kind``, or those unused for ``older_than_days``) and
     return them; ``dry_run`` only lists what would go. Temporary leftovers of writers are removed
     only when older than :data:`STALE_TEMP_SECONDS`. The next use of a removed entry rebuilds it."""
-    if older_than_days is not None and not (older_than_days >= 0 and older_than_days != float("inf")):
+    if older_than_days is not None and not (older_than_days >= 0 and math.isfinite(older_than_days)):
         raise ValueError(f"--older-than must be a number of days >= 0, got {older_than_days}")
     now = time.time()
     removed = []

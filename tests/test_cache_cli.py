@@ -137,3 +137,14 @@ def test_cli_mistakes_are_one_error_line_and_remove_nothing(argv, match):
     assert res.exit_code == 2, res.output
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], res.output
     assert sorted(e["path"] for e in cache_entries()) == before
+
+
+def test_a_cache_location_that_is_a_file_is_one_error_line(tmp_path, monkeypatch):
+    target = tmp_path / "not-a-folder"
+    target.write_text("x")
+    monkeypatch.setenv("DIFFUSE_CACHE", str(target))
+    for argv in (["cache"], ["cache", "--clear"]):
+        res = CliRunner().invoke(main, argv)
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and "is a file, not a folder" in lines[0], res.output
+    assert target.read_text() == "x"
