@@ -552,17 +552,112 @@ def _check_out(run_dir: Path) -> None:
         raise FileExistsError(f"{run_dir} is not empty and is not a diffuse run folder; choose a new or empty --out")
 
 
+#: ``train(init=...)`` names a shipped model with this prefix (``pretrained:molecules``)
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def init_domain(init: str | Path) -> str:
+    """The domain of the model ``train(init=...)`` would start from (a run folder or ``pretrained:NAME``)."""
+    text = str(init)
+    if text.startswith(PRETRAINED_PREFIX):
+        from .pretrained import folder
+        return read_run_config(folder(text[len(PRETRAINED_PREFIX):])).domain
+    return read_run_config(text).domain
+
+
+def _read_init(init: str | Path, domain: str) -> tuple[RunConfig, dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                                      dict[str, Any], Path]:
+    """The model ``train(init=...)`` starts from: a run folder's newest checkpoint (raw and EMA
+    weights) or ``pretrained:NAME`` (EMA weights, used for both). Returns its config, the two
+    weight dicts, the record the new run keeps (``RunConfig.init``) and where the weights are."""
+    from .core.checkpoint import file_sha256
+    text = str(init)
+    if text.strip() == "":
+        raise ValueError("--init is an empty string; give a run folder or pretrained:NAME")
+    if text.startswith(PRETRAINED_PREFIX):
+        from .pretrained import folder
+        name = text[len(PRETRAINED_PREFIX):]
+        path = folder(name)
+        src = read_run_config(path)
+        try:
+            ema = load_file(str(path / "ema.safetensors"))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path / 'ema.safetensors'} is corrupt or truncated "
+                                  f"({str(exc).splitlines()[0][:120]})") from None
+        model, where = ema, path
+        record = {"pretrained": name, "sha256": file_sha256(path / "ema.safetensors")}
+    else:
+        run = Path(text)
+        from .core.latent import is_autoencoder_run
+        if is_autoencoder_run(run):
+            raise CheckpointError(f"--init {run} is an autoencoder run; give a diffusion model's run folder")
+        ck = load_checkpoint(run)
+        src, where = ck["config"], ck["path"]
+        model = ck["model"]
+        ema = ck["ema"] if ck["ema"] is not None else model
+        weights_file = where / ("ema.safetensors" if ck["ema"] is not None else "model.safetensors")
+        record = {"run": str(run.resolve()), "step": ck["meta"].get("step"), "sha256": file_sha256(weights_file)}
+    if src.domain != domain:
+        raise CheckpointError(f"--init {text} is a {src.domain!r} model, not {domain!r}")
+    if src.latent is not None:
+        raise ValueError(f"--init {text} is a latent diffusion model; --init starts data-space models only")
+    return src, model, ema, record, where
+
+
+def _init_config(user: dict[str, Any], src: RunConfig) -> dict[str, Any]:
+    """A new run's config dict on top of the model it starts from: data, data options, model
+    and diffusion default to the initial model's (the user's values win; model and diffusion
+    are then checked to be unchanged), the train section is the user's over the domain's."""
+    out = dict(user)
+    out.setdefault("data", src.data)
+    out["data_options"] = {**src.data_options, **user.get("data_options", {})}
+    out["model"] = {**src.model, **user.get("model", {})}
+    out["diffusion"] = {**asdict(src.diffusion), **user.get("diffusion", {})}
+    return out
+
+
+def _check_init_unchanged(cfg: RunConfig, src: RunConfig, init: str | Path) -> None:
+    """Fine-tuning keeps the network and what it predicts: model and diffusion as the initial model's."""
+    changed = [f"model.{k}" for k in sorted(set(cfg.model) | set(src.model)) if cfg.model.get(k) != src.model.get(k)]
+    new, old = asdict(cfg.diffusion), asdict(src.diffusion)
+    changed += [f"diffusion.{k}" for k in sorted(new) if new[k] != old.get(k)]
+    if changed:
+        raise ValueError(f"--init {init}: {', '.join(changed)} differ(s) from the initial model's; a run started "
+                         "from a model keeps its model and diffusion sections (leave them out of --config and flags)")
+
+
+def _check_init_data(info: dict[str, Any], src: dict[str, Any], init: str | Path) -> None:
+    """The new data must mean what the initial model's did where a weight's meaning depends on it:
+    the same element list (molecules' one-hot features) and label classes in the same order."""
+    if "elements" in info and "elements" in src and info["elements"] != src["elements"]:
+        raise DataError(f"--init {init}: the data's elements {info['elements']} are not the initial model's "
+                        f"{src['elements']} (the atom-type features would change meaning)")
+    mine, theirs = info.get("conditions") or {}, src.get("conditions") or {}
+    for name in sorted(set(mine) & set(theirs)):
+        a, b = mine[name].get("class_names"), theirs[name].get("class_names")
+        if a is not None and b is not None and a != b:
+            raise DataError(f"--init {init}: the data's {name} classes {a} are not the initial model's {b} "
+                            "(label embeddings would change meaning)")
+
+
 def train(domain: str | Domain = "image", *, data: str | Path | None = None, out: str | Path | None = None,
           config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
           progress: bool = True, stop_at: int | None = None, diffusion: dict[str, Any] | None = None,
           conditions: list[str] | str | None = None, latent: str | Path | None = None,
-          **train_overrides: Any) -> TrainResult:
+          init: str | Path | None = None, **train_overrides: Any) -> TrainResult:
     """Train a model and leave a run folder at ``out`` (default ``runs/<domain>``).
 
     ``latent``: an autoencoder run folder (:func:`train_autoencoder`) of the same domain: the
     model is a latent diffusion model on its (scaled) latents; the run records the autoencoder
     (path, SHA-256 of its weights, domain) and samples are decoded to data. Its data options
     default to the autoencoder's (so the data has the shape the autoencoder was trained on).
+
+    ``init`` starts a new run from a trained model's weights (fine-tuning, or continuing a
+    finished run with a new learning-rate schedule): a run folder (its raw and EMA weights) or
+    ``"pretrained:NAME"``. The new run takes that model's data, data options, model and diffusion
+    sections as its defaults (``config`` / ``data`` may change the data and data options, not the
+    model or diffusion: an error), its own train section, a fresh optimiser at step 0, and an EMA
+    that continues from the initial EMA weights; ``config.json`` records the source (``init``).
 
     ``resume`` continues the run folder it names (its config, weights, optimiser state and step),
     up to ``steps`` (the run's own total unless given). On resume, ``config`` (a dict or JSON
@@ -580,7 +675,14 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     global batch, split across the processes).
     """
     name = domain if isinstance(domain, str) else domain.name
-    checkpoint = None
+    checkpoint = init_src = None
+    if init is not None:
+        if resume is not None:
+            raise ValueError("--init starts a new run from a model's weights; --resume continues a run: give one")
+        if latent is not None:
+            raise ValueError("--init with --latent is not supported (--init starts data-space models only)")
+        init_src, init_model, init_ema, init_record, init_where = _read_init(init, name)
+        config = _init_config(config if isinstance(config, dict) else _read_config_file(config), init_src)
     if resume is not None:
         if conditions:
             raise ValueError("--condition cannot change when resuming a run")
@@ -605,6 +707,9 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     if resume is None:
         cfg = make_config(dom, data=data, config=config, diffusion=diffusion, conditions=conditions, **train_overrides)
         cfg.latent = getattr(dom, "record", None)
+        if init_src is not None:
+            _check_init_unchanged(cfg, init_src, init)
+            cfg.init = init_record
         run_dir = Path(out) if out is not None else Path("runs") / dom.name
         _check_out(run_dir)
     if cfg.latent is not None:
@@ -617,6 +722,8 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     if resume is not None and cfg.data_info and info != cfg.data_info:
         log.warning("data_info of the data differs from the checkpoint's; keeping the checkpoint's")
         info = cfg.data_info
+    if init_src is not None:
+        _check_init_data(info, init_src.data_info, init)
     cfg.data_info = info
     torch.manual_seed(cfg.train.seed)
     diff = Diffusion(cfg.diffusion)
@@ -625,6 +732,8 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     trainer = Trainer(run_dir, cfg, dom, diff, denoiser, train_set, reference, progress=progress)
     if checkpoint is not None:
         trainer.load(checkpoint)  # weight shapes checked here, before anything is written
+    elif init_src is not None:
+        trainer.init_from(init_model, init_ema, init_where)   # the same, for --init
     if trainer.dist.is_main:
         if checkpoint is None:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -354,22 +354,31 @@ def domains() -> None:
                    "`torchrun --standalone --nproc-per-node N -m diffuse.cli train ...`. --batch-size is global.")
 @click.option("--latent", type=PATH, default=None, metavar="AE_RUN",
               help="Latent diffusion: train on the latents of this autoencoder run (`diffuse train-autoencoder`).")
+@click.option("--init", default=None, metavar="RUN|pretrained:NAME",
+              help="Start a new run from this model's weights (fine-tuning, or a finished run continued with a new "
+                   "learning-rate schedule): a run folder, or pretrained:NAME. Data, data options, model and "
+                   "diffusion default to that model's; model and diffusion cannot change.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, resume, sample_every,
-          eval_samples, training, schedule, parameterization, no_progress, conditions, cond_drop, nproc, latent) -> None:
+          eval_samples, training, schedule, parameterization, no_progress, conditions, cond_drop, nproc, latent,
+          init) -> None:
     """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples.
 
     Several processes: `diffuse train --nproc N ...`, `torchrun --nproc-per-node N -m diffuse.cli
     train ...` or `accelerate launch --num_processes N -m diffuse.cli train ...`; the batch is
     split across them, rank 0 writes the run folder."""
-    if domain is None and resume is None and config_file is not None and str(config_file).strip():
-        domain = _run(api.recipe_domain, config_file)   # a recipe names its domain
-    if domain is None and resume is None:
-        raise UserError("--domain is required (or --resume RUN_DIR, or a --config naming its domain); "
-                        "see `diffuse domains`")
     for name, value in (("--data", data), ("--out", out), ("--resume", resume), ("--config", config_file),
-                        ("--domain", domain), ("--device", device)):
+                        ("--domain", domain), ("--device", device), ("--init", init)):
         if value is not None and str(value).strip() == "":
             raise UserError(f"{name} is an empty string")
+    if init is not None and resume is not None:
+        raise UserError("--init starts a new run from a model's weights; --resume continues a run: give one")
+    if domain is None and resume is None and config_file is not None:
+        domain = _run(api.recipe_domain, config_file)   # a recipe names its domain
+    if domain is None and init is not None:
+        domain = _run(api.init_domain, init)            # fine-tuning: the initial model's domain
+    if domain is None and resume is None:
+        raise UserError("--domain is required (or --resume RUN_DIR, --init MODEL, or a --config naming its domain); "
+                        "see `diffuse domains`")
     if resume is not None and out is not None:
         raise UserError("--out cannot be combined with --resume (the run keeps its folder)")
     if out is not None and out.exists() and not out.is_dir():
@@ -402,7 +411,8 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, out, r
     try:
         with distributed.failure_guard():
             result = _run(api.train, domain, data=data, out=out, config=config_file, resume=resume,
-                          conditions=list(conditions), latent=latent, progress=not no_progress, diffusion=diffusion, steps=steps,
+                          conditions=list(conditions), latent=latent, init=init, progress=not no_progress,
+                          diffusion=diffusion, steps=steps,
                           batch_size=batch_size, lr=lr, device=device, seed=seed, sample_every=sample_every,
                           eval_samples=eval_samples)
     except distributed.PeerFailed as exc:
@@ -435,6 +445,24 @@ def _without_nproc(argv: list[str]) -> list[str]:
         elif not arg.startswith("--nproc="):
             out.append(arg)
     return out
+
+
+def _check_model_source(checkpoint, pretrained) -> None:
+    """``--checkpoint RUN`` or ``--pretrained NAME``: exactly one."""
+    if checkpoint is None and pretrained is None:
+        raise UserError("Missing option '--checkpoint' (a run folder) or '--pretrained' NAME")
+    if checkpoint is not None and pretrained is not None:
+        raise UserError("give either --checkpoint RUN_DIR or --pretrained NAME, not both")
+
+
+def _load_model(checkpoint, pretrained, device: str, domain: str | None, ema: bool = True):
+    """The model of a run folder or a shipped pretrained model, checked against ``--domain``."""
+    if pretrained is None:
+        return _run(api.load, checkpoint, device=device, ema=ema, domain=domain)
+    model = _run(api.load_pretrained, pretrained, device=device)
+    if domain is not None and domain != model.domain.name:
+        raise UserError(f"pretrained model {pretrained!r} is a {model.domain.name!r} model, not {domain!r}")
+    return model
 
 
 @main.command()
@@ -500,10 +528,7 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     from tqdm.auto import tqdm
 
-    if checkpoint is None and pretrained is None:
-        raise UserError("Missing option '--checkpoint' (a run folder) or '--pretrained' NAME")
-    if checkpoint is not None and pretrained is not None:
-        raise UserError("give either --checkpoint RUN_DIR or --pretrained NAME, not both")
+    _check_model_source(checkpoint, pretrained)
     if pretrained is not None and raw_weights:
         raise UserError("--raw-weights does not apply to --pretrained (it ships EMA weights only)")
     # a named sampler's options are checked now; the domain's default sampler's once the model is loaded
@@ -515,12 +540,7 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
         _check_out_dir(out)
     cond = _parse_properties(properties, cond)   # props helper
     cond = _parse_prompts(prompts, cond)   # --- text prompts (text helper) ---
-    if pretrained is not None:
-        model = _run(api.load_pretrained, pretrained, device=device)
-        if domain is not None and domain != model.domain.name:
-            raise UserError(f"pretrained model {pretrained!r} is a {model.domain.name!r} model, not {domain!r}")
-    else:
-        model = _run(api.load, checkpoint, device=device, ema=not raw_weights, domain=domain)
+    model = _load_model(checkpoint, pretrained, device, domain, ema=not raw_weights)
     if opts is None:
         sampler, steps = model.default_sampling(sampler, steps)
         opts = _parse_options(sampler, options, eta)
@@ -561,7 +581,10 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 
 
 @main.command()
-@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`.")
+@click.option("--checkpoint", "-c", type=PATH, default=None, help="Run folder from `diffuse train`.")
+@click.option("--pretrained", default=None, metavar="NAME",
+              help="A model shipped inside the package instead of --checkpoint (image, audio, molecules); "
+                   "its reference is its training data's held-out split, as for a run.")
 @click.option("--num", "-n", type=int, default=256, show_default=True, callback=_positive, help="Samples to generate.")
 @click.option("--data", type=PATH, default=None,
               help="Reference data (default: the training data's held-out split).")
@@ -582,11 +605,13 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 @click.option("--exact-trace", is_flag=True, help="--likelihood with the exact divergence (small data only); "
               "default: exact up to 16 dimensions, Hutchinson above.")
 @click.option("--out", type=PATH, default=None,
-              help="JSON file for the metrics (default CHECKPOINT/evaluation.json).")
-def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, domain, baseline, options, likelihood,
+              help="JSON file for the metrics (default CHECKPOINT/evaluation.json; for --pretrained NAME: "
+                   "evaluation-pretrained-NAME.json in the current folder).")
+def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size, device, domain, baseline, options, likelihood,
              likelihood_num, exact_trace, out) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
     # a named sampler's options are checked now; the domain's default sampler's once the model is loaded
+    _check_model_source(checkpoint, pretrained)
     sampler_opts = _parse_options(sampler, options) if sampler is not None else None
     if data is not None and str(data).strip() == "":
         raise UserError("--data is an empty string; give a file or folder, or leave it out for the held-out split")
@@ -595,11 +620,13 @@ def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, do
     _check_device(device)
     if out is not None:
         _check_out_file(out)
-    model = _run(api.load, checkpoint, device=device, domain=domain)
+    model = _load_model(checkpoint, pretrained, device, domain)
     if sampler_opts is None:
         sampler, steps = model.default_sampling(sampler, steps)
         sampler_opts = _parse_options(sampler, options)
-    out = _check_out_file(out or Path(checkpoint) / "evaluation.json")
+    default_out = (Path(checkpoint) / "evaluation.json" if pretrained is None
+                   else Path(f"evaluation-pretrained-{pretrained}.json"))
+    out = _check_out_file(out or default_out)
     from ..core.generate import check_generate_args
     _run(check_generate_args, num, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
          options=sampler_opts)
@@ -609,7 +636,8 @@ def evaluate(checkpoint, num, data, sampler, steps, seed, batch_size, device, do
     if likelihood:
         metrics.update(_run(model.likelihood, likelihood_num, data=data, batch_size=batch_size, seed=seed,
                             exact_trace=True if exact_trace else None))
-    record = {"checkpoint": str(checkpoint), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
+    source = {"checkpoint": str(checkpoint)} if pretrained is None else {"pretrained": pretrained}
+    record = {**source, "num": num, "sampler": sampler, "steps": steps, "seed": seed,
               "data": str(data) if data else None, "metrics": metrics}
     title = f"{model.domain.name}: {num} samples ({sampler}) vs reference"
     columns = None

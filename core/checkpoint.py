@@ -252,6 +252,16 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise CheckpointError(f"{cfg} is corrupt or not a diffuse run config ({exc})") from None
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, read in blocks: the identity of a weights file."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
@@ -261,10 +271,11 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
 
 
-def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where: str | Path) -> None:
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], where: str | Path,
+                 context: str | None = None) -> None:
     """``module.load_state_dict(weights)``, or one CheckpointError line naming the first
     mismatched tensor (``size mismatch for NAME: checkpoint [..] vs model [..]``) and how many
-    others do not fit."""
+    others do not fit; ``context`` replaces the line's opening (what the weights were meant for)."""
     own = module.state_dict()
     problems = [f"size mismatch for {name}: checkpoint {list(weights[name].shape)} vs model {list(t.shape)}"
                 for name, t in own.items() if name in weights and tuple(weights[name].shape) != tuple(t.shape)]
@@ -273,7 +284,8 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], wher
     if problems:
         more = f" (and {len(problems) - 1} other mismatched tensor{'s' if len(problems) > 2 else ''})" \
             if len(problems) > 1 else ""
-        raise CheckpointError(f"weights in {where} do not fit the model its config describes: {problems[0]}{more}")
+        opening = context or f"weights in {where} do not fit the model its config describes"
+        raise CheckpointError(f"{opening}: {problems[0]}{more}")
     module.load_state_dict(weights)
 
 

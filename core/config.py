@@ -437,6 +437,9 @@ class RunConfig:
     #: a latent model's autoencoder (``core.latent.autoencoder_record``: path, sha256, domain,
     #: model); ``None`` for a model in data space
     latent: dict[str, Any] | None = None
+    #: the weights a run started from (``diffuse train --init``: the run folder and step, or the
+    #: pretrained model's name, with the SHA-256 of the weights file); ``None`` for a run from scratch
+    init: dict[str, Any] | None = None
     version: int = 1
 
     def to_json(self) -> str:

@@ -27,7 +27,6 @@ SHA-256 of the weights, domain); :func:`load_autoencoder` checks all three.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -341,11 +340,8 @@ def _weights_path(run_dir: Path) -> Path:
 
 def weights_hash(run_dir: str | Path) -> str:
     """SHA-256 (hex) of an autoencoder run's weights file: its identity."""
-    h = hashlib.sha256()
-    with open(_weights_path(Path(run_dir)), "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .checkpoint import file_sha256
+    return file_sha256(_weights_path(Path(run_dir)))
 
 
 def autoencoder_record(run_dir: str | Path) -> dict[str, Any]:

@@ -99,6 +99,11 @@ def ema_avg_fn(decay: float, warmup: bool = True):
     return update
 
 
+#: ``n_averaged`` of an EMA that continues given weights: past any warm-up, so its decay is the
+#: configured one (and not 0, which makes ``AveragedModel`` copy the raw weights at the first update)
+_EMA_CONTINUED = 10 ** 9
+
+
 class TrainingDiverged(ValueError):
     """The training loss (or gradient norm) became non-finite; the last good step is checkpointed."""
 
@@ -283,6 +288,17 @@ class Trainer:
         self.ema.n_averaged.fill_(int(st.get("ema_n_averaged", st["step"])))
         self.step = int(st["step"])
         self._saved_step = self.step
+
+    def init_from(self, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor], where: str | Path) -> None:
+        """Start a new run from given weights (``diffuse train --init``): the model and its EMA
+        copy (checked shapes), at step 0 with a fresh optimiser and learning-rate schedule. The
+        EMA continues from ``ema`` at the configured decay (no warm-up, which would replace it by
+        the raw weights within a few steps). Writes nothing."""
+        context = (f"the initial weights ({where}) do not fit this run's model (a run started from a model keeps "
+                   "its conditions, model and diffusion)")
+        load_weights(self.model, model, where, context)
+        load_weights(self.ema.module, ema, where, context)
+        self.ema.n_averaged.fill_(_EMA_CONTINUED)
 
     def prepare_resume(self) -> None:
         """Before continuing a loaded run: remove checkpoint folders left by an interrupted save,

@@ -34,7 +34,7 @@ from diffuse.core.config import RunConfig
 
 from . import FILES, MAX_FILE_BYTES, PRETRAINED_DIR, check_name
 
-__all__ = ["export", "recipe_of", "model_card", "main"]
+__all__ = ["export", "recipe_of", "model_card", "stages", "main"]
 
 #: licenses of the bundled / named data sets, by domain (from each ``domains/*/data/README.md``)
 DATA_LICENSES = {
@@ -50,6 +50,45 @@ def recipe_of(cfg: RunConfig) -> dict[str, Any]:
     d = asdict(cfg)
     return {"domain": d["domain"], "data": d["data"], "data_options": d["data_options"], "model": d["model"],
             "diffusion": d["diffusion"], "train": d["train"]}
+
+
+def stages(cfg: RunConfig) -> list[RunConfig]:
+    """The configs of the runs ``cfg`` started from (``diffuse train --init RUN``), oldest first;
+    empty for a run from scratch or from a shipped pretrained model. A run folder that is gone
+    (or no longer holds the weights the run started from) is an error: its recipe is part of
+    how the model is trained again."""
+    from diffuse.core.checkpoint import file_sha256, read_run_config
+    chain, cur = [], cfg
+    while cur.init is not None and "run" in cur.init:
+        run = Path(cur.init["run"])
+        try:
+            src = read_run_config(run)
+            found = load_checkpoint(run)["path"]
+        except CheckpointError as exc:
+            raise CheckpointError(f"the run this model started from is needed for its recipe: {exc}") from None
+        weights = found / "ema.safetensors"
+        if not weights.is_file() or file_sha256(weights) != cur.init.get("sha256"):
+            raise CheckpointError(f"{run} no longer holds the weights this model started from (step "
+                                  f"{cur.init.get('step')}, sha256 {str(cur.init.get('sha256'))[:12]}...)")
+        chain.insert(0, src)
+        cur = src
+        if len(chain) > 20:
+            raise CheckpointError(f"the chain of --init runs behind this model is longer than 20 ({run})")
+    return chain
+
+
+def _how_to_train(name: str, cfg: RunConfig, n_stages: int) -> str:
+    """The command(s) that train the model again."""
+    if cfg.init is None:
+        return f"train it again with `diffuse train --config recipes/{name}.json`."
+    if "pretrained" in cfg.init:
+        return (f"train it again with `diffuse train --config recipes/{name}.json --init "
+                f"pretrained:{cfg.init['pretrained']}` (it started from that shipped model).")
+    cmds = [f"`diffuse train --config recipes/{name}-stage1.json --out runs/{name}-stage1`"]
+    cmds += [f"`diffuse train --config recipes/{name}-stage{k}.json --init runs/{name}-stage{k - 1} "
+             f"--out runs/{name}-stage{k}`" for k in range(2, n_stages + 1)]
+    cmds.append(f"`diffuse train --config recipes/{name}.json --init runs/{name}-stage{n_stages}`")
+    return f"train it again in {n_stages + 1} stages: " + ", then ".join(cmds) + "."
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
@@ -96,8 +135,10 @@ def _evaluation(run_dir: Path) -> dict[str, Any] | None:
 
 def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[dict[str, Any]], *,
                params: int, dtype: str, sizes: dict[str, int], wall_time: str | None, hardware: str | None,
-               evaluation: dict[str, Any] | None = None) -> str:
-    """The MODEL_CARD.md text of an exported run (``evaluation``: the run's ``evaluation.json``)."""
+               evaluation: dict[str, Any] | None = None, earlier: list[RunConfig] | None = None) -> str:
+    """The MODEL_CARD.md text of an exported run (``evaluation``: the run's ``evaluation.json``;
+    ``earlier``: the configs of the runs it started from, oldest first, see :func:`stages`)."""
+    earlier = earlier or []
     evals = [r for r in records if r.get("event") == "eval"]
     seconds = training_seconds(records, cfg)
     if wall_time is None:
@@ -109,7 +150,7 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
         f"# Pretrained model `{name}` ({cfg.domain})",
         "",
         f"Load it with `diffuse sample --pretrained {name}` or `diffuse.api.load_pretrained(\"{name}\")`;",
-        f"train it again with `diffuse train --config recipes/{name}.json`.",
+        _how_to_train(name, cfg, len(earlier)),
         "",
         "| | |",
         "|---|---|",
@@ -117,6 +158,7 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
         f"| data | {data}; data options `{json.dumps(cfg.data_options, sort_keys=True)}` |",
         f"| training steps | {meta.get('step', 'unknown')} (batch {t.batch_size} x {t.grad_accum}, lr {t.lr}, "
         f"{t.lr_schedule} schedule, EMA decay {t.ema_decay}, seed {t.seed}) |",
+        *([f"| started from | {_started_from(cfg.init, earlier)} |"] if cfg.init else []),
         f"| wall time | {wall_time} |",
         f"| hardware | {hardware or 'not recorded (export with --hardware)'} |",
         f"| diffusion | training {cfg.diffusion.training}, parameterization {cfg.diffusion.parameterization}, "
@@ -143,8 +185,23 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
                   f"{'`' + str(e['data']) + '`' if e.get('data') else 'the held-out part of the training data'}):",
                   "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in e["metrics"].items()]
-    lines += ["", "## Recipe", "", "```json", json.dumps(recipe_of(cfg), indent=2, sort_keys=True), "```", ""]
+    lines += ["", "## Recipe", ""]
+    for k, stage in enumerate(earlier, 1):
+        lines += [f"Stage {k} (`recipes/{name}-stage{k}.json`):", "", "```json",
+                  json.dumps(recipe_of(stage), indent=2, sort_keys=True), "```", ""]
+    if earlier:
+        lines += [f"Last stage (`recipes/{name}.json`, started from stage {len(earlier)}'s weights):", ""]
+    lines += ["```json", json.dumps(recipe_of(cfg), indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)
+
+
+def _started_from(init: dict[str, Any], earlier: list[RunConfig]) -> str:
+    sha = str(init.get("sha256", ""))[:12]
+    if "pretrained" in init:
+        return f"the shipped pretrained model `{init['pretrained']}` (EMA weights sha256 {sha}...)"
+    steps = " + ".join(str(c.train.steps) for c in earlier)
+    return (f"the EMA and raw weights of the previous stage at step {init.get('step')} (sha256 {sha}...); "
+            f"steps of the earlier stages: {steps}; here a new optimiser and learning-rate schedule")
 
 
 def export(run: str | Path, name: str, *, root: str | Path | None = None, half: bool = False,
@@ -163,12 +220,13 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     model = _assemble(cfg, weights, run_dir, "cpu")            # the weights fit the model the config describes
     params = sum(p.numel() for p in model.denoiser.parameters())
     records = _records(run_dir)
+    earlier = stages(cfg)
     blobs = {"config.json": cfg.to_json().encode(), "ema.safetensors": safetensors_bytes(weights)}
     sizes = {k: len(v) for k, v in blobs.items()}
     blobs["MODEL_CARD.md"] = model_card(name, cfg, ck["meta"], records, params=params,
                                         dtype="float16" if half else "float32", sizes=sizes,
                                         wall_time=wall_time, hardware=hardware,
-                                        evaluation=_evaluation(run_dir)).encode()
+                                        evaluation=_evaluation(run_dir), earlier=earlier).encode()
     for fname, data in blobs.items():
         if len(data) > MAX_FILE_BYTES:
             hint = "; store float16 (--half) or train a smaller model" if fname == "ema.safetensors" else ""
@@ -177,7 +235,8 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     base = Path(root) if root is not None else PRETRAINED_DIR.parent
     dest = base / "pretrained" / name
     recipe = base / "recipes" / f"{name}.json"
-    for path in (dest, recipe):
+    stage_recipes = [base / "recipes" / f"{name}-stage{k}.json" for k in range(1, len(earlier) + 1)]
+    for path in (dest, recipe, *stage_recipes):
         if path.exists() and not force:
             raise FileExistsError(f"{path} exists; give --force to replace it")
     staging, old = dest.with_name(f".{name}.tmp"), dest.with_name(f".{name}.old")
@@ -196,8 +255,10 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
             if leftover.exists():
                 shutil.rmtree(leftover)
     recipe.parent.mkdir(parents=True, exist_ok=True)
+    for path, stage in zip(stage_recipes, earlier):
+        atomic_write_text(path, json.dumps(recipe_of(stage), indent=2, sort_keys=True) + "\n")
     atomic_write_text(recipe, json.dumps(recipe_of(cfg), indent=2, sort_keys=True) + "\n")
-    return [dest / f for f in FILES] + [recipe]
+    return [dest / f for f in FILES] + stage_recipes + [recipe]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -111,6 +111,24 @@ def test_cli_sample_pretrained(run, tmp_path, monkeypatch):
     assert res.exit_code == 2 and "is a 'image' model" in res.output and not (tmp_path / "o2").exists()
 
 
+def test_cli_evaluate_pretrained(run, tmp_path, monkeypatch):
+    """`diffuse evaluate --pretrained NAME`: the metrics of the shipped model against its training
+    data's held-out split, the same as of the run it was exported from."""
+    export(run, "tiny", root=tmp_path)
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.chdir(tmp_path)
+    args = ["--num", "8", "--sampler", "ddim", "--steps", "3", "--device", "cpu"]
+    res = CliRunner().invoke(main, ["evaluate", "--pretrained", "tiny", *args])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "evaluation-pretrained-tiny.json").read_text())
+    assert record["pretrained"] == "tiny" and "checkpoint" not in record
+    res = CliRunner().invoke(main, ["evaluate", "-c", str(run), *args, "--out", str(tmp_path / "run.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run.json").read_text())["metrics"] == record["metrics"]
+    res = CliRunner().invoke(main, ["evaluate", "--pretrained", "tiny", "-c", str(run), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "not both" in res.output and not (tmp_path / "x.json").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--pretrained", "no-such-model"], "no pretrained model 'no-such-model'"),
     (["--pretrained", "../etc"], "invalid pretrained model name"),
