@@ -575,15 +575,8 @@ def _read_init(init: str | Path, domain: str) -> tuple[RunConfig, dict[str, torc
     if text.strip() == "":
         raise ValueError("--init is an empty string; give a run folder or pretrained:NAME")
     if text.startswith(PRETRAINED_PREFIX):
-        from .pretrained import folder
         name = text[len(PRETRAINED_PREFIX):]
-        path = folder(name)
-        src = read_run_config(path)
-        try:
-            ema = load_file(str(path / "ema.safetensors"))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{path / 'ema.safetensors'} is corrupt or truncated "
-                                  f"({str(exc).splitlines()[0][:120]})") from None
+        path, src, ema = _read_pretrained(name)
         model, where = ema, path
         record = {"pretrained": name, "sha256": file_sha256(path / "ema.safetensors")}
     else:
@@ -788,6 +781,12 @@ def load_pretrained(name: str, *, device: str = "auto", root: str | Path | None 
     a model card; see :mod:`diffuse.pretrained`), e.g. ``load_pretrained("molecules")``. Nothing is
     downloaded. ``root``: another folder laid out like the package (holding ``pretrained/``).
     An unknown name is a CheckpointError that lists the available ones."""
+    path, cfg, weights = _read_pretrained(name, root)
+    return _assemble(cfg, weights, path, device)
+
+
+def _read_pretrained(name: str, root: str | Path | None = None) -> tuple[Path, RunConfig, dict[str, torch.Tensor]]:
+    """A shipped model's folder, config and EMA weights (errors: CheckpointError, one line)."""
     from .pretrained import folder
 
     path = folder(name, root)
@@ -797,7 +796,7 @@ def load_pretrained(name: str, *, device: str = "auto", root: str | Path | None 
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path / 'ema.safetensors'} is corrupt or truncated "
                               f"({str(exc).splitlines()[0][:120]})") from None
-    return _assemble(cfg, weights, path, device)
+    return path, cfg, weights
 
 
 # --- latent diffusion (latent helper) ---
