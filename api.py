@@ -455,12 +455,33 @@ class DiffusionModel:
         name, n = self.domain.default_sampling()
         return name, steps if steps is not None else n
 
+    def training_conditions(self, num: int, seed: int = 0) -> Condition:
+        """The conditions of ``num`` items drawn at random (with replacement, seeded) from the
+        training split: labels in the training data's class shares, its captions, its property
+        values. What a conditional model is evaluated with (``evaluate(cond="train")``)."""
+        if not self.condition_kinds():
+            raise ValueError("conditional evaluation needs a conditional model; this one was trained without "
+                             "conditions (leave out --guidance-scale)")
+        train_set, _ = _split(_load_data(self.domain, self.config), self.config.train)
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(len(train_set), (num,), generator=g)
+        cond = train_set.batch(idx, g).cond
+        if cond is None:
+            raise ValueError("the training data carries no conditions for this conditional model")
+        return cond
+
     def evaluate(self, num: int = 256, *, data: str | Path | None = None, samples: Batch | None = None,
-                 **sample_options: Any) -> dict[str, float]:
-        """Metrics of ``num`` fresh samples (or the given ``samples``) against reference data."""
+                 cond: Any = None, **sample_options: Any) -> dict[str, float]:
+        """Metrics of ``num`` fresh samples (or the given ``samples``) against reference data.
+        ``cond="train"``: each sample conditioned on a random training item's condition
+        (:meth:`training_conditions`; guide with ``guidance_scale``, default 1: conditional)."""
         reference = self.reference_data(data)
         if samples is None:
-            samples = self.sample(num, **sample_options)
+            if isinstance(cond, str) and cond == "train":
+                cond = self.training_conditions(num, sample_options.get("seed", 0))
+                if sample_options.get("guidance_scale") is None:
+                    sample_options["guidance_scale"] = 1.0
+            samples = self.sample(num, cond=cond, **sample_options)
         return self.domain.metrics(samples, reference, self.data_info)
 
 

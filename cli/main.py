@@ -594,6 +594,10 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--domain", default=None, help="Expected domain; an error if the checkpoint is of another.")
+@click.option("--guidance-scale", "guidance_scale", type=float, default=None, metavar="S",
+              help="A conditional model sampled conditionally: each sample takes the condition of a random "
+                   "training item (labels in the data's class shares, its captions or property values), "
+                   "guided at scale S (1: plain conditional). Default: unconditional samples.")
 @click.option("--baseline", is_flag=True,
               help="Also evaluate an untrained model of the same architecture, side by side.")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Sampler option, repeatable.")
@@ -607,7 +611,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 @click.option("--out", type=PATH, default=None,
               help="JSON file for the metrics (default CHECKPOINT/evaluation.json; for --pretrained NAME: "
                    "evaluation-pretrained-NAME.json in the current folder).")
-def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size, device, domain, baseline, options, likelihood,
+def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size, device, domain, guidance_scale,
+             baseline, options, likelihood,
              likelihood_num, exact_trace, out) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
     # a named sampler's options are checked now; the domain's default sampler's once the model is loaded
@@ -631,13 +636,21 @@ def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size
     _run(check_generate_args, num, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
          options=sampler_opts)
     opts = dict(data=data, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, **sampler_opts)
+    if guidance_scale is not None:
+        if not model.condition_kinds():
+            raise UserError("--guidance-scale evaluates a conditional model; this one was trained without conditions")
+        from ..core.guidance import Guidance
+        _run(Guidance.parse, guidance_scale)                     # a number >= 0, checked before sampling
+        opts.update(cond="train", guidance_scale=guidance_scale)
     metrics = _run(model.evaluate, num, **opts)
     opts.pop("stats", None)
     if likelihood:
         metrics.update(_run(model.likelihood, likelihood_num, data=data, batch_size=batch_size, seed=seed,
                             exact_trace=True if exact_trace else None))
     source = {"checkpoint": str(checkpoint)} if pretrained is None else {"pretrained": pretrained}
-    record = {**source, "num": num, "sampler": sampler, "steps": steps, "seed": seed,
+    conditions = ({"conditions": "of random training items", "guidance_scale": guidance_scale}
+                  if guidance_scale is not None else {})
+    record = {**source, "num": num, "sampler": sampler, "steps": steps, "seed": seed, **conditions,
               "data": str(data) if data else None, "metrics": metrics}
     title = f"{model.domain.name}: {num} samples ({sampler}) vs reference"
     columns = None

@@ -120,6 +120,8 @@ def classifier_free_guidance(model: ConditionalModel, space: Space, cond: Condit
         nonlocal both_space
         if scale == 0.0:
             return model(x, t, cond=null, space=space)
+        if scale == 1.0 and rescale == 0.0:      # p_u + 1 (p_c - p_u): the conditional prediction, one pass
+            return conditional(x, t)
         alpha, sigma = schedule.alpha_sigma(t.to(torch.float64))
         active = None
         if interval is not None:

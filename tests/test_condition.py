@@ -185,6 +185,36 @@ def test_image_label_training_records_its_condition_and_samples_by_label(image_r
     assert (out / "grid.png").is_file() and (out / "sample_0002.png").is_file()
 
 
+def test_conditional_evaluation_draws_the_training_splits_conditions(image_runs, tmp_path):
+    """`evaluate --guidance-scale S` conditions each sample on a random training item: the labels
+    follow the training split's class shares, and the metrics are those of exactly those samples."""
+    from click.testing import CliRunner
+
+    import diffuse.api as api
+    from diffuse.cli.main import main
+
+    model = api.load(image_runs["labels"], device="cpu")
+    train_set, _ = api._split(api._load_data(model.domain, model.config), model.config.train)
+    truth = torch.bincount(train_set.batch(torch.arange(len(train_set))).cond["label"], minlength=10).double()
+    drawn = torch.bincount(model.training_conditions(20000, seed=1)["label"], minlength=10).double()
+    assert (drawn / drawn.sum() - truth / truth.sum()).abs().max() < 0.015       # ~4 standard errors
+    assert torch.equal(model.training_conditions(50, seed=2)["label"], model.training_conditions(50, seed=2)["label"])
+    opts = dict(sampler="ddim", steps=3, seed=0)
+    cond = model.training_conditions(8, seed=0)
+    expected = model.domain.metrics(model.sample(8, cond=cond, guidance_scale=2.0, **opts),
+                                    model.reference_data(), model.data_info)
+    assert model.evaluate(8, cond="train", guidance_scale=2.0, **opts) == expected
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(main, ["evaluate", "-c", str(image_runs["labels"]), "--num", "8", "--sampler", "ddim",
+                                    "--steps", "3", "--guidance-scale", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    record = json.loads(out.read_text())
+    assert record["guidance_scale"] == 2.0 and record["metrics"] == pytest.approx(expected)
+    res = CliRunner().invoke(main, ["evaluate", "-c", str(image_runs["plain"]), "--num", "8", "--guidance-scale", "1",
+                                    "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 2 and "trained without conditions" in res.output and not (tmp_path / "p.json").exists()
+
+
 @pytest.mark.parametrize("run, args, match", [
     ("labels", ["--label", "eleven"], "unknown label 'eleven'"),
     ("labels", ["--label", "12"], "out of range"),
