@@ -455,6 +455,17 @@ class DiffusionModel:
         name, n = self.domain.default_sampling()
         return name, steps if steps is not None else n
 
+    def spacing_used(self, sampler: str, steps: int | None = None, spacing: str | None = None) -> str:
+        """The time grid :meth:`sample` runs ``sampler`` on: ``spacing`` if given, else ``"stored"``
+        (an optimised grid of this run), else the domain's default or the core's rule."""
+        from .core.samplers import default_spacing
+        if spacing is not None:
+            return spacing
+        if self.stored_grid(sampler, steps) is not None:
+            return "stored"
+        schedule = self.diffusion.schedule
+        return self.domain.default_spacing(schedule, sampler, steps) or default_spacing(schedule, sampler, steps)
+
     def training_conditions(self, num: int, seed: int = 0) -> Condition:
         """The conditions of ``num`` items drawn at random (with replacement, seeded) from the
         training split: labels in the training data's class shares, its captions, its property

@@ -594,6 +594,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--domain", default=None, help="Expected domain; an error if the checkpoint is of another.")
+@click.option("--spacing", type=click.Choice(SPACINGS), default=None,
+              help="Time-grid spacing (default: as for `diffuse sample`).")
 @click.option("--guidance-scale", "guidance_scale", type=float, default=None, metavar="S",
               help="A conditional model sampled conditionally: each sample takes the condition of a random "
                    "training item (labels in the data's class shares, its captions or property values), "
@@ -611,7 +613,7 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 @click.option("--out", type=PATH, default=None,
               help="JSON file for the metrics (default CHECKPOINT/evaluation.json; for --pretrained NAME: "
                    "evaluation-pretrained-NAME.json in the current folder).")
-def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size, device, domain, guidance_scale,
+def evaluate(checkpoint, pretrained, num, data, sampler, steps, spacing, seed, batch_size, device, domain, guidance_scale,
              baseline, options, likelihood,
              likelihood_num, exact_trace, out) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
@@ -632,10 +634,11 @@ def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size
     default_out = (Path(checkpoint) / "evaluation.json" if pretrained is None
                    else Path(f"evaluation-pretrained-{pretrained}.json"))
     out = _check_out_file(out or default_out)
-    from ..core.generate import check_generate_args
-    _run(check_generate_args, num, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+    from ..core.generate import check_generate_args, default_steps
+    _run(check_generate_args, num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
          options=sampler_opts)
-    opts = dict(data=data, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, **sampler_opts)
+    opts = dict(data=data, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
+                **sampler_opts)
     if guidance_scale is not None:
         if not model.condition_kinds():
             raise UserError("--guidance-scale evaluates a conditional model; this one was trained without conditions")
@@ -650,9 +653,11 @@ def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size
     source = {"checkpoint": str(checkpoint)} if pretrained is None else {"pretrained": pretrained}
     conditions = ({"conditions": "of random training items", "guidance_scale": guidance_scale}
                   if guidance_scale is not None else {})
-    record = {**source, "num": num, "sampler": sampler, "steps": steps, "seed": seed, **conditions,
+    record = {**source, "num": num, "sampler": sampler, "steps": steps,
+              "spacing": model.spacing_used(sampler, steps, spacing), "seed": seed, **conditions,
               "data": str(data) if data else None, "metrics": metrics}
-    title = f"{model.domain.name}: {num} samples ({sampler}) vs reference"
+    n_steps = steps or default_steps(sampler, model.diffusion.schedule)
+    title = f"{model.domain.name}: {num} samples ({sampler}, {n_steps} steps, {record['spacing']} grid) vs reference"
     columns = None
     if baseline:
         untrained = model.untrained(seed)

@@ -193,6 +193,12 @@ class Domain(ABC):
         better."""
         return "ddim", None
 
+    def default_spacing(self, schedule: Any, sampler: str, steps: int | None) -> str | None:
+        """The time-grid spacing when the user names none, or ``None`` for the core's rule
+        (:func:`~diffuse.core.samplers.default_spacing`, chosen on exact problems). A domain whose
+        quality lives where the core's rule does not look (audio's noise floor) may override it."""
+        return None
+
     # ---------------------------------------------------------------- data and model
     @abstractmethod
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:

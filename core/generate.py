@@ -110,6 +110,8 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
     schedule = denoiser.schedule
     check_condition(cond, guidance, num)
     if grid is None:
+        if spacing is None:
+            spacing = domain.default_spacing(schedule, sampler, steps)
         grid = sampling_grid(schedule, sampler, steps, spacing)
     else:
         from .gridopt import check_grid

@@ -91,3 +91,22 @@ def test_sampling_writes_valid_wavs(tmp_path: Path):
     metrics = dom.metrics(samples, ds, info)
     assert {"fd_logmel", "fd_mfcc", "fd_net", "flatness"} <= set(metrics)
     assert all(np.isfinite(v) for v in metrics.values())
+
+
+def test_audio_samples_with_ddpm_on_a_karras_grid_by_default():
+    """The audio domain's defaults: DDPM-50 (DiffusionModel.sample / diffuse sample without
+    --sampler) on Karras' grid where the core's rule would give DDPM the trailing grid (which
+    jumps to the data from t = 1/steps); other samplers and flow paths keep the core's rule."""
+    from diffuse.core.samplers import default_spacing
+    from diffuse.core.schedule import make_schedule
+
+    dom, ds, info, diff, den = _tiny_setup()
+    assert dom.default_sampling() == ("ddpm", 50)
+    vp = diff.schedule
+    assert default_spacing(vp, "ddpm", 50) == "trailing" and dom.default_spacing(vp, "ddpm", 50) == "karras"
+    assert dom.default_spacing(vp, "ddim", 50) is None
+    assert dom.default_spacing(make_schedule({"kind": "flow"}), "ddpm", 50) is None
+    a = generate(den, dom, info, 2, sampler="ddpm", steps=4, seed=0)
+    b = generate(den, dom, info, 2, sampler="ddpm", steps=4, seed=0, spacing="karras")
+    c = generate(den, dom, info, 2, sampler="ddpm", steps=4, seed=0, spacing="trailing")
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)

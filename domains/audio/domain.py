@@ -37,7 +37,7 @@ from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
 from ...core.condition import ConcatKind, ConditionKind, LabelKind
 from ...core.domain import Batch, Domain, DomainDataset
 from ...core.space import DenseSpace
-from .data import DATA_OPTIONS, AudioDataset, load_audio_folder, load_bundled, resolve_options
+from .data import DATA_OPTIONS, load_audio_folder, load_bundled, resolve_options
 from ..text import build_text_encoder, check_text_encoder_options, text_kind_for
 from .io import write_spectrogram_png, write_wav
 from .metrics import set_metrics
@@ -107,6 +107,20 @@ class AudioDomain(Domain):
         return {"steps": 800, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "min_lr_ratio": 0.1,
                 "ema_decay": 0.995, "log_every": 20, "checkpoint_every": 0, "eval_samples": 32,
                 "eval_sampler": "ddpm", "eval_steps": 50, "holdout_fraction": 0.15}
+
+    def default_sampling(self) -> tuple[str, int | None]:
+        # the ancestral sampler at DDIM's cost: on the shipped model (64 clips, 2 seeds) Frechet
+        # log-mel 513 / 392 against DDIM-50's 657 / 676; checked on a model it was not chosen on
+        # (the default recipe at 1,600 steps): 369 / 317 against 663 / 746 (README, "Audio sampling")
+        return "ddpm", 50
+
+    def default_spacing(self, schedule: Any, sampler: str, steps: int | None) -> str | None:
+        # DDPM's trailing grid ends at t = 1/steps (sigma 0.042 at 50 steps on the cosine schedule)
+        # and jumps to the data from there; the log-mel features hear the coarse last step as a
+        # noise floor. Karras' grid resolves the low-noise end (its last step at t = 1/T)
+        if sampler == "ddpm" and schedule.variance_preserving and not getattr(schedule, "default_spacing", None):
+            return "karras"
+        return None
 
     def default_data(self) -> dict[str, Any]:
         return dict(DATA_OPTIONS)
