@@ -135,7 +135,7 @@ def logged_train_seconds(run_dir: Path, batch: int) -> tuple[float, list[float]]
 
 
 # ----------------------------------------------------------------------------- one point
-def run_point(domain: str, steps: int, out: Path, device: str) -> dict:
+def run_point(domain: str, steps: int, out: Path, device: str, spacing: str | None = None) -> dict:
     """Train (or continue) the default recipe for ``steps`` in ``out/<domain>_<steps>``, then evaluate."""
     import torch
 
@@ -167,7 +167,7 @@ def run_point(domain: str, steps: int, out: Path, device: str) -> dict:
     t1 = time.perf_counter()
     model = api.load(run_dir, device=device)
     metrics = model.evaluate(num=EVAL_NUM[domain], sampler=tc.eval_sampler, steps=tc.eval_steps, seed=0,
-                             batch_size=64)
+                             batch_size=64, spacing=spacing)
     eval_s = time.perf_counter() - t1
     return {
         "domain": domain, "steps": steps, "run_dir": str(run_dir), "resumed": resumed,
@@ -492,6 +492,9 @@ def main() -> None:
                         f"(default: {DEFAULT_STEPS})")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each training / evaluation")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--spacing", default=None,
+                   help="time grid of the evaluation sampler (default: the domain's; the README's tables were "
+                        "measured with trailing, the audio default before Karras' grid)")
     p.add_argument("--out", default=None, help="folder for the run folders (default: a new temp dir)")
     p.add_argument("--resume", action="store_true", help="skip points whose result JSON exists; continue "
                    "an interrupted run folder in --out from its checkpoint")
@@ -539,7 +542,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         if args.point:
             dom, steps = args.point[0], int(args.point[1])
-            _atomic_json(POINTS / f"{dom}_{steps}.json", run_point(dom, steps, Path(args.out), args.device))
+            _atomic_json(POINTS / f"{dom}_{steps}.json", run_point(dom, steps, Path(args.out), args.device,
+                                                                   args.spacing))
         elif args.reference:
             _atomic_json(POINTS / f"{args.reference}_reference.json", reference_row(args.reference, args.device))
         else:
@@ -561,7 +565,8 @@ def main() -> None:
         p.error(f"{out} is not empty; pass --resume to continue a sweep there, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     steps = {**DEFAULT_STEPS, **(args.steps or {})}
-    base = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device, "--out", str(out)]
+    base = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device, "--out", str(out),
+            *(["--spacing", args.spacing] if args.spacing else [])]
     if args.results:
         base += ["--results", str(POINTS)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(args.threads))}

@@ -122,6 +122,7 @@ def test_cli_evaluate_pretrained(run, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     record = json.loads((tmp_path / "evaluation-pretrained-tiny.json").read_text())
     assert record["pretrained"] == "tiny" and "checkpoint" not in record
+    assert record["spacing"] == "auto"        # the grid the core's rule gives DDIM below 7 steps, recorded
     res = CliRunner().invoke(main, ["evaluate", "-c", str(run), *args, "--out", str(tmp_path / "run.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run.json").read_text())["metrics"] == record["metrics"]
