@@ -195,8 +195,9 @@ class DiffusionModel:
         or a loaded classifier): classifier guidance towards the classifier's target in ``cond``
         (``{"label": 7}``) with scale ``guidance_scale`` (default 1); the model may be unconditional.
 
-        ``sampler`` None: the domain's default (:meth:`Domain.default_sampling`: DDIM-50, molecules
-        DDPM-500; ``steps`` given still counts).
+        ``sampler`` None: the domain's default (:meth:`Domain.default_sampling`: DDIM-50, audio
+        DDPM-50, molecules DDPM-500; ``steps`` given still counts). ``spacing`` None: the domain's
+        grid (:meth:`Domain.default_spacing`: audio's DDPM runs on Karras' grid) or the core's rule.
 
         A grid stored by :meth:`optimize_grid` for this sampler and number of steps is used when
         ``spacing`` is not given (one log line says so); ``spacing=`` overrides it."""

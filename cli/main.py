@@ -472,15 +472,16 @@ def _load_model(checkpoint, pretrained, device: str, domain: str | None, ema: bo
                    "see pretrained/NAME/MODEL_CARD.md).")
 @click.option("--num", "-n", type=int, default=16, show_default=True, callback=_positive, help="Number of samples.")
 @click.option("--sampler", default=None,
-              help="Sampler: " + ", ".join(_sampler_names()) + ". Default: the domain's (ddim; molecules ddpm, "
-                   "500 steps).")
+              help="Sampler: " + ", ".join(_sampler_names()) + ". Default: the domain's (ddim; audio ddpm, 50 "
+                   "steps; molecules ddpm, 500 steps).")
 @click.option("--steps", type=int, default=None, callback=_positive,
               help="Sampler steps (default: the domain's default sampler's; else T for ddpm, 50 otherwise).")
 @click.option("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1] (default 0); same as -o eta=E.")
 @click.option("--spacing", type=click.Choice(SPACINGS), default=None,
               help="Time-grid spacing (default, chosen on exact problems: on VP schedules auto for unipc / "
                    "dpmpp_2m / dpmpp_3m / ode_heun, auto below 7 steps and trailing from 7 for ddim, leading for "
-                   "edm_heun, else trailing; karras on EDM / VE sigmas; flow paths their own uniform grid).")
+                   "edm_heun, else trailing; karras on EDM / VE sigmas; flow paths their own uniform grid; a domain "
+                   "may choose: audio karras for ddpm).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same samples (any batch size).")
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
 @click.option("--device", default="auto", show_default=True)
@@ -588,7 +589,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 @click.option("--num", "-n", type=int, default=256, show_default=True, callback=_positive, help="Samples to generate.")
 @click.option("--data", type=PATH, default=None,
               help="Reference data (default: the training data's held-out split).")
-@click.option("--sampler", default=None, help="Sampler (default: the domain's: ddim; molecules ddpm, 500 steps).")
+@click.option("--sampler", default=None,
+              help="Sampler (default: the domain's: ddim; audio ddpm, 50 steps; molecules ddpm, 500 steps).")
 @click.option("--steps", type=int, default=None, callback=_positive)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=_positive)
