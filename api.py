@@ -603,7 +603,7 @@ def _read_init(init: str | Path, domain: str) -> tuple[RunConfig, dict[str, torc
     """The model ``train(init=...)`` starts from: a run folder's newest checkpoint (raw and EMA
     weights) or ``pretrained:NAME`` (EMA weights, used for both). Returns its config, the two
     weight dicts, the record the new run keeps (``RunConfig.init``) and where the weights are."""
-    from .core.checkpoint import file_sha256
+    from .core.checkpoint import file_sha256, identity_weights_file
     text = str(init)
     if text.strip() == "":
         raise ValueError("--init is an empty string; give a run folder or pretrained:NAME")
@@ -621,8 +621,8 @@ def _read_init(init: str | Path, domain: str) -> tuple[RunConfig, dict[str, torc
         src, where = ck["config"], ck["path"]
         model = ck["model"]
         ema = ck["ema"] if ck["ema"] is not None else model
-        weights_file = where / ("ema.safetensors" if ck["ema"] is not None else "model.safetensors")
-        record = {"run": str(run.resolve()), "step": ck["meta"].get("step"), "sha256": file_sha256(weights_file)}
+        record = {"run": str(run.resolve()), "step": ck["meta"].get("step"),
+                  "sha256": file_sha256(identity_weights_file(where))}
     if src.domain != domain:
         raise CheckpointError(f"--init {text} is a {src.domain!r} model, not {domain!r}")
     if src.latent is not None:

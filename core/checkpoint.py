@@ -262,6 +262,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def identity_weights_file(checkpoint_dir: str | Path) -> Path:
+    """The file whose SHA-256 names a checkpoint's weights: the EMA weights, else the raw ones."""
+    ema = Path(checkpoint_dir) / "ema.safetensors"
+    return ema if ema.is_file() else Path(checkpoint_dir) / "model.safetensors"
+
+
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")

@@ -57,7 +57,7 @@ def stages(cfg: RunConfig) -> list[RunConfig]:
     empty for a run from scratch or from a shipped pretrained model. A run folder that is gone
     (or no longer holds the weights the run started from) is an error: its recipe is part of
     how the model is trained again."""
-    from diffuse.core.checkpoint import file_sha256, read_run_config
+    from diffuse.core.checkpoint import file_sha256, identity_weights_file, read_run_config
     chain, cur = [], cfg
     while cur.init is not None and "run" in cur.init:
         run = Path(cur.init["run"])
@@ -66,7 +66,7 @@ def stages(cfg: RunConfig) -> list[RunConfig]:
             found = load_checkpoint(run)["path"]
         except CheckpointError as exc:
             raise CheckpointError(f"the run this model started from is needed for its recipe: {exc}") from None
-        weights = found / "ema.safetensors"
+        weights = identity_weights_file(found)
         if not weights.is_file() or file_sha256(weights) != cur.init.get("sha256"):
             raise CheckpointError(f"{run} no longer holds the weights this model started from (step "
                                   f"{cur.init.get('step')}, sha256 {str(cur.init.get('sha256'))[:12]}...)")

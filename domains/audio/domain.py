@@ -111,7 +111,7 @@ class AudioDomain(Domain):
     def default_sampling(self) -> tuple[str, int | None]:
         # the ancestral sampler at DDIM's cost: on the shipped model (64 clips, 2 seeds) Frechet
         # log-mel 513 / 392 against DDIM-50's 657 / 676; checked on a model it was not chosen on
-        # (the default recipe at 1,600 steps): 369 / 317 against 663 / 746 (README, "Audio sampling")
+        # (the default recipe at 1,600 steps): 369 / 317 against 663 / 746 (README, "Audio")
         return "ddpm", 50
 
     def default_spacing(self, schedule: Any, sampler: str, steps: int | None) -> str | None:
