@@ -750,11 +750,16 @@ def cache(clear, kind, older_than, dry_run) -> None:
               help="Training wall time for the model card (default: summed from the run's metrics.jsonl).")
 @click.option("--hardware", default=None, metavar="TEXT", help="Hardware the run trained on, for the model card.")
 @click.option("--force", is_flag=True, help="Replace an existing pretrained model and recipe of that name.")
-def export_pretrained(run, name, half, root, wall_time, hardware, force) -> None:
+@click.option("--evaluation", "evaluations", type=PATH, multiple=True, metavar="FILE",
+              help="An evaluation of RUN for the card (`diffuse evaluate -c RUN --seed S --out FILE`); "
+                   "repeat for several seeds of one protocol (the card gives each and their mean). "
+                   "Default: RUN/evaluation.json.")
+def export_pretrained(run, name, half, root, wall_time, hardware, force, evaluations) -> None:
     """Export run folder RUN as pretrained model NAME (config, EMA weights, model card, recipe)."""
     from ..pretrained.export import export
 
-    paths = _run(export, run, name, root=root, half=half, wall_time=wall_time, hardware=hardware, force=force)
+    paths = _run(export, run, name, root=root, half=half, wall_time=wall_time, hardware=hardware, force=force,
+                 evaluations=list(evaluations) or None)
     click.echo(f"exported {run} as pretrained model {name!r}: " + ", ".join(str(p) for p in paths))
 
 

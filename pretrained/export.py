@@ -14,7 +14,8 @@ that is renamed into place: a failure leaves nothing half-written.
 The model card states the data, the recipe, the training steps, the wall time (given, or the
 training steps' own time summed from ``metrics.jsonl``), the hardware (given, or not recorded),
 the run's last evaluation during training, the run's ``evaluation.json`` when ``diffuse evaluate``
-wrote one (a larger, fixed evaluation), and the licenses.
+wrote one (a larger, fixed evaluation) or the evaluations given with ``--evaluation FILE`` (several
+seeds of one protocol: each seed's figures and their mean, weighted by samples), and the licenses.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -34,7 +35,7 @@ from diffuse.core.config import RunConfig
 
 from . import FILES, MAX_FILE_BYTES, PRETRAINED_DIR, check_name
 
-__all__ = ["export", "recipe_of", "model_card", "stages", "main"]
+__all__ = ["export", "recipe_of", "model_card", "stages", "read_evaluations", "main"]
 
 #: licenses of the bundled / named data sets, by domain (from each ``domains/*/data/README.md``)
 DATA_LICENSES = {
@@ -133,10 +134,63 @@ def _evaluation(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("metrics"), dict) else None
 
 
+#: what must be equal for evaluations to be pooled: one protocol, other seeds
+_PROTOCOL = ("sampler", "steps", "spacing", "data")
+
+
+def read_evaluations(run_dir: str | Path, files: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The evaluation files ``diffuse evaluate -c RUN --seed S --out FILE`` wrote for run ``run_dir``,
+    checked: each one readable, of this run (its ``checkpoint``), all of one protocol (sampler,
+    steps, grid, reference) and of different seeds. ``ValueError`` names the first file that is not."""
+    run = Path(run_dir).resolve()
+    out: list[dict[str, Any]] = []
+    for f in files:
+        try:
+            data = json.loads(Path(f).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--evaluation {f}: not readable as an evaluation file ({exc.__class__.__name__})") from None
+        if not (isinstance(data, dict) and isinstance(data.get("metrics"), dict) and isinstance(data.get("num"), int)):
+            raise ValueError(f"--evaluation {f}: not an evaluation file written by `diffuse evaluate`")
+        if not isinstance(data.get("checkpoint"), str) or Path(data["checkpoint"]).resolve() != run:
+            raise ValueError(f"--evaluation {f}: an evaluation of {data.get('checkpoint')!r}, not of {run_dir}")
+        if out and any(data.get(k) != out[0].get(k) for k in _PROTOCOL):
+            diff = ", ".join(f"{k} {out[0].get(k)!r} vs {data.get(k)!r}" for k in _PROTOCOL if data.get(k) != out[0].get(k))
+            raise ValueError(f"--evaluation {f}: another protocol than {files[0]} ({diff}); pool one protocol's seeds")
+        if any(data.get("seed") == e.get("seed") for e in out):
+            raise ValueError(f"--evaluation {f}: seed {data.get('seed')} is given twice")
+        out.append(data)
+    return out
+
+
+def _evaluation_lines(evals: list[dict[str, Any]]) -> list[str]:
+    """The card's table of ``diffuse evaluate`` figures: one evaluation as it is; several seeds of
+    one protocol as their mean (weighted by samples) and each seed's figures."""
+    e = evals[0]
+    ref = "`" + str(e["data"]) + "`" if e.get("data") else "the held-out part of the training data"
+    how = f"sampler {e.get('sampler')}, {e.get('steps') or 'default'} steps"
+    if len(evals) == 1:
+        return ["", f"`diffuse evaluate` on the run ({e.get('num')} samples, {how}, seed {e.get('seed')}, "
+                f"reference {ref}):", "", "| metric | value |", "|---|---|",
+                *[f"| {k} | {_fmt(v)} |" for k, v in e["metrics"].items()]]
+    total = sum(x["num"] for x in evals)
+    lines = ["", f"`diffuse evaluate` on the run, {len(evals)} seeds ({total} samples in all, {how}, reference "
+             f"{ref}): the mean weighted by samples, then each seed:", "",
+             "| metric | mean | " + " | ".join(f"seed {x.get('seed')} ({x['num']})" for x in evals) + " |",
+             "|---|---|" + "---|" * len(evals)]
+    for k, v in e["metrics"].items():
+        vals = [x["metrics"].get(k) for x in evals]
+        if k == "num_molecules" or not all(isinstance(u, (int, float)) for u in vals):
+            continue
+        mean = sum(u * x["num"] for u, x in zip(vals, evals)) / total
+        lines.append(f"| {k} | {mean:.4f} | " + " | ".join(_fmt(float(u)) for u in vals) + " |")
+    return lines
+
+
 def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[dict[str, Any]], *,
                params: int, dtype: str, sizes: dict[str, int], wall_time: str | None, hardware: str | None,
-               evaluation: dict[str, Any] | None = None, earlier: list[RunConfig] | None = None) -> str:
-    """The MODEL_CARD.md text of an exported run (``evaluation``: the run's ``evaluation.json``;
+               evaluations: list[dict[str, Any]] | None = None, earlier: list[RunConfig] | None = None) -> str:
+    """The MODEL_CARD.md text of an exported run (``evaluations``: ``diffuse evaluate``'s records of
+    the run, see :func:`read_evaluations`;
     ``earlier``: the configs of the runs it started from, oldest first, see :func:`stages`)."""
     earlier = earlier or []
     evals = [r for r in records if r.get("event") == "eval"]
@@ -176,15 +230,10 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
                   f"sampler {last.get('sampler')}, {last.get('steps')} steps):", "", "| metric | value |", "|---|---|"]
         skip = ("step", "event", "sampler", "steps", "num", "seconds", "estimated_seconds", "budget_seconds")
         lines += [f"| {k} | {_fmt(v)} |" for k, v in last.items() if k not in skip]
-    elif evaluation is None:
+    elif not evaluations:
         lines.append("The run logged no evaluation; measure with `diffuse evaluate` on a run folder.")
-    if evaluation is not None:
-        e = evaluation
-        lines += ["", f"`diffuse evaluate` on the run ({e.get('num')} samples, sampler {e.get('sampler')}, "
-                  f"{e.get('steps') or 'default'} steps, seed {e.get('seed')}, reference "
-                  f"{'`' + str(e['data']) + '`' if e.get('data') else 'the held-out part of the training data'}):",
-                  "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in e["metrics"].items()]
+    if evaluations:
+        lines += _evaluation_lines(evaluations)
     lines += ["", "## Recipe", ""]
     for k, stage in enumerate(earlier, 1):
         lines += [f"Stage {k} (`recipes/{name}-stage{k}.json`):", "", "```json",
@@ -205,14 +254,22 @@ def _started_from(init: dict[str, Any], earlier: list[RunConfig]) -> str:
 
 
 def export(run: str | Path, name: str, *, root: str | Path | None = None, half: bool = False,
-           wall_time: str | None = None, hardware: str | None = None, force: bool = False) -> list[Path]:
-    """Write run folder ``run`` as pretrained model ``name`` (see the module docstring); returns the paths."""
+           wall_time: str | None = None, hardware: str | None = None, force: bool = False,
+           evaluations: Sequence[str | Path] | None = None) -> list[Path]:
+    """Write run folder ``run`` as pretrained model ``name`` (see the module docstring); returns the paths.
+    ``evaluations``: files ``diffuse evaluate -c RUN --seed S --out FILE`` wrote, for the card
+    (default: ``RUN/evaluation.json`` when there is one)."""
     from diffuse.api import _assemble
 
     check_name(name)
     run_dir = Path(run)
     ck = load_checkpoint(run_dir)
     cfg: RunConfig = ck["config"]
+    if evaluations:
+        evals = read_evaluations(run_dir, evaluations)
+    else:
+        found = _evaluation(run_dir)
+        evals = [found] if found is not None else []
     if ck["ema"] is None:
         raise CheckpointError(f"{ck['path']} has no EMA weights (ema.safetensors); pretrained models ship EMA weights")
     weights = {k: v.to(torch.float16) if half and v.dtype == torch.float32 else v.contiguous()
@@ -226,7 +283,7 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     blobs["MODEL_CARD.md"] = model_card(name, cfg, ck["meta"], records, params=params,
                                         dtype="float16" if half else "float32", sizes=sizes,
                                         wall_time=wall_time, hardware=hardware,
-                                        evaluation=_evaluation(run_dir), earlier=earlier).encode()
+                                        evaluations=evals, earlier=earlier).encode()
     for fname, data in blobs.items():
         if len(data) > MAX_FILE_BYTES:
             hint = "; store float16 (--half) or train a smaller model" if fname == "ema.safetensors" else ""

@@ -61,6 +61,54 @@ def test_model_card_carries_the_runs_evaluation(run, tmp_path):
     assert "`diffuse evaluate` on the run" not in (tmp_path / "pretrained" / "tiny2" / "MODEL_CARD.md").read_text()
 
 
+def test_model_card_pools_the_evaluations_of_several_seeds(run, tmp_path):
+    """`export-pretrained --evaluation FILE` (repeated): each seed's figures and their mean
+    weighted by samples; files of another run, another protocol or a repeated seed are one
+    error line (exit 2) and nothing is written."""
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    runner = CliRunner()
+    files = []
+    for seed, num in ((0, 8), (1, 4)):
+        f = tmp_path / f"eval{seed}.json"
+        res = runner.invoke(main, ["evaluate", "-c", str(copy), "--num", str(num), "--steps", "3", "--device", "cpu",
+                                   "--seed", str(seed), "--out", str(f)])
+        assert res.exit_code == 0, res.output
+        files.append(f)
+    m0, m1 = (json.loads(f.read_text())["metrics"] for f in files)
+    res = runner.invoke(main, ["export-pretrained", str(copy), "two-seeds", "--root", str(tmp_path / "ok"),
+                               "--evaluation", str(files[0]), "--evaluation", str(files[1])])
+    assert res.exit_code == 0, res.output
+    card = (tmp_path / "ok" / "pretrained" / "two-seeds" / "MODEL_CARD.md").read_text()
+    assert "2 seeds (12 samples in all, sampler ddim, 3 steps" in card
+    assert "| metric | mean | seed 0 (8) | seed 1 (4) |" in card
+    for k in m0:
+        mean = (8 * m0[k] + 4 * m1[k]) / 12
+        assert f"| {k} | {mean:.4f} | {m0[k]:.4f} | {m1[k]:.4f} |" in card, k
+
+    other = tmp_path / "other.json"                       # another protocol: 5 steps
+    res = runner.invoke(main, ["evaluate", "-c", str(copy), "--num", "4", "--steps", "5", "--device", "cpu",
+                               "--seed", "2", "--out", str(other)])
+    assert res.exit_code == 0, res.output
+    foreign = tmp_path / "foreign.json"                   # an evaluation of another run
+    foreign.write_text(json.dumps({**json.loads(files[1].read_text()), "checkpoint": str(tmp_path / "elsewhere")}))
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    cases = {(files[0], other): "another protocol", (files[0], files[0]): "seed 0 is given twice",
+             (files[0], foreign): "not of", (junk,): "not readable", (tmp_path / "missing.json",): "not readable"}
+    for given, expected in cases.items():
+        root = tmp_path / "bad"
+        args = ["export-pretrained", str(copy), "bad", "--root", str(root)]
+        for f in given:
+            args += ["--evaluation", str(f)]
+        res = runner.invoke(main, args)
+        assert res.exit_code == 2, (given, res.output)
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (given, res.output)
+        assert not root.exists()
+
+
 def test_half_precision_storage(run, tmp_path):
     export(run, "tiny-half", root=tmp_path, half=True)
     stored = load_file(str(tmp_path / "pretrained" / "tiny-half" / "ema.safetensors"))
