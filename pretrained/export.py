@@ -53,43 +53,97 @@ def recipe_of(cfg: RunConfig) -> dict[str, Any]:
             "diffusion": d["diffusion"], "train": d["train"]}
 
 
-def stages(cfg: RunConfig) -> list[RunConfig]:
-    """The configs of the runs ``cfg`` started from (``diffuse train --init RUN``), oldest first;
-    empty for a run from scratch or from a shipped pretrained model. A run folder that is gone
-    (or no longer holds the weights the run started from) is an error: its recipe is part of
-    how the model is trained again."""
+def stages(cfg: RunConfig, replacing: str | None = None) -> list[RunConfig]:
+    """The configs of the runs ``cfg`` started from (``diffuse train --init``), oldest first; empty
+    for a run from scratch or from a shipped model that stays. A run folder that is gone (or no
+    longer holds the weights the run started from) is an error: its recipe is part of how the
+    model is trained again. A run that started from the shipped model ``replacing``
+    (``--init pretrained:NAME``, exported as NAME: a further stage that replaces it) takes over
+    that model's history from what ships with it: its ``config.json`` (checked to hold the
+    weights the run started from) and, for its own earlier stages, ``recipes/NAME-stage1.json``,
+    ... (checked: ``recipes/NAME.json`` is its recipe)."""
     from diffuse.core.checkpoint import file_sha256, identity_weights_file, read_run_config
     chain, cur = [], cfg
-    while cur.init is not None and "run" in cur.init:
-        run = Path(cur.init["run"])
-        try:
-            src = read_run_config(run)
-            found = load_checkpoint(run)["path"]
-        except CheckpointError as exc:
-            raise CheckpointError(f"the run this model started from is needed for its recipe: {exc}") from None
-        weights = identity_weights_file(found)
-        if not weights.is_file() or file_sha256(weights) != cur.init.get("sha256"):
-            raise CheckpointError(f"{run} no longer holds the weights this model started from (step "
-                                  f"{cur.init.get('step')}, sha256 {str(cur.init.get('sha256'))[:12]}...)")
-        chain.insert(0, src)
-        cur = src
+    while cur.init is not None:
+        if "pretrained" in cur.init:
+            if cur.init["pretrained"] != replacing:
+                return chain                 # it stays shipped: the card says --init pretrained:NAME
+            return _shipped_stages(cur.init) + chain
+        elif "run" in cur.init:
+            run = Path(cur.init["run"])
+            try:
+                src = read_run_config(run)
+                found = load_checkpoint(run)["path"]
+            except CheckpointError as exc:
+                raise CheckpointError(f"the run this model started from is needed for its recipe: {exc}") from None
+            weights = identity_weights_file(found)
+            if not weights.is_file() or file_sha256(weights) != cur.init.get("sha256"):
+                raise CheckpointError(f"{run} no longer holds the weights this model started from (step "
+                                      f"{cur.init.get('step')}, sha256 {str(cur.init.get('sha256'))[:12]}...)")
+            chain.insert(0, src)
+            cur = src
+        else:
+            raise CheckpointError(f"unknown record of the weights a run started from: {cur.init}")
         if len(chain) > 20:
-            raise CheckpointError(f"the chain of --init runs behind this model is longer than 20 ({run})")
+            raise CheckpointError("the chain of --init runs behind this model is longer than 20")
     return chain
+
+
+def _shipped_stages(init: dict[str, Any]) -> list[RunConfig]:
+    """The stages of the shipped model ``init['pretrained']``, oldest first, ending with its own
+    config (see :func:`stages`)."""
+    from diffuse.core.checkpoint import file_sha256, read_run_config
+
+    from . import folder
+    name = init["pretrained"]
+    try:
+        path = folder(name)
+        own = read_run_config(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"the shipped model this model started from is needed for its recipe: {exc}") from None
+    if file_sha256(path / "ema.safetensors") != init.get("sha256"):
+        raise CheckpointError(f"the shipped model {name!r} no longer holds the weights this model started from "
+                              f"(sha256 {str(init.get('sha256'))[:12]}...); export it before replacing that model")
+    recipes = path.parent.parent / "recipes"
+    if own.init is not None and "pretrained" in own.init:
+        raise CheckpointError(f"the shipped model {name!r} itself started from the shipped model "
+                              f"{own.init['pretrained']!r}; export this run under another name")
+    if own.init is None:
+        return [own]
+    mine = recipes / f"{name}.json"
+    try:
+        same = json.loads(mine.read_text()) == recipe_of(own)
+    except (OSError, ValueError):
+        same = False
+    earlier, k = [], 1
+    while (recipes / f"{name}-stage{k}.json").is_file():
+        try:
+            earlier.append(RunConfig.load(recipes / f"{name}-stage{k}.json"))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"{recipes / f'{name}-stage{k}.json'} is not a recipe ({exc})") from None
+        k += 1
+    if not same or not earlier:
+        raise CheckpointError(f"the recipes of the shipped model {name!r} ({mine} and {name}-stage1.json, ...) "
+                              "are missing or are not its own; they are part of how this model is trained again")
+    return earlier + [own]
 
 
 def _how_to_train(name: str, cfg: RunConfig, n_stages: int) -> str:
     """The command(s) that train the model again."""
     if cfg.init is None:
         return f"train it again with `diffuse train --config recipes/{name}.json`."
-    if "pretrained" in cfg.init:
+    if "pretrained" in cfg.init and not n_stages:
         return (f"train it again with `diffuse train --config recipes/{name}.json --init "
                 f"pretrained:{cfg.init['pretrained']}` (it started from that shipped model).")
     cmds = [f"`diffuse train --config recipes/{name}-stage1.json --out runs/{name}-stage1`"]
     cmds += [f"`diffuse train --config recipes/{name}-stage{k}.json --init runs/{name}-stage{k - 1} "
              f"--out runs/{name}-stage{k}`" for k in range(2, n_stages + 1)]
     cmds.append(f"`diffuse train --config recipes/{name}.json --init runs/{name}-stage{n_stages}`")
-    return f"train it again in {n_stages + 1} stages: " + ", then ".join(cmds) + "."
+    out = f"train it again in {n_stages + 1} stages: " + ", then ".join(cmds) + "."
+    if "pretrained" in cfg.init:
+        out += (f" (The last stage started from stage {n_stages}'s EMA weights as shipped, for both its raw "
+                f"and its EMA weights; `--init` of a run folder takes that run's raw weights and EMA each.)")
+    return out
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
@@ -246,8 +300,13 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
 
 def _started_from(init: dict[str, Any], earlier: list[RunConfig]) -> str:
     sha = str(init.get("sha256", ""))[:12]
-    if "pretrained" in init:
+    if "pretrained" in init and not earlier:
         return f"the shipped pretrained model `{init['pretrained']}` (EMA weights sha256 {sha}...)"
+    if "pretrained" in init:
+        steps = " + ".join(str(c.train.steps) for c in earlier)
+        return (f"the EMA weights of the model shipped as `{init['pretrained']}` before this one (stage "
+                f"{len(earlier)}, sha256 {sha}...), as both the raw and the EMA weights; steps of the earlier "
+                f"stages: {steps}; here a new optimiser and learning-rate schedule")
     steps = " + ".join(str(c.train.steps) for c in earlier)
     return (f"the EMA and raw weights of the previous stage at step {init.get('step')} (sha256 {sha}...); "
             f"steps of the earlier stages: {steps}; here a new optimiser and learning-rate schedule")
@@ -277,7 +336,7 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     model = _assemble(cfg, weights, run_dir, "cpu")            # the weights fit the model the config describes
     params = sum(p.numel() for p in model.denoiser.parameters())
     records = _records(run_dir)
-    earlier = stages(cfg)
+    earlier = stages(cfg, replacing=name)
     blobs = {"config.json": cfg.to_json().encode(), "ema.safetensors": safetensors_bytes(weights)}
     sizes = {k: len(v) for k, v in blobs.items()}
     blobs["MODEL_CARD.md"] = model_card(name, cfg, ck["meta"], records, params=params,

@@ -128,3 +128,41 @@ def test_export_of_a_run_started_from_a_run_records_both_stages(source, tmp_path
     res = CliRunner().invoke(main, ["export-pretrained", str(out), "three", "--root", str(tmp_path)])
     assert res.exit_code == 2 and "the run this model started from is needed" in res.output, res.output
     assert not (tmp_path / "pretrained" / "three").exists()
+
+
+def test_a_further_stage_from_the_shipped_model_it_replaces_carries_that_models_stages(source, tmp_path,
+                                                                                       monkeypatch):
+    """Stage 3 trained from the shipped 2-stage model (`--init pretrained:m`) and exported as `m`
+    replaces it: the recipes of all three stages are written, the card gives the three commands;
+    exported under another name, the card says `--init pretrained:m` as before; once `m` holds
+    other weights the history is gone and the export of stage 3 as `m` is one error."""
+    import shutil
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
+    src = tmp_path / "stage1"
+    shutil.copytree(source, src)
+
+    def train(init, out, lr):
+        res = CliRunner().invoke(main, ["train", "--init", init, "--steps", "2", "--batch-size", "8", "--lr", lr,
+                                        "--no-progress", "--device", "cpu", "--out", str(out), "--eval-samples", "0"])
+        assert res.exit_code == 0, res.output
+
+    train(str(src), tmp_path / "s2", "3e-4")
+    export(tmp_path / "s2", "m", root=tmp_path)
+    train("pretrained:m", tmp_path / "s3", "1e-4")
+    export(tmp_path / "s3", "other", root=tmp_path)
+    card = (tmp_path / "pretrained" / "other" / "MODEL_CARD.md").read_text()
+    assert "--init pretrained:m` (it started from that shipped model)" in card
+    assert not (tmp_path / "recipes" / "other-stage1.json").exists()
+
+    recipes = tmp_path / "recipes"
+    paths = export(tmp_path / "s3", "m", root=tmp_path, force=True)
+    assert {recipes / "m-stage1.json", recipes / "m-stage2.json", recipes / "m.json"} <= set(paths)
+    lrs = [json.loads((recipes / f).read_text())["train"]["lr"] for f in ("m-stage1.json", "m-stage2.json", "m.json")]
+    assert lrs == [api.read_run_config(source).train.lr, 3e-4, 1e-4]
+    card = (tmp_path / "pretrained" / "m" / "MODEL_CARD.md").read_text()
+    assert "train it again in 3 stages" in card and "--init runs/m-stage2`" in card
+    assert "| started from | the EMA weights of the model shipped as `m` before this one (stage 2" in card
+    # the shipped `m` is now stage 3: stage 3's history can no longer be read from it
+    res = CliRunner().invoke(main, ["export-pretrained", str(tmp_path / "s3"), "m", "--root", str(tmp_path),
+                                    "--force"])
+    assert res.exit_code == 2 and "no longer holds the weights this model started from" in res.output, res.output
