@@ -300,14 +300,13 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
 
 def _started_from(init: dict[str, Any], earlier: list[RunConfig]) -> str:
     sha = str(init.get("sha256", ""))[:12]
+    steps = " + ".join(str(c.train.steps) for c in earlier)
     if "pretrained" in init and not earlier:
         return f"the shipped pretrained model `{init['pretrained']}` (EMA weights sha256 {sha}...)"
     if "pretrained" in init:
-        steps = " + ".join(str(c.train.steps) for c in earlier)
         return (f"the EMA weights of the model shipped as `{init['pretrained']}` before this one (stage "
                 f"{len(earlier)}, sha256 {sha}...), as both the raw and the EMA weights; steps of the earlier "
                 f"stages: {steps}; here a new optimiser and learning-rate schedule")
-    steps = " + ".join(str(c.train.steps) for c in earlier)
     return (f"the EMA and raw weights of the previous stage at step {init.get('step')} (sha256 {sha}...); "
             f"steps of the earlier stages: {steps}; here a new optimiser and learning-rate schedule")
 
@@ -336,7 +335,10 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     model = _assemble(cfg, weights, run_dir, "cpu")            # the weights fit the model the config describes
     params = sum(p.numel() for p in model.denoiser.parameters())
     records = _records(run_dir)
-    earlier = stages(cfg, replacing=name)
+    base = Path(root) if root is not None else PRETRAINED_DIR.parent
+    from . import PRETRAINED_DIR as shipped_dir   # where `--init pretrained:NAME` read the model (now)
+    replaces_shipped = (base / "pretrained").resolve() == shipped_dir.resolve()
+    earlier = stages(cfg, replacing=name if replaces_shipped else None)
     blobs = {"config.json": cfg.to_json().encode(), "ema.safetensors": safetensors_bytes(weights)}
     sizes = {k: len(v) for k, v in blobs.items()}
     blobs["MODEL_CARD.md"] = model_card(name, cfg, ck["meta"], records, params=params,
@@ -348,7 +350,6 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
             hint = "; store float16 (--half) or train a smaller model" if fname == "ema.safetensors" else ""
             raise ValueError(f"{fname} of {name!r} would be {len(data) / 1e6:.1f} MB, over the "
                              f"{MAX_FILE_BYTES / 1e6:.1f} MB limit of a shipped file{hint}")
-    base = Path(root) if root is not None else PRETRAINED_DIR.parent
     dest = base / "pretrained" / name
     recipe = base / "recipes" / f"{name}.json"
     stage_recipes = [base / "recipes" / f"{name}-stage{k}.json" for k in range(1, len(earlier) + 1)]

@@ -153,6 +153,8 @@ def test_a_further_stage_from_the_shipped_model_it_replaces_carries_that_models_
     card = (tmp_path / "pretrained" / "other" / "MODEL_CARD.md").read_text()
     assert "--init pretrained:m` (it started from that shipped model)" in card
     assert not (tmp_path / "recipes" / "other-stage1.json").exists()
+    export(tmp_path / "s3", "m", root=tmp_path / "elsewhere")   # `m` stays shipped: nothing to take over
+    assert "--init pretrained:m`" in (tmp_path / "elsewhere" / "pretrained" / "m" / "MODEL_CARD.md").read_text()
 
     recipes = tmp_path / "recipes"
     paths = export(tmp_path / "s3", "m", root=tmp_path, force=True)
