@@ -105,9 +105,11 @@ def _shipped_stages(init: dict[str, Any]) -> list[RunConfig]:
         raise CheckpointError(f"the shipped model {name!r} no longer holds the weights this model started from "
                               f"(sha256 {str(init.get('sha256'))[:12]}...); export it before replacing that model")
     recipes = path.parent.parent / "recipes"
-    if own.init is not None and "pretrained" in own.init:
+    if own.init is not None and "pretrained" in own.init and own.init["pretrained"] != name:
         raise CheckpointError(f"the shipped model {name!r} itself started from the shipped model "
                               f"{own.init['pretrained']!r}; export this run under another name")
+    # own.init is a run folder, or the model shipped as NAME before it (an earlier replacement):
+    # either way its earlier stages are recipes/NAME-stage1.json, ... as that export wrote them
     if own.init is None:
         return [own]
     mine = recipes / f"{name}.json"

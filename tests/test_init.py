@@ -135,7 +135,10 @@ def test_a_further_stage_from_the_shipped_model_it_replaces_carries_that_models_
     """Stage 3 trained from the shipped 2-stage model (`--init pretrained:m`) and exported as `m`
     replaces it: the recipes of all three stages are written, the card gives the three commands;
     exported under another name, the card says `--init pretrained:m` as before; once `m` holds
-    other weights the history is gone and the export of stage 3 as `m` is one error."""
+    other weights the history is gone and the export of stage 3 as `m` is one error. Stage 4 from
+    that shipped stage 3 (itself a replacement) replaces it in turn, with four stages' recipes; a
+    shipped model that started from another shipped model cannot be replaced (its history is not
+    in its recipes): one error."""
     import shutil
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "pretrained")
     src = tmp_path / "stage1"
@@ -168,3 +171,22 @@ def test_a_further_stage_from_the_shipped_model_it_replaces_carries_that_models_
     res = CliRunner().invoke(main, ["export-pretrained", str(tmp_path / "s3"), "m", "--root", str(tmp_path),
                                     "--force"])
     assert res.exit_code == 2 and "no longer holds the weights this model started from" in res.output, res.output
+
+    # stage 4 from the shipped stage 3 (itself a replacement) replaces it in turn: four stages
+    train("pretrained:m", tmp_path / "s4", "5e-5")
+    paths = export(tmp_path / "s4", "m", root=tmp_path, force=True)
+    assert {recipes / "m-stage1.json", recipes / "m-stage2.json", recipes / "m-stage3.json", recipes / "m.json"} <= set(paths)
+    lrs = [json.loads((recipes / f).read_text())["train"]["lr"]
+           for f in ("m-stage1.json", "m-stage2.json", "m-stage3.json", "m.json")]
+    assert lrs == [api.read_run_config(source).train.lr, 3e-4, 1e-4, 5e-5]
+    card = (tmp_path / "pretrained" / "m" / "MODEL_CARD.md").read_text()
+    assert "train it again in 4 stages" in card and "--init runs/m-stage3`" in card
+    assert "(stage 3" in card
+    # a shipped model that started from ANOTHER shipped model: its history is not in recipes/m-*
+    export(tmp_path / "s4", "n", root=tmp_path)
+    train("pretrained:n", tmp_path / "n2", "5e-5")
+    export(tmp_path / "n2", "p", root=tmp_path)             # p: started from the shipped n, which stays
+    train("pretrained:p", tmp_path / "p2", "5e-5")
+    res = CliRunner().invoke(main, ["export-pretrained", str(tmp_path / "p2"), "p", "--root", str(tmp_path),
+                                    "--force"])
+    assert res.exit_code == 2 and "itself started from the shipped model 'n'" in res.output, res.output
