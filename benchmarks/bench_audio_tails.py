@@ -74,25 +74,21 @@ def main() -> None:
     real_tail = _db(real.x[..., tail])
     silent = real_tail < -150
     steps: list[dict] = []
-    forward = model.denoiser.forward
 
-    def recording(x_t, t, cond=None, space=None):
-        pred = forward(x_t, t, cond=cond, space=space)
+    def record(module, args, kwargs, pred):        # a forward hook: every denoiser call while sampling
+        x_t, t = args[0], args[1]
         alpha, sigma = (v.float() for v in schedule.alpha_sigma(t[:1].double()))
         steps.append({"t": round(float(t[0]), 4), "sigma_over_alpha_db": round(float(20 * torch.log10(sigma / alpha)), 1),
                       "x_t_over_alpha_db": round(float(_db((x_t / alpha)[..., tail]).median()), 1),
                       "x0_prediction_db": round(float(_db(pred.x0[..., tail]).median()), 1)})
-        return pred
 
-    cond = None
-    if model.condition_kinds() and real.cond is not None:
-        cond = real.cond
-    model.denoiser.forward = recording
+    cond = real.cond if model.condition_kinds() and real.cond is not None else None
+    hook = model.denoiser.register_forward_hook(record, with_kwargs=True)
     try:
         samples = model.sample(len(data), cond=cond, guidance_scale=1 if cond is not None else None,
                                seed=args.seed, batch_size=len(data))
     finally:
-        model.denoiser.forward = forward
+        hook.remove()
     gen_tail = _db(samples.x[..., tail])
     out["real"] = {"tail_db_quantiles": _quantiles(real_tail), "exact_silence": int(silent.sum()),
                    "envelope_db": _envelope(real.x, rate)}
