@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def _quantiles(v: torch.Tensor) -> list[float]:
     return [round(float(q), 1) for q in torch.quantile(v.double(), torch.tensor(QUANTILES, dtype=torch.float64))]
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="run folder (default: the shipped audio model)")
@@ -59,9 +65,13 @@ def main() -> None:
     from diffuse.api import load, load_pretrained
 
     t0 = time.perf_counter()
-    model = load(args.checkpoint, device="cpu") if args.checkpoint else load_pretrained("audio", device="cpu")
+    from diffuse.core.checkpoint import CheckpointError
+    try:
+        model = load(args.checkpoint, device="cpu") if args.checkpoint else load_pretrained("audio", device="cpu")
+    except CheckpointError as exc:
+        _fail(str(exc))
     if model.domain.name != "audio":
-        raise SystemExit(f"error: {args.checkpoint} is a {model.domain.name} model, not audio")
+        _fail(f"{args.checkpoint} is a {model.domain.name} model, not audio")
     rate = int(model.data_info["sample_rate"])
     data = model.domain.load_data(model.config.data, model.config.data_options)
     real = data.batch(torch.arange(len(data)), torch.Generator().manual_seed(0))
