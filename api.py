@@ -624,7 +624,7 @@ def _read_init(init: str | Path, domain: str) -> tuple[RunConfig, dict[str, torc
         record = {"run": str(run.resolve()), "step": ck["meta"].get("step"),
                   "sha256": file_sha256(identity_weights_file(where))}
     if src.domain != domain:
-        raise CheckpointError(f"--init {text} is a {src.domain!r} model, not {domain!r}")
+        raise CheckpointError(f"--init {text} is a model of domain {src.domain!r}, not {domain!r}")
     if src.latent is not None:
         raise ValueError(f"--init {text} is a latent diffusion model; --init starts data-space models only")
     return src, model, ema, record, where
@@ -715,7 +715,7 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
         run_dir = Path(resume)
         run_cfg = read_run_config(run_dir)
         if run_cfg.domain != name:
-            raise CheckpointError(f"cannot resume {run_dir}: it is a {run_cfg.domain!r} run, not {name!r}")
+            raise CheckpointError(f"cannot resume {run_dir}: it is a run of domain {run_cfg.domain!r}, not {name!r}")
         if latent is not None:
             raise ValueError("--latent cannot change when resuming a run (the run keeps its autoencoder)")
         cfg = _resume_config(run_dir, run_cfg, config, diffusion, train_overrides)
@@ -785,7 +785,7 @@ def load(checkpoint: str | Path, *, device: str = "auto", ema: bool = True,
     ck = load_checkpoint(run_dir)
     cfg: RunConfig = ck["config"]
     if domain is not None and domain != cfg.domain:
-        raise CheckpointError(f"{run_dir} is a {cfg.domain!r} checkpoint, not {domain!r}")
+        raise CheckpointError(f"{run_dir} is a checkpoint of domain {cfg.domain!r}, not {domain!r}")
     weights = ck["ema"] if (ema and ck["ema"] is not None) else ck["model"]
     model = _assemble(cfg, weights, run_dir, device)
     model.checkpoint_info = {"checkpoint_step": ck["meta"].get("step"),
@@ -907,7 +907,7 @@ def train_autoencoder(domain: str | Domain = "image", *, data: str | Path | None
         run_dir = Path(resume)
         ae_cfg = AutoencoderConfig.load(run_dir)
         if ae_cfg.domain != dom.name:
-            raise CheckpointError(f"cannot resume {run_dir}: it is a {ae_cfg.domain!r} autoencoder, not {dom.name!r}")
+            raise CheckpointError(f"cannot resume {run_dir}: it is an autoencoder of domain {ae_cfg.domain!r}, not {dom.name!r}")
         if config is not None or data is not None:
             raise ValueError("--config / --data cannot change when resuming an autoencoder run")
         over = {k: v for k, v in train_overrides.items() if v is not None}
@@ -1099,7 +1099,7 @@ def load_classifier(run: str | Path, *, device: str = "auto", domain: str | None
     run_dir = Path(run)
     cfg = ClassifierConfig.load(run_dir)
     if domain is not None and domain != cfg.domain:
-        raise CheckpointError(f"{run_dir} is a {cfg.domain!r} classifier, not {domain!r}")
+        raise CheckpointError(f"{run_dir} is a classifier of domain {cfg.domain!r}, not {domain!r}")
     dom = get_domain(cfg.domain)
     try:
         tgt = Target(**cfg.target)

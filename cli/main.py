@@ -461,7 +461,7 @@ def _load_model(checkpoint, pretrained, device: str, domain: str | None, ema: bo
         return _run(api.load, checkpoint, device=device, ema=ema, domain=domain)
     model = _run(api.load_pretrained, pretrained, device=device)
     if domain is not None and domain != model.domain.name:
-        raise UserError(f"pretrained model {pretrained!r} is a {model.domain.name!r} model, not {domain!r}")
+        raise UserError(f"pretrained model {pretrained!r} is a model of domain {model.domain.name!r}, not {domain!r}")
     return model
 
 

@@ -84,7 +84,7 @@ def test_init_from_pretrained_and_resume_of_the_new_run(source, tmp_path, monkey
     (["--init", "RUN", "--resume", "RUN"], "--init starts a new run"),
     (["--init", "NOWHERE"], "does not exist"),
     (["--init", "pretrained:no-such"], "no pretrained model 'no-such'"),
-    (["--init", "RUN", "--domain", "audio"], "is a 'image' model, not 'audio'"),
+    (["--init", "RUN", "--domain", "audio"], "is a model of domain 'image', not 'audio'"),
     (["--init", "RUN", "--parameterization", "x0"], "diffusion.parameterization differ"),
     (["--init", "RUN", "--config", "MODEL"], "model.base_channels differ"),
     (["--init", "RUN", "--condition", "label"], "do not fit this run's model"),

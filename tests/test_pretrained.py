@@ -156,7 +156,7 @@ def test_cli_sample_pretrained(run, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert len(list(out.glob("*.png"))) >= 2
     res = CliRunner().invoke(main, ["sample", "--pretrained", "tiny", "--domain", "audio", "--out", str(tmp_path / "o2")])
-    assert res.exit_code == 2 and "is a 'image' model" in res.output and not (tmp_path / "o2").exists()
+    assert res.exit_code == 2 and "is a model of domain 'image'" in res.output and not (tmp_path / "o2").exists()
 
 
 def test_cli_evaluate_pretrained(run, tmp_path, monkeypatch):
