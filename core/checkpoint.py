@@ -40,7 +40,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save as safetensors_bytes
 
-from .config import RunConfig, TrainConfig, update_dataclass
+from .config import ConfigVersionError, RunConfig, TrainConfig, update_dataclass
 from .io import atomic_write_text
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_run_config", "atomic_write_text",
@@ -248,6 +248,8 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise CheckpointError(f"{run_dir} has no config.json; expected a run folder written by 'diffuse train'")
     try:
         return RunConfig.load(cfg)
+    except ConfigVersionError as exc:
+        raise CheckpointError(f"{run_dir} was {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:  # JSON, unknown keys, bad values
         raise CheckpointError(f"{cfg} is corrupt or not a diffuse run config ({exc})") from None
 

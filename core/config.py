@@ -425,6 +425,25 @@ def update_dataclass(obj, values: dict[str, Any], what: str):
     return type(obj)(**data)
 
 
+#: The run-config format this code reads and writes. Raise it with any change that alters what a
+#: saved run means (a data option that changes the model space, a new parameterization ...): an
+#: older diffuse then refuses the run with one line instead of sampling from it with another meaning.
+CONFIG_VERSION = 1
+
+
+class ConfigVersionError(ValueError):
+    """A run config written in a newer format than this diffuse reads."""
+
+
+def check_config_version(version: Any) -> None:
+    """Refuse a config ``version`` that is not a positive integer or is newer than :data:`CONFIG_VERSION`."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    if version > CONFIG_VERSION:
+        raise ConfigVersionError(f"written by a newer diffuse (config version {version}; this one reads up to "
+                                 f"{CONFIG_VERSION}); upgrade diffuse to use it")
+
+
 @dataclass
 class RunConfig:
     domain: str
@@ -440,7 +459,8 @@ class RunConfig:
     #: the weights a run started from (``diffuse train --init``: the run folder and step, or the
     #: pretrained model's name, with the SHA-256 of the weights file); ``None`` for a run from scratch
     init: dict[str, Any] | None = None
-    version: int = 1
+    #: the run-config format (:data:`CONFIG_VERSION`); a run written in a newer format is refused
+    version: int = CONFIG_VERSION
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -448,6 +468,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         d = dict(d)
+        check_config_version(d.get("version", 1))
         d["diffusion"] = update_dataclass(DiffusionConfig(), d.get("diffusion", {}), "diffusion")
         d["train"] = update_dataclass(TrainConfig(), d.get("train", {}), "train")
         return cls(**d)

@@ -283,3 +283,38 @@ def test_molecule_structure_check_bounds_and_memory():
     with pytest.raises(ValueError, match="GiB"):
         dom.check_structure(torch.tensor([n]), big, batch_size=1)
     dom.check_structure(torch.tensor([1000]), big, batch_size=1)   # 1e6 pairs: fits anywhere
+
+
+def test_a_run_written_in_a_newer_config_format_is_refused(runs, tmp_path):
+    """A run folder whose config.json has a newer ``version`` than this code reads (a later diffuse
+    may give a saved option a meaning this one does not know) is one error line, exit 2, for every
+    command that reads it, and a CheckpointError from the API; a bad version is refused as corrupt."""
+    import shutil
+
+    from diffuse.api import CheckpointError, load
+    from diffuse.core.config import CONFIG_VERSION
+
+    run = tmp_path / "newer"
+    shutil.copytree(runs / "pts", run)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["version"] == CONFIG_VERSION
+    load(run)                                                   # the copy itself loads
+    cfg["version"] = CONFIG_VERSION + 1
+    (run / "config.json").write_text(json.dumps(cfg))
+    before = _tree(tmp_path)
+    for argv in (["sample", "-c", str(run), "--num", "2", "--steps", "3"],
+                 ["evaluate", "-c", str(run), "--num", "4", "--steps", "3"],
+                 ["train", "--resume", str(run), "--steps", "20", "--no-progress"]):
+        res = CliRunner().invoke(main, argv)
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1, (argv, res.output)
+        assert lines[0].startswith("error: ") and "written by a newer diffuse" in lines[0], lines[0]
+        assert f"config version {CONFIG_VERSION + 1}" in lines[0]
+    assert _tree(tmp_path) == before
+    with pytest.raises(CheckpointError, match="newer diffuse"):
+        load(run)
+    for bad in (0, "2", True):
+        cfg["version"] = bad
+        (run / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match="version must be a positive integer"):
+            load(run)
