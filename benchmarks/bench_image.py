@@ -19,7 +19,10 @@
    with an untrained model's, real held-out digits and blurred digits.
 
     python benchmarks/bench_image.py [--device cpu|cuda] [--configs default,attn-hi,cifar-9m] [--quick]
-                                     [--threads N] [--quality]
+                                     [--threads N] [--quality] [--profile]
+
+``--profile`` instead times one training step per model under ``torch.profiler`` and splits it
+into convolutions, GroupNorm and the rest (``bench_image_profile_<device>.json``).
 
 Prints tables and writes ``benchmarks/results/bench_image_<device>.json``. diffusers is optional
 (``pip install diffusers``); without it its rows are skipped with a note.
@@ -312,6 +315,47 @@ def bench_config(name: str, kinds: list[str], device: torch.device, args) -> dic
     return result
 
 
+#: operator groups of the profile: self time of these aten ops (forward and backward)
+PROFILE_GROUPS = {
+    "convolution": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution",
+                    "aten::slow_conv_transpose2d", "aten::slow_conv2d_forward"),
+    "group_norm": ("aten::native_group_norm", "aten::native_group_norm_backward"),
+}
+
+
+def profile_config(name: str, kinds: list[str], device: torch.device, args) -> dict:
+    """Per model, milliseconds per training step by operator group (self time, summed over
+    ``--steps`` profiled steps after 3 warm-up steps): where the two models' steps differ."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = CONFIGS[name]
+    steps = args.steps or cfg["steps"]
+    out: dict = {}
+    print(f"\n[{name}] ms per training step by operator group (self time, {steps} profiled steps)")
+    print(f"{'model':10s} " + " ".join(f"{g:>12s}" for g in (*PROFILE_GROUPS, "rest", "total")))
+    for kind in kinds:
+        r = Runner(kind, device, args.batch or cfg["batch"], name)
+        for _ in range(3):
+            r.train_step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                r.train_step()
+            _sync(device)
+        key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        events = prof.key_averages()
+        total = sum(getattr(e, key) for e in events) / 1000 / steps
+        row = {g: sum(getattr(e, key) for e in events if e.key in ops) / 1000 / steps for g, ops in PROFILE_GROUPS.items()}
+        row["rest"] = total - sum(row.values())
+        row["total"] = total
+        out[kind] = row
+        print(f"{kind:10s} " + " ".join(f"{row[g]:12.1f}" for g in (*PROFILE_GROUPS, "rest", "total")))
+    if len(out) == 2:
+        print("diffusers / ours: " + ", ".join(f"{g} {out['diffusers'][g] / out['ours'][g]:.2f}x"
+                                              for g in (*PROFILE_GROUPS, "rest", "total") if out["ours"][g] > 0))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -324,6 +368,8 @@ def main() -> None:
     p.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default: per config)")
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--quality", action="store_true", help="also train the default recipe and compare FIDs")
+    p.add_argument("--profile", action="store_true",
+                   help="only profile a training step per model (torch.profiler): time in convolutions, GroupNorm, the rest")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -345,6 +391,13 @@ def main() -> None:
         print("note: diffusers is not installed (pip install diffusers); its rows are skipped")
     result = {"device": args.device, "platform": platform.platform(), "torch": torch.__version__,
               "cpu_count": os.cpu_count(), "configs": {}}
+    if args.profile:
+        result["profile"] = {name: profile_config(name, kinds, device, args) for name in names}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"bench_image_profile_{args.device.replace(':', '')}.json"
+        path.write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {path}")
+        return
     for name in names:
         result["configs"][name] = bench_config(name, kinds, device, args)
     if len(kinds) == 2:
