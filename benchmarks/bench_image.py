@@ -372,6 +372,11 @@ def main() -> None:
                    help="only profile a training step per model (torch.profiler): time in convolutions, GroupNorm, the rest")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    for key in ("batch", "steps", "repeats", "sample_batch", "sample_steps"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
+    if args.threads < 0:
+        p.error(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
@@ -392,6 +397,7 @@ def main() -> None:
     result = {"device": args.device, "platform": platform.platform(), "torch": torch.__version__,
               "cpu_count": os.cpu_count(), "configs": {}}
     if args.profile:
+        del result["configs"]
         result["profile"] = {name: profile_config(name, kinds, device, args) for name in names}
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"bench_image_profile_{args.device.replace(':', '')}.json"
