@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 
 from diffuse.core.config import DiffusionConfig
-from diffuse.core.diffusion import Diffusion
-from diffuse.core.domain import Batch
-from diffuse.core.generate import generate
-from diffuse.core.space import DenseSpace
+from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.data.domain import Batch
+from diffuse.core.sampling.generate import generate
+from diffuse.core.data.space import DenseSpace
 from diffuse.domains.audio import AudioDomain
 
 
@@ -143,10 +143,12 @@ def bench_compare(args: argparse.Namespace) -> dict:
     import math
     import statistics
 
-    from diffuse.core.denoiser import Denoiser
-    from diffuse.core.parameterization import VParam
-    from diffuse.core.samplers import ddim, prior_sample, time_grid
-    from diffuse.core.schedule import CosineSchedule
+    from diffuse.core.process.denoiser import Denoiser
+    from diffuse.core.process.parameterization import VParam
+    from diffuse.core.sampling.ancestral import ddim
+    from diffuse.core.sampling.common import prior_sample
+    from diffuse.core.sampling.grids import time_grid
+    from diffuse.core.process.schedule import CosineSchedule
     from diffuse.domains.audio.domain import resolve_model
     from diffuse.domains.audio.unet import UNet1D
 

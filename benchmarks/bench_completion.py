@@ -48,11 +48,12 @@ def _table(title: str, rows: list[dict]) -> None:
 
 # ---------------------------------------------------------------------------- 1. Gaussian
 def bench_gaussian(n: int = 3000) -> list[dict]:
-    from diffuse.core.completion import complete
-    from diffuse.core.gaussian import GaussianMixture, gaussian_w2
-    from diffuse.core.samplers import prior_sample, time_grid
-    from diffuse.core.schedule import LinearBetaSchedule
-    from diffuse.core.space import DenseSpace
+    from diffuse.core.sampling.completion import complete
+    from diffuse.core.process.gaussian import GaussianMixture, gaussian_w2
+    from diffuse.core.sampling.common import prior_sample
+    from diffuse.core.sampling.grids import time_grid
+    from diffuse.core.process.schedule import LinearBetaSchedule
+    from diffuse.core.data.space import DenseSpace
 
     sched, space = LinearBetaSchedule(), DenseSpace()
     a = torch.tensor([[1.0, 0.9, 0.5, 0.2], [0.0, 0.4, 0.3, 0.1], [0.0, 0.0, 0.5, 0.3], [0.0, 0.0, 0.0, 0.4]],
@@ -91,7 +92,7 @@ def _held_out(model, num: int):
 
 def bench_image(run: str, num: int, device: str) -> dict:
     import diffuse.api as api
-    from diffuse.core.domain import Batch
+    from diffuse.core.data.domain import Batch
 
     model = api.load(run, device=device)
     ref, batch = _held_out(model, num)
@@ -167,7 +168,7 @@ def bench_sr(run: str, num: int, device: str) -> list[dict]:
 # ---------------------------------------------------------------------------- 4. audio gap filling
 def bench_audio(run: str, num: int, device: str, gap: tuple[float, float] = (0.1, 0.2)) -> list[dict]:
     import diffuse.api as api
-    from diffuse.core.domain import Batch
+    from diffuse.core.data.domain import Batch
     from diffuse.domains.audio.metrics import log_mel_l1, multi_resolution_stft
 
     model = api.load(run, device=device)
@@ -201,7 +202,7 @@ def bench_molecules(run: str, num: int, device: str, steps: int = 500, resample:
     import numpy as np
 
     import diffuse.api as api
-    from diffuse.core.domain import Batch
+    from diffuse.core.data.domain import Batch
     from diffuse.domains.molecules.chem import validity_table
     from diffuse.domains.molecules.domain import analyze_samples
 

@@ -25,11 +25,13 @@ from typing import Callable
 
 import torch
 
-from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.parameterization import Prediction
-from diffuse.core.samplers import ddim, ddpm, prior_sample, time_grid
-from diffuse.core.schedule import LinearBetaSchedule
-from diffuse.core.space import DenseSpace, per_sample_generators
+from diffuse.core.process.gaussian import GaussianMixture, energy_distance
+from diffuse.core.process.parameterization import Prediction
+from diffuse.core.sampling.ancestral import ddim, ddpm
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
+from diffuse.core.process.schedule import LinearBetaSchedule
+from diffuse.core.data.space import DenseSpace, per_sample_generators
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHED = LinearBetaSchedule()

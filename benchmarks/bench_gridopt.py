@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 
 from diffuse.core import SAMPLERS, CosineSchedule, DenseSpace, LinearBetaSchedule, time_grid
-from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.generate import sampling_grid
-from diffuse.core.gridopt import grid_error, optimize_grid
+from diffuse.core.process.gaussian import GaussianMixture, energy_distance
+from diffuse.core.sampling.generate import sampling_grid
+from diffuse.core.sampling.gridopt import grid_error, optimize_grid
 
 F64 = torch.float64
 SPACE = DenseSpace()

@@ -54,8 +54,8 @@ from pathlib import Path
 import torch
 
 from diffuse.core import SAMPLERS, SPACINGS, CosineSchedule, DenseSpace, LinearBetaSchedule, SigmaSchedule, time_grid
-from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.samplers import default_spacing
+from diffuse.core.process.gaussian import GaussianMixture, energy_distance
+from diffuse.core.sampling.registry import default_spacing
 
 F64 = torch.float64
 SPACE = DenseSpace()

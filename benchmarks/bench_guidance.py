@@ -37,10 +37,12 @@ from pathlib import Path
 import torch
 
 import diffuse.api as api
-from diffuse.core.classifier import Classifier, NoisyClassifier, Target
-from diffuse.core.condition import Condition, LabelKind
-from diffuse.core.guidance import classifier_free_guidance
-from diffuse.core.samplers import ddim, prior_sample, time_grid
+from diffuse.core.models.classifier import Classifier, NoisyClassifier, Target
+from diffuse.core.data.condition import Condition, LabelKind
+from diffuse.core.sampling.guidance import classifier_free_guidance
+from diffuse.core.sampling.ancestral import ddim
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = {"image": 16, "audio": 4, "molecules": 16}
@@ -64,7 +66,7 @@ def _setup(name: str, device: torch.device):
     if name == "molecules":
         target = Target("property", "gyration", mean=2.0, std=0.5)
     else:
-        from diffuse.core.classifier import label_kind
+        from diffuse.core.models.classifier import label_kind
 
         lk = label_kind(dom, info) or LabelKind(5)
         target = Target("label", "label", lk.num_classes, lk.class_names)

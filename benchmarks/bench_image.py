@@ -107,7 +107,7 @@ class Runner:
     """One model with its optimizer, a fixed data batch, a training step and a DDIM sampler."""
 
     def __init__(self, kind: str, device: torch.device, batch: int, config: str = "default") -> None:
-        from diffuse.core.schedule import LinearBetaSchedule
+        from diffuse.core.process.schedule import LinearBetaSchedule
 
         torch.manual_seed(0)
         self.kind, self.device, self.batch, self.shape = kind, device, batch, CONFIGS[config]["shape"]
@@ -148,10 +148,12 @@ class Runner:
 
     def sample_rate(self, num: int, steps: int) -> float:
         """images/s of DDIM sampling with ``steps`` network evaluations."""
-        from diffuse.core.denoiser import Denoiser
-        from diffuse.core.parameterization import EpsParam
-        from diffuse.core.samplers import ddim, prior_sample, time_grid
-        from diffuse.core.space import DenseSpace
+        from diffuse.core.process.denoiser import Denoiser
+        from diffuse.core.process.parameterization import EpsParam
+        from diffuse.core.sampling.ancestral import ddim
+        from diffuse.core.sampling.common import prior_sample
+        from diffuse.core.sampling.grids import time_grid
+        from diffuse.core.data.space import DenseSpace
 
         self.model.eval()
         den = Denoiser(self.model, self.sched, EpsParam())
@@ -224,11 +226,11 @@ def _peak_memory(kind: str, args, config: str, batch: int) -> float | None:
 def quality(args) -> dict:
     """Train with the domain's defaults, then FID / KID of trained vs untrained samples."""
     import diffuse.api as api
-    from diffuse.core.diffusion import Diffusion
+    from diffuse.core.process.diffusion import Diffusion
     from diffuse.core.config import DiffusionConfig
-    from diffuse.core.domain import Batch
-    from diffuse.core.generate import generate
-    from diffuse.core.space import DenseSpace
+    from diffuse.core.data.domain import Batch
+    from diffuse.core.sampling.generate import generate
+    from diffuse.core.data.space import DenseSpace
     from diffuse.domains.image import ImageDomain
 
     dom = ImageDomain()

@@ -51,8 +51,8 @@ AUDIO_QUALITY_DATA: dict = {}          # the bundled default (16 kHz, 0.5 s)
 # ----------------------------------------------------------------------------- speed
 def _domain(name: str, latent: bool, info: dict):
     """(domain, data_info) with an untrained default autoencoder when ``latent``."""
-    from diffuse.core.latent import LatentDomain
-    from diffuse.core.registry import get_domain
+    from diffuse.core.models.latent import LatentDomain
+    from diffuse.core.data.registry import get_domain
 
     base = get_domain(name)
     if not latent:
@@ -68,9 +68,9 @@ class Runner:
     def __init__(self, name: str, latent: bool, device: torch.device, batch: int = 16, num: int = 8,
                  ddim_steps: int = 10) -> None:
         from diffuse.core.config import DiffusionConfig
-        from diffuse.core.diffusion import Diffusion
-        from diffuse.core.domain import Batch
-        from diffuse.core.space import DenseSpace
+        from diffuse.core.process.diffusion import Diffusion
+        from diffuse.core.data.domain import Batch
+        from diffuse.core.data.space import DenseSpace
 
         self.name, self.latent, self.device, self.num, self.ddim_steps = name, latent, device, num, ddim_steps
         self.info = dict(IMAGE_INFO if name == "image" else AUDIO_INFO)
@@ -89,7 +89,7 @@ class Runner:
         self.gen = torch.Generator(device).manual_seed(0)
 
     def train_step(self) -> None:
-        from diffuse.core.domain import Batch
+        from diffuse.core.data.domain import Batch
 
         batch = self.data
         if self.latent:
@@ -102,7 +102,7 @@ class Runner:
         self.opt.step()
 
     def sample(self):
-        from diffuse.core.generate import generate
+        from diffuse.core.sampling.generate import generate
 
         return generate(self.den, self.dom, self.info, self.num, sampler="ddim", steps=self.ddim_steps,
                         batch_size=self.num, device=self.device)
@@ -201,10 +201,10 @@ def train_for(domain: str, out: Path, seconds: float, *, latent: Path | None = N
     """Train a new diffusion run for ``seconds`` of wall time (constant LR after warm-up), the
     way ``api.train`` does (same data split, trainer, checkpoint), and report its steps."""
     from diffuse import api
-    from diffuse.core.checkpoint import atomic_write_text
-    from diffuse.core.diffusion import Diffusion
-    from diffuse.core.registry import get_domain
-    from diffuse.core.trainer import Trainer
+    from diffuse.core.io import atomic_write_text
+    from diffuse.core.process.diffusion import Diffusion
+    from diffuse.core.data.registry import get_domain
+    from diffuse.core.training.trainer import Trainer
 
     dom = get_domain(domain)
     if latent is not None:
@@ -246,7 +246,7 @@ def train_ae_for(domain: str, out: Path, seconds: float, data_options: dict, est
 
 
 def _ae_step_time(domain: str, data_options: dict, n: int = 3) -> float:
-    from diffuse.core.registry import get_domain
+    from diffuse.core.data.registry import get_domain
 
     dom = get_domain(domain)
     ds = dom.load_data(None, {**dom.default_data(), **data_options})
@@ -299,8 +299,8 @@ def bench_quality(args, tmp: Path) -> dict:
 
 def bench_molecules(args, tmp: Path) -> dict | None:
     """Held-out reconstruction of the molecule autoencoder, when the domain has one."""
-    from diffuse.core.domain import Domain
-    from diffuse.core.registry import get_domain
+    from diffuse.core.data.domain import Domain
+    from diffuse.core.data.registry import get_domain
 
     dom = get_domain("molecules")
     if type(dom).build_autoencoder is Domain.build_autoencoder:

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 import diffuse.api as api
-from diffuse.core.diffusion import Diffusion
-from diffuse.core.registry import get_domain
-from diffuse.core.trainer import Trainer
+from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.data.registry import get_domain
+from diffuse.core.training.trainer import Trainer
 from diffuse.domains.molecules.chem import validity_table
 from diffuse.domains.molecules.domain import analyze_samples
 from diffuse.domains.molecules.property import atoms_only_baseline, predict, train_predictor

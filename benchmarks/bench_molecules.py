@@ -31,11 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffuse.core.denoiser import Denoiser
-from diffuse.core.graph import GraphSpace
-from diffuse.core.parameterization import EpsParam
-from diffuse.core.samplers import ddpm, prior_sample, time_grid
-from diffuse.core.schedule import PolynomialSchedule
+from diffuse.core.process.denoiser import Denoiser
+from diffuse.core.data.graph import GraphSpace
+from diffuse.core.process.parameterization import EpsParam
+from diffuse.core.sampling.ancestral import ddpm
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
+from diffuse.core.process.schedule import PolynomialSchedule
 from diffuse.domains.molecules import EGNN, MoleculeDomain
 
 

@@ -140,7 +140,7 @@ def run_point(domain: str, steps: int, out: Path, device: str, spacing: str | No
     import torch
 
     import diffuse.api as api
-    from diffuse.core.checkpoint import load_checkpoint, read_run_config
+    from diffuse.core.training.checkpoint import load_checkpoint, read_run_config
 
     run_dir = out / f"{domain}_{steps}"
     resumed, done = False, 0
@@ -215,7 +215,7 @@ def measure_step_time(domain: str, device: str, steps: int = 60, last: int = 3) 
     import torch
 
     import diffuse.api as api
-    from diffuse.core.checkpoint import read_run_config
+    from diffuse.core.training.checkpoint import read_run_config
 
     with tempfile.TemporaryDirectory(prefix="qc_step_") as tmp:
         run = Path(tmp) / "run"

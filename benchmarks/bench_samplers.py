@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from diffuse.core import SAMPLERS, DenseSpace, LinearBetaSchedule, time_grid
-from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.likelihood import log_likelihood
-from diffuse.core.parameterization import Prediction
-from diffuse.core.solvers import jump_logsnr_grid
+from diffuse.core.process.gaussian import GaussianMixture, energy_distance
+from diffuse.core.process.likelihood import log_likelihood
+from diffuse.core.process.parameterization import Prediction
+from diffuse.core.sampling.grids import jump_logsnr_grid
 
 F64 = torch.float64
 SPACE = DenseSpace()
@@ -258,7 +258,7 @@ def denoiser_overhead(device, n=20000, d=8, rounds=7, calls=100):
     from torch import nn
 
     from diffuse.core import Denoiser
-    from diffuse.core.parameterization import EpsParam
+    from diffuse.core.process.parameterization import EpsParam
 
     class Free(nn.Module):
         def forward(self, x, c_noise, cond=None, space=None):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ..core.distributed import ERROR_DIR_ENV, EXIT_STOPPED
+from ..core.training.distributed import ERROR_DIR_ENV, EXIT_STOPPED
 
 __all__ = ["launch"]
 

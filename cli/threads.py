@@ -36,6 +36,7 @@ import os
 import sys
 import time
 from typing import Mapping, MutableMapping
+from ..core.errors import UserInputError
 
 __all__ = ["SPIN_ENV", "PASSIVE_ENV", "BUSY_CORES", "USER_KNOBS", "busy_cores", "policy_env", "configure",
            "parse_threads", "apply_threads"]
@@ -113,9 +114,9 @@ def parse_threads(value: str | int | None, source: str = "DIFFUSE_THREADS") -> i
     try:
         n = int(text)
     except ValueError:
-        raise ValueError(f"{source} must be a positive integer or 'auto', got {value!r}") from None
+        raise UserInputError(f"{source} must be a positive integer or 'auto', got {value!r}") from None
     if n < 1:
-        raise ValueError(f"{source} must be a positive integer or 'auto', got {value!r}")
+        raise UserInputError(f"{source} must be a positive integer or 'auto', got {value!r}")
     return n
 
 

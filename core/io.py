@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .domain import Batch, Domain
+    from .data.domain import Batch, Domain
 
 __all__ = ["atomic_write_text", "write_samples", "fresh_sample_dir"]
 

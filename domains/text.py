@@ -47,7 +47,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core.condition import Condition, TokensKind, _per_sample, register_kind
+from ..core.data.condition import Condition, TokensKind, _per_sample, register_kind
+from ..core.errors import MissingPathError, UserInputError
 
 __all__ = ["Tokenizer", "TextKind", "Captioner", "TextEncoder", "HFTextEncoder", "TextPool", "build_text_encoder",
            "text_kind_for", "generic_phrases", "with_article", "split_words", "text_context",
@@ -106,7 +107,7 @@ def _builtin_words() -> tuple[str, ...]:
     with open(VOCAB_PATH, encoding="utf-8") as fh:
         data = json.load(fh)
     if data.get("version") != VOCAB_VERSION:
-        raise ValueError(f"{VOCAB_PATH}: vocabulary version {data.get('version')!r}, expected {VOCAB_VERSION}")
+        raise UserInputError(f"{VOCAB_PATH}: vocabulary version {data.get('version')!r}, expected {VOCAB_VERSION}")
     return tuple(data["words"])
 
 
@@ -116,7 +117,7 @@ class Tokenizer:
     def __init__(self, words: Sequence[str]) -> None:
         words = list(words)
         if words[:2] != [PAD, UNK] or len(set(words)) != len(words):
-            raise ValueError("a vocabulary starts with <pad>, <unk> and holds every word once")
+            raise UserInputError("a vocabulary starts with <pad>, <unk> and holds every word once")
         self.words = words
         self.index = {w: i for i, w in enumerate(words)}
         self.pad_id, self.unk_id = 0, 1
@@ -155,7 +156,7 @@ class TextKind(TokensKind):
     def __init__(self, max_len: int = DEFAULT_MAX_LEN, extra_words: Sequence[str] | None = None,
                  vocab_version: int = VOCAB_VERSION) -> None:
         if int(vocab_version) != VOCAB_VERSION:
-            raise ValueError(f"this model was trained with text vocabulary version {vocab_version}; this "
+            raise UserInputError(f"this model was trained with text vocabulary version {vocab_version}; this "
                              f"installation ships version {VOCAB_VERSION}")
         self.extra_words = [str(w) for w in (extra_words or [])]
         self.tokenizer = Tokenizer.builtin(self.extra_words)
@@ -174,14 +175,14 @@ class TextKind(TokensKind):
             rows = []
             for text in _per_sample(value, n, "prompt"):
                 if not isinstance(text, str):
-                    raise ValueError(f"a prompt must be text, got {text!r}")
+                    raise UserInputError(f"a prompt must be text, got {text!r}")
                 words = split_words(text)
                 if not words:
-                    raise ValueError(f"empty prompt {text!r}; give words, or no prompt for unconditional samples")
+                    raise UserInputError(f"empty prompt {text!r}; give words, or no prompt for unconditional samples")
                 if len(words) > self.max_len:
-                    raise ValueError(f"prompt {text!r} has {len(words)} words; this model takes at most {self.max_len}")
+                    raise UserInputError(f"prompt {text!r} has {len(words)} words; this model takes at most {self.max_len}")
                 if len(self.tokenizer.unknown(text)) == len(words):
-                    raise ValueError(f"none of the words of the prompt {text!r} are in the model's vocabulary")
+                    raise UserInputError(f"none of the words of the prompt {text!r} are in the model's vocabulary")
                 rows.append(self.tokenizer.encode(text))
             return super().parse(rows, n)
         return super().parse(value, n)
@@ -212,7 +213,7 @@ class Captioner:
 
     def __init__(self, phrases: Sequence[Sequence[str]], kind: TextKind) -> None:
         if not phrases or any(len(p) == 0 for p in phrases):
-            raise ValueError("every class needs at least one caption phrasing")
+            raise UserInputError("every class needs at least one caption phrasing")
         self.phrases = [list(p) for p in phrases]
         self.kind = kind
         width = max(len(p) for p in self.phrases)
@@ -249,7 +250,7 @@ class TextEncoder(nn.Module):
                  pad_id: int = 0) -> None:
         super().__init__()
         if dim < 1 or layers < 0 or heads < 1 or dim % heads:
-            raise ValueError(f"text encoder: need dim >= 1 divisible by heads >= 1 and layers >= 0, got "
+            raise UserInputError(f"text encoder: need dim >= 1 divisible by heads >= 1 and layers >= 0, got "
                              f"dim={dim}, heads={heads}, layers={layers}")
         self.dim, self.max_len, self.pad_id = int(dim), int(max_len), int(pad_id)
         self.embed = nn.Embedding(vocab_size, dim)
@@ -265,7 +266,7 @@ class TextEncoder(nn.Module):
         ids = ids.long()
         b, n = ids.shape
         if n > self.max_len:
-            raise ValueError(f"{n} tokens; this text encoder takes at most {self.max_len}")
+            raise UserInputError(f"{n} tokens; this text encoder takes at most {self.max_len}")
         mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=ids.device), ids != self.pad_id], dim=1)
         h = torch.cat([self.start.expand(b, 1, self.dim), self.embed(ids)], dim=1) + self.pos[:, : n + 1]
         if self.encoder is not None:
@@ -282,11 +283,11 @@ class HFTextEncoder(nn.Module):
         try:
             import transformers
         except ImportError:
-            raise ValueError('text_encoder kind "hf" needs the transformers package, which is not installed '
+            raise UserInputError('text_encoder kind "hf" needs the transformers package, which is not installed '
                              "(pip install transformers); or use the built-in encoder") from None
         p = Path(str(path)).expanduser()
         if not p.is_dir():
-            raise FileNotFoundError(f"{p}: no such folder (expected a local Hugging Face model folder)")
+            raise MissingPathError(f"{p}: no such folder (expected a local Hugging Face model folder)")
         self.words = tokenizer
         try:
             self.hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
@@ -298,7 +299,7 @@ class HFTextEncoder(nn.Module):
             else:
                 model = transformers.AutoModel.from_pretrained(str(p), local_files_only=True)
         except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"{p}: cannot load a pretrained text encoder from this folder ({exc})") from None
+            raise UserInputError(f"{p}: cannot load a pretrained text encoder from this folder ({exc})") from None
         # kept out of the module tree: frozen, not saved in checkpoints (reloaded from `path`), not EMA'd
         object.__setattr__(self, "hf_model", model.eval().requires_grad_(False))
         width = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "d_model"))
@@ -326,21 +327,21 @@ def check_text_encoder_options(options: Any) -> dict[str, Any]:
     if options is None:
         return {}
     if not isinstance(options, Mapping):
-        raise ValueError(f"model.text_encoder must be a JSON object such as {{\"dim\": 64, \"layers\": 2}}, got {options!r}")
+        raise UserInputError(f"model.text_encoder must be a JSON object such as {{\"dim\": 64, \"layers\": 2}}, got {options!r}")
     opts = dict(options)
     which = opts.get("kind", "builtin")
     if which not in _ENCODER_OPTIONS:
-        raise ValueError(f"unknown text_encoder kind {which!r}; expected builtin or hf")
+        raise UserInputError(f"unknown text_encoder kind {which!r}; expected builtin or hf")
     unknown = sorted(set(opts) - _ENCODER_OPTIONS[which])
     if unknown:
-        raise ValueError(f"unknown text_encoder option(s) for kind {which}: {', '.join(unknown)}; "
+        raise UserInputError(f"unknown text_encoder option(s) for kind {which}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(_ENCODER_OPTIONS[which]))}")
     for key in ("dim", "layers", "heads", "max_len"):
         v = opts.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"model.text_encoder.{key} must be a positive integer, got {v!r}")
+            raise UserInputError(f"model.text_encoder.{key} must be a positive integer, got {v!r}")
     if which == "hf" and not (isinstance(opts.get("path"), str) and opts["path"]):
-        raise ValueError('text_encoder kind "hf" needs "path": a local folder with the pretrained model')
+        raise UserInputError('text_encoder kind "hf" needs "path": a local folder with the pretrained model')
     return opts
 
 
@@ -377,7 +378,7 @@ def text_context(encoder: nn.Module | None, cond: Any) -> tuple[Tensor, Tensor] 
     if not isinstance(cond, Condition) or "text" not in cond:
         return None
     if encoder is None:
-        raise ValueError("this backbone was built without a text encoder, so it cannot take text prompts")
+        raise UserInputError("this backbone was built without a text encoder, so it cannot take text prompts")
     return encoder(cond["text"])
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from diffuse.core import Batch, DataError, DenseSpace, Domain, DomainDataset
-from diffuse.core.gaussian import energy_distance
+from diffuse.core.process.gaussian import energy_distance
 
 
 def ring_of_gaussians(n: int = 2048, seed: int = 0) -> torch.Tensor:

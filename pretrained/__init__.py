@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from diffuse.core.checkpoint import CheckpointError
+from ..core.errors import CheckpointError, UserInputError
 
 __all__ = ["PRETRAINED_DIR", "MAX_FILE_BYTES", "FILES", "available", "folder", "check_name"]
 
@@ -34,7 +34,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 def check_name(name: str) -> str:
     """``name`` when it is a valid pretrained-model name (lower-case letters, digits, ``-``, ``_``)."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"invalid pretrained model name {name!r}; use lower-case letters, digits, '-' and '_' "
+        raise UserInputError(f"invalid pretrained model name {name!r}; use lower-case letters, digits, '-' and '_' "
                          "(e.g. molecules)")
     return name
 

@@ -1,7 +1,6 @@
 """Export a run folder as a shipped pretrained model.
 
-    python -m diffuse.pretrained.export RUN NAME [--half] [--root DIR] [--wall-time TEXT] [--hardware TEXT]
-    diffuse export-pretrained RUN NAME ...            (the same command)
+    diffuse export-pretrained RUN NAME [--half] [--root DIR] [--wall-time TEXT] [--hardware TEXT]
 
 writes ``ROOT/pretrained/NAME/{config.json, ema.safetensors, MODEL_CARD.md}`` and the recipe
 ``ROOT/recipes/NAME.json`` (``ROOT`` defaults to the package's own folder, the repository root in
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,12 +28,14 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from diffuse.core.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
-from diffuse.core.config import RunConfig
+from ..core.errors import CheckpointError, OutputExistsError, UserInputError
+from ..core.io import atomic_write_text
+from ..core.config import RunConfig
+from ..core.training.checkpoint import file_sha256, identity_weights_file, load_checkpoint, read_run_config
 
 from . import FILES, MAX_FILE_BYTES, PRETRAINED_DIR, check_name
 
-__all__ = ["export", "recipe_of", "model_card", "stages", "read_evaluations", "main"]
+__all__ = ["export", "recipe_of", "model_card", "stages", "read_evaluations"]
 
 #: licenses of the bundled / named data sets, by domain (from each ``domains/*/data/README.md``)
 DATA_LICENSES = {
@@ -62,7 +62,6 @@ def stages(cfg: RunConfig, replacing: str | None = None) -> list[RunConfig]:
     that model's history from what ships with it: its ``config.json`` (checked to hold the
     weights the run started from) and, for its own earlier stages, ``recipes/NAME-stage1.json``,
     ... (checked: ``recipes/NAME.json`` is its recipe)."""
-    from diffuse.core.checkpoint import file_sha256, identity_weights_file, read_run_config
     chain, cur = [], cfg
     while cur.init is not None:
         if "pretrained" in cur.init:
@@ -92,7 +91,6 @@ def stages(cfg: RunConfig, replacing: str | None = None) -> list[RunConfig]:
 def _shipped_stages(init: dict[str, Any]) -> list[RunConfig]:
     """The stages of the shipped model ``init['pretrained']``, oldest first, ending with its own
     config (see :func:`stages`)."""
-    from diffuse.core.checkpoint import file_sha256, read_run_config
 
     from . import folder
     name = init["pretrained"]
@@ -204,16 +202,16 @@ def read_evaluations(run_dir: str | Path, files: Sequence[str | Path]) -> list[d
         try:
             data = json.loads(Path(f).read_text())
         except (OSError, ValueError) as exc:
-            raise ValueError(f"--evaluation {f}: not readable as an evaluation file ({exc.__class__.__name__})") from None
+            raise UserInputError(f"--evaluation {f}: not readable as an evaluation file ({exc.__class__.__name__})") from None
         if not (isinstance(data, dict) and isinstance(data.get("metrics"), dict) and isinstance(data.get("num"), int)):
-            raise ValueError(f"--evaluation {f}: not an evaluation file written by `diffuse evaluate`")
+            raise UserInputError(f"--evaluation {f}: not an evaluation file written by `diffuse evaluate`")
         if not isinstance(data.get("checkpoint"), str) or Path(data["checkpoint"]).resolve() != run:
-            raise ValueError(f"--evaluation {f}: an evaluation of {data.get('checkpoint')!r}, not of {run_dir}")
+            raise UserInputError(f"--evaluation {f}: an evaluation of {data.get('checkpoint')!r}, not of {run_dir}")
         if out and any(data.get(k) != out[0].get(k) for k in _PROTOCOL):
             diff = ", ".join(f"{k} {out[0].get(k)!r} vs {data.get(k)!r}" for k in _PROTOCOL if data.get(k) != out[0].get(k))
-            raise ValueError(f"--evaluation {f}: another protocol than {files[0]} ({diff}); pool one protocol's seeds")
+            raise UserInputError(f"--evaluation {f}: another protocol than {files[0]} ({diff}); pool one protocol's seeds")
         if any(data.get("seed") == e.get("seed") for e in out):
-            raise ValueError(f"--evaluation {f}: seed {data.get('seed')} is given twice")
+            raise UserInputError(f"--evaluation {f}: seed {data.get('seed')} is given twice")
         out.append(data)
     return out
 
@@ -319,7 +317,7 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     """Write run folder ``run`` as pretrained model ``name`` (see the module docstring); returns the paths.
     ``evaluations``: files ``diffuse evaluate -c RUN --seed S --out FILE`` wrote, for the card
     (default: ``RUN/evaluation.json`` when there is one)."""
-    from diffuse.api import _assemble
+    from ..api.loading import assemble
 
     check_name(name)
     run_dir = Path(run)
@@ -334,7 +332,7 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
         raise CheckpointError(f"{ck['path']} has no EMA weights (ema.safetensors); pretrained models ship EMA weights")
     weights = {k: v.to(torch.float16) if half and v.dtype == torch.float32 else v.contiguous()
                for k, v in ck["ema"].items()}
-    model = _assemble(cfg, weights, run_dir, "cpu")            # the weights fit the model the config describes
+    model = assemble(cfg, weights, run_dir, "cpu")            # the weights fit the model the config describes
     params = sum(p.numel() for p in model.denoiser.parameters())
     records = _records(run_dir)
     base = Path(root) if root is not None else PRETRAINED_DIR.parent
@@ -350,14 +348,14 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     for fname, data in blobs.items():
         if len(data) > MAX_FILE_BYTES:
             hint = "; store float16 (--half) or train a smaller model" if fname == "ema.safetensors" else ""
-            raise ValueError(f"{fname} of {name!r} would be {len(data) / 1e6:.1f} MB, over the "
+            raise UserInputError(f"{fname} of {name!r} would be {len(data) / 1e6:.1f} MB, over the "
                              f"{MAX_FILE_BYTES / 1e6:.1f} MB limit of a shipped file{hint}")
     dest = base / "pretrained" / name
     recipe = base / "recipes" / f"{name}.json"
     stage_recipes = [base / "recipes" / f"{name}-stage{k}.json" for k in range(1, len(earlier) + 1)]
     for path in (dest, recipe, *stage_recipes):
         if path.exists() and not force:
-            raise FileExistsError(f"{path} exists; give --force to replace it")
+            raise OutputExistsError(f"{path} exists; give --force to replace it")
     staging, old = dest.with_name(f".{name}.tmp"), dest.with_name(f".{name}.old")
     for leftover in (staging, old):          # left by an export that was killed
         if leftover.exists():
@@ -378,27 +376,3 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
         atomic_write_text(path, json.dumps(recipe_of(stage), indent=2, sort_keys=True) + "\n")
     atomic_write_text(recipe, json.dumps(recipe_of(cfg), indent=2, sort_keys=True) + "\n")
     return [dest / f for f in FILES] + stage_recipes + [recipe]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m diffuse.pretrained.export RUN NAME ...``: the ``diffuse export-pretrained``
-    command, with the CLI's one-line ``error:`` messages (exit code 2)."""
-    import click
-
-    from diffuse.cli.main import _usage_line, export_pretrained
-
-    args = sys.argv[1:] if argv is None else list(argv)
-    try:
-        code = export_pretrained.main(args, prog_name="python -m diffuse.pretrained.export", standalone_mode=False)
-    except click.UsageError as exc:
-        err = _usage_line(exc)
-        err.show()
-        sys.exit(err.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from diffuse.core.domain import DataError
+from diffuse.core.errors import DataError
 from diffuse.domains.audio.data import CLASS_PHRASES, audio_phrases, load_audio_folder, load_bundled
 from diffuse.domains.audio.domain import AudioDomain
 

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from diffuse.core.domain import DataError
+from diffuse.core.errors import DataError
 from diffuse.domains.audio.data import BUNDLED_DIR, load_audio_folder, load_bundled
 from diffuse.domains.audio.io import normalise, resample
 

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from diffuse.core.config import DiffusionConfig
-from diffuse.core.diffusion import Diffusion
-from diffuse.core.domain import Batch
-from diffuse.core.generate import generate
-from diffuse.core.registry import get_domain
-from diffuse.core.space import DenseSpace
+from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.data.domain import Batch
+from diffuse.core.sampling.generate import generate
+from diffuse.core.data.registry import get_domain
+from diffuse.core.data.space import DenseSpace
 from diffuse.domains.audio import AudioDomain
 
 TINY = {"channels": [8, 16, 16], "factors": [4, 4], "num_res_blocks": 1, "dilations": [1], "heads": 2}
@@ -97,8 +97,8 @@ def test_audio_samples_with_ddpm_on_a_karras_grid_by_default():
     """The audio domain's defaults: DDPM-50 (DiffusionModel.sample / diffuse sample without
     --sampler) on Karras' grid where the core's rule would give DDPM the trailing grid (which
     jumps to the data from t = 1/steps); other samplers and flow paths keep the core's rule."""
-    from diffuse.core.samplers import default_spacing
-    from diffuse.core.schedule import make_schedule
+    from diffuse.core.sampling.registry import default_spacing
+    from diffuse.core.process.schedule import make_schedule
 
     dom, ds, info, diff, den = _tiny_setup()
     assert dom.default_sampling() == ("ddpm", 50)

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from diffuse.cli.main import main
-from diffuse.core.cache import (STALE_TEMP_SECONDS, cache_dir, cache_entries, cached_array, cached_arrays, cached_json,
-                                clear_cache)
+from diffuse.core.data.cache import (STALE_TEMP_SECONDS, cache_dir, cache_entries, cached_array, cached_arrays,
+                                     cached_json, clear_cache)
 
 DAY = 86400.0
 

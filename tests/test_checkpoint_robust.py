@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import load_file
 
 import diffuse.api as api
-import diffuse.core.checkpoint as ckpt_mod
-from diffuse.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+import diffuse.core.training.checkpoint as ckpt_mod
+from diffuse.core.errors import CheckpointError
+from diffuse.core.training.checkpoint import load_checkpoint, save_checkpoint
 from diffuse.core.config import RunConfig
 
 from toy import points_domain
@@ -213,11 +214,11 @@ def test_incomplete_checkpoint_is_ignored_then_cleaned_with_a_log_line(tmp_path,
     _save(run, 1)
     (run / "checkpoint.tmp").mkdir()
     (run / "checkpoint.tmp" / "model.safetensors").write_bytes(b"half")
-    with caplog.at_level(logging.WARNING, logger="diffuse.core.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="diffuse.core.training.checkpoint"):
         assert _loaded_step(run) == 1
     assert "checkpoint.tmp" in caplog.text and "interrupted save" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="diffuse.core.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="diffuse.core.training.checkpoint"):
         _save(run, 2)
     assert "removed" in caplog.text and "checkpoint.tmp" in caplog.text
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "config.json"]
@@ -260,7 +261,7 @@ def test_a_signal_between_the_two_handler_swaps_leaves_no_handler_behind(monkeyp
     """A SIGTERM that arrives after SIGINT's holding handler is in place but before SIGTERM's
     raises through the old SIGTERM handler; the SIGINT handler must be put back all the same (a
     handler left behind would swallow every later Ctrl-C)."""
-    import diffuse.core.trainer as trainer_mod
+    import diffuse.core.training.signals as signals_mod
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     real = signal.signal
@@ -272,13 +273,13 @@ def test_a_signal_between_the_two_handler_swaps_leaves_no_handler_behind(monkeyp
             raise KeyboardInterrupt("signal SIGTERM")
         return real(signum, handler)
 
-    monkeypatch.setattr(trainer_mod.signal, "signal", swap_then_interrupt)
+    monkeypatch.setattr(signals_mod.signal, "signal", swap_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        with trainer_mod._signals_held():
+        with signals_mod.signals_held():
             pytest.fail("the block must not run")
     monkeypatch.undo()
     assert {s: signal.getsignal(s) for s in before} == before
-    with trainer_mod._signals_held() as pending:    # and a complete hold still works
+    with signals_mod.signals_held() as pending:    # and a complete hold still works
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
     assert pending == [signal.SIGINT]
@@ -291,7 +292,7 @@ def test_signal_at_any_point_of_a_step_leaves_checkpoint_and_log_in_agreement(tm
     its update, or right after it (the update completes and its log line is written: step 4).
     Either way the checkpoint's step is the last step in metrics.jsonl (CI once caught a SIGTERM
     that landed between an update and its log line: the checkpoint said 28, the log stopped at 27)."""
-    from diffuse.core.trainer import Trainer
+    from diffuse.core.training.trainer import Trainer
     run = tmp_path / "run"
     real_grad, real_update = Trainer._gradients, Trainer._update
 
@@ -324,7 +325,7 @@ def test_signal_at_any_point_of_a_step_leaves_checkpoint_and_log_in_agreement(tm
 
 
 def _python(script: str, **popen) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(api.__file__).parent.parent), str(TESTS)]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(api.__file__).parent.parent.parent), str(TESTS)]),
            "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, text=True, **popen)
 

@@ -16,14 +16,18 @@ from torch import nn
 import diffuse.api as api
 from diffuse.cli.main import main
 from diffuse.core import Batch, DenseSpace, LinearBetaSchedule
-from diffuse.core.classifier import Classifier, NoisyClassifier, Target, fit_classifier
-from diffuse.core.condition import Condition, LabelKind
+from diffuse.core.config import RunConfig
+from diffuse.core.models.classifier import Classifier, ClassifierObjective, NoisyClassifier, Target
+from diffuse.core.training.trainer import Trainer
+from diffuse.core.data.condition import Condition, LabelKind
 from diffuse.core.config import TrainConfig
-from diffuse.core.domain import DomainDataset
-from diffuse.core.gaussian import GaussianMixture
-from diffuse.core.guidance import classifier_guidance
-from diffuse.core.samplers import ddim, prior_sample, time_grid
-from diffuse.core.schedule import make_schedule
+from diffuse.core.data.domain import DomainDataset
+from diffuse.core.process.gaussian import GaussianMixture
+from diffuse.core.sampling.guidance import classifier_guidance
+from diffuse.core.sampling.ancestral import ddim
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
+from diffuse.core.process.schedule import make_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64
@@ -94,8 +98,8 @@ def test_classifier_guided_molecule_sampling_is_equivariant(molecules):
     grid = time_grid(sched, 12, "trailing")[2:]   # an untrained model blows up through 1/alpha at t = 1
 
     def run(x0, scale):
-        wrap = clf.guidance_wrapper(torch.full((6,), 3.0, dtype=F64), scale, sched)
-        denoise = wrap(den.bind(space), Batch(x0, space))
+        wrapper = clf.guidance(torch.full((6,), 3.0, dtype=F64), scale, sched)
+        denoise = wrapper.wrap(den.bind(space), batch=Batch(x0, space), denoiser=den)
         return ddim(denoise, x0, grid, schedule=sched, space=space)
 
     out = run(x, 4.0)
@@ -163,7 +167,7 @@ class _MLP(nn.Module):
         return self.net(torch.cat([x, noise_level[:, None].to(x.dtype) / 100], 1))
 
 
-def test_trained_classifier_guides_an_unconditional_model_into_the_requested_class():
+def test_trained_classifier_guides_an_unconditional_model_into_the_requested_class(tmp_path):
     """Two separable Gaussians; the model is the exact unconditional (mixture) denoiser. A tiny
     noise-aware classifier trained 300 steps reaches the requested class for most samples with
     guidance, while unguided samples split between the classes."""
@@ -176,7 +180,10 @@ def test_trained_classifier_guides_an_unconditional_model_into_the_requested_cla
     tgt = Target("label", num_classes=2)
     module = NoisyClassifier(_MLP(2), tgt)
     cfg = TrainConfig(steps=300, batch_size=128, lr=3e-3, warmup_steps=20, seed=0)
-    fit_classifier(module, None, _Points(x.float(), y, kind), {}, cfg, sched, sched.sample_t)
+    objective = ClassifierObjective(None, {}, sched, sched.sample_t)
+    (tmp_path / "clf").mkdir()
+    Trainer(tmp_path / "clf", RunConfig(domain="points", train=cfg), None, objective, module,
+            _Points(x.float(), y, kind), progress=False).fit()
     module.double()
     clf = Classifier(None, None, module, torch.device("cpu"))
     n = 400
@@ -184,8 +191,9 @@ def test_trained_classifier_guides_an_unconditional_model_into_the_requested_cla
     grid = time_grid(sched, 50)
 
     def share_of(klass, scale):
-        wrap = clf.guidance_wrapper(torch.full((n,), klass), scale, sched)
-        out = ddim(wrap(gm.denoiser(sched), Batch(x_T, DenseSpace())), x_T, grid, schedule=sched, space=DenseSpace())
+        wrapper = clf.guidance(torch.full((n,), klass), scale, sched)
+        denoise = wrapper.wrap(gm.denoiser(sched), batch=Batch(x_T, DenseSpace()), denoiser=None)
+        out = ddim(denoise, x_T, grid, schedule=sched, space=DenseSpace())
         post = gm.class_log_prob(out, torch.ones(n, dtype=F64), torch.zeros(n, dtype=F64))
         return float((post.argmax(1) == klass).double().mean())
 
@@ -328,7 +336,7 @@ def test_bad_train_classifier_input_is_one_error_line(tmp_path, args, match):
 def test_existing_classifier_run_is_not_overwritten(image_runs):
     res = CliRunner().invoke(main, ["train-classifier", "--domain", "image", "--steps", "1", "--no-progress",
                                     "--out", str(image_runs["clf"])])
-    assert res.exit_code == 2 and "already exists" in res.output
+    assert res.exit_code == 2 and "already holds a run" in res.output
 
 
 def test_help_lists_the_classifier_options():

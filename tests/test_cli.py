@@ -142,7 +142,7 @@ def test_plugin_domain_through_entry_point(tmp_path):
 
 def test_continuous_training_every_sampler_and_likelihood(tmp_path):
     """Issue 5 through the CLI: EDM training, every registered sampler, options, --likelihood."""
-    from diffuse.core.samplers import SAMPLERS
+    from diffuse.core.sampling.registry import SAMPLERS
 
     out = tmp_path / "edm"
     res = CliRunner().invoke(main, ["train", "--domain", "points2d", "--steps", "30", "--training", "edm",

@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from diffuse.core import DenseSpace, GraphSpace, LinearBetaSchedule
-from diffuse.core.completion import complete, completion_steps, sdedit, sdedit_grid
-from diffuse.core.gaussian import GaussianMixture, gaussian_w2
-from diffuse.core.parameterization import Prediction
-from diffuse.core.samplers import SAMPLERS, ddim, get_sampler, prior_sample, time_grid
-from diffuse.core.space import per_sample_generators
+from diffuse.core.sampling.completion import complete, completion_steps, sdedit, sdedit_grid
+from diffuse.core.process.gaussian import GaussianMixture, gaussian_w2
+from diffuse.core.process.parameterization import Prediction
+from diffuse.core.sampling.registry import SAMPLERS, get_sampler
+from diffuse.core.sampling.ancestral import ddim
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
+from diffuse.core.data.space import per_sample_generators
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64
@@ -253,7 +256,7 @@ def test_sdedit_strength_moves_monotonically_and_inversion_reconstructs():
 
 # ---------------------------------------------------------------------------- the concatenated condition kind
 def test_concat_kind_null_flag_spec_and_dropout():
-    from diffuse.core.condition import ConcatKind, Condition, concat_inputs, kind_from_spec
+    from diffuse.core.data.condition import ConcatKind, Condition, concat_inputs, kind_from_spec
 
     kind = ConcatKind(1, [4, 4])
     assert isinstance(kind_from_spec(kind.spec()), ConcatKind) and kind_from_spec(kind.spec()).shape == [4, 4]

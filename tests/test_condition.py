@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from diffuse.core import Batch, DenseSpace
-from diffuse.core.condition import (Condition, LabelKind, TokensKind, VectorKind, kind_from_spec, kinds_from_spec,
-                                    parse_condition)
+from diffuse.core.data.condition import (Condition, LabelKind, TokensKind, VectorKind, kind_from_spec,
+                                         kinds_from_spec, parse_condition)
 from diffuse.core.config import DiffusionConfig
-from diffuse.core.diffusion import Diffusion
+from diffuse.core.process.diffusion import Diffusion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DIGITS = LabelKind(10, [str(i) for i in range(10)], aliases={"seven": 7, "zero": 0})
@@ -194,7 +194,8 @@ def test_conditional_evaluation_draws_the_training_splits_conditions(image_runs,
     from diffuse.cli.main import main
 
     model = api.load(image_runs["labels"], device="cpu")
-    train_set, _ = api._split(api._load_data(model.domain, model.config), model.config.train)
+    from diffuse.api.configs import load_data, split_data
+    train_set, _ = split_data(load_data(model.domain, model.config), model.config.train)
     truth = torch.bincount(train_set.batch(torch.arange(len(train_set))).cond["label"], minlength=10).double()
     drawn = torch.bincount(model.training_conditions(20000, seed=1)["label"], minlength=10).double()
     assert (drawn / drawn.sum() - truth / truth.sum()).abs().max() < 0.015       # ~4 standard errors

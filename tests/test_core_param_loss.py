@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from diffuse.core.gaussian import GaussianMixture
-from diffuse.core.loss import DiffusionLoss, make_weighting
-from diffuse.core.parameterization import (EDMParam, EpsParam, Parameterization, Prediction, VParam, X0Param,
-                                          edm_scalings, make_parameterization)
-from diffuse.core.schedule import LinearBetaSchedule
-from diffuse.core.space import DenseSpace
+from diffuse.core.process.gaussian import GaussianMixture
+from diffuse.core.process.loss import DiffusionLoss, make_weighting
+from diffuse.core.process.parameterization import (EDMParam, EpsParam, Parameterization, Prediction, VParam, X0Param,
+                                                   edm_scalings, make_parameterization)
+from diffuse.core.process.schedule import LinearBetaSchedule
+from diffuse.core.data.space import DenseSpace
 
 F64 = torch.float64
 PARAMS = [EpsParam(), X0Param(), VParam(), EDMParam(0.5)]

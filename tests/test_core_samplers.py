@@ -15,11 +15,14 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.parameterization import Prediction
-from diffuse.core.samplers import ddim, ddim_invert, ddpm, get_sampler, prior_sample, time_grid
-from diffuse.core.schedule import CosineSchedule, LinearBetaSchedule, SigmaSchedule
-from diffuse.core.space import DenseSpace, per_sample_generators
+from diffuse.core.process.gaussian import GaussianMixture, energy_distance
+from diffuse.core.process.parameterization import Prediction
+from diffuse.core.sampling.ancestral import ddim, ddim_invert, ddpm
+from diffuse.core.sampling.registry import get_sampler
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
+from diffuse.core.process.schedule import CosineSchedule, LinearBetaSchedule, SigmaSchedule
+from diffuse.core.data.space import DenseSpace, per_sample_generators
 
 F64 = torch.float64
 T = 1000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffuse.core.space import DenseSpace, per_sample_generators
+from diffuse.core.data.space import DenseSpace, per_sample_generators
 
 SHAPES = [(5, 8), (4, 2, 16), (3, 3, 6, 5)]      # vectors, audio [B, C, L], images [B, C, H, W]
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import diffuse.api as api
-from diffuse.core.distributed import EXIT_STOPPED, shard_bounds
+from diffuse.core.training.distributed import EXIT_STOPPED, shard_bounds
 
 from tiny import TINY_UNET
 
@@ -119,7 +119,7 @@ def test_two_processes_equal_one_and_resume_on_one(tmp_path):
 
 PLUGIN = '''
 import os
-from diffuse.core.domain import DataError
+from diffuse.core.errors import DataError
 from points2d import PointsDomain
 
 
@@ -233,7 +233,7 @@ def test_compile_trains_like_eager(tmp_path):
 
 
 def test_graph_shards_are_whole_molecules():
-    from diffuse.core.graph import GraphSpace
+    from diffuse.core.data.graph import GraphSpace
 
     counts = torch.tensor([3, 5, 2, 4, 6])
     batch = torch.repeat_interleave(torch.arange(5), counts)

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import diffuse.api as api
 from diffuse.cli.main import main
-from diffuse.core.denoiser import Denoiser
-from diffuse.core.evalbudget import MIN_SAMPLES, MIN_STEPS, calls_per_step, plan
+from diffuse.core.process.denoiser import Denoiser
+from diffuse.core.training.evalbudget import MIN_SAMPLES, MIN_STEPS, calls_per_step, plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,7 +65,7 @@ def test_smoke_run_evaluation_is_scaled_down_to_its_budget(tmp_path, monkeypatch
     """The issue's case: a few steps with the molecules defaults (64 samples x 500 DDPM steps),
     at a fixed cost of a call (5.76 s for 64 molecules: drug-sized ones on a loaded CPU)."""
     calls = _Calls(monkeypatch)
-    monkeypatch.setattr("diffuse.core.trainer.seconds_per_sample_call", lambda *a, **k: 0.09)
+    monkeypatch.setattr("diffuse.core.training.trainer.seconds_per_sample_call", lambda *a, **k: 0.09)
     cfg = api.make_config("molecules", config=TINY, **SMOKE)
     assert (cfg.train.eval_samples, cfg.train.eval_steps, cfg.train.eval_sampler) == (64, 500, "ddpm")
     api.train("molecules", out=tmp_path / "run", config=TINY, progress=False, **SMOKE)

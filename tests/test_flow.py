@@ -10,10 +10,13 @@ import torch
 
 from diffuse.core import SAMPLERS, DenseSpace, LinearBetaSchedule, time_grid
 from diffuse.core.config import DiffusionConfig
-from diffuse.core.diffusion import (Diffusion, logit_normal_density, logit_normal_t, mode_density, mode_t)
-from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.parameterization import FlowParam, Prediction, VParam
-from diffuse.core.schedule import FlowSchedule, make_schedule, shift_time
+from diffuse.core.errors import ConfigError
+from diffuse.core.process.presets import resolve
+from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.process.timesteps import logit_normal_density, logit_normal_t, mode_density, mode_t
+from diffuse.core.process.gaussian import GaussianMixture, energy_distance
+from diffuse.core.process.parameterization import FlowParam, Prediction, VParam
+from diffuse.core.process.schedule import FlowSchedule, make_schedule, shift_time
 
 F64 = torch.float64
 SPACE = DenseSpace()
@@ -40,7 +43,7 @@ def test_linear_path_is_the_interpolant_with_exact_ends():
         tt = torch.linspace(0.01, 0.99, 50, dtype=F64)
         assert torch.allclose(sch.t_from_log_snr(sch.log_snr(tt)), tt, atol=1e-10)
     # the closed-form SDE coefficients agree with autograd through alpha_sigma inside (0, 1)
-    from diffuse.core.sde import sde_coefficients
+    from diffuse.core.process.sde import sde_coefficients
     for sch in (FlowSchedule(), FlowSchedule("cosine", shift=3.0)):
         tt = torch.tensor([0.1, 0.5, 0.9], dtype=F64)
         f, g2 = sch.sde_coefficients(tt)
@@ -255,7 +258,7 @@ def test_samplers_that_divide_by_alpha_refuse_pure_noise_clearly():
 
 # ----------------------------------------------------------------------------- likelihood
 def test_pf_ode_likelihood_on_the_linear_path_matches_the_exact_density():
-    from diffuse.core.likelihood import log_likelihood
+    from diffuse.core.process.likelihood import log_likelihood
 
     gm = gm2()
     sch = FlowSchedule()
@@ -278,7 +281,7 @@ class TinyNet(torch.nn.Module):
 
 
 def _train(diff, den, data, steps, noise=None, seed=0, lr=3e-3):
-    from diffuse.core.domain import Batch
+    from diffuse.core.data.domain import Batch
 
     opt = torch.optim.Adam(den.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
@@ -295,17 +298,22 @@ def _train(diff, den, data, steps, noise=None, seed=0, lr=3e-3):
 
 
 def test_flow_config_and_training_mode():
-    cfg = DiffusionConfig(training="flow", schedule={"kind": "polynomial", "num_steps": 1000},
-                          parameterization="eps", shift=3.0, time_sampler="mode")
+    cfg = resolve(DiffusionConfig(training="flow", shift=3.0, time_sampler="mode"))
     assert cfg.schedule == {"kind": "flow", "path": "linear", "shift": 3.0} and cfg.parameterization == "flow"
     cfg.validate()
     diff = Diffusion(cfg)
+    # a preset fills what is left open and never overrides what was given: a VP schedule or another
+    # parameterization with the flow preset is one clear error, not a silent replacement
+    with pytest.raises(ConfigError, match="runs on a flow path"):
+        Diffusion(DiffusionConfig(training="flow", schedule={"kind": "polynomial", "num_steps": 1000}))
+    with pytest.raises(ConfigError, match="flow parameterization and a flow schedule go together"):
+        Diffusion(DiffusionConfig(training="flow", parameterization="eps"))
     assert isinstance(diff.schedule, FlowSchedule) and diff.schedule.shift == 3.0
     assert isinstance(diff.param, FlowParam)
     with pytest.raises(ValueError, match="shift"):
-        DiffusionConfig(training="flow", schedule={"kind": "flow", "shift": 2.0}, shift=3.0)
+        resolve(DiffusionConfig(training="flow", schedule={"kind": "flow", "shift": 2.0}, shift=3.0))
     with pytest.raises(ValueError, match="time_sampler"):
-        DiffusionConfig(training="flow", time_sampler="nope").validate()
+        Diffusion(DiffusionConfig(training="flow", time_sampler="nope"))
     with pytest.raises(ValueError, match="flow schedule"):
         Diffusion(DiffusionConfig(parameterization="flow"))
     # the training target is the velocity eps - x0 on the linear path
@@ -334,7 +342,7 @@ def test_flow_training_lowers_the_loss_and_samples_near_the_data():
 def test_reflow_straightens_one_step_samples():
     """Rectified flow's second stage (Liu et al. 2023): pairs (noise, ODE sample) from a trained
     flow, retrained on that coupling, give better 1-step samples."""
-    from diffuse.core.flow import ode_pairs
+    from diffuse.core.training.reflow import ode_pairs
 
     torch.manual_seed(0)
     gm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-2.0, 0.0], [2.0, 0.0]]),
@@ -363,9 +371,9 @@ def test_reflow_straightens_one_step_samples():
 def test_molecule_flow_samples_rotate_with_the_noise_and_keep_zero_centre():
     """Equivariant flow matching on the GraphSpace: positions and atom-type features both flow,
     the centre of mass stays zero, and rotating (or reflecting) the noise rotates the samples."""
-    from diffuse.core.denoiser import Denoiser
-    from diffuse.core.graph import GraphSpace
-    from diffuse.core.samplers import prior_sample
+    from diffuse.core.process.denoiser import Denoiser
+    from diffuse.core.data.graph import GraphSpace
+    from diffuse.core.sampling.common import prior_sample
     from diffuse.domains.molecules import EGNN
 
     torch.manual_seed(0)
@@ -396,7 +404,7 @@ def test_molecule_flow_samples_rotate_with_the_noise_and_keep_zero_centre():
         assert torch.allclose(yr[:, :3], y[:, :3] @ q.T, atol=1e-8), name
         assert torch.allclose(yr[:, 3:], y[:, 3:], atol=1e-8), name
     # and the flow training loss is rotation invariant for the same noise (the batch's coupling)
-    from diffuse.core.domain import Batch
+    from diffuse.core.data.domain import Batch
     diff = Diffusion(DiffusionConfig(training="flow"))
     den = diff.denoiser(net)
     x0 = sp.project(torch.randn(sum(counts), 9, dtype=F64, generator=g))

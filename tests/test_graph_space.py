@@ -8,10 +8,12 @@ import itertools
 import pytest
 import torch
 
-from diffuse.core.graph import GraphSpace, full_edges
-from diffuse.core.samplers import ddim, prior_sample, time_grid
-from diffuse.core.schedule import PolynomialSchedule
-from diffuse.core.space import per_sample_generators
+from diffuse.core.data.graph import GraphSpace, full_edges
+from diffuse.core.sampling.ancestral import ddim
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
+from diffuse.core.process.schedule import PolynomialSchedule
+from diffuse.core.data.space import per_sample_generators
 
 
 def _space(counts, centred=3, shuffle=False, seed=0):
@@ -128,7 +130,7 @@ def test_core_ddim_keeps_zero_centre_of_mass_and_recovers_a_point_mass():
     def denoise(x, t):
         a, s = sched.alpha_sigma(t)
         eps = (x - sp.coef(a, x) * target) / sp.coef(s, x)
-        from diffuse.core.parameterization import Prediction
+        from diffuse.core.process.parameterization import Prediction
         return Prediction(target, sp.project(eps))
 
     coms = []

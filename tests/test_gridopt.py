@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from diffuse import api
 from diffuse.cli.main import main
 from diffuse.core import SAMPLERS, DenseSpace, LinearBetaSchedule, CosineSchedule, SigmaSchedule, time_grid
-from diffuse.core.gaussian import GaussianMixture
-from diffuse.core.generate import generate, sampling_grid
-from diffuse.core.gridopt import (GRIDS_FILE, GridResult, check_grid, grid_error, load_grids, optimize_grid,
-                                  save_grid, snap_grid, stored_grid)
+from diffuse.core.process.gaussian import GaussianMixture
+from diffuse.core.sampling.generate import generate, sampling_grid
+from diffuse.core.sampling.gridopt import (GRIDS_FILE, GridResult, check_grid, grid_error, load_grids, optimize_grid,
+                                           save_grid, snap_grid, stored_grid)
 
 from toy import points_domain
 

@@ -11,13 +11,16 @@ import torch
 from torch import nn
 
 from diffuse.core import Batch, DenseSpace, GraphSpace, LinearBetaSchedule
-from diffuse.core.condition import Condition, LabelKind
+from diffuse.core.data.condition import Condition, LabelKind
 from diffuse.core.config import DiffusionConfig
-from diffuse.core.diffusion import Diffusion
-from diffuse.core.gaussian import GaussianMixture
-from diffuse.core.guidance import Guidance, classifier_free_guidance, classifier_guidance, noisy_classifier_loss
-from diffuse.core.parameterization import Prediction
-from diffuse.core.samplers import ddim, prior_sample, time_grid
+from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.process.gaussian import GaussianMixture
+from diffuse.core.sampling.guidance import (Guidance, classifier_free_guidance, classifier_guidance,
+                                            noisy_classifier_loss)
+from diffuse.core.process.parameterization import Prediction
+from diffuse.core.sampling.ancestral import ddim
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffuse.core.domain import DataError
+from diffuse.core.errors import DataError
 from diffuse.domains.image import ImageDomain
 from diffuse.domains.image.data import load_images, read_idx
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diffuse.core.domain import Batch
-from diffuse.core.space import DenseSpace
+from diffuse.core.data.domain import Batch
+from diffuse.core.data.space import DenseSpace
 from diffuse.domains.image import ImageDomain
 from diffuse.domains.image.features import LeNet, bundled_lenet, extract_features, train_lenet
 from diffuse.domains.image.metrics import (conditional_accuracy, fid_from_features, frechet_distance,
@@ -111,7 +111,7 @@ def test_domain_metrics_and_template(digits):
     cinfo = {**info, "conditional": True}
     net = dom.build_backbone({"base_channels": 8, "head_dim": 8}, cinfo)
     assert net.num_classes == 10 and net.class_emb.num_embeddings == 11  # + the null class
-    from diffuse.core.condition import Condition
+    from diffuse.core.data.condition import Condition
     t = dom.template(2, cinfo)
     cond = Condition({"label": torch.tensor([3, 10])}, dom.condition_kinds(cinfo))
     assert net(t.x, torch.tensor([5.0, 5.0]), cond=cond).shape == t.x.shape
@@ -136,7 +136,7 @@ def test_writer_round_trip(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_inception_loader_takes_torchscript_files(tmp_path):
-    from diffuse.core.domain import DataError
+    from diffuse.core.errors import DataError
     from diffuse.domains.image.features import InceptionFeatures
 
     class Pool(torch.nn.Module):  # stands in for an Inception network: [B, 3, H, W] -> [B, 3] features

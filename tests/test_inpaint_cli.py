@@ -187,7 +187,7 @@ def test_molecule_completion_keeps_the_fragment(runs, tmp_path):
 def test_image_super_resolution_sr3(tmp_path):
     """`train --condition lowres` builds a U-Net with the upsampled 7x7 input (+ flag) concatenated;
     `upscale` takes a 7x7 PNG; a wrong size or an unconditional model is one error line."""
-    from diffuse.core.condition import ConcatKind, Condition
+    from diffuse.core.data.condition import ConcatKind, Condition
     import diffuse.api as api
 
     cfg = tmp_path / "tiny.json"
@@ -205,7 +205,7 @@ def test_image_super_resolution_sr3(tmp_path):
     kind = model.condition_kinds()["lowres"]
     x = torch.randn(2, 1, 28, 28)
     t = torch.full((2,), 0.5, dtype=torch.float64)
-    from diffuse.core.space import DenseSpace
+    from diffuse.core.data.space import DenseSpace
     outs = [model.denoiser(x, t, cond=Condition({"lowres": v}, {"lowres": kind}), space=DenseSpace()).x0
             for v in (kind.null(2), kind.parse(torch.full((1, 28, 28), -1.0), 2), kind.parse(torch.zeros(1, 28, 28), 2))]
     assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from diffuse import api
 from diffuse.cli.main import main
-from diffuse.core.domain import Batch
-from diffuse.core.latent import LatentDataset, LatentDomain, load_autoencoder
-from diffuse.core.registry import get_domain
-from diffuse.core.space import DenseSpace
+from diffuse.core.data.domain import Batch
+from diffuse.core.models.latent import LatentDataset, LatentDomain, load_autoencoder
+from diffuse.core.data.registry import get_domain
+from diffuse.core.data.space import DenseSpace
 
 from .tiny import TINY_UNET
 
@@ -191,8 +191,8 @@ def test_latent_image_model_trains_and_samples(image_ae, tmp_path):
     assert torch.allclose(samples.x, again.x, atol=1e-5)
     # decoding is the autoencoder's decoder of the (unscaled) latent the sampler produced
     ae = model.domain.autoencoder
-    from diffuse.core.generate import generate
-    from diffuse.core.domain import Domain
+    from diffuse.core.sampling.generate import generate
+    from diffuse.core.data.domain import Domain
     z = generate(model.denoiser, _NoDecode(model.domain), model.data_info, 3, steps=3, seed=1, batch_size=2)
     assert torch.allclose(ae.decode(z.x / ae.scale, z), samples.x, atol=1e-5)
     assert isinstance(model.domain, Domain)
@@ -291,7 +291,7 @@ def test_domain_without_autoencoder_is_one_clear_error(tmp_path):
 
     points_domain()              # a plug-in domain that provides no build_autoencoder
     res = _cli("train-autoencoder", "--domain", "points2d", "--out", tmp_path / "ae")
-    _one_line_error(res, "domain points2d has no autoencoder")
+    _one_line_error(res, "the points2d domain cannot build an autoencoder")
     assert not (tmp_path / "ae").exists()
 
 
@@ -309,8 +309,8 @@ def test_latent_model_refuses_completion_and_classifier_guidance(image_ae, tmp_p
 def test_third_party_domain_gets_latent_diffusion_from_build_autoencoder_only(tmp_path):
     """A plug-in domain (the README's 2-D points) that adds only ``build_autoencoder`` trains an
     autoencoder and a latent model through the unchanged API; samples come back in data space."""
-    from diffuse.core.latent import Autoencoder
-    from diffuse.core.registry import register_domain
+    from diffuse.core.models.latent import Autoencoder
+    from diffuse.core.data.registry import register_domain
 
     from .toy import points_domain
 

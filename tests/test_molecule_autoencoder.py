@@ -12,9 +12,9 @@ import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 import diffuse.api as api
-from diffuse.core.domain import Batch
-from diffuse.core.graph import GraphSpace
-from diffuse.core.latent import LatentDomain
+from diffuse.core.data.domain import Batch
+from diffuse.core.data.graph import GraphSpace
+from diffuse.core.models.latent import LatentDomain
 from diffuse.domains.molecules import FeatureCodec, MoleculeDomain
 from diffuse.domains.molecules.autoencoder import MoleculeAutoencoder
 

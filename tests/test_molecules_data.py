@@ -11,7 +11,7 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from diffuse.core.domain import DataError
+from diffuse.core.errors import DataError
 from diffuse.domains.molecules import MoleculeDomain
 from diffuse.domains.molecules.dataset import FeatureCodec
 from diffuse.domains.molecules.readers import QM9_SPLIT_SIZES, qm9_split, read_qm9pack

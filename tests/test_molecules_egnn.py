@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffuse.core.denoiser import Denoiser
-from diffuse.core.graph import GraphSpace
-from diffuse.core.parameterization import EpsParam
-from diffuse.core.samplers import ddpm, prior_sample, time_grid
-from diffuse.core.schedule import PolynomialSchedule
+from diffuse.core.process.denoiser import Denoiser
+from diffuse.core.data.graph import GraphSpace
+from diffuse.core.process.parameterization import EpsParam
+from diffuse.core.sampling.ancestral import ddpm
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
+from diffuse.core.process.schedule import PolynomialSchedule
 from diffuse.domains.molecules import EGNN, MoleculeDomain
 from diffuse.domains.molecules.egnn import model_kwargs
 
@@ -133,8 +135,9 @@ def test_egnn_gradient_does_not_depend_on_thread_scheduling():
     """Gathers are ``index_select`` (backward: ``index_add_``, which accumulates in index order)
     instead of ``h[row]`` (backward: ``index_put_(accumulate=True)``, whose threads race), so
     repeated 2-thread runs agree bit for bit on every gradient, and the output is the same for 1
-    and 2 threads. (Gradients are matrix products reduced over the atoms, whose summation order
-    MKL chooses by thread count, even in its strict reproducible mode: they are compared 2 vs 2.)"""
+    and 2 threads to float rounding. (Matrix products reduce in an order the BLAS chooses by thread
+    count, even in its strict reproducible mode; on AVX-512 machines the forward pass too, by about
+    1e-6: gradients and outputs are compared bit for bit 2 vs 2, the output 1 vs 2 to 1e-5.)"""
     dom = MoleculeDomain()
     ds = dom.load_data(None, dom.default_data())
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:64]
@@ -147,7 +150,8 @@ def test_egnn_gradient_does_not_depend_on_thread_scheduling():
         torch.set_num_threads(threads)
     assert one["x.grad"].abs().max() > 0
     for two in runs:
-        assert torch.equal(one["out"], two["out"])
+        torch.testing.assert_close(one["out"], two["out"], rtol=1e-5, atol=1e-5)
+        assert torch.equal(runs[0]["out"], two["out"])
         bad = [k for k in runs[0] if not torch.equal(runs[0][k], two[k])]
         assert not bad, f"differ between two 2-thread runs: {bad}"
 

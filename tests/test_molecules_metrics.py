@@ -9,7 +9,7 @@ import pytest
 import torch
 from rdkit import Chem
 
-from diffuse.core.domain import Batch
+from diffuse.core.data.domain import Batch
 from diffuse.domains.molecules import BondTables, MoleculeDomain, analyze_molecule, validity_table
 from diffuse.domains.molecules.dataset import load_bundled
 
@@ -261,7 +261,7 @@ def test_geom_validity_rejects_an_over_bonded_atom():
 
 
 def test_bond_rule_option_is_recorded_and_checked():
-    from diffuse.core.domain import DataError
+    from diffuse.core.errors import DataError
 
     dom = MoleculeDomain()
     ds = dom.load_data(None, {"bond_rule": "geom"})

@@ -12,13 +12,14 @@ from click.testing import CliRunner
 
 import diffuse.api as api
 from diffuse.cli.main import main
-from diffuse.core.condition import Condition, VectorKind, parse_condition
-from diffuse.core.diffusion import Diffusion
-from diffuse.core.generate import generate
-from diffuse.core.graph import GraphSpace
-from diffuse.core.guidance import Guidance, classifier_free_guidance
-from diffuse.core.registry import get_domain
-from diffuse.core.samplers import ddim, time_grid
+from diffuse.core.data.condition import Condition, VectorKind, parse_condition
+from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.sampling.generate import generate
+from diffuse.core.data.graph import GraphSpace
+from diffuse.core.sampling.guidance import Guidance, classifier_free_guidance
+from diffuse.core.data.registry import get_domain
+from diffuse.core.sampling.ancestral import ddim
+from diffuse.core.sampling.grids import time_grid
 from diffuse.domains.molecules.dataset import BUNDLED_FILE, QM9_ELEMENTS, FeatureCodec, MoleculeDataset
 from diffuse.domains.molecules.egnn import EGNN
 from diffuse.domains.molecules.property import (PropertyPredictor, atom_count_table, atoms_only_baseline,
@@ -225,7 +226,7 @@ def test_tiny_conditional_model_moves_samples_to_the_requested_property():
 
     def radii(scale):
         out = generate(den, DOM, info, n, sampler="ddim", steps=20, seed=1, cond=cond, structure=[4] * n,
-                       guidance=Guidance.parse(scale))
+                       guidance=[Guidance.parse(scale)])
         r = out.x[:, :3].norm(dim=1).reshape(n, 4).mean(1)
         return float(r[:8].median()), float(r[8:].median())
 

@@ -17,7 +17,7 @@ from diffuse.cli.main import main
 from diffuse.pretrained.export import export
 from tiny import train_tiny_image
 
-REPO = Path(api.__file__).resolve().parent
+REPO = Path(api.__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -222,20 +222,6 @@ def test_train_takes_the_domain_from_a_recipe(tmp_path):
     cfg.write_text(json.dumps({"domain": "audio"}))
     res = CliRunner().invoke(main, ["train", "--domain", "image", "--config", str(cfg), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and "for domain 'audio', not 'image'" in res.output
-
-
-def test_module_entry_point(run, tmp_path, capsys):
-    """``python -m diffuse.pretrained.export RUN NAME`` is the export-pretrained command."""
-    from diffuse.pretrained.export import main as export_main
-
-    with pytest.raises(SystemExit) as exc:
-        export_main([str(run), "tiny", "--root", str(tmp_path)])
-    assert exc.value.code == 0 and (tmp_path / "pretrained" / "tiny" / "ema.safetensors").is_file()
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        export_main([str(run)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: Missing argument 'NAME'")
 
 
 @pytest.mark.parametrize("name", pretrained.available())

@@ -57,7 +57,7 @@ def test_same_stream_as_the_global_seeded_calls(parts):
 
 
 def test_unknown_split_is_a_data_error():
-    from diffuse.core.domain import DataError
+    from diffuse.core.errors import DataError
     with pytest.raises(DataError, match="unknown split"):
         qm9_split(N, "training")
 

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 import diffuse.api as api
 from diffuse.cli.main import main
-from diffuse.core.checkpoint import CheckpointError, load_checkpoint
-from diffuse.core.trainer import TrainingDiverged
+from diffuse.core.errors import CheckpointError
+from diffuse.core.training.checkpoint import load_checkpoint
+from diffuse.core.errors import TrainingDiverged
 
 from toy import points_domain
 

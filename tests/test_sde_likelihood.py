@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from diffuse.core import DenseSpace, LinearBetaSchedule, SigmaSchedule
-from diffuse.core.gaussian import GaussianMixture
-from diffuse.core.graph import GraphSpace
-from diffuse.core.likelihood import bits_per_dim, log_likelihood
-from diffuse.core.parameterization import Prediction
-from diffuse.core.sde import SubVPSchedule
+from diffuse.core.process.gaussian import GaussianMixture
+from diffuse.core.data.graph import GraphSpace
+from diffuse.core.process.likelihood import bits_per_dim, log_likelihood
+from diffuse.core.process.parameterization import Prediction
+from diffuse.core.process.schedule import SubVPSchedule
 
 F64 = torch.float64
 
@@ -94,7 +94,7 @@ def test_batch_log_likelihood_through_a_denoiser():
     """The Batch / Denoiser entry point gives the same numbers as the closure form."""
     from torch import nn
     from diffuse.core import Batch, Denoiser
-    from diffuse.core.parameterization import X0Param
+    from diffuse.core.process.parameterization import X0Param
     gm = GaussianMixture.random(k=2, d=2, seed=4)
     sch = LinearBetaSchedule(num_steps=None)
 
@@ -103,7 +103,7 @@ def test_batch_log_likelihood_through_a_denoiser():
             a, s = sch.alpha_sigma(noise_level.to(F64) / 1000)
             return gm.denoise_at(x, a, s)[0]
 
-    from diffuse.core.likelihood import batch_log_likelihood
+    from diffuse.core.process.likelihood import batch_log_likelihood
     x = gm.sample(8, torch.Generator().manual_seed(0))
     got = batch_log_likelihood(Denoiser(X0Oracle(), sch, X0Param()), Batch(x, SPACE), rtol=1e-6, atol=1e-6)
     ref = log_likelihood(gm.denoiser(sch), x, sch, SPACE, rtol=1e-6, atol=1e-6)

@@ -9,9 +9,10 @@ from torch import nn
 
 from diffuse.core import DenseSpace, Denoiser, LinearBetaSchedule, SigmaSchedule
 from diffuse.core.config import DiffusionConfig
-from diffuse.core.diffusion import Diffusion, lognormal_t
-from diffuse.core.loss import DiffusionLoss
-from diffuse.core.parameterization import EDMParam, edm_scalings, edm_weight
+from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.process.timesteps import lognormal_t
+from diffuse.core.process.loss import DiffusionLoss
+from diffuse.core.process.parameterization import EDMParam, edm_scalings, edm_weight
 
 
 def EDMPrecond(backbone, schedule, sigma_data=0.5):
@@ -114,7 +115,7 @@ def test_training_setup_modes():
 def test_edm_wrapper_with_oracle_network_is_the_exact_denoiser():
     """F = (D* - c_skip x~) / c_out from the exact mixture denoiser D* gives back D* and, with
     it, the sampler contract (bind)."""
-    from diffuse.core.gaussian import GaussianMixture
+    from diffuse.core.process.gaussian import GaussianMixture
     gm = GaussianMixture.random(k=2, d=2, seed=1)
     sch = SigmaSchedule()
 
@@ -140,8 +141,8 @@ def test_trained_model_views_run_every_continuous_sampler(make):
     (conditioned on ln(sigma) / 4), both holding the exact mixture answer, give every continuous
     sampler the same samples as the exact denoiser itself (up to the float32 noise input)."""
     from diffuse.core import SAMPLERS, time_grid
-    from diffuse.core.gaussian import GaussianMixture
-    from diffuse.core.parameterization import EpsParam
+    from diffuse.core.process.gaussian import GaussianMixture
+    from diffuse.core.process.parameterization import EpsParam
     gm = GaussianMixture.random(k=2, d=2, seed=3)
     sch = LinearBetaSchedule(num_steps=1000)
 
@@ -175,7 +176,7 @@ def test_diffusion_config_selects_the_training_mode(mode):
     """DiffusionConfig(training=...) -> Diffusion: the right wrapper, times and a finite loss
     whose gradient reaches the backbone."""
     from diffuse.core import Batch
-    from diffuse.core.diffusion import Diffusion
+    from diffuse.core.process.diffusion import Diffusion
 
     class Tiny(nn.Module):
         def __init__(self):

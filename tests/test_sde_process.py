@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from diffuse.core import DenseSpace, LinearBetaSchedule, SigmaSchedule, make_schedule
-from diffuse.core.graph import GraphSpace
-from diffuse.core.sde import SDE, SubVPSchedule, make_sde, sde_coefficients
+from diffuse.core.data.graph import GraphSpace
+from diffuse.core.process.sde import SDE, make_sde, sde_coefficients
+from diffuse.core.process.schedule import SubVPSchedule
 
 F64 = torch.float64
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from diffuse.core import SAMPLERS, DenseSpace, LinearBetaSchedule, SigmaSchedule, per_sample_generators, time_grid
-from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.graph import GraphSpace
-from diffuse.core.parameterization import Prediction
+from diffuse.core.process.gaussian import GaussianMixture, energy_distance
+from diffuse.core.data.graph import GraphSpace
+from diffuse.core.process.parameterization import Prediction
 
 F64 = torch.float64
 
@@ -148,7 +148,7 @@ def test_jump_grid_first_step_is_exact_when_x0_is_constant():
     long first step of jump_logsnr_grid costs nothing there: with a point mass at m the
     PF-ODE solution is x_t = alpha_t m + (sigma_t / sigma_1)(x_1 - alpha_1 m) and every
     data-prediction solver reproduces it on any grid."""
-    from diffuse.core.solvers import jump_logsnr_grid
+    from diffuse.core.sampling.grids import jump_logsnr_grid
     sch = LinearBetaSchedule(num_steps=1000)
     m = torch.tensor([0.7, -1.2], dtype=F64)
     den = lambda x, t: (lambda a, s: Prediction(m.expand_as(x), (x - SPACE.coef(a, x) * m) / SPACE.coef(s, x)))(*sch.alpha_sigma(t))

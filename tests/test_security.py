@@ -13,7 +13,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 import diffuse
-from diffuse.core.domain import DataError
+from diffuse.core.errors import DataError
 from diffuse.domains.molecules import MoleculeDomain
 
 

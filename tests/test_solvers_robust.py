@@ -10,8 +10,9 @@ import torch
 
 from diffuse.core import (SAMPLERS, SPACINGS, CosineSchedule, DenseSpace, FlowSchedule, LinearBetaSchedule, SigmaSchedule,
                           TableSchedule, external_denoiser, jump_logsnr_grid, make_schedule, time_grid)
-from diffuse.core.gaussian import GaussianMixture, energy_distance
-from diffuse.core.samplers import AUTO_MIN_STEPS, JUMP, JUMP_FEW, check_sampler_options
+from diffuse.core.process.gaussian import GaussianMixture, energy_distance
+from diffuse.core.sampling.grids import AUTO_MIN_STEPS, JUMP, JUMP_FEW
+from diffuse.core.sampling.registry import check_sampler_options
 
 F64 = torch.float64
 SPACE = DenseSpace()
@@ -135,12 +136,12 @@ def test_heun_falls_back_to_euler_with_one_log_line_and_not_on_fine_grids(caplog
     x = torch.randn(300, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
     for name in ("edm_heun", "ode_heun"):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="diffuse.core.solvers"):
+        with caplog.at_level(logging.WARNING, logger="diffuse.core.sampling.ode"):
             y = SAMPLERS[name](den, x.clone(), time_grid(sch, 3, "logsnr"), schedule=sch, space=SPACE)
         lines = [r for r in caplog.records if "Heun correction" in r.getMessage()]
         assert len(lines) == 1 and name in lines[0].getMessage() and bool(torch.isfinite(y).all())
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="diffuse.core.solvers"):
+        with caplog.at_level(logging.WARNING, logger="diffuse.core.sampling.ode"):
             SAMPLERS[name](GAUSS.denoiser(sch), x.clone(), time_grid(sch, 100, "logsnr", final=None),
                            schedule=sch, space=SPACE)
         assert not [r for r in caplog.records if "Heun correction" in r.getMessage()]
@@ -329,8 +330,9 @@ def test_denoiser_one_time_fast_path_equals_the_per_sample_path(pname):
 
 
 def test_auto_spacing_and_the_default_grids():
-    from diffuse.core.generate import sampling_grid
-    from diffuse.core.samplers import AUTO_MIN_STEPS, default_spacing
+    from diffuse.core.sampling.generate import sampling_grid
+    from diffuse.core.sampling.grids import AUTO_MIN_STEPS
+    from diffuse.core.sampling.registry import default_spacing
     lin = LinearBetaSchedule()
     for steps in (AUTO_MIN_STEPS, 20, 50):
         torch.testing.assert_close(time_grid(lin, steps, "auto"), time_grid(lin, steps, "jump_logsnr"))
@@ -342,14 +344,17 @@ def test_auto_spacing_and_the_default_grids():
     torch.testing.assert_close(d[1:], d[1:2].expand(10))
     torch.testing.assert_close(edm.sigma(g[[0, -2, -1]]), torch.tensor([80.0, 0.005, 0.0], dtype=F64))
     torch.testing.assert_close(time_grid(FlowSchedule(), 12, "auto"), time_grid(FlowSchedule(), 12, "uniform"))
-    from diffuse.core.samplers import AUTO_GRID_SAMPLERS, FEW_STEP_GRID_SAMPLERS, VP_SPACING
+    from diffuse.core.sampling.registry import SAMPLERS
+    auto = {n for n, r in SAMPLERS.items() if r.vp_grid == "auto"}
+    few_step = {n for n, r in SAMPLERS.items() if r.vp_grid == "few_step_auto"}
     for name in ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ddpm", "ode_heun", "edm_heun"):
-        assert default_spacing(lin, name) == ("auto" if name in AUTO_GRID_SAMPLERS else VP_SPACING.get(name, "trailing"))
+        assert default_spacing(lin, name) == ("auto" if name in auto else
+                                              "trailing" if name in few_step else SAMPLERS[name].vp_grid)
     # generate() / `diffuse sample` without --spacing (the TUNE choices of benchmarks/bench_grids.py):
     # UniPC, DPM-Solver++(2M / 3M) and ode_heun on auto; DDIM on auto's few-step grid below
     # AUTO_MIN_STEPS steps and on trailing from there on; edm_heun on leading
-    assert {"unipc", "dpmpp_2m", "dpmpp_3m"} <= AUTO_GRID_SAMPLERS and FEW_STEP_GRID_SAMPLERS == {"ddim"}
-    assert not AUTO_GRID_SAMPLERS & FEW_STEP_GRID_SAMPLERS
+    assert {"unipc", "dpmpp_2m", "dpmpp_3m"} <= auto and few_step == {"ddim"}
+    assert SAMPLERS["edm_heun"].vp_grid == "leading"
     for steps in (5, AUTO_MIN_STEPS - 1, AUTO_MIN_STEPS, 10, 20):
         few = steps < AUTO_MIN_STEPS
         for name in ("unipc", "dpmpp_3m"):
@@ -371,7 +376,7 @@ def test_jump_logsnr_skips_the_pure_noise_top_of_the_cosine_chain():
     """The cosine chain starts near log-SNR -20; the log-SNR steps of jump_logsnr / auto are
     measured from LOGSNR_TOP, so its first step lands exactly where a grid starting at -10.5
     would put it (the linear chain, which starts above -10.5, is unchanged)."""
-    from diffuse.core.samplers import LOGSNR_TOP
+    from diffuse.core.sampling.grids import LOGSNR_TOP
     cos, lin = CosineSchedule(num_steps=None), LinearBetaSchedule(num_steps=None)
     assert float(cos.log_snr(torch.tensor(1.0, dtype=F64))) < LOGSNR_TOP < float(lin.log_snr(torch.tensor(1.0, dtype=F64)))
     for steps in (5, 10):

@@ -13,8 +13,9 @@ import soundfile as sf
 import torch
 
 import diffuse.api as api
+from diffuse.core.process.diffusion import Diffusion
 import diffuse.domains.audio.io as audio_io
-from diffuse.core.cache import cached_array, cached_json, file_key
+from diffuse.core.data.cache import cached_array, cached_json, file_key
 from diffuse.domains.audio.data import LazyClip, load_audio_folder
 from diffuse.domains.audio.io import decoded_blocks, read_audio, resample, to_channels
 
@@ -161,7 +162,7 @@ TINY_AUDIO = {"channels": [8, 16], "factors": [4], "num_res_blocks": 1, "dilatio
 def test_prefetched_batches_train_to_identical_weights(tmp_path, grad_accum):
     """Streamed audio with random crops (drawn from each step's generator): built ahead in the
     background thread or in the loop, the weights after 5 steps are bit-identical."""
-    from diffuse.core.trainer import Trainer
+    from diffuse.core.training.trainer import Trainer
 
     data = _audio_folder(tmp_path / "clips")
     weights, hits = [], []
@@ -173,7 +174,7 @@ def test_prefetched_batches_train_to_identical_weights(tmp_path, grad_accum):
         dom = api.get_domain("audio")
         ds = dom.load_data(str(data), cfg.data_options)
         cfg.data_info = ds.info()
-        diff = api.Diffusion(cfg.diffusion)
+        diff = Diffusion(cfg.diffusion)
         torch.manual_seed(0)
         den = diff.denoiser(dom.build_backbone(cfg.model, cfg.data_info))
         trainer = Trainer(tmp_path / f"run{prefetch}", cfg, dom, diff, den, ds, progress=False)

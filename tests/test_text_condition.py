@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 from diffuse.core import Batch, DenseSpace
-from diffuse.core.condition import Condition, kind_from_spec
+from diffuse.core.data.condition import Condition, kind_from_spec
 from diffuse.core.config import DiffusionConfig
-from diffuse.core.diffusion import Diffusion
-from diffuse.core.guidance import classifier_free_guidance
-from diffuse.core.samplers import ddim, prior_sample, time_grid
+from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.sampling.guidance import classifier_free_guidance
+from diffuse.core.sampling.ancestral import ddim
+from diffuse.core.sampling.common import prior_sample
+from diffuse.core.sampling.grids import time_grid
 from diffuse.domains.audio.data import CLASS_PHRASES
 from diffuse.domains.image.data import image_phrases
 from diffuse.domains.text import (Captioner, TextEncoder, TextKind, Tokenizer, build_text_encoder, split_words,

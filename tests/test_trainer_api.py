@@ -10,8 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 import diffuse.api as api
-from diffuse.core.checkpoint import CheckpointError, load_checkpoint
-from diffuse.core.trainer import _lr_lambda
+from diffuse.core.errors import CheckpointError
+from diffuse.core.training.checkpoint import load_checkpoint
+from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.training.optim import lr_lambda as _lr_lambda
 from diffuse.core.config import TrainConfig
 
 from toy import points_domain
@@ -114,7 +116,7 @@ def test_periodic_sampling_and_evaluation(tmp_path):
 
 def test_gradient_accumulation_sees_every_micro_batch(tmp_path):
     """grad_accum=2 with batch B reads the same samples per step as one batch of 2B (data order)."""
-    from diffuse.core.trainer import Trainer
+    from diffuse.core.training.trainer import Trainer
 
     cfgs = [api.make_config("points2d", steps=3, batch_size=8, grad_accum=2, device="cpu"),
             api.make_config("points2d", steps=3, batch_size=16, grad_accum=1, device="cpu")]
@@ -122,8 +124,8 @@ def test_gradient_accumulation_sees_every_micro_batch(tmp_path):
     for cfg in cfgs:
         dom = api.get_domain("points2d")
         data = dom.load_data(None, {})
-        trainer = Trainer(tmp_path, cfg, dom, api.Diffusion(cfg.diffusion),
-                          api.Diffusion(cfg.diffusion).denoiser(dom.build_backbone(cfg.model, data.info())),
+        trainer = Trainer(tmp_path, cfg, dom, Diffusion(cfg.diffusion),
+                          Diffusion(cfg.diffusion).denoiser(dom.build_backbone(cfg.model, data.info())),
                           data, progress=False)
         step1 = [trainer._indices((1 * cfg.train.grad_accum + m) * cfg.train.batch_size, cfg.train.batch_size)
                  for m in range(cfg.train.grad_accum)]

@@ -12,7 +12,7 @@ def points_domain():
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))
     from points2d import PointsDomain
-    from diffuse.core.registry import register_domain
+    from diffuse.core.data.registry import register_domain
 
     register_domain(PointsDomain)
     return PointsDomain

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.config import AT_LEAST_ONE, NON_NEGATIVE, OneOf, check_kwargs
-from ...core.domain import Batch
-from ...core.latent import Autoencoder, gaussian_draw, gaussian_kl
+from ...core.validation import AT_LEAST_ONE, NON_NEGATIVE, OneOf, check_kwargs
+from ...core.data.domain import Batch
+from ...core.models.latent import Autoencoder, gaussian_draw, gaussian_kl
+from ...core.errors import UserInputError
 
 __all__ = ["AudioAutoencoder", "DEFAULT_AUDIO_AUTOENCODER", "stft_distance", "logmel_distance"]
 
@@ -164,7 +165,7 @@ def check_audio_autoencoder(cfg: dict[str, Any]) -> None:
     """Validate audio autoencoder options (``ValueError`` naming the key)."""
     unknown = sorted(set(cfg) - set(DEFAULT_AUDIO_AUTOENCODER))
     if unknown:
-        raise ValueError(f"unknown audio autoencoder option(s): {', '.join(unknown)}; known: "
+        raise UserInputError(f"unknown audio autoencoder option(s): {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(DEFAULT_AUDIO_AUTOENCODER))}")
 
     def _opts(downsample: int = 64, latent_channels: int = 16, channels: list = (32,), kl_weight: float = 1e-4,
@@ -177,4 +178,4 @@ def check_audio_autoencoder(cfg: dict[str, Any]) -> None:
         v = cfg.get(key)
         if not v or not all(isinstance(m, int) and not isinstance(m, bool) and m >= (8 if key == "fft_sizes" else 1)
                             for m in v):
-            raise ValueError(f"model.{key} must be a non-empty list of positive integers, got {v!r}")
+            raise UserInputError(f"model.{key} must be a non-empty list of positive integers, got {v!r}")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .unet import Downsample1D, ResBlock1D, _groups, timestep_embedding
+from ...core.errors import UserInputError
 
 __all__ = ["AudioClassifier", "DEFAULT_CLASSIFIER"]
 
@@ -29,7 +30,7 @@ class AudioClassifier(nn.Module):
         super().__init__()
         channels, factors = [int(c) for c in channels], [int(f) for f in factors]
         if len(factors) != len(channels) - 1:
-            raise ValueError(f"need len(factors) == len(channels) - 1, got {len(factors)} and {len(channels)}")
+            raise UserInputError(f"need len(factors) == len(channels) - 1, got {len(factors)} and {len(channels)}")
         self.base = channels[0]
         emb_dim = 4 * self.base
         self.time_mlp = nn.Sequential(nn.Linear(self.base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

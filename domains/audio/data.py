@@ -51,11 +51,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...core.cache import cached_array, cached_json, file_key
-from ...core.datafiles import log_skipped, scan_folder, skipped_summary
-from ...core.condition import Condition, LabelKind
-from ...core.domain import Batch, DataError, DomainDataset
-from ...core.space import DenseSpace
+from ...core.data.cache import cached_array, cached_json, file_key
+from ...core.data.datafiles import log_skipped, scan_folder, skipped_summary
+from ...core.data.condition import Condition, LabelKind
+from ...core.data.domain import Batch, DomainDataset
+from ...core.errors import DataError, UserInputError
+from ...core.data.space import DenseSpace
 from ..text import Captioner, generic_phrases, text_kind_for
 from . import io as _io
 from .io import (AUDIO_EXTENSIONS, audio_info, decoded_blocks, normalise, normalise_gain, num_samples, read_audio,
@@ -107,18 +108,18 @@ def resolve_options(options: dict[str, Any] | None) -> dict[str, Any]:
     opts = dict(DATA_OPTIONS)
     unknown = sorted(set(options or {}) - set(DATA_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown audio data option(s): {', '.join(unknown)}; known: {', '.join(sorted(DATA_OPTIONS))}")
+        raise UserInputError(f"unknown audio data option(s): {', '.join(unknown)}; known: {', '.join(sorted(DATA_OPTIONS))}")
     opts.update(options or {})
     if opts["sample_rate"] is not None and int(opts["sample_rate"]) <= 0:
-        raise ValueError(f"sample_rate must be a positive integer, got {opts['sample_rate']!r}")
+        raise UserInputError(f"sample_rate must be a positive integer, got {opts['sample_rate']!r}")
     if float(opts["clip_seconds"]) <= 0:
-        raise ValueError(f"clip_seconds must be positive, got {opts['clip_seconds']!r}")
+        raise UserInputError(f"clip_seconds must be positive, got {opts['clip_seconds']!r}")
     if int(opts["channels"]) not in (1, 2):
-        raise ValueError(f"channels must be 1 or 2, got {opts['channels']!r}")
+        raise UserInputError(f"channels must be 1 or 2, got {opts['channels']!r}")
     for key, allowed in (("normalise", ("peak", "loudness", "none")), ("crop", ("auto", "random", "start")),
                          ("short", ("pad", "error", "skip")), ("stream", ("auto", True, False))):
         if opts[key] not in allowed:
-            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {opts[key]!r}")
+            raise UserInputError(f"{key} must be one of {', '.join(allowed)}, got {opts[key]!r}")
     return opts
 
 

@@ -33,15 +33,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
-from ...core.condition import ConcatKind, ConditionKind, LabelKind
-from ...core.domain import Batch, Domain, DomainDataset
-from ...core.space import DenseSpace
+from ...core.validation import AT_LEAST_ONE, FRACTION, check_kwargs
+from ...core.data.condition import ConcatKind, ConditionKind, LabelKind
+from ...core.data.domain import Batch, Domain, DomainDataset
+from ...core.data.space import DenseSpace
 from .data import DATA_OPTIONS, load_audio_folder, load_bundled, resolve_options
 from ..text import build_text_encoder, check_text_encoder_options, text_kind_for
 from .io import write_spectrogram_png, write_wav
 from .metrics import set_metrics
 from .unet import UNet1D
+from ...core.errors import UserInputError
 
 __all__ = ["AudioDomain", "MODEL_PRESETS", "resolve_model", "spectral_flatness"]
 
@@ -69,10 +70,10 @@ def resolve_model(model: dict[str, Any]) -> dict[str, Any]:
     model = dict(model or {})
     preset = model.pop("preset", "small")
     if preset not in MODEL_PRESETS:
-        raise ValueError(f"unknown audio model preset {preset!r}; expected one of {', '.join(MODEL_PRESETS)}")
+        raise UserInputError(f"unknown audio model preset {preset!r}; expected one of {', '.join(MODEL_PRESETS)}")
     unknown = sorted(set(model) - _UNET_KEYS)
     if unknown:
-        raise ValueError(f"unknown audio model option(s): {', '.join(unknown)}; known: preset, {', '.join(sorted(_UNET_KEYS))}")
+        raise UserInputError(f"unknown audio model option(s): {', '.join(unknown)}; known: preset, {', '.join(sorted(_UNET_KEYS))}")
     return {**MODEL_PRESETS[preset], **model}
 
 
@@ -95,6 +96,8 @@ class AudioDomain(Domain):
 
     name = "audio"
     description = "1-D waveform U-Net on WAV/FLAC/OGG audio (bundled: CC0 percussion one-shots, 16 kHz)"
+    restoration_conditions = ("lowrate",)
+    layout_keys = ("channels", "length", "sample_rate")
 
     # ---------------------------------------------------------------- configuration
     def default_model(self) -> dict[str, Any]:
@@ -170,7 +173,7 @@ class AudioDomain(Domain):
 
         unknown = sorted(set(model) - set(DEFAULT_CLASSIFIER) - {"dropout"})
         if unknown:
-            raise ValueError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
+            raise UserInputError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(DEFAULT_CLASSIFIER))}")
         return AudioClassifier(int(data_info.get("channels", 1)), target.out_dim, **{**DEFAULT_CLASSIFIER, **model})
 
@@ -201,7 +204,7 @@ class AudioDomain(Domain):
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
         unknown = sorted(set(names) - {"label", "text", "lowrate"})
         if unknown:
-            raise ValueError(f"the audio domain cannot condition on {', '.join(unknown)}; it supports: label, text, lowrate")
+            raise UserInputError(f"the audio domain cannot condition on {', '.join(unknown)}; it supports: label, text, lowrate")
         return {**({"labels": True} if "label" in names else {}), **({"text": True} if "text" in names else {}),
                 **({"lowrate": 4000} if "lowrate" in names else {})}   # 4 kHz -> the clip's rate
 

@@ -21,6 +21,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from .io import resample
+from ...core.errors import UserInputError
 
 __all__ = ["FEATURE_RATE", "log_mel", "mel_stats", "mfcc_stats", "frechet_distance", "FeatureNet",
            "load_feature_net", "train_feature_net", "train_bundled_feature_net", "FEATURE_NET_PATH"]
@@ -91,7 +92,7 @@ def frechet_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need two feature sets [N>=2, D] of equal D, got {a.shape} and {b.shape}")
+        raise UserInputError(f"need two feature sets [N>=2, D] of equal D, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     with warnings.catch_warnings():  # singular products are expected for small sets

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...core.condition import ConcatKind, Condition
-from ...core.domain import Batch, DataError, DomainDataset
-from ...core.space import DenseSpace
+from ...core.data.condition import ConcatKind, Condition
+from ...core.data.domain import Batch, DomainDataset
+from ...core.errors import DataError, UserInputError
+from ...core.data.space import DenseSpace
 from .io import normalise, read_audio, resample, to_channels
 
 __all__ = ["audio_completion_input", "parse_spans", "band_limit", "LowRateDataset", "lowrate_condition"]
@@ -30,9 +31,9 @@ def _seconds(value: Any, what: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number of seconds, got {value!r}") from None
+        raise UserInputError(f"{what} must be a number of seconds, got {value!r}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
+        raise UserInputError(f"{what} must be a finite number of seconds, got {value!r}")
     return v
 
 
@@ -45,12 +46,12 @@ def parse_spans(value: Any) -> list[tuple[float, float]]:
         if isinstance(item, str):
             parts = item.split(":")
             if len(parts) != 2:
-                raise ValueError(f"--span must be START:END in seconds (e.g. 0.2:0.3), got {item!r}")
+                raise UserInputError(f"--span must be START:END in seconds (e.g. 0.2:0.3), got {item!r}")
         else:
             parts = list(item)
         a, b = (_seconds(p, "--span") for p in parts)
         if not 0 <= a < b:
-            raise ValueError(f"--span {a:g}:{b:g} must have 0 <= START < END")
+            raise UserInputError(f"--span {a:g}:{b:g} must have 0 <= START < END")
         out.append((a, b))
     return out
 
@@ -58,14 +59,14 @@ def parse_spans(value: Any) -> list[tuple[float, float]]:
 def audio_completion_input(path: str | Path, options: dict[str, Any], data_info: dict[str, Any]) -> tuple[Batch, Tensor]:
     unknown = sorted(set(options) - {"span", "continue"})
     if unknown:
-        raise ValueError(f"audio completion takes span or continue, not {', '.join(unknown)}")
+        raise UserInputError(f"audio completion takes span or continue, not {', '.join(unknown)}")
     rate, length = int(data_info["sample_rate"]), int(data_info["length"])
     spans = parse_spans(options["span"]) if options.get("span") else []
     extra = 0
     if options.get("continue") is not None:
         cont = _seconds(options["continue"], "--continue")
         if cont <= 0:
-            raise ValueError(f"--continue must be a positive number of seconds, got {options['continue']!r}")
+            raise UserInputError(f"--continue must be a positive number of seconds, got {options['continue']!r}")
         extra = int(round(cont * rate))
     x, file_rate = read_audio(path)
     x = to_channels(x, int(data_info.get("channels", 1)), str(path))
@@ -80,7 +81,7 @@ def audio_completion_input(path: str | Path, options: dict[str, Any], data_info:
     known = torch.ones(1, 1, length, dtype=torch.bool)
     for a, b in spans:
         if b * rate > n + 1e-6:
-            raise ValueError(f"--span {a:g}:{b:g} lies outside the clip (0:{n / rate:.3f} s)")
+            raise UserInputError(f"--span {a:g}:{b:g} lies outside the clip (0:{n / rate:.3f} s)")
         known[..., int(round(a * rate)):int(round(b * rate))] = False
     known[..., n:n + extra] = False
     keep = n + extra
@@ -102,7 +103,7 @@ def band_limit(x: Tensor, rate: int, low_rate: int) -> Tensor:
 
 def check_lowrate(low_rate: Any, rate: int) -> int:
     if isinstance(low_rate, bool) or not isinstance(low_rate, int) or not 0 < low_rate < rate:
-        raise ValueError(f"lowrate must be a whole number of Hz below the sample rate ({rate}), got {low_rate!r}")
+        raise UserInputError(f"lowrate must be a whole number of Hz below the sample rate ({rate}), got {low_rate!r}")
     return low_rate
 
 
@@ -141,7 +142,7 @@ def lowrate_condition(path: str | Path, data_info: dict[str, Any]) -> dict[str, 
     at the model's rate, padded to its clip length (a longer clip is an error)."""
     low = data_info.get("lowrate")
     if not low:
-        raise ValueError("this model was not trained for bandwidth extension; train with --condition lowrate")
+        raise UserInputError("this model was not trained for bandwidth extension; train with --condition lowrate")
     rate, length = int(data_info["sample_rate"]), int(data_info["length"])
     x, file_rate = read_audio(path)
     x = to_channels(x, int(data_info.get("channels", 1)), str(path))

@@ -17,7 +17,7 @@ import torchaudio.functional as AF
 from PIL import Image
 from torch import Tensor
 
-from ...core.domain import DataError
+from ...core.errors import DataError, UserInputError
 
 __all__ = ["AUDIO_EXTENSIONS", "read_audio", "audio_info", "read_frames", "decoded_blocks", "resampled_length",
            "to_channels", "resample", "normalise", "normalise_gain", "write_wav", "log_spectrogram",
@@ -180,7 +180,7 @@ def normalise_gain(mode: str, peak_abs: float, rms: float, name: str = "audio", 
         return peak / peak_abs
     if mode == "loudness":
         return min(10 ** (target_db / 20) / rms, 1.0 / peak_abs)
-    raise ValueError(f"unknown normalisation {mode!r}; expected 'peak', 'loudness' or 'none'")
+    raise UserInputError(f"unknown normalisation {mode!r}; expected 'peak', 'loudness' or 'none'")
 
 
 def write_wav(path: str | Path, x: Tensor, rate: int) -> Path:

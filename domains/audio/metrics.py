@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .features import frechet_distance, load_feature_net, log_mel, mel_stats, mfcc_stats
+from ...core.errors import UserInputError
 
 __all__ = ["multi_resolution_stft", "log_mel_l1", "set_metrics", "FFT_SIZES"]
 
@@ -51,7 +52,7 @@ def multi_resolution_stft(x: Tensor, y: Tensor, fft_sizes: Sequence[int] = FFT_S
     """Per-sample multi-resolution STFT distances of ``x`` to ``y`` (``[B, C, L]`` or ``[B, L]``):
     ``{"spectral_convergence", "log_magnitude", "total"}`` each ``[B]`` (``total`` is the sum)."""
     if x.shape != y.shape:
-        raise ValueError(f"paired audio metrics need equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise UserInputError(f"paired audio metrics need equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
     b = x.shape[0]
     xf, yf = x.reshape(-1, x.shape[-1]).float(), y.reshape(-1, y.shape[-1]).float()
     sc = torch.zeros(b, dtype=torch.float64)
@@ -67,7 +68,7 @@ def multi_resolution_stft(x: Tensor, y: Tensor, fft_sizes: Sequence[int] = FFT_S
 def log_mel_l1(x: Tensor, y: Tensor, rate: int) -> Tensor:
     """Per-sample mean ``|log mel(x) - log mel(y)|`` (64 bands at 16 kHz), ``[B]``."""
     if x.shape != y.shape:
-        raise ValueError(f"paired audio metrics need equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise UserInputError(f"paired audio metrics need equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
     return (log_mel(x, rate) - log_mel(y, rate)).abs().flatten(1).mean(1).double()
 
 

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.condition import Condition, concat_inputs
+from ...core.data.condition import Condition, concat_inputs
 from ..text import TextPool, text_context
+from ...core.errors import UserInputError
 
 __all__ = ["UNet1D", "timestep_embedding"]
 
@@ -115,7 +116,7 @@ class Attention1D(nn.Module):
     def __init__(self, ch: int, heads: int = 4, ctx_dim: int | None = None, pos_emb: bool = False) -> None:
         super().__init__()
         if ch % heads:
-            raise ValueError(f"attention channels {ch} not divisible by {heads} heads")
+            raise UserInputError(f"attention channels {ch} not divisible by {heads} heads")
         self.heads = heads
         self.norm = nn.GroupNorm(_groups(ch), ch)
         self.pos = nn.Linear(ch, ch) if pos_emb else None
@@ -167,7 +168,7 @@ class Upsample1D(nn.Module):
         elif mode == "interp":
             self.conv = nn.Conv1d(cin, cout, 3, padding=1)
         else:
-            raise ValueError(f"upsample must be 'conv_transpose' or 'interp', got {mode!r}")
+            raise UserInputError(f"upsample must be 'conv_transpose' or 'interp', got {mode!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "interp":
@@ -236,9 +237,9 @@ class UNet1D(nn.Module):
         self.text_encoder = text_encoder
         channels, factors = [int(c) for c in channels], [int(f) for f in factors]
         if len(factors) != len(channels) - 1:
-            raise ValueError(f"need len(factors) == len(channels) - 1, got {len(factors)} factors for {len(channels)} levels")
+            raise UserInputError(f"need len(factors) == len(channels) - 1, got {len(factors)} factors for {len(channels)} levels")
         if any(f < 1 for f in factors) or any(c < 1 for c in channels):
-            raise ValueError("factors and channels must be positive integers")
+            raise UserInputError("factors and channels must be positive integers")
         n = len(channels)
         attn = {a % n for a in attn_levels}
         emb_dim = int(emb_dim or 4 * channels[0])
@@ -270,7 +271,7 @@ class UNet1D(nn.Module):
             text = text_context(self.text_encoder, cond)
             labels = cond.get("label")
             if labels is not None and self.label_emb is None:
-                raise ValueError("this U-Net was built without num_classes, so it cannot take class labels")
+                raise UserInputError("this U-Net was built without num_classes, so it cannot take class labels")
             return labels, *(text if text is not None else (None, None)), text is not None
         if cond is None or not isinstance(cond, Tensor):
             return None, None, None, False
@@ -281,13 +282,13 @@ class UNet1D(nn.Module):
     def forward(self, x: Tensor, noise_level: Tensor, cond: Any = None, space: Any = None) -> Tensor:
         b, c, length = x.shape
         if c != self.in_channels:
-            raise ValueError(f"UNet1D built for {self.in_channels} channel(s), got input with {c}")
+            raise UserInputError(f"UNet1D built for {self.in_channels} channel(s), got input with {c}")
         if self.in_cond_channels:   # --- completion (inpaint helper): concatenated low-rate input ---
             extra = concat_inputs(cond)
             if extra is None:
                 extra = x.new_zeros(b, self.in_cond_channels, length)
             if tuple(extra.shape) != (b, self.in_cond_channels, length):
-                raise ValueError(f"the concatenated condition must be {[b, self.in_cond_channels, length]}, "
+                raise UserInputError(f"the concatenated condition must be {[b, self.in_cond_channels, length]}, "
                                  f"got {list(extra.shape)}")
             x = torch.cat([x, extra.to(x.dtype)], 1)
         pad = (-length) % self.total_factor

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.config import AT_LEAST_ONE, NON_NEGATIVE, OneOf, check_kwargs
-from ...core.domain import Batch
-from ...core.latent import Autoencoder, gaussian_draw, gaussian_kl
+from ...core.validation import AT_LEAST_ONE, NON_NEGATIVE, OneOf, check_kwargs
+from ...core.data.domain import Batch
+from ...core.models.latent import Autoencoder, gaussian_draw, gaussian_kl
 from .unet import Upsample, _groups
+from ...core.errors import UserInputError
 
 __all__ = ["ImageAutoencoder", "DEFAULT_IMAGE_AUTOENCODER", "psnr"]
 
@@ -93,7 +94,7 @@ class ImageAutoencoder(Autoencoder):
         self.height, self.width = int(data_info.get("height", 28)), int(data_info.get("width", 28))
         f = int(cfg["downsample"])
         if self.height % f or self.width % f:
-            raise ValueError(f"image autoencoder: the images are {self.height}x{self.width}, not multiples of the "
+            raise UserInputError(f"image autoencoder: the images are {self.height}x{self.width}, not multiples of the "
                              f"downsampling factor {f}; resize them (data option image_size) or use another factor")
         levels = int(round(math.log2(f)))
         mult = list(cfg["channel_mult"])[:levels + 1]
@@ -166,7 +167,7 @@ def check_image_autoencoder(cfg: dict[str, Any]) -> None:
     """Validate image autoencoder options (``ValueError`` naming the key)."""
     unknown = sorted(set(cfg) - set(DEFAULT_IMAGE_AUTOENCODER))
     if unknown:
-        raise ValueError(f"unknown image autoencoder option(s): {', '.join(unknown)}; known: "
+        raise UserInputError(f"unknown image autoencoder option(s): {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(DEFAULT_IMAGE_AUTOENCODER))}")
 
     def _opts(downsample: int = 4, latent_channels: int = 4, base_channels: int = 32, channel_mult: list = (1, 2),
@@ -179,4 +180,4 @@ def check_image_autoencoder(cfg: dict[str, Any]) -> None:
         "perceptual_weight": NON_NEGATIVE})
     mult = cfg.get("channel_mult", [1])
     if not mult or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mult):
-        raise ValueError(f"model.channel_mult must be a non-empty list of positive integers, got {mult!r}")
+        raise UserInputError(f"model.channel_mult must be a non-empty list of positive integers, got {mult!r}")

@@ -31,11 +31,12 @@ from torch import Tensor
 
 import warnings
 
-from ...core.cache import cached_arrays, file_key
-from ...core.datafiles import log_skipped, scan_folder
-from ...core.condition import Condition, ConcatKind, LabelKind
-from ...core.domain import Batch, DataError, DomainDataset
-from ...core.space import DenseSpace
+from ...core.data.cache import cached_arrays, file_key
+from ...core.data.datafiles import log_skipped, scan_folder
+from ...core.data.condition import Condition, ConcatKind, LabelKind
+from ...core.data.domain import Batch, DomainDataset
+from ...core.errors import DataError, UserInputError
+from ...core.data.space import DenseSpace
 from ..text import Captioner, generic_phrases, text_kind_for, with_article
 from .inpaint import check_lowres, lowres_pair
 
@@ -87,7 +88,7 @@ class ImageDataset(DomainDataset):
                  feature_net: str | None = None, text: bool = False, lowres: int | None = None,
                  rows: Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+            raise UserInputError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if (conditional or text) and labels is None:
             raise DataError(f"{source}: conditional training needs class labels, and this data has none")
         self._images, self.rows = images, rows

@@ -39,10 +39,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...core.config import AT_LEAST_ONE, FRACTION, check_kwargs
-from ...core.condition import ConcatKind, Condition, ConditionKind, LabelKind
-from ...core.domain import Batch, DataError, Domain, DomainDataset
-from ...core.space import DenseSpace
+from ...core.validation import AT_LEAST_ONE, FRACTION, check_kwargs
+from ...core.data.condition import ConcatKind, Condition, ConditionKind, LabelKind
+from ...core.data.domain import Batch, Domain, DomainDataset
+from ...core.errors import DataError, UserInputError
+from ...core.data.space import DenseSpace
 from ..text import build_text_encoder, check_text_encoder_options, text_kind_for
 from .data import BUNDLED_SOURCE, DIGIT_WORDS, ImageDataset, load_images
 from .features import InceptionFeatures, LeNet, bundled_lenet, extract_features, train_lenet
@@ -74,6 +75,8 @@ class ImageDomain(Domain):
 
     name = "image"
     description = "2-D images (PNG/JPEG folders, MNIST IDX files; bundled: 5,000 MNIST digits); U-Net; FID/KID"
+    restoration_conditions = ("lowres",)
+    layout_keys = ("channels", "height", "width")
     #: 8-bit images on [-1, 1]: bits/dim of the discrete data adds log2(256 / 2) = 7 bits (Song et al. 2021)
     likelihood_bins = 256
 
@@ -108,7 +111,7 @@ class ImageDomain(Domain):
     def check_config(self, model: dict[str, Any]) -> None:
         unknown = sorted(set(model) - _UNET_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown image model option(s): {', '.join(unknown)}; known: {', '.join(sorted(_UNET_OPTIONS))}")
+            raise UserInputError(f"unknown image model option(s): {', '.join(unknown)}; known: {', '.join(sorted(_UNET_OPTIONS))}")
         check_text_encoder_options(model.get("text_encoder"))
         check_kwargs(UNet, {k: v for k, v in model.items() if k != "text_encoder"}, "model", limits={"base_channels": AT_LEAST_ONE, "num_blocks": AT_LEAST_ONE,
                                                    "head_dim": AT_LEAST_ONE, "groups": AT_LEAST_ONE,
@@ -153,7 +156,7 @@ class ImageDomain(Domain):
 
         unknown = sorted(set(model) - set(DEFAULT_CLASSIFIER) - {"dropout"})
         if unknown:
-            raise ValueError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
+            raise UserInputError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(DEFAULT_CLASSIFIER))}")
         return ImageClassifier(int(data_info.get("channels", 1)), target.out_dim, **{**DEFAULT_CLASSIFIER, **model})
 
@@ -184,7 +187,7 @@ class ImageDomain(Domain):
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
         unknown = sorted(set(names) - {"label", "text", "lowres"})
         if unknown:
-            raise ValueError(f"the image domain cannot condition on {', '.join(unknown)}; it supports: label, text, lowres")
+            raise UserInputError(f"the image domain cannot condition on {', '.join(unknown)}; it supports: label, text, lowres")
         out: dict[str, Any] = {**({"conditional": True} if "label" in names else {}),
                                **({"text": True} if "text" in names else {})}
         if "lowres" in names:          # SR3 at 4x (7x7 -> 28x28 digits); data_options.lowres sets another factor

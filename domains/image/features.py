@@ -154,7 +154,7 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
-        from ...core.domain import DataError
+        from ...core.errors import DataError
         path = Path(path).expanduser()
         if not path.is_file():
             raise DataError(f"{path}: Inception weights not found (expected a TorchScript .pt file)")

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ...core.domain import Batch, DataError
-from ...core.space import DenseSpace
+from ...core.data.domain import Batch
+from ...core.errors import DataError, MissingPathError, UserInputError
+from ...core.data.space import DenseSpace
 
 __all__ = ["read_image", "image_completion_input", "parse_rect", "lowres_pair", "check_lowres", "lowres_condition"]
 
@@ -27,7 +28,7 @@ def read_image(path: str | Path, channels: int, what: str = "input image") -> np
     """``uint8 [H, W, C]`` with ``channels`` 1 (grayscale) or 3 (RGB); one-line DataError otherwise."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{what} {p} does not exist")
+        raise MissingPathError(f"{what} {p} does not exist")
     if not p.is_file():
         raise DataError(f"{what} {p} is not a file")
     try:
@@ -53,9 +54,9 @@ def parse_rect(value: Any, height: int, width: int) -> tuple[int, int, int, int]
             raise ValueError
         x0, y0, x1, y1 = (int(str(v).strip()) for v in parts)
     except (TypeError, ValueError):
-        raise ValueError(f"--rect must be four whole numbers x0,y0,x1,y1, got {value!r}") from None
+        raise UserInputError(f"--rect must be four whole numbers x0,y0,x1,y1, got {value!r}") from None
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(f"--rect {x0},{y0},{x1},{y1} must satisfy 0 <= x0 < x1 <= {width} and "
+        raise UserInputError(f"--rect {x0},{y0},{x1},{y1} must satisfy 0 <= x0 < x1 <= {width} and "
                          f"0 <= y0 < y1 <= {height} (the image is {width}x{height})")
     return x0, y0, x1, y1
 
@@ -63,9 +64,9 @@ def parse_rect(value: Any, height: int, width: int) -> tuple[int, int, int, int]
 def image_completion_input(path: str | Path, options: dict[str, Any], data_info: dict[str, Any]) -> tuple[Batch, Tensor]:
     unknown = sorted(set(options) - {"mask", "rect"})
     if unknown:
-        raise ValueError(f"image completion takes mask or rect, not {', '.join(unknown)}")
+        raise UserInputError(f"image completion takes mask or rect, not {', '.join(unknown)}")
     if options.get("mask") is not None and options.get("rect") is not None:
-        raise ValueError("give either --mask or --rect, not both")
+        raise UserInputError("give either --mask or --rect, not both")
     c, h, w = int(data_info.get("channels", 1)), int(data_info.get("height", 28)), int(data_info.get("width", 28))
     arr = read_image(path, c)
     if arr.shape[:2] != (h, w):
@@ -113,7 +114,7 @@ def lowres_condition(path: str | Path, data_info: dict[str, Any]) -> dict[str, T
     """``{"lowres": [C, H, W]}`` from a low-resolution image file of the model's low size."""
     factor = data_info.get("lowres")
     if not factor:
-        raise ValueError("this model was not trained for super-resolution; train with --condition lowres")
+        raise UserInputError("this model was not trained for super-resolution; train with --condition lowres")
     c, h, w = int(data_info.get("channels", 1)), int(data_info.get("height", 28)), int(data_info.get("width", 28))
     arr = read_image(path, c)
     if arr.shape[:2] != (h // factor, w // factor):

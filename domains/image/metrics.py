@@ -20,6 +20,7 @@ import numpy as np
 import scipy.linalg
 import torch
 from torch import Tensor
+from ...core.errors import UserInputError
 
 __all__ = ["frechet_distance", "fid_from_features", "feature_stats", "kid_from_features", "conditional_accuracy"]
 
@@ -30,7 +31,7 @@ def feature_stats(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``[D]`` and unbiased covariance ``[D, D]`` of ``features [N, D]`` (float64 numpy)."""
     f = features.detach().cpu().double().numpy()
     if f.shape[0] < 2:
-        raise ValueError(f"FID needs at least 2 samples per set, got {f.shape[0]}")
+        raise UserInputError(f"FID needs at least 2 samples per set, got {f.shape[0]}")
     return f.mean(0), np.cov(f, rowvar=False)
 
 
@@ -52,7 +53,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
-        raise ValueError(f"feature dimensions differ: {mu1.shape} vs {mu2.shape}")
+        raise UserInputError(f"feature dimensions differ: {mu1.shape} vs {mu2.shape}")
     diff = mu1 - mu2
     if method == "eigh":
         r1 = _psd_sqrt(s1)
@@ -62,7 +63,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         covmean = scipy.linalg.sqrtm(s1 @ s2)
         tr_covmean = float(np.trace(covmean).real)
     else:
-        raise ValueError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
+        raise UserInputError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
     fid = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
     return max(fid, 0.0)
 
@@ -80,7 +81,7 @@ def kid_from_features(a: Tensor, b: Tensor, num_subsets: int = 100, subset_size:
     y = b.detach().cpu().double()
     n = min(subset_size, len(x), len(y))
     if n < 2:
-        raise ValueError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
+        raise UserInputError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
     d = x.shape[1]
     g = torch.Generator().manual_seed(seed)
     vals = []
@@ -103,7 +104,7 @@ def kid_from_features(a: Tensor, b: Tensor, num_subsets: int = 100, subset_size:
 def conditional_accuracy(classifier: torch.nn.Module, samples: Tensor, labels: Tensor, batch_size: int = 256) -> float:
     """Fraction of ``samples`` (model space ``[-1, 1]``) that ``classifier`` assigns to ``labels``."""
     if len(samples) != len(labels):
-        raise ValueError(f"{len(samples)} samples but {len(labels)} labels")
+        raise UserInputError(f"{len(samples)} samples but {len(labels)} labels")
     hits = 0
     for i in range(0, len(samples), batch_size):
         logits = classifier(samples[i:i + batch_size].float().clamp(-1, 1))

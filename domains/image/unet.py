@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.condition import Condition, concat_inputs
+from ...core.data.condition import Condition, concat_inputs
 from ..text import TextPool, text_context
+from ...core.errors import UserInputError
 
 __all__ = ["UNet", "timestep_embedding", "split_condition"]
 
@@ -74,7 +75,7 @@ def split_condition(cond: Any) -> tuple[Tensor | None, Tensor | None, Tensor | N
     if isinstance(cond, Tensor):
         if cond.is_floating_point():
             if cond.ndim != 3:
-                raise ValueError(f"a float condition must be context tokens [B, L, D], got shape {tuple(cond.shape)}")
+                raise UserInputError(f"a float condition must be context tokens [B, L, D], got shape {tuple(cond.shape)}")
             return None, cond, None
         return cond, None, None
     raise TypeError(f"unsupported condition type {type(cond).__name__}")
@@ -256,7 +257,7 @@ class UNet(nn.Module):
             context_dim = int(text_encoder.dim)
         mult = [int(m) for m in channel_mult]
         if not mult or min(mult) < 1 or base_channels < 1 or num_blocks < 1:
-            raise ValueError("channel_mult must be non-empty positive integers; base_channels, num_blocks >= 1")
+            raise UserInputError("channel_mult must be non-empty positive integers; base_channels, num_blocks >= 1")
         levels = len(mult)
         if attn_levels is None:
             if attn_resolutions is not None and image_size is not None:
@@ -340,16 +341,16 @@ class UNet(nn.Module):
         if text is not None:
             context, mask = text
         if labels is not None and self.class_emb is None:
-            raise ValueError("this U-Net was built without num_classes, so it cannot take class labels")
+            raise UserInputError("this U-Net was built without num_classes, so it cannot take class labels")
         if context is not None and self.context_dim is None:
-            raise ValueError("this U-Net was built without context_dim, so it cannot take context tokens")
+            raise UserInputError("this U-Net was built without context_dim, so it cannot take context tokens")
         b, _, h, w = x.shape
         if self.in_cond_channels:   # --- completion (inpaint helper): SR3 input concatenation ---
             extra = concat_inputs(cond)
             if extra is None:
                 extra = x.new_zeros(b, self.in_cond_channels, h, w)
             if tuple(extra.shape) != (b, self.in_cond_channels, h, w):
-                raise ValueError(f"the concatenated condition must be {[b, self.in_cond_channels, h, w]}, "
+                raise UserInputError(f"the concatenated condition must be {[b, self.in_cond_channels, h, w]}, "
                                  f"got {list(extra.shape)}")
             x = torch.cat([x, extra.to(x.dtype)], 1)
         m = 2 ** (self.levels - 1)

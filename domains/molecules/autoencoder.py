@@ -44,13 +44,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffuse.core.domain import Batch
-from diffuse.core.graph import GraphSpace
-from diffuse.core.latent import Autoencoder
-from diffuse.core.space import GeneratorLike
+from ...core.data.domain import Batch
+from ...core.data.graph import GraphSpace
+from ...core.models.latent import Autoencoder
+from ...core.data.space import GeneratorLike
 
 from .dataset import FeatureCodec
 from .egnn import GCL, CoordUpdate, egnn_trunk
+from ...core.errors import UserInputError
 
 __all__ = ["MoleculeAutoencoder", "AUTOENCODER_DEFAULTS", "autoencoder_kwargs"]
 
@@ -66,17 +67,17 @@ def autoencoder_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     """The full option set for ``config`` (defaults filled in); ``ValueError`` for unknown or bad ones."""
     unknown = sorted(set(config) - set(AUTOENCODER_DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown molecule autoencoder option(s) {', '.join(unknown)}; known: "
+        raise UserInputError(f"unknown molecule autoencoder option(s) {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(AUTOENCODER_DEFAULTS))}")
     out = {**AUTOENCODER_DEFAULTS, **config}
     for key in ("latent_features", "hidden", "encoder_layers", "decoder_layers", "inv_sublayers"):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"molecule autoencoder option {key} must be a whole number >= 1, got {v!r}")
+            raise UserInputError(f"molecule autoencoder option {key} must be a whole number >= 1, got {v!r}")
     for key in ("kl_weight", "charge_weight"):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"molecule autoencoder option {key} must be a finite number >= 0, got {v!r}")
+            raise UserInputError(f"molecule autoencoder option {key} must be a finite number >= 0, got {v!r}")
     return out
 
 
@@ -139,7 +140,7 @@ class MoleculeAutoencoder(Autoencoder):
     def _space(batch: Batch) -> GraphSpace:
         space = batch.space
         if not isinstance(space, GraphSpace):
-            raise ValueError(f"the molecule autoencoder needs graph batches, got {type(space).__name__}")
+            raise UserInputError(f"the molecule autoencoder needs graph batches, got {type(space).__name__}")
         return space
 
     def posterior(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -147,7 +148,7 @@ class MoleculeAutoencoder(Autoencoder):
         space = self._space(batch)
         x = batch.x
         if x.shape[1] != 3 + self.codec.num_features:
-            raise ValueError(f"molecule batch has {x.shape[1]} channels; this autoencoder was built for "
+            raise UserInputError(f"molecule batch has {x.shape[1]} channels; this autoencoder was built for "
                              f"{3 + self.codec.num_features} (3 positions + {self.codec.num_features} features)")
         k = self.latent_features
         mu_x, out = self.encoder(space.project(x[:, :3]), x[:, 3:], space)
@@ -181,7 +182,7 @@ class MoleculeAutoencoder(Autoencoder):
 
     def _decode_raw(self, z: Tensor, space: GraphSpace) -> tuple[Tensor, Tensor]:
         if z.shape[1] != 3 + self.latent_features:
-            raise ValueError(f"molecule latent has {z.shape[1]} channels; this autoencoder's latent has "
+            raise UserInputError(f"molecule latent has {z.shape[1]} channels; this autoencoder's latent has "
                              f"{3 + self.latent_features} (3 positions + {self.latent_features} features)")
         return self.decoder(space.project(z[:, :3]), z[:, 3:], space)
 

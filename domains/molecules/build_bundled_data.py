@@ -23,6 +23,7 @@ import numpy as np
 from rdkit import Chem
 
 from .readers import qm9pack_files, read_qm9pack
+from ...core.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def read_properties(indices: np.ndarray) -> np.ndarray:
                 if k is not None:
                     out[k] = [float(row[col]) * factor for col, _, factor in PROPERTIES.values()]
     if np.isnan(out).any():
-        raise ValueError("some requested QM9 indices are not in qm9pack's CSVs")
+        raise UserInputError("some requested QM9 indices are not in qm9pack's CSVs")
     return out
 
 

@@ -47,6 +47,7 @@ from rdkit import Chem, rdBase
 from rdkit.Geometry import Point3D
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
+from ...core.errors import UserInputError
 
 __all__ = ["BOND_RULES", "bond_rule", "BOND_LENGTHS_SINGLE", "BOND_LENGTHS_DOUBLE", "BOND_LENGTHS_TRIPLE", "MARGINS", "ALLOWED_VALENCE",
            "BondTables", "MoleculeReport", "analyze_molecule", "build_rdkit_mol", "validity_table",
@@ -110,7 +111,7 @@ def bond_rule(elements: Sequence[str], rule: str | None = "auto") -> str:
     if rule in (None, "auto"):
         return "qm9" if set(elements) <= _QM9_ELEMENTS else "geom"
     if rule not in BOND_RULES:
-        raise ValueError(f"unknown bond rule {rule!r}; expected auto, {' or '.join(BOND_RULES)}")
+        raise UserInputError(f"unknown bond rule {rule!r}; expected auto, {' or '.join(BOND_RULES)}")
     return str(rule)
 
 

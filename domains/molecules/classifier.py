@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffuse.core.graph import GraphSpace
+from ...core.data.graph import GraphSpace
 
 from .egnn import GCL
+from ...core.errors import UserInputError
 
 __all__ = ["MoleculeClassifier", "DEFAULT_CLASSIFIER", "PROPERTIES", "molecule_property"]
 
@@ -43,7 +44,7 @@ class MoleculeClassifier(nn.Module):
 
     def forward(self, x: Tensor, noise_level: Tensor, space: GraphSpace | None = None) -> Tensor:
         if space is None:
-            raise ValueError("the molecule classifier needs the batch's GraphSpace (space=...)")
+            raise UserInputError("the molecule classifier needs the batch's GraphSpace (space=...)")
         batch = space.batch.to(x.device)
         row, col = (e.to(x.device) for e in space.edges())
         t = (noise_level.to(x.dtype).reshape(-1).expand(space.num_graphs) / self.time_scale)[batch].unsqueeze(1)
@@ -61,4 +62,4 @@ def molecule_property(name: str, x: Tensor, space: GraphSpace) -> Tensor:
         pos = x[:, :3]
         com = space.graph_mean(pos)[space.batch.to(x.device)]
         return torch.sqrt(space.graph_mean(((pos - com) ** 2).sum(1, keepdim=True)).reshape(-1))
-    raise ValueError(f"the molecules domain has no property {name!r}; it computes: {', '.join(PROPERTIES)}")
+    raise UserInputError(f"the molecules domain has no property {name!r}; it computes: {', '.join(PROPERTIES)}")

@@ -25,10 +25,11 @@ import torch
 from rdkit import Chem
 from torch import Tensor
 
-from diffuse.core.cache import cached_arrays, file_key
-from diffuse.core.condition import Condition, VectorKind
-from diffuse.core.domain import Batch, DataError, DomainDataset
-from diffuse.core.graph import GraphSpace
+from ...core.data.cache import cached_arrays, file_key
+from ...core.data.condition import Condition, VectorKind
+from ...core.data.domain import Batch, DomainDataset
+from ...core.errors import DataError
+from ...core.data.graph import GraphSpace
 
 from .chem import BondTables, analyze_molecule, bond_rule
 from .readers import RawMolecules, report_skipped

@@ -25,11 +25,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from diffuse.core.config import check_kwargs
-from diffuse.core.condition import Condition
-from diffuse.core.domain import Batch, DataError, Domain, DomainDataset
-from diffuse.core.graph import GraphSpace
-from diffuse.core.space import GeneratorLike
+from ...core.validation import check_kwargs
+from ...core.data.condition import Condition
+from ...core.data.domain import Batch, Domain, DomainDataset
+from ...core.errors import DataError, UserInputError
+from ...core.data.graph import GraphSpace
+from ...core.data.space import GeneratorLike
 
 from .chem import BOND_RULES, BondTables, MoleculeReport, analyze_molecule, bond_rule, validity_table
 from .dataset import QM9_ELEMENTS, FeatureCodec, MoleculeDataset, load_bundled, split_batch, cached_dataset
@@ -84,7 +85,7 @@ def _num_atoms(num: int, data_info: dict[str, Any], generator: GeneratorLike, co
         if counts.numel() == 1:
             counts = counts.expand(num).clone()
         if counts.numel() != num or bool((counts < 1).any()):
-            raise ValueError(f"num_atoms must be one positive count or {num} of them, got {cond!r}")
+            raise UserInputError(f"num_atoms must be one positive count or {num} of them, got {cond!r}")
         return counts
     hist = data_info.get("num_atoms_hist")
     if not hist:
@@ -95,7 +96,7 @@ def _num_atoms(num: int, data_info: dict[str, Any], generator: GeneratorLike, co
         draw = torch.multinomial(weights, num, replacement=True, generator=generator)
     else:  # one generator per sample: sample i's size depends only on generator i
         if len(generator) != num:
-            raise ValueError(f"got {len(generator)} generators for {num} molecules")
+            raise UserInputError(f"got {len(generator)} generators for {num} molecules")
         draw = torch.cat([torch.multinomial(weights, 1, generator=g) for g in generator])
     return sizes[draw]
 
@@ -126,18 +127,18 @@ def _atom_counts(value: Any) -> list[int]:
         value = value.get("num_atoms")
     if isinstance(value, torch.Tensor):
         if value.dtype == torch.bool or value.is_complex():
-            raise ValueError(f"atom counts must be integers, got a {value.dtype} tensor")
+            raise UserInputError(f"atom counts must be integers, got a {value.dtype} tensor")
         flat = value.reshape(-1)
         if flat.is_floating_point():
             if not bool(torch.isfinite(flat).all()) or bool((flat != flat.round()).any()):
                 bad = flat[~torch.isfinite(flat) | (flat != flat.round())][0].item()
-                raise ValueError(f"atom counts must be whole numbers, got {bad}")
+                raise UserInputError(f"atom counts must be whole numbers, got {bad}")
         return [int(v) for v in flat.tolist()]
     items = value if isinstance(value, (list, tuple)) else [value]
     out = []
     for v in items:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-            raise ValueError(f"atom counts must be whole numbers, got {v!r}")
+            raise UserInputError(f"atom counts must be whole numbers, got {v!r}")
         out.append(int(v))
     return out
 
@@ -158,6 +159,7 @@ class MoleculeDomain(Domain):
 
     name = "molecules"
     description = "3-D molecules (QM9, SDF/XYZ/SMILES): EGNN, stability / validity metrics, SDF + XYZ output"
+    meaning_keys = ("elements",)
     likelihood_unit = "nats"
     named_datasets = ("qm9", "qm9pack", "QM9")
 
@@ -196,13 +198,13 @@ class MoleculeDomain(Domain):
             return
         counts = _atom_counts(value)
         if not counts:
-            raise ValueError("no atom counts given")
+            raise UserInputError("no atom counts given")
         if min(counts) < 1:
-            raise ValueError(f"atom counts must be at least 1, got {min(counts)}")
+            raise UserInputError(f"atom counts must be at least 1, got {min(counts)}")
         hist = data_info.get("num_atoms_hist") or []
         largest = max([int(data_info.get("max_atoms") or 0)] + [int(h[0]) for h in hist])
         if largest and max(counts) > 2 * largest:
-            raise ValueError(f"atom counts must be at most {2 * largest} (twice the largest molecule in the "
+            raise UserInputError(f"atom counts must be at most {2 * largest} (twice the largest molecule in the "
                              f"training data, {largest} atoms), got {max(counts)}")
         per = batch_size or len(counts)
         if len(counts) == 1:
@@ -211,7 +213,7 @@ class MoleculeDomain(Domain):
             pairs = max(sum(n * n for n in counts[i:i + per]) for i in range(0, len(counts), per))
         need, avail = pairs * BYTES_PER_PAIR, available_memory()
         if avail is not None and need > avail:
-            raise ValueError(f"sampling {max(counts)}-atom molecules {per} at a time needs at least "
+            raise UserInputError(f"sampling {max(counts)}-atom molecules {per} at a time needs at least "
                              f"{need / 2 ** 30:.1f} GiB for the all-pairs edges but {avail / 2 ** 30:.1f} GiB is "
                              "available; use a smaller --batch-size or fewer atoms")
 
@@ -269,7 +271,7 @@ class MoleculeDomain(Domain):
 
         unknown = sorted(set(model) - set(DEFAULT_CLASSIFIER))
         if unknown:
-            raise ValueError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
+            raise UserInputError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(DEFAULT_CLASSIFIER))}")
         return MoleculeClassifier(FeatureCodec.from_info(data_info).num_features, target.out_dim,
                                   **{**DEFAULT_CLASSIFIER, **model})
@@ -298,7 +300,7 @@ class MoleculeDomain(Domain):
         for name in names:
             head, _, rest = str(name).partition(":")
             if head.strip() != CONDITION_NAME:
-                raise ValueError(f"the molecules domain cannot condition on {name!r}; it supports "
+                raise UserInputError(f"the molecules domain cannot condition on {name!r}; it supports "
                                  f"property:NAME[,NAME...] with NAME in {', '.join(PROPERTY_NAMES)}")
             props += [p for p in parse_property_names(rest) if p not in props]
         return {"properties": props} if props else {}
@@ -313,7 +315,7 @@ class MoleculeDomain(Domain):
             return None
         gens = generator if isinstance(generator, (list, tuple)) else [generator] * num
         if len(gens) != num:
-            raise ValueError(f"got {len(gens)} generators for {num} molecules")
+            raise UserInputError(f"got {len(gens)} generators for {num} molecules")
         return draw_atom_counts(table, data_info["num_atoms_hist"], cond, gens)
 
     # ---------------------------------------------------------------- results

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffuse.core.graph import GraphSpace
+from ...core.data.graph import GraphSpace
+from ...core.errors import UserInputError
 
 __all__ = ["EGNN", "PRESETS", "model_kwargs"]
 
@@ -59,14 +60,14 @@ def model_kwargs(model: dict[str, Any]) -> dict[str, Any]:
     model = dict(model)
     preset = model.pop("preset", "small")
     if preset not in PRESETS:
-        raise ValueError(f"unknown molecule model preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise UserInputError(f"unknown molecule model preset {preset!r}; expected one of {sorted(PRESETS)}")
     unknown = sorted(set(model) - set(_DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown molecule model option(s) {', '.join(unknown)}; known: preset, "
+        raise UserInputError(f"unknown molecule model option(s) {', '.join(unknown)}; known: preset, "
                          f"{', '.join(sorted(_DEFAULTS))}")
     out = {**_DEFAULTS, **PRESETS[preset], **model}
     if int(out["layers"]) < 1 or int(out["hidden"]) < 1 or int(out["inv_sublayers"]) < 1:
-        raise ValueError("molecule model needs layers, hidden and inv_sublayers >= 1")
+        raise UserInputError("molecule model needs layers, hidden and inv_sublayers >= 1")
     return out
 
 
@@ -205,7 +206,7 @@ class EGNN(nn.Module):
 
     def forward(self, x: Tensor, noise_level: Tensor, cond: Any = None, space: GraphSpace | None = None) -> Tensor:
         if space is None:
-            raise ValueError("the EGNN needs the batch's GraphSpace (space=...)")
+            raise UserInputError("the EGNN needs the batch's GraphSpace (space=...)")
         pos0, h = x[:, :3], x[:, 3:]
         batch = space.batch.to(x.device)
         row, col = space.edges()

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...core.domain import Batch, DataError
-from ...core.graph import GraphSpace
+from ...core.data.domain import Batch
+from ...core.errors import DataError, MissingPathError, UserInputError
+from ...core.data.graph import GraphSpace
 from .dataset import FeatureCodec
 from .readers import read_file
 
@@ -28,10 +29,10 @@ def molecule_completion_input(path: str | Path, options: dict[str, Any], data_in
                               check_structure=None) -> tuple[Batch, Tensor]:
     unknown = sorted(set(options) - {"num_atoms"})
     if unknown:
-        raise ValueError(f"molecule completion takes num_atoms, not {', '.join(unknown)}")
+        raise UserInputError(f"molecule completion takes num_atoms, not {', '.join(unknown)}")
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"fragment file {p} does not exist")
+        raise MissingPathError(f"fragment file {p} does not exist")
     if not (p.name.lower().endswith((".sdf", ".sdf.gz", ".xyz"))):
         raise DataError(f"fragment {p}: expected an SDF or XYZ file with 3-D coordinates")
     raw = read_file(p, {"add_hydrogens": False})
@@ -51,9 +52,9 @@ def molecule_completion_input(path: str | Path, options: dict[str, Any], data_in
     if n is None:
         n = k
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"--num-atoms must be a positive whole number, got {n!r}")
+        raise UserInputError(f"--num-atoms must be a positive whole number, got {n!r}")
     if k > n:
-        raise ValueError(f"the fragment has {k} atoms, more than the requested molecule (--num-atoms {n})")
+        raise UserInputError(f"the fragment has {k} atoms, more than the requested molecule (--num-atoms {n})")
     if check_structure is not None:
         check_structure([n], data_info, batch_size=1)
     codec = FeatureCodec.from_info(data_info)

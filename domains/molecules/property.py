@@ -35,10 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffuse.core.condition import Condition, VectorKind
-from diffuse.core.graph import GraphSpace
+from ...core.data.condition import Condition, VectorKind
+from ...core.data.graph import GraphSpace
 
 from .egnn import GCL, _geometry
+from ...core.errors import UserInputError
 
 __all__ = ["PROPERTY_NAMES", "PROPERTY_UNITS", "CONDITION_NAME", "parse_property_names", "atom_count_table",
            "draw_atom_counts", "PropertyPredictor", "train_predictor", "predict", "atoms_only_baseline"]
@@ -63,11 +64,11 @@ def parse_property_names(spec: str | Sequence[str], known: Sequence[str] = PROPE
         if not name:
             continue
         if name.lower() not in lower:
-            raise ValueError(f"unknown molecule property {name!r}; known: {', '.join(known)}")
+            raise UserInputError(f"unknown molecule property {name!r}; known: {', '.join(known)}")
         if lower[name.lower()] not in out:
             out.append(lower[name.lower()])
     if not out:
-        raise ValueError(f"--condition property:NAME needs a property name; known: {', '.join(known)}")
+        raise UserInputError(f"--condition property:NAME needs a property name; known: {', '.join(known)}")
     return out
 
 

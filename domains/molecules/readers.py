@@ -25,8 +25,8 @@ import numpy as np
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
-from diffuse.core.datafiles import log_skipped, scan_folder
-from diffuse.core.domain import DataError
+from ...core.data.datafiles import log_skipped, scan_folder
+from ...core.errors import DataError
 
 __all__ = ["RawMolecules", "read_path", "read_qm9pack", "read_qm9_raw", "read_sdf", "read_xyz", "read_smiles",
            "qm9_split", "QM9_SPLIT_SIZES", "SUFFIXES"]

@@ -1,0 +1,242 @@
+"""How a training run starts: new, resumed or initialised from a model, decided once.
+
+:func:`plan_training` turns the arguments of :func:`~diffuse.api.training.train` into a
+:class:`RunPlan` (the run folder, its complete :class:`~diffuse.core.config.RunConfig`, the
+checkpoint it resumes or the weights it starts from) after every rule below is checked, before
+anything is written; :func:`~diffuse.api.runs.execute` then runs any plan the same way.
+
+* **new** (``out``): the folder must be new or empty (:func:`check_out`);
+* **resume** (``resume``): only what :data:`RESUMABLE_TRAIN_KEYS` names may change; the total
+  steps only forward and only where the result is exact (:func:`check_resume_steps`);
+* **init** (``init``: a run folder or ``pretrained:NAME``): a new run whose model and diffusion
+  are the initial model's, whose data must mean the same (:func:`check_init_data`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.config import RunConfig, TrainConfig, update_dataclass
+from ..core.data.domain import Domain
+from ..core.errors import CheckpointError, DataError, OutputExistsError, UserInputError
+from ..core.training.checkpoint import (check_writable, file_sha256, identity_weights_file, is_run_folder,
+                                        load_checkpoint, read_run_config)
+from .configs import check_train, make_config, read_config_file
+from .loading import read_pretrained
+
+__all__ = ["RunPlan", "plan_training", "RESUMABLE_TRAIN_KEYS", "PRETRAINED_PREFIX", "check_out", "init_domain",
+           "refuse_change", "check_resume_steps", "resume_config"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunPlan:
+    """A training run decided: where it goes, its whole config, and what it continues from.
+    ``checkpoint``: the resumed run's newest checkpoint (with its training state); ``init``:
+    ``(raw weights, EMA weights, where they are)`` of the model a new run starts from; ``source``:
+    the initial model's config (to check the data against it)."""
+
+    run_dir: Path
+    config: RunConfig
+    checkpoint: dict[str, Any] | None = None
+    init: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], Path] | None = None
+    source: RunConfig | None = None
+    init_name: str | None = None
+
+    @property
+    def resuming(self) -> bool:
+        return self.checkpoint is not None
+
+
+#: TrainConfig keys a resumed run may change: the total steps, evaluation / logging, the device
+RESUMABLE_TRAIN_KEYS = ("steps", "eval_samples", "eval_sampler", "eval_steps", "eval_budget", "eval_min_seconds",
+                        "sample_every", "log_every", "checkpoint_every", "final_eval", "device", "prefetch",
+                        "precision", "channels_last", "compile")
+
+
+def refuse_change(run_dir: Path, key: str, new: Any, old: Any) -> None:
+    raise UserInputError(f"cannot resume {run_dir} with {key} = {new!r}: the run was trained with {old!r}, and only "
+                     f"train.{', train.'.join(RESUMABLE_TRAIN_KEYS)} can change on resume; start a new run to change it")
+
+
+def resume_config(run_dir: Path, cfg: RunConfig, config: dict[str, Any] | str | Path | None,
+                   diffusion: dict[str, Any] | None, train_overrides: dict[str, Any]) -> RunConfig:
+    """The run's config with what may change on resume applied (``RESUMABLE_TRAIN_KEYS``, from the
+    config file / dict and then the keyword overrides); any other key that differs is an error."""
+    user = config if isinstance(config, dict) else read_config_file(config)
+    for key in ("domain", "data"):
+        if key in user and user[key] != getattr(cfg, key):
+            refuse_change(run_dir, key, user[key], getattr(cfg, key))
+    for section in ("model", "data_options"):
+        for key, value in (user.get(section) or {}).items():
+            old = getattr(cfg, section).get(key)
+            if value != old:
+                refuse_change(run_dir, f"{section}.{key}", value, old)
+    diff_values = {**(user.get("diffusion") or {}), **{k: v for k, v in (diffusion or {}).items() if v is not None}}
+    update_dataclass(cfg.diffusion, diff_values, "diffusion")  # unknown keys: a clear error
+    for key, value in diff_values.items():
+        if value != getattr(cfg.diffusion, key):
+            refuse_change(run_dir, f"diffusion.{key}", value, getattr(cfg.diffusion, key))
+    train_values = {**(user.get("train") or {}), **{k: v for k, v in train_overrides.items() if v is not None}}
+    update_dataclass(cfg.train, train_values, "train")
+    for key, value in train_values.items():
+        if key not in RESUMABLE_TRAIN_KEYS and value != getattr(cfg.train, key):
+            refuse_change(run_dir, f"train.{key}", value, getattr(cfg.train, key))
+    return replace(cfg, train=update_dataclass(cfg.train, train_values, "train"))
+
+
+def check_resume_steps(run_dir: Path, old: TrainConfig, new: TrainConfig, done: int) -> None:
+    """Resume only forward, and only where the result is the run it claims to be: the same total
+    (always exact) or, with a constant learning rate, any larger total (exact too)."""
+    if done >= new.steps:
+        if new.steps == old.steps:
+            raise UserInputError(f"{run_dir} is already finished ({done} of {old.steps} steps); pass --steps N above "
+                             f"{done} to train on (lr_schedule constant runs only), or start a new run with --out")
+        raise UserInputError(f"cannot resume {run_dir} to {new.steps} steps: its checkpoint is already at step {done}; "
+                         f"pass --steps N above {done}")
+    if new.steps != old.steps and old.lr_schedule != "constant":
+        raise UserInputError(f"cannot change the total steps of {run_dir} from {old.steps} to {new.steps}: its "
+                         f"{old.lr_schedule} learning-rate schedule depends on the total, so the result would match "
+                         "neither run; start a new run, with lr_schedule \"constant\" (--config: {\"train\": "
+                         "{\"lr_schedule\": \"constant\"}}) if you want runs that can be extended")
+
+
+def check_out(run_dir: Path) -> None:
+    """A new run's folder: absent, or an empty folder (checked before anything is created)."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise OutputExistsError(f"--out {run_dir} is a file, not a folder")
+    if is_run_folder(run_dir):
+        raise OutputExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
+                              "or choose another --out")
+    if any(run_dir.iterdir()):
+        raise OutputExistsError(f"{run_dir} is not empty and is not a diffuse run folder; choose a new or empty --out")
+
+
+#: ``train(init=...)`` names a shipped model with this prefix (``pretrained:molecules``)
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def init_domain(init: str | Path) -> str:
+    """The domain of the model ``train(init=...)`` would start from (a run folder or ``pretrained:NAME``)."""
+    text = str(init)
+    if text.startswith(PRETRAINED_PREFIX):
+        from ..pretrained import folder
+        return read_run_config(folder(text[len(PRETRAINED_PREFIX):])).domain
+    return read_run_config(text).domain
+
+
+def _read_init(init: str | Path, domain: str) -> tuple[RunConfig, dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                                      dict[str, Any], Path]:
+    """The model ``train(init=...)`` starts from: a run folder's newest checkpoint (raw and EMA
+    weights) or ``pretrained:NAME`` (EMA weights, used for both). Returns its config, the two
+    weight dicts, the record the new run keeps (``RunConfig.init``) and where the weights are."""
+    text = str(init)
+    if text.strip() == "":
+        raise UserInputError("--init is an empty string; give a run folder or pretrained:NAME")
+    if text.startswith(PRETRAINED_PREFIX):
+        name = text[len(PRETRAINED_PREFIX):]
+
+        path, src, ema = read_pretrained(name)
+        model, where = ema, path
+        record = {"pretrained": name, "sha256": file_sha256(path / "ema.safetensors")}
+    else:
+        run = Path(text)
+        ck = load_checkpoint(run)
+        src, where = ck["config"], ck["path"]
+        model = ck["model"]
+        ema = ck["ema"] if ck["ema"] is not None else model
+        record = {"run": str(run.resolve()), "step": ck["meta"].get("step"),
+                  "sha256": file_sha256(identity_weights_file(where))}
+    if src.domain != domain:
+        raise CheckpointError(f"--init {text} is a model of domain {src.domain!r}, not {domain!r}")
+    if src.latent is not None:
+        raise UserInputError(f"--init {text} is a latent diffusion model; --init starts data-space models only")
+    return src, model, ema, record, where
+
+
+def _init_config(user: dict[str, Any], src: RunConfig) -> dict[str, Any]:
+    """A new run's config dict on top of the model it starts from: data, data options, model
+    and diffusion default to the initial model's (the user's values win; model and diffusion
+    are then checked to be unchanged), the train section is the user's over the domain's."""
+    out = dict(user)
+    out.setdefault("data", src.data)
+    out["data_options"] = {**src.data_options, **user.get("data_options", {})}
+    out["model"] = {**src.model, **user.get("model", {})}
+    out["diffusion"] = {**asdict(src.diffusion), **user.get("diffusion", {})}
+    return out
+
+
+def _check_init_unchanged(cfg: RunConfig, src: RunConfig, init: str | Path) -> None:
+    """Fine-tuning keeps the network and what it predicts: model and diffusion as the initial model's."""
+    changed = [f"model.{k}" for k in sorted(set(cfg.model) | set(src.model)) if cfg.model.get(k) != src.model.get(k)]
+    new, old = asdict(cfg.diffusion), asdict(src.diffusion)
+    changed += [f"diffusion.{k}" for k in sorted(new) if new[k] != old.get(k)]
+    if changed:
+        raise UserInputError(f"--init {init}: {', '.join(changed)} differ(s) from the initial model's; a run started "
+                         "from a model keeps its model and diffusion sections (leave them out of --config and flags)")
+
+
+def check_init_data(dom: Domain, info: dict[str, Any], src: dict[str, Any], init: str | Path) -> None:
+    """The new data must mean what the initial model's did where a weight's meaning depends on it:
+    what the domain says fixes the meaning of its inputs (``Domain.data_mismatch``: molecules'
+    element list) and label classes in the same order."""
+    problem = dom.data_mismatch(info, src, meaning=True)
+    if problem:
+        key, mine, theirs = problem
+        raise DataError(f"--init {init}: the data's {key} {mine} are not the initial model's {theirs} (the model's "
+                        "input features would change meaning)")
+    mine, theirs = info.get("conditions") or {}, src.get("conditions") or {}
+    for name in sorted(set(mine) & set(theirs)):
+        a, b = mine[name].get("class_names"), theirs[name].get("class_names")
+        if a is not None and b is not None and a != b:
+            raise DataError(f"--init {init}: the data's {name} classes {a} are not the initial model's {b} "
+                            "(label embeddings would change meaning)")
+
+
+
+def plan_training(dom: Domain, *, data: str | Path | None = None, out: str | Path | None = None,
+                  config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
+                  diffusion: dict[str, Any] | None = None, conditions: list[str] | str | None = None,
+                  init: str | Path | None = None, train_overrides: dict[str, Any] | None = None) -> RunPlan:
+    """The :class:`RunPlan` of a diffusion training run (see the module docstring); every rule is
+    checked here, nothing is written. ``dom`` is the run's domain (a latent model's wrapped one)."""
+    train_overrides = train_overrides or {}
+    name = dom.name
+    if init is not None and resume is not None:
+        raise UserInputError("--init starts a new run from a model's weights; --resume continues a run: give one")
+    if resume is not None:
+        if conditions:
+            raise UserInputError("--condition cannot change when resuming a run")
+        run_dir = Path(resume)
+        run_cfg = read_run_config(run_dir)
+        if run_cfg.domain != name:
+            raise CheckpointError(f"cannot resume {run_dir}: it is a run of domain {run_cfg.domain!r}, not {name!r}")
+        cfg = resume_config(run_dir, run_cfg, config, diffusion, train_overrides)
+        check_train(cfg.train)
+        if data is not None:
+            cfg.data = str(data)
+        checkpoint = load_checkpoint(run_dir, with_state=True)
+        check_resume_steps(run_dir, run_cfg.train, cfg.train, int(checkpoint["state"]["step"]))
+        check_writable(run_dir)
+        return RunPlan(run_dir, cfg, checkpoint=checkpoint)
+    src = weights = None
+    if init is not None:
+        src, model_w, ema_w, record, where = _read_init(init, name)
+        config = _init_config(config if isinstance(config, dict) else read_config_file(config), src)
+        weights = (model_w, ema_w, where)
+    cfg = make_config(dom, data=data, config=config, diffusion=diffusion, conditions=conditions, **train_overrides)
+    cfg.latent = getattr(dom, "record", None)
+    if src is not None:
+        _check_init_unchanged(cfg, src, init)
+        cfg.init = record
+    run_dir = Path(out) if out is not None else Path("runs") / name
+    check_out(run_dir)
+    return RunPlan(run_dir, cfg, init=weights, source=src, init_name=str(init) if init is not None else None)

@@ -1,0 +1,127 @@
+"""``diffuse evaluate`` and ``optimize-grid``: commands that measure a trained model. Thin:
+parse, call :mod:`diffuse.api`, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import api
+from ..core.validation import check_device
+from .common import (PATH, UserError, check_model_source, check_out_file, load_model, parse_sampler_options,
+                     positive, print_columns, print_table, sampler_names, spacing_names)
+
+__all__ = ["evaluate", "optimize_grid"]
+
+
+@click.command()
+@click.option("--checkpoint", "-c", type=PATH, default=None, help="Run folder from `diffuse train`.")
+@click.option("--pretrained", default=None, metavar="NAME",
+              help="A model shipped inside the package instead of --checkpoint (image, audio, molecules); "
+                   "its reference is its training data's held-out split, as for a run.")
+@click.option("--num", "-n", type=int, default=256, show_default=True, callback=positive, help="Samples to generate.")
+@click.option("--data", type=PATH, default=None,
+              help="Reference data (default: the training data's held-out split).")
+@click.option("--sampler", default=None,
+              help="Sampler (default: the domain's: ddim; audio ddpm, 50 steps; molecules ddpm, 500 steps).")
+@click.option("--steps", type=int, default=None, callback=positive)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True, callback=positive)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--domain", default=None, help="Expected domain; an error if the checkpoint is of another.")
+@click.option("--spacing", type=click.Choice(spacing_names()), default=None,
+              help="Time-grid spacing (default: as for `diffuse sample`).")
+@click.option("--guidance-scale", "guidance_scale", type=float, default=None, metavar="S",
+              help="A conditional model sampled conditionally: each sample takes the condition of a random "
+                   "training item (labels in the data's class shares, its captions or property values), "
+                   "guided at scale S (1: plain conditional). Default: unconditional samples.")
+@click.option("--baseline", is_flag=True,
+              help="Also evaluate an untrained model of the same architecture, side by side.")
+@click.option("--option", "-o", "sampler_opts", multiple=True, metavar="KEY=VALUE", help="Sampler option, repeatable.")
+@click.option("--likelihood", is_flag=True,
+              help="Also the negative log-likelihood of reference data under the probability-flow ODE "
+                   "(bits/dim for images and audio, nats per molecule).")
+@click.option("--likelihood-num", type=int, default=64, show_default=True, callback=positive,
+              help="Reference items for --likelihood.")
+@click.option("--exact-trace", is_flag=True, help="--likelihood with the exact divergence (small data only); "
+              "default: exact up to 16 dimensions, Hutchinson above.")
+@click.option("--out", type=PATH, default=None,
+              help="JSON file for the metrics (default CHECKPOINT/evaluation.json; for --pretrained NAME: "
+                   "evaluation-pretrained-NAME.json in the current folder).")
+def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size, device, domain, spacing,
+             guidance_scale, baseline, sampler_opts, likelihood, likelihood_num, exact_trace, out) -> None:
+    """Sample a trained model and print its metrics against reference data (also written as JSON)."""
+    check_model_source(checkpoint, pretrained)
+    # a named sampler's options are checked now; the domain's default sampler's once the model is loaded
+    opts = parse_sampler_options(sampler, sampler_opts) if sampler is not None else None
+    if data is not None and not Path(data).exists():
+        raise UserError(f"data path {data} does not exist")
+    check_device(device)
+    if out is not None:
+        check_out_file(out)
+    model = load_model(checkpoint, pretrained, device, domain)
+    if opts is None:
+        sampler, steps = model.default_sampling(sampler, steps)
+        opts = parse_sampler_options(sampler, sampler_opts)
+    default_out = (Path(checkpoint) / "evaluation.json" if pretrained is None
+                   else Path(f"evaluation-pretrained-{pretrained}.json"))
+    out = check_out_file(out or default_out)
+    source = {"checkpoint": str(checkpoint)} if pretrained is None else {"pretrained": pretrained}
+    record = model.evaluation(num, data=data, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
+                              batch_size=batch_size, guidance_scale=guidance_scale, baseline=baseline,
+                              likelihood=likelihood, likelihood_num=likelihood_num, exact_trace=exact_trace,
+                              source=source, **opts)
+    api.write_text(out, json.dumps(record, indent=2))
+    n_steps = model.steps_for(sampler, steps)
+    title = f"{model.domain.name}: {num} samples ({sampler}, {n_steps} steps, {record['spacing']} grid) vs reference"
+    if baseline:
+        print_columns(title, {"model": record["metrics"], "untrained": record["untrained"]})
+    else:
+        print_table(title, record["metrics"])
+    click.echo(f"wrote {out}")
+
+
+@click.command("optimize-grid")
+@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`.")
+@click.option("--nfe", type=int, required=True, help="Sampler steps of the grid (2 or more); `diffuse sample "
+              "--steps NFE` with the same sampler then uses it.")
+@click.option("--sampler", default="ddim", show_default=True,
+              help="Deterministic sampler: " + ", ".join(sampler_names()) + ".")
+@click.option("--num", "-n", type=int, default=256, show_default=True, callback=positive,
+              help="Prior draws the error is measured on.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prior draws.")
+@click.option("--max-evals", type=int, default=None, callback=positive,
+              help="Sampler runs the search may use (default 20 x NFE).")
+@click.option("--batch-size", type=int, default=64, show_default=True, callback=positive)
+@click.option("--device", default="auto", show_default=True)
+def optimize_grid(checkpoint, nfe, sampler, num, seed, max_evals, batch_size, device) -> None:
+    """Optimise the time grid of a few-step sampler for a trained model (its distance to the
+    fine-grid solution from the same noise) and store it with the run (grids.json)."""
+    from tqdm.auto import tqdm
+
+    from ..core.sampling.registry import sampler_record
+    from ..core.validation import check_seed
+
+    if nfe < 2:
+        raise UserError(f"--nfe must be 2 or more (a grid with free times), got {nfe}")
+    sampler_record(sampler)
+    check_seed(seed, "--seed")
+    check_device(device)
+    model = api.load(checkpoint, device=device)
+    with tqdm(total=max_evals or 20 * nfe, desc=f"optimize-grid ({sampler}, {nfe} steps)", unit="run",
+              dynamic_ncols=True, disable=None) as bar:
+        def progress(done: int, best: float) -> None:
+            bar.update(done - bar.n)
+            bar.set_postfix_str(f"error {best:.4g}", refresh=False)
+
+        result = model.optimize_grid(nfe, sampler=sampler, num=num, seed=seed, batch_size=batch_size,
+                                     max_evals=max_evals, progress=progress)
+    click.echo(f"{sampler}, {nfe} steps, {num} samples: error to the fine-grid solution "
+               f"{result.start_objective:.4g} (default grid) -> {result.objective:.4g} (optimised; "
+               f"{result.gain:.2f}x lower, {result.evaluations} sampler runs)")
+    click.echo("default grid:   " + " ".join(f"{t:.4f}" for t in result.start_grid.tolist()))
+    click.echo("optimised grid: " + " ".join(f"{t:.4f}" for t in result.grid.tolist()))
+    click.echo(f"stored in {Path(checkpoint) / 'grids.json'}; `diffuse sample --sampler {sampler} --steps {nfe}` "
+               "uses it (--spacing overrides)")

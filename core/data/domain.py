@@ -1,0 +1,346 @@
+"""The Domain API: the only thing core, the trainer and the CLI know about a kind of data.
+
+A domain is a plug-in unit (DESIGN.md item 9). To add one, subclass :class:`Domain` and
+:class:`DomainDataset`, then register the class, either in code::
+
+    from diffuse.core.registry import register_domain
+    register_domain(MyDomain)
+
+or from your own package's ``pyproject.toml`` so that ``pip install`` adds it to the CLI::
+
+    [project.entry-points."diffuse.domains"]
+    points2d = "my_package.points:PointsDomain"
+
+What flows between core and a domain:
+
+* :class:`Batch`: ``x`` (the tensor diffusion runs on), its bound :class:`~diffuse.core.space.Space`,
+  and an optional network condition ``cond``: a :class:`~diffuse.core.condition.Condition`
+  (class labels, text tokens, property values; see ``core.condition``).
+* sampling *structure* (atom counts, clip length) is not a condition: ``Domain.template`` takes
+  it as ``structure``.
+* conditions: ``Domain.condition_kinds(data_info)`` declares what a trained model understands;
+  ``Domain.condition_data_options(names)`` turns ``--condition NAME`` into data options.
+* completion / editing: ``Domain.completion_input(path, options, data_info)`` reads a user file
+  into model space with a mask of the known part; core does the sampling.
+* ``data_info``: a JSON-serialisable dict a dataset reports (shapes, vocabularies, statistics)
+  and that is saved in every checkpoint, so a model can be rebuilt and sampled without the data.
+* latent diffusion: ``Domain.build_autoencoder(config, data_info)`` returns a
+  :class:`~diffuse.core.latent.Autoencoder`; ``core.latent.LatentDomain`` wraps the domain with
+  a trained one (``diffuse train --latent AE_RUN``) and decodes samples in ``Domain.to_data``.
+* model config: a plain JSON dict of backbone keyword arguments (``Domain.default_model``,
+  overridden by the user's ``--config`` file).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .condition import Condition, ConditionKind, kinds_from_spec
+from .space import Space
+from ..errors import NotSupportedError, UserInputError
+
+__all__ = ["Batch", "DomainDataset", "SubsetDataset", "Domain"]
+
+
+@dataclass
+class Batch:
+    """A batch as core sees it."""
+
+    x: Tensor
+    space: Space
+    #: the network condition (a :class:`Condition`, or ``None``; a raw tensor from older domains
+    #: is passed to the backbone as is, without dropout)
+    cond: Condition | Any = None
+    #: domain-specific extras that travel with the batch (e.g. element vocabularies); core reads only
+    #: ``"noise"``: a reflow coupling's noise paired with each sample (``core.diffusion``).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        space = self.space.to(device)
+        cond = self.cond.to(device) if isinstance(self.cond, (Tensor, Condition)) else self.cond
+        return Batch(self.x.to(device), space, cond, self.extras)
+
+    def __len__(self) -> int:
+        return self.space.batch_size(self.x)
+
+
+class DomainDataset(ABC):
+    """A dataset of one domain. Items are addressed by integer index."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """JSON-serialisable facts the model and sampler need (saved in checkpoints)."""
+
+    @abstractmethod
+    def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
+        """Assemble the items at ``indices`` into a :class:`Batch` (on CPU).
+
+        Random augmentation (crops, rotations) must draw only from ``generator``, so that
+        training is reproducible and resumable.
+        """
+
+    def split(self, fraction: float, seed: int = 0) -> tuple["DomainDataset", "DomainDataset"]:
+        """A seeded ``(rest, held_out)`` split; held-out gets ``fraction`` of the items."""
+        n = len(self)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        k = max(1, int(round(n * fraction))) if n > 1 else 0
+        return self.subset(perm[k:]), self.subset(perm[:k])
+
+    def subset(self, indices: Tensor) -> "DomainDataset":
+        return SubsetDataset(self, indices)
+
+
+class SubsetDataset(DomainDataset):
+    """The items of ``base`` at ``indices``, as a view. ``info()`` is the base's (a model is
+    described by the data it was built from).
+
+    Attributes are forwarded with care, so that a subset never passes the whole data set's
+    members off as its own: names the base lists in ``shared_attributes`` (facts of the whole
+    data set, e.g. a vocabulary) come from the base; names it lists in ``member_attributes``
+    are answered by ``base.member_attribute(name, indices)`` for this subset's members only
+    (e.g. the reference SMILES of just these molecules); any other name is an AttributeError."""
+
+    def __init__(self, base: DomainDataset, indices: Tensor) -> None:
+        self.base, self.indices = base, torch.as_tensor(indices, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def info(self) -> dict[str, Any]:
+        return self.base.info()
+
+    def batch(self, indices, generator=None):
+        return self.base.batch(self.indices[torch.as_tensor(indices, dtype=torch.long)], generator)
+
+    def complement(self) -> "SubsetDataset":
+        """The base's other items (for the held-out part of :meth:`split`: the training part)."""
+        keep = torch.ones(len(self.base), dtype=torch.bool)
+        keep[self.indices] = False
+        return SubsetDataset(self.base, torch.nonzero(keep).reshape(-1))
+
+    @property
+    def shared_attributes(self) -> tuple[str, ...]:
+        return tuple(getattr(self.base, "shared_attributes", ()))
+
+    @property
+    def member_attributes(self) -> tuple[str, ...]:
+        return tuple(getattr(self.base, "member_attributes", ()))
+
+    def member_attribute(self, name: str, indices: Tensor) -> Any:
+        return self.base.member_attribute(name, self.indices[torch.as_tensor(indices, dtype=torch.long)])
+
+    def __getattr__(self, name: str):
+        if name in ("base", "indices") or name.startswith("__"):
+            raise AttributeError(name)
+        if name in self.shared_attributes:
+            return getattr(self.base, name)
+        if name in self.member_attributes:
+            return self.member_attribute(name, torch.arange(len(self.indices)))
+        raise AttributeError(f"a subset of {type(self.base).__name__} has no attribute {name!r} (the base "
+                             "shares only its shared_attributes and member_attributes)")
+
+
+class Domain(ABC):
+    """A kind of data: its Space, backbone, data readers, metrics and writer."""
+
+    #: registry key, used as ``diffuse train --domain NAME``
+    name: ClassVar[str]
+    #: one line for ``diffuse domains``
+    description: ClassVar[str]
+    #: how ``diffuse evaluate --likelihood`` reports: ``bits_per_dim`` or ``nats`` (per sample)
+    likelihood_unit: ClassVar[str] = "bits_per_dim"
+    #: quantisation levels of the data for the bits/dim offset (256 for 8-bit images), or None
+    likelihood_bins: ClassVar[int | None] = None
+    #: names ``--data`` accepts besides paths (e.g. ``"qm9"`` for an installed data package)
+    named_datasets: ClassVar[tuple[str, ...]] = ()
+    #: ``data_info`` entries that fix the layout of a sample (image channels / height / width):
+    #: a latent model's data must have its autoencoder's
+    layout_keys: ClassVar[tuple[str, ...]] = ()
+    #: conditions that carry a degraded input in data space (image ``lowres``, audio ``lowrate``): a
+    #: latent model cannot take them
+    restoration_conditions: ClassVar[tuple[str, ...]] = ()
+    #: ``data_info`` entries that fix what a model's input features mean (molecules' element list):
+    #: a run started from a trained model (``--init``) keeps them
+    meaning_keys: ClassVar[tuple[str, ...]] = ()
+
+    # ---------------------------------------------------------------- configuration
+    def default_model(self) -> dict[str, Any]:
+        """Backbone keyword arguments used when the user gives none."""
+        return {}
+
+    def default_diffusion(self) -> dict[str, Any]:
+        """Overrides of :class:`~diffuse.core.config.DiffusionConfig` fields for this domain."""
+        return {}
+
+    def default_train(self) -> dict[str, Any]:
+        """Overrides of :class:`~diffuse.core.config.TrainConfig` fields for this domain."""
+        return {}
+
+    def default_data(self) -> dict[str, Any]:
+        """Data options (resolution, clip length, ...) passed to :meth:`load_data`."""
+        return {}
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any], version: int) -> dict[str, Any]:
+        """A run config dict written by an older diffuse (config format ``version``) in the current
+        format: the domain's part (e.g. a backbone option that moved into ``diffusion``). Called
+        once per read, after the core's own upgrade; the default changes nothing."""
+        return config
+
+    def default_sampling(self) -> tuple[str, int | None]:
+        """``(sampler, steps)`` used when the user names no sampler (``diffuse sample`` /
+        ``evaluate`` without ``--sampler``, ``DiffusionModel.sample()``); ``steps`` None means
+        the sampler's own default (T for ddpm, 50 otherwise). DDIM-50 unless a domain knows
+        better."""
+        return "ddim", None
+
+    def default_spacing(self, schedule: Any, sampler: str, steps: int | None) -> str | None:
+        """The time-grid spacing when the user names none, or ``None`` for the core's rule
+        (:func:`~diffuse.core.samplers.default_spacing`, chosen on exact problems). A domain whose
+        quality lives where the core's rule does not look (audio's noise floor) may override it."""
+        return None
+
+    def data_mismatch(self, info: dict[str, Any], reference: dict[str, Any],
+                      meaning: bool = False) -> tuple[str, Any, Any] | None:
+        """The first difference between two data sets' ``data_info`` in :attr:`layout_keys` (and,
+        with ``meaning``, :attr:`meaning_keys`): ``(key, value, reference value)``; ``None`` when
+        they agree (a key one of them lacks is not compared)."""
+        for key in self.layout_keys + (self.meaning_keys if meaning else ()):
+            if key in info and key in reference and info[key] != reference[key]:
+                return key, info[key], reference[key]
+        return None
+
+    # ---------------------------------------------------------------- data and model
+    @abstractmethod
+    def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:
+        """Read user data at ``path`` or, when ``None``, the bundled default data set.
+
+        Raise :class:`DataError` with a one-line message naming the offending file for bad input.
+        """
+
+    @abstractmethod
+    def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+        """A backbone ``f(x_t, noise_level, cond=None, space=None) -> tensor like x_t``."""
+
+    @abstractmethod
+    def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
+                 structure: Any = None) -> Batch:
+        """A :class:`Batch` of ``num`` zero samples with the right shapes and bound Space, used to
+        start sampling. ``structure`` is the sampling structure when the user fixes it (e.g. atom
+        counts); otherwise the domain draws it from ``generator`` (one, or one per sample)."""
+
+    def memory_format(self, data_info: dict[str, Any]) -> torch.memory_format | None:
+        """The tensor layout used with ``train.channels_last`` (image domains: ``torch.channels_last``,
+        which cuDNN's bf16 convolutions prefer); ``None``: the domain has no such layout."""
+        return None
+
+    # ---------------------------------------------------------------- conditions
+    def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
+        """The conditions a model trained on ``data_info`` understands (``{}``: unconditional).
+
+        Default: the kinds recorded under ``data_info["conditions"]`` (``{name: kind spec}``),
+        which training writes from the data's conditions."""
+        return kinds_from_spec(data_info.get("conditions"))
+
+    def condition_data_options(self, names: list[str]) -> dict[str, Any]:
+        """Data options that make :meth:`load_data` attach the conditions ``names`` (from
+        ``diffuse train --condition NAME``) to its batches. Raise ``ValueError`` for a name the
+        domain cannot condition on."""
+        if names:
+            raise NotSupportedError(f"the {self.name} domain cannot condition on {', '.join(names)} (it supports no conditions)")
+        return {}
+
+    # --- property conditions (props helper) ---
+    def conditional_structure(self, num: int, data_info: dict[str, Any], cond: Condition,
+                              generator: torch.Generator | list[torch.Generator] | None = None) -> Any:
+        """Sampling structure drawn *given* the network condition, used when the user fixes none
+        (e.g. atom counts drawn from ``p(N | property)``); ``None`` (the default): ``template``
+        draws the structure as usual. ``generator``: one per sample (as ``template`` gets)."""
+        return None
+
+    # ---------------------------------------------------------------- noise-aware classifiers
+    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+        """A noise-aware classifier network ``f(x, noise_level, space=...) -> [B, target.out_dim]``
+        (logits, or one standardised value for a real property) for classifier guidance (see
+        ``core.classifier``; ``noise_level`` is ``100 ln(sigma / alpha)``). ``model``: user options."""
+        raise NotSupportedError(f"the {self.name} domain has no noise-aware classifier")
+
+    def classifier_data_options(self, target: Any) -> dict[str, Any]:
+        """Data options that make batches carry what ``target`` needs (default: for ``label``, the
+        ``label`` condition's options, if the domain has that condition)."""
+        if target.kind != "label":
+            return {}
+        try:
+            return self.condition_data_options(["label"])
+        except ValueError:
+            return {}
+
+    def classifier_property(self, name: str, batch: Batch, data_info: dict[str, Any]) -> Tensor:
+        """Per-sample values ``[B]`` of the real property ``name`` of a data batch (a
+        ``--target property:NAME`` classifier's regression target)."""
+        raise UserInputError(f"the {self.name} domain has no property {name!r} to train a classifier on")
+
+    # ---------------------------------------------------------------- results
+    @abstractmethod
+    def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:
+        """Quality metrics of generated ``samples`` against ``reference`` data."""
+
+    @abstractmethod
+    def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
+        """Write samples as files a person can open; return the paths written."""
+
+    def describe_samples(self, samples: Batch, data_info: dict[str, Any]) -> dict[str, float] | None:
+        """Reference-free quality figures printed by ``diffuse sample`` (e.g. molecule validity);
+        ``None`` when the domain has none."""
+        return None
+
+    def check_config(self, model: dict[str, Any]) -> None:
+        """Validate user-given model options (raise ``ValueError`` with a clear message)."""
+
+    # ---------------------------------------------------------------- completion and editing
+    def completion_input(self, path: str | Path, options: dict[str, Any],
+                         data_info: dict[str, Any]) -> tuple[Batch, Tensor]:
+        """Read one user file (an image, a clip, a fragment) into model space for completion
+        (``core.completion``) and build its mask from ``options`` (the domain's own: image
+        ``mask`` / ``rect``, audio ``span`` / ``continue``, molecules ``num_atoms``; no options:
+        everything known, the input of an edit). Returns ``(Batch of one sample, mask)`` with the
+        mask broadcastable to ``Batch.x`` and true where the value is known. Raise ``ValueError``
+        / :class:`DataError` with one line for bad input. No sampler logic belongs here."""
+        raise NotSupportedError(f"the {self.name} domain does not support completion or editing of an input")
+
+    def restoration_input(self, path: str | Path, data_info: dict[str, Any]) -> dict[str, Any]:
+        """Read a degraded input (a low-resolution image, a low-rate clip) into the network
+        condition of a restoration model, ``{name: value}`` for ``ConditionKind.parse``
+        (e.g. ``{"lowres": tensor}``). Raise ``ValueError`` / :class:`DataError` for bad input."""
+        raise NotSupportedError(f"the {self.name} domain has no restoration (super-resolution) input")
+
+    # ---------------------------------------------------------------- latent diffusion
+    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+        """An autoencoder (``core.latent.Autoencoder``) for data described by ``data_info``, built
+        from ``config`` (user options; the same dict rebuilds it from its run folder). A domain
+        that provides one gets latent diffusion (``diffuse train --latent AE_RUN``) for free."""
+        raise NotSupportedError(f"domain {self.name} has no autoencoder")
+
+    def default_autoencoder(self) -> dict[str, Any]:
+        """Autoencoder options used when the user gives none, and its training defaults:
+        ``{"model": {...}, "train": {...}}`` (``TrainConfig`` fields)."""
+        return {"model": {}, "train": {}}
+
+    def to_data(self, samples: Batch, data_info: dict[str, Any]) -> Batch:
+        """Samples in model space -> data (identity; a latent model decodes here). ``generate``
+        applies it to every chunk, so writers and metrics always see data."""
+        return samples
+
+    def check_structure(self, value: Any, data_info: dict[str, Any], batch_size: int | None = None) -> None:
+        """Validate a requested sampling structure (e.g. per-sample atom counts) before sampling:
+        raise ``ValueError`` with one clear line if it is impossible or would not fit in memory
+        (``batch_size``: samples drawn at once, when known). Default: accept."""

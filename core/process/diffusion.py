@@ -1,0 +1,126 @@
+"""The diffusion process used for training: the diffusion objective.
+
+:class:`Diffusion` turns a :class:`~diffuse.core.config.DiffusionConfig` into the objects the
+trainer and the samplers use, and computes the per-sample training loss of a batch:
+
+    t ~ sample_t,  eps ~ space.noise,  x_t = alpha_t x_0 + sigma_t eps,
+    loss = space.reduce(weight * |F(c_in x_t, c_noise, cond) - F*|^2),  F* = (x_0 - c_skip x_t) / c_out
+
+(Ho et al. 2020, algorithm 1, generalised by the parameterization's scalings; see
+``core.process.parameterization``). The process is four independent axes, each built from its
+own registry: the schedule (``core.process.schedule``), the parameterization, the training times
+(``core.process.timesteps``) and the loss weighting (``core.process.loss``); the config's
+``training`` preset fills the axes left open (``core.process.presets``): DDPM, continuous time
+(Song et al. 2021), EDM (Karras et al. 2022) and flow matching / rectified flow (Lipman et al.
+2023; Liu et al. 2023; Esser et al. 2024).
+
+A ``coupling`` (rectified-flow reflow, :func:`diffuse.api.reflow`) is a batch whose
+``extras["noise"]`` holds the noise paired with each sample: training then uses that noise
+instead of an independent draw.
+
+Condition dropout: when a batch carries a :class:`~diffuse.core.data.condition.Condition`, each
+sample's condition is replaced by its null value with probability ``cond_drop`` (a Bernoulli
+draw from the training generator, after ``t`` and ``eps``), so the model also learns the
+unconditional denoiser that classifier-free guidance needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import DiffusionConfig
+from ..data.condition import Condition
+from ..data.domain import Batch
+from ..errors import ConfigError, UnknownNameError
+from .denoiser import Denoiser
+from .loss import WEIGHTINGS, DiffusionLoss
+from .parameterization import PARAMETERIZATIONS, make_parameterization
+from .presets import PRESETS, resolve
+from .schedule import build_schedule
+from .timesteps import TIME_SAMPLERS, make_time_sampler
+
+__all__ = ["Diffusion", "TRAINING_MODES"]
+
+#: the training presets (``DiffusionConfig.training``)
+TRAINING_MODES = tuple(PRESETS)
+
+
+class Diffusion:
+    """Schedule, parameterization, training times and loss built from a :class:`DiffusionConfig`
+    (its preset applied first); the objective the trainer runs for a diffusion model."""
+
+    #: the trainer's periodic and final evaluations draw samples from models of this objective
+    samples = True
+
+    def __init__(self, config: DiffusionConfig | dict[str, Any] | None = None) -> None:
+        if config is None:
+            config = DiffusionConfig()
+        elif isinstance(config, dict):
+            config = DiffusionConfig(**config)
+        config = resolve(config.validate())
+        self.config = config
+        self.mode = config.training
+        self.schedule = build_schedule(config.schedule)
+        for name, value, known in (("parameterization", config.parameterization, PARAMETERIZATIONS),
+                                   ("time_sampler", config.time_sampler, TIME_SAMPLERS),
+                                   ("weighting", config.weighting, WEIGHTINGS)):
+            if value not in known:
+                raise UnknownNameError(f"diffusion.{name} must be one of {', '.join(sorted(known))}, got {value!r}")
+        path = self.schedule.path
+        if (config.parameterization == "flow") != (path is not None):
+            raise ConfigError("the flow parameterization and a flow schedule go together (training \"flow\"); "
+                              f"got parameterization {config.parameterization!r} with schedule {config.schedule!r}")
+        self.param = make_parameterization(config.parameterization, time_scale=config.time_scale,
+                                           sigma_data=config.sigma_data, path=path.name if path else "linear")
+        self._sample_t = make_time_sampler(config.time_sampler, self.schedule, config)
+        kwargs = {"gamma": config.min_snr_gamma} if config.weighting == "min_snr" else {}
+        self.loss = DiffusionLoss(self.param, config.weighting, **kwargs)
+
+    def denoiser(self, backbone: nn.Module) -> Denoiser:
+        """Wrap a backbone into the :class:`Denoiser` of this process."""
+        return Denoiser(backbone, self.schedule, self.param)
+
+    def sample_t(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
+        """Training times (float64, ``[n]``)."""
+        return self._sample_t(n, generator=generator, device=device)
+
+    def training_losses(self, denoiser: Denoiser, batch: Batch, generator: torch.Generator | None = None,
+                        shard: tuple[int, int] | None = None) -> Tensor:
+        """Per-sample loss ``[B]`` of one batch (not yet averaged).
+
+        ``shard = (start, stop)``: the loss of samples ``start .. stop - 1`` only (one rank's part of
+        a global batch). The random draws (times, noise, condition dropout) are made for the whole
+        batch first, so every sample gets the same draws whichever shard it falls in."""
+        x0, space = batch.x, batch.space
+        n = space.batch_size(x0)
+        t = self.sample_t(n, generator, x0.device)
+        eps = space.noise(x0, generator)
+        coupled = (batch.extras or {}).get("noise") if isinstance(batch.extras, dict) else None
+        if coupled is not None:                      # reflow: the noise paired with each sample
+            eps = space.project(coupled.to(x0))
+        cond = batch.cond
+        if isinstance(cond, Condition) and self.config.cond_drop > 0:
+            drop = torch.rand(n, generator=generator, device=x0.device) < self.config.cond_drop
+            cond = cond.drop(drop)
+        if shard is not None:
+            start, stop = shard
+            eps, _ = space.take(eps, start, stop)
+            x0, space = space.take(x0, start, stop)
+            t = t[start:stop]
+            if isinstance(cond, Condition):
+                cond = cond.select(slice(start, stop))
+            elif isinstance(cond, Tensor):
+                cond = cond[start:stop]
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        a, s = space.coef(alpha, x0), space.coef(sigma, x0)
+        x_t = a * x0 + s * eps
+        out = denoiser.raw(x_t, t, cond=cond, space=space)
+        per_element = self.loss(out, x0, eps, a, s, (alpha / sigma) ** 2, space)
+        return space.reduce(per_element)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
