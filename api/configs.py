@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..core.config import DiffusionConfig, RunConfig, TrainConfig, update_dataclass
+from ..core.config import DiffusionConfig, RunConfig, TrainConfig, update_dataclass, upgrade_run_config
 from ..core.data.domain import Domain, DomainDataset
 from ..core.data.registry import get_domain
 from ..core.errors import ConfigError, DataError, IsAFolderError, MissingPathError
@@ -21,10 +21,10 @@ from ..core.process.presets import PRESET_OWNS, resolve
 from ..core.sampling.registry import check_sampler_name
 
 __all__ = ["read_config_file", "recipe_domain", "make_config", "check_train", "diffusion_config", "load_data",
-           "split_data", "condition_data_options", "record_conditions", "CONFIG_SECTIONS"]
+           "split_data", "condition_data_options", "record_conditions", "upgrade_config_file", "CONFIG_SECTIONS"]
 
 #: the sections a config file may hold
-CONFIG_SECTIONS = ("model", "diffusion", "train", "data_options", "domain", "data")
+CONFIG_SECTIONS = ("model", "diffusion", "train", "data_options", "domain", "data", "version")
 
 
 def read_config_file(path: str | Path | None) -> dict[str, Any]:
@@ -79,6 +79,7 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
     user = config if isinstance(config, dict) else read_config_file(config)
     if user.get("domain") is not None and user["domain"] != dom.name:
         raise ConfigError(f"the config is for domain {user['domain']!r}, not {dom.name!r}")
+    user = upgrade_config_file(user, dom)
     for section in ("model", "diffusion", "train", "data_options"):
         if not isinstance(user.get(section, {}), dict):
             raise ConfigError(f"config section {section!r} must be a JSON object, got {user[section]!r}")
@@ -100,6 +101,20 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
         raise ConfigError("--data is an empty string; give a file or folder, or leave it out for the bundled data")
     return RunConfig(domain=dom.name, data=str(data) if data is not None else None, data_options=data_options,
                      model=model, diffusion=diffusion_cfg, train=train_cfg)
+
+
+def upgrade_config_file(user: dict[str, Any], dom: Domain) -> dict[str, Any]:
+    """A config file's sections in the current format: a file that states an older ``version``
+    (recipes written by ``export-pretrained`` do) is upgraded as a run config of that version is
+    (``core.config.upgrade_run_config`` and the domain's ``upgrade_config``); a file without one is
+    read as the current format; a newer one is refused."""
+    if "version" not in user:
+        return user
+    upgraded = upgrade_run_config({**user, "domain": dom.name}, type(dom).upgrade_config)
+    upgraded.pop("version")
+    if "domain" not in user:
+        upgraded.pop("domain")
+    return upgraded
 
 
 def diffusion_config(dom: Domain, user: dict[str, Any]) -> DiffusionConfig:

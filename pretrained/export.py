@@ -50,7 +50,7 @@ def recipe_of(cfg: RunConfig) -> dict[str, Any]:
     but ``data_info``, which training derives from the data."""
     d = asdict(cfg)
     return {"domain": d["domain"], "data": d["data"], "data_options": d["data_options"], "model": d["model"],
-            "diffusion": d["diffusion"], "train": d["train"]}
+            "diffusion": d["diffusion"], "train": d["train"], "version": d["version"]}
 
 
 def stages(cfg: RunConfig, replacing: str | None = None) -> list[RunConfig]:

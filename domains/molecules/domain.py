@@ -168,8 +168,23 @@ class MoleculeDomain(Domain):
         return {"preset": "small"}
 
     def default_diffusion(self) -> dict[str, Any]:
+        # the EGNN takes the diffusion time t in [0, 1] itself as a node feature (EDM's convention):
+        # c_noise = t * time_scale with time_scale 1
         return {"schedule": {"kind": "polynomial", "power": 2.0, "precision": 1e-5, "num_steps": 1000},
-                "parameterization": "eps", "weighting": "uniform", "time_scale": 1000.0}
+                "parameterization": "eps", "weighting": "uniform", "time_scale": 1.0}
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 -> 2: the EGNN divided its noise input by its own ``time_scale`` (default 1000,
+        equal to the diffusion's); backbones now get it already scaled, so the EGNN's scaling moves
+        into ``diffusion.time_scale`` (``1000 / 1000 = 1`` for every shipped model)."""
+        if version >= 2:
+            return config
+        model = dict(config.get("model") or {})
+        scale = float(model.pop("time_scale", 1000.0))
+        diffusion = dict(config.get("diffusion") or {})
+        diffusion["time_scale"] = float(diffusion.get("time_scale", 1000.0)) / scale
+        return {**config, "model": model, "diffusion": diffusion}
 
     def default_train(self) -> dict[str, Any]:
         # the small preset trains at about 200 molecules/s on one CPU core: ~10 minutes. lr 2e-3 was

@@ -9,7 +9,8 @@ message-passing layers followed by an equivariant coordinate update,
     x_i  <- x_i + sum_j (x_i - x_j) / (|x_i - x_j| + c) * r tanh(phi_x(h_i, h_j, d_ij^2, d0_ij^2)) / Z
 
 with ``d0`` the distances of the input, ``c = norm_constant``, ``r = coords_range / layers`` and
-``Z = normalization_factor``. Time ``t = noise_level / time_scale`` is an input node feature,
+``Z = normalization_factor``. The noise level the denoiser gives (``c_noise``: the diffusion time ``t``
+with the molecule domain's ``diffusion.time_scale = 1``, EDM's convention) is an input node feature,
 and so is a per-molecule context vector (``context_dim > 0``: the normalised properties and
 their presence mask of the ``property`` condition, broadcast to every atom as EDM concatenates
 its context to ``h``); both are invariant, so equivariance is kept.
@@ -51,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 _DEFAULTS: dict[str, Any] = {
     "hidden": 64, "layers": 4, "inv_sublayers": 1, "attention": True, "tanh": True, "coords_range": 15.0,
-    "norm_constant": 1.0, "normalization_factor": 1.0, "time_scale": 1000.0,
+    "norm_constant": 1.0, "normalization_factor": 1.0,
 }
 
 
@@ -187,12 +188,11 @@ class EGNN(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 64, layers: int = 4, inv_sublayers: int = 1,
                  attention: bool = True, tanh: bool = True, coords_range: float = 15.0,
-                 norm_constant: float = 1.0, normalization_factor: float = 1.0, time_scale: float = 1000.0,
+                 norm_constant: float = 1.0, normalization_factor: float = 1.0,
                  context_dim: int = 0, context_key: str = "property") -> None:
         super().__init__()
         self.in_features = int(in_features)
         self.context_dim, self.context_key = int(context_dim), str(context_key)
-        self.time_scale = float(time_scale)
         self.norm_constant = float(norm_constant)
         edge_dim = 2   # current and input squared distances
         self.embed = nn.Linear(self.in_features + 1 + self.context_dim, hidden)
@@ -211,7 +211,7 @@ class EGNN(nn.Module):
         batch = space.batch.to(x.device)
         row, col = space.edges()
         row, col = row.to(x.device), col.to(x.device)
-        t = (noise_level.to(x.dtype) / self.time_scale).index_select(0, batch).unsqueeze(1)
+        t = noise_level.to(x.dtype).index_select(0, batch).unsqueeze(1)
         parts = [h, t]
         if self.context_dim:
             ctx = cond.get(self.context_key) if cond is not None else None
