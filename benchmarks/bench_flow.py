@@ -86,7 +86,7 @@ def run_domain(args) -> None:
 def run_exact(args) -> None:
     from diffuse.core import SAMPLERS, DenseSpace, LinearBetaSchedule, time_grid
     from diffuse.core.process.gaussian import GaussianMixture, energy_distance
-    from diffuse.core.process.schedule import FlowSchedule
+    from diffuse.core.process.paths import FlowSchedule
 
     torch.set_num_threads(args.threads)
     gm = GaussianMixture.random(3, 2, seed=0)

@@ -12,7 +12,7 @@ from .. import api
 from ..core.errors import UserInputError
 from ..core.process.parameterization import PARAMETERIZATIONS
 from ..core.process.presets import PRESETS
-from ..core.process.schedule import SCHEDULES
+from ..core.process.schedules import SCHEDULES
 from ..core.training import distributed
 from ..core.validation import check_device
 from .common import (PATH, UserError, check_nonempty, non_negative, options, parse_probability, positive,

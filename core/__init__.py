@@ -41,7 +41,7 @@ _PUBLIC: dict[str, str] = {
     # the process
     "Schedule": "process.schedule", "LinearBetaSchedule": "process.schedule", "CosineSchedule": "process.schedule",
     "PolynomialSchedule": "process.schedule", "SigmaSchedule": "process.schedule", "TableSchedule": "process.schedule",
-    "FlowSchedule": "process.schedule", "SubVPSchedule": "process.schedule", "make_schedule": "process.schedule",
+    "FlowSchedule": "process.paths", "SubVPSchedule": "process.schedule", "make_schedule": "process.schedules",
     "Prediction": "process.parameterization", "Scalings": "process.parameterization",
     "EpsParam": "process.parameterization", "X0Param": "process.parameterization", "VParam": "process.parameterization",
     "EDMParam": "process.parameterization", "FlowParam": "process.parameterization",

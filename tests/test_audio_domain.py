@@ -98,7 +98,7 @@ def test_audio_samples_with_ddpm_on_a_karras_grid_by_default():
     --sampler) on Karras' grid where the core's rule would give DDPM the trailing grid (which
     jumps to the data from t = 1/steps); other samplers and flow paths keep the core's rule."""
     from diffuse.core.sampling.registry import default_spacing
-    from diffuse.core.process.schedule import make_schedule
+    from diffuse.core.process.schedules import make_schedule
 
     dom, ds, info, diff, den = _tiny_setup()
     assert dom.default_sampling() == ("ddpm", 50)

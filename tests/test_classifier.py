@@ -27,7 +27,7 @@ from diffuse.core.sampling.guidance import classifier_guidance
 from diffuse.core.sampling.ancestral import ddim
 from diffuse.core.sampling.common import prior_sample
 from diffuse.core.sampling.grids import time_grid
-from diffuse.core.process.schedule import make_schedule
+from diffuse.core.process.schedules import make_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 F64 = torch.float64

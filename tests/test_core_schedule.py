@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffuse.core.process.schedule import (CosineSchedule, LinearBetaSchedule, PolynomialSchedule, SigmaSchedule,
-                                           make_schedule)
+from diffuse.core.process.schedule import CosineSchedule, LinearBetaSchedule, PolynomialSchedule, SigmaSchedule
+from diffuse.core.process.schedules import make_schedule
 
 F64 = torch.float64
 T = 1000

@@ -16,7 +16,8 @@ from diffuse.core.process.diffusion import Diffusion
 from diffuse.core.process.timesteps import logit_normal_density, logit_normal_t, mode_density, mode_t
 from diffuse.core.process.gaussian import GaussianMixture, energy_distance
 from diffuse.core.process.parameterization import FlowParam, Prediction, VParam
-from diffuse.core.process.schedule import FlowSchedule, make_schedule, shift_time
+from diffuse.core.process.schedules import make_schedule
+from diffuse.core.process.paths import FlowSchedule, shift_time
 
 F64 = torch.float64
 SPACE = DenseSpace()

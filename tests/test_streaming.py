@@ -181,7 +181,7 @@ def test_prefetched_batches_train_to_identical_weights(tmp_path, grad_accum):
         (tmp_path / f"run{prefetch}").mkdir()
         trainer.fit()
         weights.append({k: v.clone() for k, v in trainer.ema.module.state_dict().items()})
-        hits.append(trainer.prefetch_hits)
+        hits.append(trainer.batches.hits)
     # steps 1..4 come from the thread; on CPU the batch and the noise share one generator, so a
     # step's second micro-batch is built in the loop (its generator state differs from the thread's)
     assert hits == [0, 4]

@@ -127,7 +127,7 @@ def test_gradient_accumulation_sees_every_micro_batch(tmp_path):
         trainer = Trainer(tmp_path, cfg, dom, Diffusion(cfg.diffusion),
                           Diffusion(cfg.diffusion).denoiser(dom.build_backbone(cfg.model, data.info())),
                           data, progress=False)
-        step1 = [trainer._indices((1 * cfg.train.grad_accum + m) * cfg.train.batch_size, cfg.train.batch_size)
+        step1 = [trainer.batches.indices((1 * cfg.train.grad_accum + m) * cfg.train.batch_size, cfg.train.batch_size)
                  for m in range(cfg.train.grad_accum)]
         seen.append(torch.cat(step1))
     assert torch.equal(seen[0], seen[1])

@@ -40,7 +40,7 @@ from .denoiser import Denoiser
 from .loss import WEIGHTINGS, DiffusionLoss
 from .parameterization import PARAMETERIZATIONS, make_parameterization
 from .presets import PRESETS, resolve
-from .schedule import build_schedule
+from .schedules import build_schedule
 from .timesteps import TIME_SAMPLERS, make_time_sampler
 
 __all__ = ["Diffusion", "TRAINING_MODES"]

@@ -29,6 +29,7 @@ from torch import Tensor
 from .parameterization import Prediction
 from .schedule import Schedule
 from ..errors import UserInputError
+from .paths import get_flow_path
 
 __all__ = ["GaussianMixture", "energy_distance", "gaussian_w2"]
 
@@ -159,7 +160,6 @@ class GaussianMixture:
         """The exact flow-matching velocity ``E[d x_tau / d tau | x_tau] = a' E[x_0 | x] + b' E[eps | x]``
         at path time ``tau`` (per sample ``[B]`` or a number) of a flow path (``eps - x_0`` in
         expectation for the linear path; ``E[eps | x] = -b score``). Finite at both ends."""
-        from .schedule import get_flow_path
 
         p = get_flow_path(path)
         x64 = x.to(torch.float64)

@@ -48,6 +48,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from ..errors import UserInputError
+from .paths import get_flow_path
 
 __all__ = ["Prediction", "Scalings", "Parameterization", "EpsParam", "X0Param", "VParam", "EDMParam", "FlowParam",
            "edm_scalings", "edm_weight", "make_parameterization", "PARAMETERIZATIONS"]
@@ -238,7 +239,6 @@ class FlowParam(_TimeConditioned):
     name = "flow"
 
     def __init__(self, time_scale: float = 1000.0, path: str = "linear") -> None:
-        from .schedule import get_flow_path
 
         super().__init__(time_scale)
         self.path = get_flow_path(path)

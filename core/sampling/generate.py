@@ -28,7 +28,7 @@ from ..data.space import per_sample_generators
 from ..errors import UserInputError
 from ..validation import check_positive_int, check_seed
 from .common import prior_sample
-from .grids import SPACINGS, time_grid
+from .grids import SPACINGS, check_grid, time_grid
 from .guidance import DenoiserWrapper, wrap_denoiser
 from .registry import check_sampler_options, default_spacing, default_steps, sampler_record
 
@@ -148,7 +148,6 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
             spacing = domain.default_spacing(schedule, sampler, steps)
         grid = sampling_grid(schedule, sampler, steps, spacing)
     else:
-        from .gridopt import check_grid
         grid = check_grid(grid, steps)
     out: list[Batch] = []
     for chunk in sampling_chunks(domain, data_info, num, seed=seed, batch_size=batch_size, device=device, cond=cond,

@@ -49,8 +49,7 @@ import math
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,6 +64,7 @@ from ..errors import ConfigError, TrainingDiverged
 from ..io import atomic_write_text, write_samples
 from ..sampling.generate import generate
 from . import distributed
+from .batches import BatchStream
 from .checkpoint import clean_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .evalbudget import plan as plan_eval, seconds_per_sample_call
 from .optim import EMA_CONTINUED, ema_avg_fn, lr_lambda, resolve_device, step_seed
@@ -149,12 +149,8 @@ class Trainer:
                                  use_buffers=True)
         self.step = 0
         self._saved_step: int | None = None
-        self._perms: dict[int, torch.Tensor] = {}
         self._eval_seconds = 0.0   # evaluation time of this session (kept out of the training time)
-        self._pool: ThreadPoolExecutor | None = None   # train.prefetch: batches built ahead (fit only)
-        self._ahead: dict[tuple[int, int], tuple[Any, int]] = {}
-        self._queued = 0
-        self.prefetch_hits = 0
+        self.batches = BatchStream(dataset, self.cfg)     # the data order, and batches built ahead
         precision = self.cfg.precision
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -244,65 +240,6 @@ class Trainer:
             atomic_write_text(path, "".join(keep))
             log.info("metrics.jsonl: dropped %d records after the checkpoint's step %d", dropped, self.step)
 
-    # ------------------------------------------------------------------ data order
-    def _indices(self, position: int, count: int) -> torch.Tensor:
-        """Dataset indices of global sample positions ``position .. position + count - 1``:
-        epoch ``e`` walks a permutation seeded from ``(seed, e)``."""
-        n = len(self.dataset)
-        pos = torch.arange(position, position + count)
-        epochs, offsets = pos // n, pos % n
-        out = torch.empty(count, dtype=torch.long)
-        for epoch in torch.unique(epochs).tolist():
-            if epoch not in self._perms:
-                self._perms = {k: v for k, v in self._perms.items() if k >= epoch - 1}
-                self._perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(
-                    step_seed(self.cfg.seed, epoch, salt=17)))
-            sel = epochs == epoch
-            out[sel] = self._perms[epoch][offsets[sel]]
-        return out
-
-    # ------------------------------------------------------------------ data in the background
-    def _batch(self, position: int, count: int, generator: torch.Generator) -> Batch:
-        """The batch at sample positions ``position ..`` drawn with ``generator``. With
-        ``train.prefetch`` the next steps' batches are built ahead in a background thread, each
-        from a generator seeded as ``train_step`` seeds it; one is used only when built from
-        exactly this generator state (then the generator is advanced to the state after it), so
-        prefetching never changes a draw. Otherwise (or if building it failed) it is built here."""
-        pending = self._ahead.pop((position, count), None)
-        if self._pool is not None and position % (count * self.cfg.grad_accum) == 0:
-            self._prefetch(position // (count * self.cfg.grad_accum) + 1, count)
-        if pending is not None:
-            future, micro = pending
-            try:
-                batch, before, after = future.result()[micro]
-            except Exception:  # noqa: BLE001 - built again below, where the error is raised
-                batch = None
-            if batch is not None and torch.equal(before, generator.get_state()):
-                generator.set_state(after)
-                self.prefetch_hits += 1
-                return batch
-        return self.dataset.batch(self._indices(position, count), generator)
-
-    def _prefetch(self, first_step: int, count: int) -> None:
-        """Queue the batches of steps ``first_step .. first_step + prefetch - 1`` (not yet queued)."""
-        cfg = self.cfg
-        for step in range(first_step, min(first_step + cfg.prefetch, cfg.steps)):
-            positions = [(step * cfg.grad_accum + m) * count for m in range(cfg.grad_accum)]
-            if (positions[0], count) in self._ahead or step < self._queued:
-                continue
-            jobs = [self._indices(p, count) for p in positions]   # here: _indices is not thread-safe
-            future = self._pool.submit(self._build, jobs, step_seed(cfg.seed, step))
-            self._ahead.update({(p, count): (future, m) for m, p in enumerate(positions)})
-            self._queued = step + 1
-
-    def _build(self, jobs: list[torch.Tensor], seed: int) -> list[tuple[Batch, torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(seed)
-        out = []
-        for indices in jobs:
-            before = gen.get_state()
-            out.append((self.dataset.batch(indices, gen), before, gen.get_state()))
-        return out
-
     # ------------------------------------------------------------------ loop
     def train_step(self) -> tuple[float, float]:
         """One optimizer step: (loss, gradient norm). Ctrl-C / SIGTERM during the forward and
@@ -327,7 +264,7 @@ class Trainer:
         total = 0.0
         for micro in range(cfg.grad_accum):
             pos = (self.step * cfg.grad_accum + micro) * cfg.batch_size
-            batch = self._batch(pos, cfg.batch_size, cpu_gen).to(self.device)
+            batch = self.batches.batch(pos, cfg.batch_size, cpu_gen).to(self.device)
             if self._memory_format is not None:
                 batch = Batch(batch.x.contiguous(memory_format=self._memory_format), batch.space, batch.cond,
                               batch.extras)
@@ -456,9 +393,7 @@ class Trainer:
         self._fit_start, self._eval_seconds = (start_time, self.step), 0.0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train",
                    unit="step", dynamic_ncols=True)
-        if cfg.prefetch > 0:
-            self._pool, self._ahead, self._queued = ThreadPoolExecutor(1, thread_name_prefix="diffuse-data"), {}, 0
-        with sigterm_as_interrupt(), self._prefetching():
+        with sigterm_as_interrupt(), self.batches.prefetching():
             try:
                 loss = self._loop(bar, end)
                 bar.close()
@@ -486,15 +421,6 @@ class Trainer:
                 and self.objective.samples):
             metrics, sample_dir = self.evaluate("final", self._eval_budget(final=True))
         return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time)
-
-    @contextmanager
-    def _prefetching(self):
-        try:
-            yield
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool, self._ahead = None, {}
 
     def _loop(self, bar, end: int) -> float:
         cfg = self.cfg
