@@ -62,7 +62,8 @@ def train_autoencoder(domain: str | Domain = "image", *, data: str | Path | None
     info = dataset.info()
     train_set, held = split_data(dataset, cfg)
     torch.manual_seed(cfg.seed)
-    ae = dom.build_autoencoder(plan.model, info)     # option errors here, before anything is written
+    dom = dom.bind(info)
+    ae = dom.build_autoencoder(plan.model)     # option errors here, before anything is written
     ae_config = AutoencoderConfig(domain=dom.name, data=plan.data, data_options=plan.data_options, model=plan.model,
                                   train=cfg, data_info=info)
     fit, trainer = execute(plan.run_dir, RunConfig(domain=dom.name, train=cfg, data_info=info), ae_config.to_json(),

@@ -67,14 +67,15 @@ def train_classifier(domain: str | Domain = "image", *, data: str | Path | None 
     dataset = load_data(dom, RunConfig(domain=dom.name, data=plan.data, data_options=options))
     info = plan.stored.data_info if plan.resuming else record_conditions(dom, dataset.info())
     train_set, held = split_data(dataset, cfg)
+    dom = dom.bind(info)
     if not plan.resuming:
-        tgt = _new_target(dom, kind, name, train_set, info, data)
+        tgt = _new_target(dom, kind, name, train_set, data)
     torch.manual_seed(cfg.seed)
-    module = NoisyClassifier(dom.build_classifier(plan.model, info, tgt), tgt)
+    module = NoisyClassifier(dom.build_classifier(plan.model, tgt), tgt)
     diff = Diffusion(update_dataclass(DiffusionConfig(), dom.default_diffusion(), "diffusion"))
     run_config = ClassifierConfig(domain=dom.name, target=asdict(tgt), data=plan.data, data_options=options,
                                   model=plan.model, schedule=diff.config.schedule, train=cfg, data_info=info)
-    objective = ClassifierObjective(dom, info, diff.schedule, diff.sample_t)
+    objective = ClassifierObjective(dom, diff.schedule, diff.sample_t)
     fit, trainer = execute(plan.run_dir, RunConfig(domain=dom.name, train=cfg, data_info=info), run_config.to_json(),
                            dom, objective, module, train_set, checkpoint=plan.checkpoint, progress=progress,
                            stop_at=stop_at, what="classifier")
@@ -82,23 +83,23 @@ def train_classifier(domain: str | Domain = "image", *, data: str | Path | None 
               "metrics": None, "target": tgt.describe()}
     if fit.steps < cfg.steps:        # paused: evaluated at the end of the run
         return result
-    metrics = evaluate_classifier(trainer.ema.module, dom, held if held is not None else train_set, info,
-                                  seed=cfg.seed, device=trainer.device)
+    metrics = evaluate_classifier(trainer.ema.module, dom, held if held is not None else train_set, seed=cfg.seed,
+                                  device=trainer.device)
     metrics["held_out_items"] = len(held) if held is not None else 0
     atomic_write_text(plan.run_dir / "evaluation.json", json.dumps(metrics, indent=2))
     log.info("classifier %s: %s", plan.run_dir, metrics)
     return {**result, "metrics": metrics}
 
 
-def _new_target(dom: Domain, kind: str, name: str, train_set, info: dict[str, Any], data: Any) -> Target:
-    """The target of a new classifier: the data's label classes, or a property standardised by its
-    training-split mean and std."""
+def _new_target(dom: Domain, kind: str, name: str, train_set, data: Any) -> Target:
+    """The target of a new classifier (``dom`` bound to its data): the data's label classes, or a
+    property standardised by its training-split mean and std."""
     if kind == "label":
-        labels = label_kind(dom, info)
+        labels = label_kind(dom)
         if labels is None:
             raise DataError(f"the {dom.name} data at {data or 'the bundled default'} has no class labels; "
                             "train on labelled data or use --target property:NAME")
         return Target("label", "label", labels.num_classes, labels.class_names, labels.aliases or None)
-    vals = torch.cat([dom.classifier_property(name, train_set.batch(idx), info).double().reshape(-1)
+    vals = torch.cat([dom.classifier_property(name, train_set.batch(idx)).double().reshape(-1)
                       for idx in torch.arange(len(train_set)).split(256)])
     return Target("property", name, mean=float(vals.mean()), std=float(vals.std().clamp_min(1e-8)))

@@ -167,8 +167,9 @@ def condition_data_options(dom: Domain, conditions: list[str] | str | None) -> d
 
 
 def record_conditions(dom: Domain, info: dict[str, Any]) -> dict[str, Any]:
-    """``data_info["conditions"] = {name: kind spec}`` of a conditional model (saved with the run)."""
-    kinds = dom.condition_kinds(info)
+    """``info`` (a data set's ``data_info``) with ``info["conditions"] = {name: kind spec}`` of a
+    conditional model (saved with the run); ``dom`` need not be bound."""
+    kinds = dom.bind(info).condition_kinds()
     if kinds:
         info = {**info, "conditions": {k: kind.spec() for k, kind in kinds.items()}}
     return info

@@ -32,9 +32,9 @@ def load_classifier(run: str | Path, *, device: str = "auto", domain: str | None
     cfg = ClassifierConfig.load(run_dir)
     if domain is not None and domain != cfg.domain:
         raise CheckpointError(f"{run_dir} is a classifier of domain {cfg.domain!r}, not {domain!r}")
-    dom = get_domain(cfg.domain)
+    dom = get_domain(cfg.domain).bind(cfg.data_info)
     tgt = stored_target(run_dir, cfg)
-    module = NoisyClassifier(dom.build_classifier(cfg.model, cfg.data_info, tgt), tgt)
+    module = NoisyClassifier(dom.build_classifier(cfg.model, tgt), tgt)
     load_weights(module, classifier_weights(run_dir), run_dir)
     dev = resolve_device(device)
     return Classifier(dom, cfg, module.to(dev), dev, run_dir)

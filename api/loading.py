@@ -55,8 +55,9 @@ def assemble(cfg: RunConfig, weights: dict[str, torch.Tensor], where: Path, devi
         if not isinstance(cfg.latent, dict) or not isinstance(cfg.latent.get("path"), str):
             raise CheckpointError(f"{where / 'config.json'} has a corrupt latent record {cfg.latent!r}")
         dom = latent_domain(dom, cfg.latent["path"], cfg.latent).to(dev)
+    dom = dom.bind(cfg.data_info)
     diff = Diffusion(cfg.diffusion)
-    den = diff.denoiser(dom.build_backbone(cfg.model, cfg.data_info))
+    den = diff.denoiser(dom.build_backbone(cfg.model))
     own = den.state_dict()
     weights = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in weights.items()}
     load_weights(den, weights, where)
@@ -93,8 +94,9 @@ def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, A
     model_cfg = {**dom.default_model(), **(model or {})}
     diff_cfg = diffusion if isinstance(diffusion, DiffusionConfig) else diffusion_config(dom, diffusion or {})
     cfg = RunConfig(domain=dom.name, model=model_cfg, diffusion=diff_cfg, data_info=dict(data_info))
+    dom = dom.bind(cfg.data_info)
     torch.manual_seed(seed)
     diff = Diffusion(diff_cfg)
     dev = resolve_device(check_device(device))
-    den = diff.denoiser(dom.build_backbone(model_cfg, cfg.data_info)).to(dev)
+    den = diff.denoiser(dom.build_backbone(model_cfg)).to(dev)
     return DiffusionModel(dom, cfg, den, diff, dev)

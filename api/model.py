@@ -51,10 +51,12 @@ class SampleReport:
 
 
 class DiffusionModel(ModelTasks):
-    """A domain, a denoiser (with its diffusion process) and the run's configuration."""
+    """A domain bound to the model's data, a denoiser (with its diffusion process) and the run's
+    configuration. An unbound ``domain`` is bound to ``config.data_info``."""
 
     def __init__(self, domain: Domain, config: RunConfig, denoiser: torch.nn.Module, diffusion: Diffusion,
                  device: torch.device, run_dir: Path | None = None) -> None:
+        domain = domain if domain.bound else domain.bind(config.data_info)
         self.domain, self.config, self.denoiser, self.diffusion = domain, config, denoiser, diffusion
         self.device, self.run_dir = device, run_dir
         #: which weights of which checkpoint were loaded (``{"checkpoint_step", "weights"}``; set by :func:`load`)
@@ -63,7 +65,8 @@ class DiffusionModel(ModelTasks):
 
     @property
     def data_info(self) -> dict[str, Any]:
-        return self.config.data_info
+        """The ``data_info`` of the data the model was trained on (its domain's :attr:`~Domain.info`)."""
+        return self.domain.info
 
 
     def sample(self, num: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
@@ -109,7 +112,7 @@ class DiffusionModel(ModelTasks):
         else:
             condition, free = self.prepare_condition(num, cond, guidance_scale, guidance_rescale, guidance_interval)
             wrappers = [free] if free is not None else []
-        return generate(self.denoiser, self.domain, self.data_info, num, sampler=sampler, steps=steps,
+        return generate(self.denoiser, self.domain, num, sampler=sampler, steps=steps,
                         spacing=spacing, seed=seed, batch_size=batch_size, device=self.device, cond=condition,
                         progress=progress, structure=structure, guidance=wrappers, **options)
 
@@ -140,7 +143,7 @@ class DiffusionModel(ModelTasks):
         sampler, steps = self.default_sampling(sampler, steps)
         check_generate_args(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
                             options=options or {})
-        self.domain.check_structure(structure, self.data_info, batch_size=min(batch_size, num))
+        self.domain.check_structure(structure, batch_size=min(batch_size, num))
         return sampler, steps
 
 
@@ -191,7 +194,7 @@ class DiffusionModel(ModelTasks):
                                   "(fix the permissions or copy the run)")
         start = sampling_grid(schedule, sampler, nfe, None)
         cond, _ = self.prepare_condition(num)
-        problems = prior_batches(self.denoiser, self.domain, self.data_info, num, start_t=float(start[0]), seed=seed,
+        problems = prior_batches(self.denoiser, self.domain, num, start_t=float(start[0]), seed=seed,
                                  batch_size=batch_size, device=self.device, cond=cond)
         with torch.no_grad():
             result = optimize_grid(problems, schedule, start, sampler=sampler, ref_steps=ref_steps,
@@ -204,7 +207,7 @@ class DiffusionModel(ModelTasks):
     # --- conditional generation (cond helper) ---
     def condition_kinds(self) -> dict[str, Any]:
         """The conditions this model understands (``{}``: unconditional)."""
-        return self.domain.condition_kinds(self.data_info)
+        return self.domain.condition_kinds()
 
     def prepare_condition(self, num: int, cond: Any = None, scale: Any = None, rescale: Any = None,
                           interval: Any = None) -> tuple[Condition | None, Guidance | None]:
@@ -231,10 +234,10 @@ class DiffusionModel(ModelTasks):
 
     def write(self, samples: Batch, out_dir: str | Path) -> list[Path]:
         """Write samples with the domain's writer, atomically (see :func:`write_samples`)."""
-        return write_samples(self.domain, samples, out_dir, self.data_info)
+        return write_samples(self.domain, samples, out_dir)
 
     def describe(self, samples: Batch) -> dict[str, float] | None:
-        return self.domain.describe_samples(samples, self.data_info)
+        return self.domain.describe_samples(samples)
 
     def reference_data(self, data: str | Path | None = None) -> DomainDataset:
         """The evaluation reference: all of ``data`` if given, else the training data's held-out split."""
@@ -247,7 +250,7 @@ class DiffusionModel(ModelTasks):
     def untrained(self, seed: int = 0) -> "DiffusionModel":
         """The same architecture and configuration with freshly initialised weights (a baseline)."""
         torch.manual_seed(seed)
-        den = self.diffusion.denoiser(self.domain.build_backbone(self.config.model, self.data_info)).to(self.device)
+        den = self.diffusion.denoiser(self.domain.build_backbone(self.config.model)).to(self.device)
         return DiffusionModel(self.domain, self.config, den, self.diffusion, self.device, self.run_dir)
 
 
@@ -296,7 +299,7 @@ class DiffusionModel(ModelTasks):
                 if sample_options.get("guidance_scale") is None:
                     sample_options["guidance_scale"] = 1.0
             samples = self.sample(num, cond=cond, **sample_options)
-        return self.domain.metrics(samples, reference, self.data_info)
+        return self.domain.metrics(samples, reference)
 
     def evaluation(self, num: int = 256, *, data: str | Path | None = None, sampler: str | None = None,
                    steps: int | None = None, spacing: str | None = None, seed: int = 0, batch_size: int = 64,

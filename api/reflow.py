@@ -47,8 +47,8 @@ def reflow(checkpoint: str | Path, *, out: str | Path, pairs: int = 1000, steps:
                                                                            "lr": lr, "seed": seed}.items()
                                                         if v is not None}, "train")
     check_train(train_cfg, model.diffusion)
-    dataset = draw_pairs(model.denoiser, model.domain, model.data_info, pairs, steps=steps, sampler=sampler,
-                         seed=seed, device=model.device)
+    dataset = draw_pairs(model.denoiser, model.domain, pairs, steps=steps, sampler=sampler, seed=seed,
+                         device=model.device)
     cfg = replace(model.config, train=train_cfg)
     record = json.dumps({"source": str(checkpoint), "pairs": pairs, "steps": steps, "sampler": sampler, "seed": seed},
                         indent=2)

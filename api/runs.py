@@ -34,8 +34,8 @@ def execute(run_dir: Path, config: RunConfig, config_json: str, domain: Domain, 
             progress: bool = True, stop_at: int | None = None, what: str = "model",
             files: dict[str, str] | None = None) -> tuple[TrainResult, Trainer]:
     """Train ``model`` under ``objective`` into ``run_dir`` (see the module docstring).
-    ``config`` is what the trainer reads (domain, train section, data_info), ``config_json`` the
-    run's ``config.json``; ``checkpoint``: the resumed run's (``load_checkpoint(with_state=True)``);
+    ``config`` is what the trainer reads (domain, train section, data_info), ``domain`` is bound to
+    its ``data_info``, ``config_json`` is the run's ``config.json``; ``checkpoint``: the resumed run's (``load_checkpoint(with_state=True)``);
     ``init``: ``(raw, EMA, where)`` weights a new run starts from; ``stop_at`` pauses the run at
     that step (checkpointed); ``files``: other text files of the run folder, written with
     ``config.json`` (``{name: text}``). Returns the fit's result and the trainer (its EMA model, to finish

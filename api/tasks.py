@@ -30,7 +30,7 @@ class ModelTasks:
         if input is None or str(input).strip() == "":
             raise UserInputError("--input is required: the file to complete or edit")
         opts = {k: v for k, v in (options or {}).items() if v is not None}
-        return self.domain.completion_input(input, opts, self.data_info)
+        return self.domain.completion_input(input, opts)
 
     def _prepared(self, input: Any, options: dict[str, Any] | None, num: int) -> tuple[Batch, torch.Tensor]:
         batch, mask = input if isinstance(input, tuple) else self.completion_input(input, options)
@@ -77,7 +77,7 @@ class ModelTasks:
         (image: a low-resolution PNG -> ``{"lowres": ...}``)."""
         if input is None or str(input).strip() == "":
             raise UserInputError("--input is required: the low-resolution file to restore")
-        return self.domain.restoration_input(input, self.data_info)
+        return self.domain.restoration_input(input)
 
     def upscale(self, input: Any, num: int = 1, **sample_options: Any) -> Batch:
         """``num`` restorations (SR3 super-resolution) of ``input``: a path, or a condition dict

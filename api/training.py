@@ -87,9 +87,10 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     if plan.source is not None:
         check_init_data(dom, info, plan.source.data_info, plan.init_name)
     cfg.data_info = info
+    dom = dom.bind(info)
     torch.manual_seed(cfg.train.seed)
     diff = Diffusion(cfg.diffusion)
-    denoiser = diff.denoiser(dom.build_backbone(cfg.model, info))
+    denoiser = diff.denoiser(dom.build_backbone(cfg.model))
     result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, diff, denoiser, train_set, reference,
                         checkpoint=plan.checkpoint, init=plan.init, progress=progress, stop_at=stop_at,
                         what="diffusion model")

@@ -63,9 +63,10 @@ def bench_speed(args: argparse.Namespace) -> dict:
     opts = {**dom.default_data(), "sample_rate": args.rate, "clip_seconds": args.clip_seconds}
     ds = dom.load_data(None, opts)
     info = ds.info()
+    dom = dom.bind(info)
     diff = Diffusion(DiffusionConfig(**dom.default_diffusion()))
     torch.manual_seed(0)
-    den = diff.denoiser(dom.build_backbone({"preset": args.preset}, info)).to(device)
+    den = diff.denoiser(dom.build_backbone({"preset": args.preset})).to(device)
     n_params = sum(p.numel() for p in den.parameters())
     use_bf16 = device.type == "cuda" and args.precision != "fp32"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
@@ -99,10 +100,10 @@ def bench_speed(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()):
-        generate(den, dom, info, min(2, args.sample_num), sampler="ddim", steps=2, device=device)  # warm-up
+        generate(den, dom, min(2, args.sample_num), sampler="ddim", steps=2, device=device)  # warm-up
         _sync(device)
         t0 = time.perf_counter()
-        samples = generate(den, dom, info, args.sample_num, sampler="ddim", steps=args.ddim_steps,
+        samples = generate(den, dom, args.sample_num, sampler="ddim", steps=args.ddim_steps,
                            batch_size=args.sample_num, device=device)
         _sync(device)
     sample_s = time.perf_counter() - t0
@@ -240,20 +241,20 @@ def bench_quality(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     trained = model.sample(n, sampler="ddim", steps=args.ddim_steps, seed=1)
     wall = time.perf_counter() - t0
-    rows[f"trained, DDIM {args.ddim_steps}"] = dom.metrics(trained, ref, info)
+    rows[f"trained, DDIM {args.ddim_steps}"] = dom.metrics(trained, ref)
     stochastic = model.sample(n, sampler="ddpm", steps=args.ddim_steps, seed=1)
-    rows[f"trained, DDPM {args.ddim_steps}"] = dom.metrics(stochastic, ref, info)
+    rows[f"trained, DDPM {args.ddim_steps}"] = dom.metrics(stochastic, ref)
     untrained = model.untrained(seed=0).sample(n, sampler="ddim", steps=args.ddim_steps, seed=1)
-    rows[f"untrained, DDIM {args.ddim_steps}"] = dom.metrics(untrained, ref, info)
+    rows[f"untrained, DDIM {args.ddim_steps}"] = dom.metrics(untrained, ref)
     g = torch.Generator().manual_seed(2)
     noise = torch.rand(n, info["channels"], info["length"], generator=g) * 2 - 1
-    rows["white noise (peak 0.95)"] = dom.metrics(Batch(0.95 * noise, DenseSpace()), ref, info)
+    rows["white noise (peak 0.95)"] = dom.metrics(Batch(0.95 * noise, DenseSpace()), ref)
     cfg = model.config
     dataset = dom.load_data(cfg.data, cfg.data_options)
     train_set, _ = dataset.split(cfg.train.holdout_fraction, seed=cfg.train.seed)
     k = min(n, len(train_set))
     real = train_set.batch(torch.arange(k), torch.Generator().manual_seed(0))
-    rows[f"real training clips (n={k})"] = dom.metrics(real, ref, info)
+    rows[f"real training clips (n={k})"] = dom.metrics(real, ref)
     if args.write_samples:
         model.write(stochastic, Path(args.quality) / "bench_samples")
     return {"run": str(args.quality), "num": n, "trained_sample_wall_s": wall, "reference_clips": len(ref), "ddim_steps": args.ddim_steps, "rows": rows}

@@ -105,13 +105,13 @@ def bench_image(run: str, num: int, device: str) -> dict:
     for r in (1, 2):
         samples = model.complete((Batch(x, batch.space), known.expand(len(x), 1, 28, 28)), 1, sampler="ddpm",
                                  steps=50, seed=0, jump_length=10, resample=r)
-        m = model.domain.metrics(samples, ref, model.data_info)
+        m = model.domain.metrics(samples, ref)
         err = float((samples.x - x).abs()[known.expand_as(x)].max())
         rows.append({"filled by": f"ddpm50 R={r}", "fid": m["fid"], "kid": m["kid"], "known_err": err})
     black = torch.where(known, x, torch.full_like(x, -1.0))
     noise = torch.where(known, x, torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1))
     for name, imgs in (("originals", x), ("black box", black), ("noise box", noise)):
-        m = model.domain.metrics(Batch(imgs, batch.space), ref, model.data_info)
+        m = model.domain.metrics(Batch(imgs, batch.space), ref)
         rows.append({"filled by": name, "fid": m["fid"], "kid": m["kid"], "known_err": 0.0})
     _table(f"Image inpainting: {len(x)} held-out digits, centre 14x14 regenerated; FID / KID vs the held-out set", rows)
     out["rows"], out["seconds"] = rows, time.time() - t0

@@ -70,7 +70,7 @@ def run_domain(args) -> None:
                 t0 = time.perf_counter()
                 samples = model.sample(args.num, sampler=sampler, steps=steps, seed=1, batch_size=args.num)
                 sample_s = time.perf_counter() - t0
-                metrics = model.domain.metrics(samples, reference, model.data_info)
+                metrics = model.domain.metrics(samples, reference)
                 row = {"domain": args.domain, "training": training, "train_steps": args.steps,
                        "train_s": round(train_s, 1), "final_loss": res.final_loss, "sampler": sampler,
                        "sample_steps": steps, "sample_s": round(sample_s, 1),

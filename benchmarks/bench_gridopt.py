@@ -158,7 +158,7 @@ def domain_models(args, log) -> list[dict]:
                    "grid": res.grid.tolist()}
             for label, grid in (("default", res.start_grid), ("optimised", res.grid)):
                 samples = model.sample(eval_num, sampler=sampler, steps=10, seed=1, grid=grid)
-                row[label] = {k: float(v) for k, v in model.domain.metrics(samples, reference, model.data_info).items()
+                row[label] = {k: float(v) for k, v in model.domain.metrics(samples, reference).items()
                               if isinstance(v, (int, float))}
             rows.append(row)
             log(f"{domain} {sampler}: objective {res.start_objective:.4g} -> {res.objective:.4g} ({secs:.0f} s); "

@@ -62,19 +62,20 @@ def _setup(name: str, device: torch.device):
         opts = {**opts, **dom.condition_data_options(["label"])}
     info = api._record_conditions(dom, dom.load_data(None, opts).info())
     model = api.build(name, info, device=str(device), seed=0)
+    dom = dom.bind(info)
     kinds = model.condition_kinds() or {"label": LabelKind(10)}
     if name == "molecules":
         target = Target("property", "gyration", mean=2.0, std=0.5)
     else:
         from diffuse.core.models.classifier import label_kind
 
-        lk = label_kind(dom, info) or LabelKind(5)
+        lk = label_kind(dom) or LabelKind(5)
         target = Target("label", "label", lk.num_classes, lk.class_names)
     torch.manual_seed(0)
-    clf = Classifier(dom, None, NoisyClassifier(dom.build_classifier({}, info, target), target).to(device).eval(),
+    clf = Classifier(dom, None, NoisyClassifier(dom.build_classifier({}, target), target).to(device).eval(),
                      device)
     n = BATCH[name]
-    template = dom.template(n, info, torch.Generator().manual_seed(0)).to(device)
+    template = dom.template(n, torch.Generator().manual_seed(0)).to(device)
     cond = Condition({"label": torch.ones(n, dtype=torch.long, device=device)}, {"label": kinds["label"]})
     return dom, info, model, clf, template, cond, target
 

@@ -80,7 +80,7 @@ def build(kind: str, device: torch.device, config: str = "default") -> torch.nn.
     c, h, w = cfg["shape"]
     if kind == "ours":
         from diffuse.domains.image import ImageDomain
-        model = ImageDomain().build_backbone(dict(cfg["ours"]), {"channels": c, "height": h, "width": w})
+        model = ImageDomain().bind({"channels": c, "height": h, "width": w}).build_backbone(dict(cfg["ours"]))
     else:
         from diffusers import UNet2DModel
         # attention_head_dim: diffusers' per-head width (its default, 8, would mean 4-8x more heads than ours)
@@ -243,25 +243,25 @@ def quality(args) -> dict:
     total_s = time.perf_counter() - t0
     ds = dom.load_data(None, {})
     _, held = ds.split(0.1)
-    info = ds.info()
+    dom = dom.bind(ds.info())
     n = 500 if not args.quick else 128
     model = api.load(out, device=args.device)
     trained = model.sample(n, sampler="ddim", steps=50, seed=1)
-    untrained_net = Diffusion(DiffusionConfig(**dom.default_diffusion())).denoiser(dom.build_backbone({}, info))
+    untrained_net = Diffusion(DiffusionConfig(**dom.default_diffusion())).denoiser(dom.build_backbone({}))
     # the fresh U-Net's output layer is zero-initialised (it predicts eps = 0); perturb it
     torch.manual_seed(0)
     with torch.no_grad():
         for p in untrained_net.parameters():
             if not p.abs().sum():
                 p.normal_(0, 0.02)
-    untrained = generate(untrained_net.eval(), dom, info, n, sampler="ddim", steps=50, seed=1)
+    untrained = generate(untrained_net.eval(), dom, n, sampler="ddim", steps=50, seed=1)
     rest = ds.split(0.1)[0]
     real = rest.batch(torch.arange(n))
     blur = Batch(F.avg_pool2d(real.x, 5, stride=1, padding=2), DenseSpace())
     rows = {}
     for name, b in (("trained (default recipe)", trained), ("untrained", untrained),
                     ("real held-out digits", real), ("blurred real digits", blur)):
-        m = dom.metrics(b, held, info)
+        m = dom.metrics(b, held)
         rows[name] = {"fid": m["fid"], "kid": m["kid"]}
     return {"train_seconds_incl_final_eval": total_s, "train_steps": res.steps, "final_loss": res.final_loss,
             "trainer_final_metrics": res.metrics, "num_samples": n, "rows": rows, "run_dir": str(out)}

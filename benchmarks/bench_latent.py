@@ -50,15 +50,15 @@ AUDIO_QUALITY_DATA: dict = {}          # the bundled default (16 kHz, 0.5 s)
 
 # ----------------------------------------------------------------------------- speed
 def _domain(name: str, latent: bool, info: dict):
-    """(domain, data_info) with an untrained default autoencoder when ``latent``."""
+    """The domain bound to ``info``, with an untrained default autoencoder when ``latent``."""
     from diffuse.core.models.latent import LatentDomain
     from diffuse.core.data.registry import get_domain
 
-    base = get_domain(name)
+    base = get_domain(name).bind(info)
     if not latent:
         return base
     torch.manual_seed(1)
-    ae = base.build_autoencoder({}, info)
+    ae = base.build_autoencoder({})
     return LatentDomain(base, ae, None)
 
 
@@ -79,7 +79,7 @@ class Runner:
             self.dom.to(device)
         torch.manual_seed(0)
         self.diff = Diffusion(DiffusionConfig(**self.dom.default_diffusion()))
-        self.den = self.diff.denoiser(self.dom.build_backbone(self.dom.default_model(), self.info)).to(device)
+        self.den = self.diff.denoiser(self.dom.build_backbone(self.dom.default_model())).to(device)
         self.params = sum(p.numel() for p in self.den.parameters())
         self.opt = torch.optim.AdamW(self.den.parameters(), lr=1e-4)
         shape = (batch, 1, 64, 64) if name == "image" else (batch, 1, self.info["length"])
@@ -104,7 +104,7 @@ class Runner:
     def sample(self):
         from diffuse.core.sampling.generate import generate
 
-        return generate(self.den, self.dom, self.info, self.num, sampler="ddim", steps=self.ddim_steps,
+        return generate(self.den, self.dom, self.num, sampler="ddim", steps=self.ddim_steps,
                         batch_size=self.num, device=self.device)
 
 
@@ -146,7 +146,7 @@ def bench_speed(name: str, device: torch.device, rounds: int) -> dict:
     for k, r in runners.items():
         out[k] = {"params": r.params, "train_step_s": statistics.median(times[k]["train"]),
                   "sample_s": statistics.median(times[k]["sample"]),
-                  "latent_shape": list(r.dom.template(1, r.info).x.shape[1:])}
+                  "latent_shape": list(r.dom.template(1).x.shape[1:])}
     out.update(_sizes(name), ddim_steps=runners["pixel"].ddim_steps)
     out["ratio_train"] = out["pixel"]["train_step_s"] / out["latent"]["train_step_s"]
     out["ratio_sample"] = out["pixel"]["sample_s"] / out["latent"]["sample_s"]
@@ -219,9 +219,10 @@ def train_for(domain: str, out: Path, seconds: float, *, latent: Path | None = N
     dataset = api._load_data(dom, cfg)
     train_set, reference = api._split(dataset, cfg.train)
     cfg.data_info = api._record_conditions(dom, dataset.info())
+    dom = dom.bind(cfg.data_info)
     torch.manual_seed(cfg.train.seed)
     diff = Diffusion(cfg.diffusion)
-    den = diff.denoiser(dom.build_backbone(cfg.model, cfg.data_info))
+    den = diff.denoiser(dom.build_backbone(cfg.model))
     trainer = Trainer(out, cfg, dom, diff, den, train_set, reference, progress=False)
     out.mkdir(parents=True)
     atomic_write_text(out / "config.json", cfg.to_json())
@@ -250,7 +251,7 @@ def _ae_step_time(domain: str, data_options: dict, n: int = 3) -> float:
 
     dom = get_domain(domain)
     ds = dom.load_data(None, {**dom.default_data(), **data_options})
-    ae = dom.build_autoencoder({}, ds.info())
+    ae = dom.bind(ds.info()).build_autoencoder({})
     opt = torch.optim.AdamW(ae.parameters(), lr=1e-4)
     bs = dom.default_autoencoder()["train"].get("batch_size", 32)
     g = torch.Generator().manual_seed(0)

@@ -80,11 +80,11 @@ def step_times(ks: list[int], preset: str, batch_size: int, repeats: int, seed: 
     g = torch.Generator().manual_seed(seed)
     batches = [data.batch(torch.randint(len(data), (batch_size,), generator=g)) for _ in range(repeats)]
     torch.manual_seed(seed)
-    nets = {"data": dom.build_backbone({"preset": preset}, info)}
+    nets = {"data": dom.bind(info).build_backbone({"preset": preset})}
     aes = {}
     for k in ks:
-        nets[f"latent k={k}"] = dom.build_backbone({"preset": preset}, {**info, "feature_dim": 3 + k})
-        aes[k] = dom.build_autoencoder({"latent_features": k}, info).eval()
+        nets[f"latent k={k}"] = dom.bind({**info, "feature_dim": 3 + k}).build_backbone({"preset": preset})
+        aes[k] = dom.bind(info).build_autoencoder({"latent_features": k}).eval()
     times: dict[str, list[float]] = {name: [] for name in nets}
     times.update({f"encode k={k}": [] for k in ks})
 

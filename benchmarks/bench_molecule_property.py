@@ -119,9 +119,10 @@ def main() -> None:
                           warmup_steps=min(100, args.steps // 10), checkpoint_every=0, eval_samples=0,
                           device=args.device, seed=args.seed, log_every=100)
     cfg.data_info = ds_b.info()
+    dom = dom.bind(cfg.data_info)
     torch.manual_seed(args.seed)
     diff = Diffusion(cfg.diffusion)
-    denoiser = diff.denoiser(dom.build_backbone(cfg.model, cfg.data_info))
+    denoiser = diff.denoiser(dom.build_backbone(cfg.model))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.to_json())
     t_train = time.time()

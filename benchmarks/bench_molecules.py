@@ -275,15 +275,15 @@ def part_sampling(args) -> list[dict]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dom = MoleculeDomain()
-    info = dom.load_data(None, {}).info()
+    dom = dom.bind(dom.load_data(None, {}).info())
     rows = []
     for preset, num, step_list in args.sampling_configs:
         torch.manual_seed(0)
-        net = dom.build_backbone({"preset": preset}, info).to(device).eval()
+        net = dom.build_backbone({"preset": preset}).to(device).eval()
         den = Denoiser(net, PolynomialSchedule(), EpsParam())
         for steps in step_list:
             g = torch.Generator().manual_seed(0)
-            tpl = dom.template(num, info, g).to(device)
+            tpl = dom.template(num, g).to(device)
             x = prior_sample(den.schedule, tpl.space, tpl.x, generator=torch.Generator(device).manual_seed(0))
             _sync(device)
             t0 = time.perf_counter()
@@ -317,7 +317,7 @@ def part_quality(args) -> list[dict]:
         t0 = time.perf_counter()
         samples = model.sample(args.quality_num, sampler="ddpm", steps=steps_s, seed=0, batch_size=100)
         sample_s = time.perf_counter() - t0
-        table = model.domain.metrics(samples, model.reference_data(), model.data_info)
+        table = model.domain.metrics(samples, model.reference_data())
         rows.append({"train_steps": steps, "train_s": train_s, "sample_steps": steps_s, "sample_s": sample_s,
                      **table})
         print(rows[-1], flush=True)

@@ -203,7 +203,7 @@ def reference_row(domain: str, device: str) -> dict:
     n = min(EVAL_NUM[domain], len(train_set))
     real = train_set.batch(torch.arange(n), torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
-    metrics = dom.metrics(real, held, dataset.info())
+    metrics = dom.bind(dataset.info()).metrics(real, held)
     return {"domain": domain, "items": n, "reference_items": len(held), "metrics": metrics,
             "seconds": time.perf_counter() - t0}
 

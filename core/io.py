@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data.domain import Batch, Domain
@@ -59,10 +59,10 @@ def _remove_stale_tmp(out: Path) -> None:
             log.info("removed %s, left by an interrupted writer", tmp)
 
 
-def write_samples(domain: "Domain", samples: "Batch", out_dir: str | Path, data_info: dict[str, Any]) -> list[Path]:
-    """Write ``samples`` with ``domain.write`` into a temporary sibling folder, then move them into
-    ``out_dir``: an error or a kill never leaves a half-written set of samples. A new ``out_dir``
-    appears in one rename; into an existing one each file is moved in by its own rename."""
+def write_samples(domain: "Domain", samples: "Batch", out_dir: str | Path) -> list[Path]:
+    """Write ``samples`` with a bound ``domain``'s ``write`` into a temporary sibling folder, then
+    move them into ``out_dir``: an error or a kill never leaves a half-written set of samples. A new
+    ``out_dir`` appears in one rename; into an existing one each file is moved in by its own rename."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out)
@@ -71,7 +71,7 @@ def write_samples(domain: "Domain", samples: "Batch", out_dir: str | Path, data_
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        paths = domain.write(samples, tmp, data_info)
+        paths = domain.write(samples, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -2,7 +2,8 @@
 
 Each sample is one point in the plane, drawn from a CSV file of ``x,y`` rows or, by default,
 from a ring of eight Gaussians. The backbone is a small MLP; the metric is the energy
-distance to reference points; the writer saves a CSV. Register it from your package's
+distance to reference points; the writer saves a CSV. The methods about a data set read its
+``data_info`` (here ``{"dim": 2}``) as ``self.info``: core calls them on a domain bound to it. Register it from your package's
 ``pyproject.toml``::
 
     [project.entry-points."diffuse.domains"]
@@ -88,17 +89,17 @@ class PointsDomain(Domain):
             raise DataError(f"{path} holds no points; expected CSV rows 'x,y'")
         return PointsDataset(torch.tensor(rows))
 
-    def build_backbone(self, model, data_info):
-        return MLP(data_info.get("dim", 2), **model)
+    def build_backbone(self, model):
+        return MLP(self.info.get("dim", 2), **model)
 
-    def template(self, num, data_info, generator=None, structure=None):
-        return Batch(torch.zeros(num, data_info.get("dim", 2)), DenseSpace())
+    def template(self, num, generator=None, structure=None):
+        return Batch(torch.zeros(num, self.info.get("dim", 2)), DenseSpace())
 
-    def metrics(self, samples, reference, data_info):
+    def metrics(self, samples, reference):
         ref = reference.batch(torch.arange(len(reference))).x
         return {"energy_distance": energy_distance(samples.x, ref)}
 
-    def write(self, samples, out_dir, data_info):
+    def write(self, samples, out_dir):
         path = Path(out_dir) / "points.csv"
         with open(path, "w", newline="") as fh:
             csv.writer(fh).writerows(samples.x.tolist())

@@ -28,9 +28,9 @@ def test_bundled_labels_and_captions_are_conditions():
     ds = load_bundled({"text": True})
     info = ds.info()
     assert info["classes"] == ["cymbal", "kick", "snare", "tabla", "tom"] and info["text"] and not info["label_condition"]
-    kinds = dom.condition_kinds(info)
+    kinds = dom.bind(info).condition_kinds()
     assert list(kinds) == ["text"]                     # text only: no label embedding either
-    assert dom.build_backbone(TINY, info).label_emb is None
+    assert dom.bind(info).build_backbone(TINY).label_emb is None
     g = torch.Generator().manual_seed(0)
     b = ds.batch(torch.arange(len(ds)), g)
     labels = torch.as_tensor([info["classes"].index(n.split("__")[0]) for n in ds.names])
@@ -38,7 +38,7 @@ def test_bundled_labels_and_captions_are_conditions():
         assert text in CLASS_PHRASES[info["classes"][lab]]
     assert torch.equal(b.cond["text"], ds.batch(torch.arange(len(ds)), torch.Generator().manual_seed(0)).cond["text"])
     both = load_bundled({"labels": True, "text": True})
-    kinds = dom.condition_kinds(both.info())
+    kinds = dom.bind(both.info()).condition_kinds()
     assert sorted(kinds) == ["label", "text"]
     assert kinds["label"].parse(["snare", "bass drum", "hihat", 3], 4).tolist() == [2, 1, 0, 3]
     assert both.batch(torch.arange(3)).cond["label"].tolist() == labels[:3].tolist()
@@ -49,7 +49,7 @@ def test_folder_classes_get_generic_captions_in_the_vocabulary(tmp_path: Path):
         (tmp_path / cls).mkdir()
         sf.write(str(tmp_path / cls / "a.wav"), 0.5 * np.sin(np.arange(4000) / 5.0), 16000)
     ds = load_audio_folder(tmp_path, {"text": True, "clip_seconds": 0.2})
-    kind = AudioDomain().condition_kinds(ds.info())["text"]
+    kind = AudioDomain().bind(ds.info()).condition_kinds()["text"]
     assert audio_phrases(["hi_hat"])[0] == ["hi hat", "a hi hat", "a sound of a hi hat", "a hi hat sound"]
     assert kind.extra_words == ["cowbell"] and not kind.tokenizer.unknown("a cowbell sound")
     b = ds.batch(torch.arange(2), torch.Generator().manual_seed(0))

@@ -29,10 +29,9 @@ def test_registered_under_audio():
 
 
 def test_writer_round_trip(tmp_path: Path):
-    dom = AudioDomain()
-    info = {"sample_rate": 8000, "channels": 2, "length": 1234}
+    dom = AudioDomain().bind({"sample_rate": 8000, "channels": 2, "length": 1234})
     x = 0.5 * torch.randn(3, 2, 1234, generator=torch.Generator().manual_seed(0)).clamp(-1.9, 1.9)
-    paths = dom.write(Batch(x, DenseSpace()), tmp_path, info)
+    paths = dom.write(Batch(x, DenseSpace()), tmp_path)
     wavs = sorted(p for p in paths if p.suffix == ".wav")
     assert len(wavs) == 3
     for i, p in enumerate(wavs):
@@ -48,9 +47,10 @@ def _tiny_setup(steps_data: int = 2):
     ds = dom.load_data(None, {**dom.default_data(), "sample_rate": 8000, "clip_seconds": 0.125})
     ds = ds.subset(torch.tensor([1, 30][:steps_data]))            # a kick and a tabla stroke
     info = ds.info()
+    dom = dom.bind(info)
     diff = Diffusion(DiffusionConfig(**dom.default_diffusion()))
     torch.manual_seed(0)
-    den = diff.denoiser(dom.build_backbone(TINY, info))
+    den = diff.denoiser(dom.build_backbone(TINY))
     return dom, ds, info, diff, den
 
 
@@ -78,17 +78,17 @@ def test_tiny_training_run_lowers_the_loss():
 
 def test_sampling_writes_valid_wavs(tmp_path: Path):
     dom, ds, info, diff, den = _tiny_setup()
-    samples = generate(den, dom, info, 3, sampler="ddim", steps=4, seed=0, batch_size=2)
+    samples = generate(den, dom, 3, sampler="ddim", steps=4, seed=0, batch_size=2)
     assert samples.x.shape == (3, 1, info["length"]) and torch.isfinite(samples.x).all()
-    again = generate(den, dom, info, 3, sampler="ddim", steps=4, seed=0, batch_size=3)
+    again = generate(den, dom, 3, sampler="ddim", steps=4, seed=0, batch_size=3)
     torch.testing.assert_close(samples.x, again.x, atol=1e-5, rtol=1e-4)
-    paths = dom.write(samples, tmp_path, info)
+    paths = dom.write(samples, tmp_path)
     for p in (p for p in paths if p.suffix == ".wav"):
         data, rate = sf.read(p)
         assert rate == 8000 and len(data) == info["length"]
-    desc = dom.describe_samples(samples, info)
+    desc = dom.describe_samples(samples)
     assert set(desc) == {"rms_db", "peak", "clipped", "flatness"}
-    metrics = dom.metrics(samples, ds, info)
+    metrics = dom.metrics(samples, ds)
     assert {"fd_logmel", "fd_mfcc", "fd_net", "flatness"} <= set(metrics)
     assert all(np.isfinite(v) for v in metrics.values())
 
@@ -106,7 +106,7 @@ def test_audio_samples_with_ddpm_on_a_karras_grid_by_default():
     assert default_spacing(vp, "ddpm", 50) == "trailing" and dom.default_spacing(vp, "ddpm", 50) == "karras"
     assert dom.default_spacing(vp, "ddim", 50) is None
     assert dom.default_spacing(make_schedule({"kind": "flow"}), "ddpm", 50) is None
-    a = generate(den, dom, info, 2, sampler="ddpm", steps=4, seed=0)
-    b = generate(den, dom, info, 2, sampler="ddpm", steps=4, seed=0, spacing="karras")
-    c = generate(den, dom, info, 2, sampler="ddpm", steps=4, seed=0, spacing="trailing")
+    a = generate(den, dom, 2, sampler="ddpm", steps=4, seed=0)
+    b = generate(den, dom, 2, sampler="ddpm", steps=4, seed=0, spacing="karras")
+    c = generate(den, dom, 2, sampler="ddpm", steps=4, seed=0, spacing="trailing")
     assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)

@@ -436,8 +436,8 @@ def test_trainer_writes_samples_through_a_temporary_folder(tmp_path, monkeypatch
     dom = api.get_domain("points2d")
     real = type(dom).write
 
-    def half_then_fail(self, samples, out_dir, data_info):
-        real(self, samples, out_dir, data_info)
+    def half_then_fail(self, samples, out_dir):
+        real(self, samples, out_dir)
         raise OSError("disk full")
 
     monkeypatch.setattr(type(dom), "write", half_then_fail)

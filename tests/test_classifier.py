@@ -45,17 +45,17 @@ def molecules():
     data = dom.load_data(None, dom.default_data())
     info = data.info()
     batch = data.batch(torch.arange(6))
-    return dom, info, batch
+    return dom.bind(info), info, batch
 
 
-def _mol_classifier(dom, info, target):
+def _mol_classifier(dom, target):
     torch.manual_seed(0)
-    return NoisyClassifier(dom.build_classifier({"hidden": 16, "layers": 2}, info, target), target).double()
+    return NoisyClassifier(dom.build_classifier({"hidden": 16, "layers": 2}, target), target).double()
 
 
 def test_molecule_classifier_is_e3_invariant(molecules):
     dom, info, batch = molecules
-    clf = _mol_classifier(dom, info, Target("label", num_classes=3))
+    clf = _mol_classifier(dom, Target("label", num_classes=3))
     x, space = batch.x.double(), batch.space
     x_t = space.project(x + 0.5 * space.noise(x, torch.Generator().manual_seed(1)))
     alpha, sigma = torch.full((6,), 0.9, dtype=F64), torch.full((6,), math.sqrt(1 - 0.81), dtype=F64)
@@ -73,14 +73,14 @@ def test_molecule_classifier_is_e3_invariant(molecules):
 
 def test_gyration_property_is_the_closed_form(molecules):
     dom, info, batch = molecules
-    got = dom.classifier_property("gyration", batch, info)
+    got = dom.classifier_property("gyration", batch)
     pos = batch.x[:, :3].double()
     for g in range(6):
         p = pos[batch.space.batch == g]
         want = torch.sqrt(((p - p.mean(0)) ** 2).sum(1).mean())
         assert abs(float(got[g]) - float(want)) < 1e-5
     with pytest.raises(ValueError, match="no property 'mass'"):
-        dom.classifier_property("mass", batch, info)
+        dom.classifier_property("mass", batch)
 
 
 def test_classifier_guided_molecule_sampling_is_equivariant(molecules):
@@ -90,9 +90,9 @@ def test_classifier_guided_molecule_sampling_is_equivariant(molecules):
     model = api.build("molecules", info, model={"preset": "tiny"}, device="cpu", seed=0)
     den = model.denoiser.double()
     tgt = Target("property", "gyration", mean=2.0, std=0.5)
-    clf = Classifier(dom, None, _mol_classifier(dom, info, tgt), torch.device("cpu"))
+    clf = Classifier(dom, None, _mol_classifier(dom, tgt), torch.device("cpu"))
     sched = den.schedule
-    template = dom.template(6, info, structure=[5, 7, 9, 4, 6, 8])
+    template = dom.template(6, structure=[5, 7, 9, 4, 6, 8])
     space = template.space
     x = space.project(space.noise(template.x.double(), torch.Generator().manual_seed(3)))
     grid = time_grid(sched, 12, "trailing")[2:]   # an untrained model blows up through 1/alpha at t = 1
@@ -180,7 +180,7 @@ def test_trained_classifier_guides_an_unconditional_model_into_the_requested_cla
     tgt = Target("label", num_classes=2)
     module = NoisyClassifier(_MLP(2), tgt)
     cfg = TrainConfig(steps=300, batch_size=128, lr=3e-3, warmup_steps=20, seed=0)
-    objective = ClassifierObjective(None, {}, sched, sched.sample_t)
+    objective = ClassifierObjective(None, sched, sched.sample_t)
     (tmp_path / "clf").mkdir()
     Trainer(tmp_path / "clf", RunConfig(domain="points", train=cfg), None, objective, module,
             _Points(x.float(), y, kind), progress=False).fit()

@@ -265,24 +265,23 @@ def test_molecule_structure_check_bounds_and_memory():
     estimate of n^2 pairs per molecule x batch against the machine's available memory."""
     from diffuse.domains.molecules.domain import BYTES_PER_PAIR, MoleculeDomain, available_memory
 
-    dom = MoleculeDomain()
-    info = {"num_atoms_hist": [[5, 2], [9, 3]], "max_atoms": 9}
-    dom.check_structure(None, info)
-    dom.check_structure(torch.tensor([1, 18, 9]), info, batch_size=2)
-    dom.check_structure(torch.tensor([4.0, 5.0]), info)
+    dom = MoleculeDomain().bind({"num_atoms_hist": [[5, 2], [9, 3]], "max_atoms": 9})
+    dom.check_structure(None)
+    dom.check_structure(torch.tensor([1, 18, 9]), batch_size=2)
+    dom.check_structure(torch.tensor([4.0, 5.0]))
     for bad, match in ((torch.tensor([19]), "at most 18"), (torch.tensor([True]), "integers"),
                        (torch.tensor([1.5]), "whole numbers"), ([0], "at least 1"), (2.5, "whole numbers"),
                        ({"num_atoms": [3, 40]}, "at most 18")):
         with pytest.raises(ValueError, match=match):
-            dom.check_structure(bad, info)
+            dom.check_structure(bad)
     avail = available_memory()
     assert avail is not None and avail > 0
-    big = {"num_atoms_hist": [[10 ** 6, 1]], "max_atoms": 10 ** 6}
+    big = MoleculeDomain().bind({"num_atoms_hist": [[10 ** 6, 1]], "max_atoms": 10 ** 6})
     n = int((avail / BYTES_PER_PAIR) ** 0.5) + 1           # one molecule whose pairs alone exceed memory
     assert n <= 2 * 10 ** 6
     with pytest.raises(ValueError, match="GiB"):
-        dom.check_structure(torch.tensor([n]), big, batch_size=1)
-    dom.check_structure(torch.tensor([1000]), big, batch_size=1)   # 1e6 pairs: fits anywhere
+        big.check_structure(torch.tensor([n]), batch_size=1)
+    big.check_structure(torch.tensor([1000]), batch_size=1)   # 1e6 pairs: fits anywhere
 
 
 def test_a_run_written_in_a_newer_config_format_is_refused(runs, tmp_path):

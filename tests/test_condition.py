@@ -202,8 +202,7 @@ def test_conditional_evaluation_draws_the_training_splits_conditions(image_runs,
     assert torch.equal(model.training_conditions(50, seed=2)["label"], model.training_conditions(50, seed=2)["label"])
     opts = dict(sampler="ddim", steps=3, seed=0)
     cond = model.training_conditions(8, seed=0)
-    expected = model.domain.metrics(model.sample(8, cond=cond, guidance_scale=2.0, **opts),
-                                    model.reference_data(), model.data_info)
+    expected = model.domain.metrics(model.sample(8, cond=cond, guidance_scale=2.0, **opts), model.reference_data())
     assert model.evaluate(8, cond="train", guidance_scale=2.0, **opts) == expected
     out = tmp_path / "e.json"
     res = CliRunner().invoke(main, ["evaluate", "-c", str(image_runs["labels"]), "--num", "8", "--sampler", "ddim",

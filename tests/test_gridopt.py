@@ -156,14 +156,13 @@ def test_cli_optimize_then_sample_uses_it_only_when_matching(run_dir, caplog):
     with caplog.at_level(logging.WARNING):
         used = model.sample(8, sampler="dpmpp_2m", steps=4, seed=3)
     assert "using the optimised dpmpp_2m grid for 4 steps" in caplog.text
-    explicit = generate(model.denoiser, model.domain, model.data_info, 8, sampler="dpmpp_2m", steps=4, seed=3,
-                        grid=planted)
-    default = generate(model.denoiser, model.domain, model.data_info, 8, sampler="dpmpp_2m", steps=4, seed=3)
+    explicit = generate(model.denoiser, model.domain, 8, sampler="dpmpp_2m", steps=4, seed=3, grid=planted)
+    default = generate(model.denoiser, model.domain, 8, sampler="dpmpp_2m", steps=4, seed=3)
     assert torch.equal(used.x, explicit.x) and not torch.equal(used.x, default.x)
     # --spacing overrides; other steps, another sampler or other weights: the default grid
     spaced = model.sample(8, sampler="dpmpp_2m", steps=4, seed=3, spacing="trailing")
-    assert torch.equal(spaced.x, generate(model.denoiser, model.domain, model.data_info, 8, sampler="dpmpp_2m",
-                                          steps=4, seed=3, spacing="trailing").x)
+    assert torch.equal(spaced.x, generate(model.denoiser, model.domain, 8, sampler="dpmpp_2m", steps=4, seed=3,
+                                          spacing="trailing").x)
     assert model.stored_grid("dpmpp_2m", 5) is None and model.stored_grid("ddim", 4) is None
     assert api.load(run_dir, device="cpu", ema=False).stored_grid("dpmpp_2m", 4) is None
     assert model.untrained().stored_grid("dpmpp_2m", 4) is None

@@ -98,32 +98,32 @@ def test_on_the_fly_feature_network_learns(digits):
 
 def test_domain_metrics_and_template(digits):
     ds, rest, held = digits
-    dom = ImageDomain()
     info = ds.info()
+    dom = ImageDomain().bind(info)
     real = Batch(rest.batch(torch.arange(64)).x, DenseSpace(), rest.labels[:64])
     noise = Batch(torch.rand(64, 1, 28, 28) * 2 - 1, DenseSpace())
-    m_real = dom.metrics(real, held, info)
-    m_noise = dom.metrics(noise, held, info)
+    m_real = dom.metrics(real, held)
+    m_noise = dom.metrics(noise, held)
     assert m_real["fid"] * 5 < m_noise["fid"] and "kid" in m_real
     assert m_real["class_accuracy"] > 0.9 and "class_accuracy" not in m_noise
-    t = dom.template(3, info)
+    t = dom.template(3)
     assert t.x.shape == (3, 1, 28, 28) and len(t) == 3
-    cinfo = {**info, "conditional": True}
-    net = dom.build_backbone({"base_channels": 8, "head_dim": 8}, cinfo)
+    cdom = dom.bind({**info, "conditional": True})
+    net = cdom.build_backbone({"base_channels": 8, "head_dim": 8})
     assert net.num_classes == 10 and net.class_emb.num_embeddings == 11  # + the null class
     from diffuse.core.data.condition import Condition
-    t = dom.template(2, cinfo)
-    cond = Condition({"label": torch.tensor([3, 10])}, dom.condition_kinds(cinfo))
+    t = cdom.template(2)
+    cond = Condition({"label": torch.tensor([3, 10])}, cdom.condition_kinds())
     assert net(t.x, torch.tensor([5.0, 5.0]), cond=cond).shape == t.x.shape
     with pytest.raises(ValueError, match="unknown image model option"):
-        dom.build_backbone({"width": 3}, info)
+        dom.build_backbone({"width": 3})
 
 
 def test_writer_round_trip(tmp_path):
     x = torch.linspace(-1.5, 1.5, 5 * 28 * 28).reshape(5, 1, 28, 28)
     x[0] = -1.0
     x[1] = 1.0
-    paths = ImageDomain().write(Batch(x, DenseSpace()), tmp_path, {})
+    paths = ImageDomain().bind({}).write(Batch(x, DenseSpace()), tmp_path)
     assert [p.name for p in paths] == ["grid.png"] + [f"sample_{i:04d}.png" for i in range(5)]
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (3 * 30 + 2, 2 * 30 + 2) and grid.mode == "L"  # 3 columns, 2 rows, 2-pixel gaps

@@ -111,7 +111,7 @@ def test_default_size_matches_diffusers_reference():
                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                                 up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8)
     from diffuse.domains.image import ImageDomain
-    ours = ImageDomain().build_backbone({}, {"channels": 1, "height": 28, "width": 28})
+    ours = ImageDomain().bind({"channels": 1, "height": 28, "width": 28}).build_backbone({})
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
 
 

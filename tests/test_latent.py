@@ -42,7 +42,7 @@ def _audio_data():
 def test_image_autoencoder_shapes(factor):
     dom = get_domain("image")
     info = {"channels": 3, "height": 16, "width": 24}
-    ae = dom.build_autoencoder({**TINY_IMAGE_AE, "downsample": factor, "latent_channels": 3}, info)
+    ae = dom.bind(info).build_autoencoder({**TINY_IMAGE_AE, "downsample": factor, "latent_channels": 3})
     x = torch.rand(2, 3, 16, 24) * 2 - 1
     batch = Batch(x, DenseSpace())
     z = ae.encode(batch, torch.Generator().manual_seed(0))
@@ -52,15 +52,15 @@ def test_image_autoencoder_shapes(factor):
     assert ae.decode(z, batch).shape == x.shape
     assert ae.latent_info(info) == {"channels": 3, "height": 16 // factor, "width": 24 // factor}
     with pytest.raises(ValueError, match="not multiples of the downsampling factor 8"):
-        dom.build_autoencoder({"downsample": 8}, {"channels": 1, "height": 28, "width": 28})
+        dom.bind({"channels": 1, "height": 28, "width": 28}).build_autoencoder({"downsample": 8})
     with pytest.raises(ValueError, match="unknown image autoencoder option"):
-        dom.build_autoencoder({"downsampling": 4}, info)
+        dom.bind(info).build_autoencoder({"downsampling": 4})
 
 
 def test_audio_autoencoder_shapes_pad_and_crop():
     dom = get_domain("audio")
     info = {"channels": 1, "length": 1000, "sample_rate": 8000}
-    ae = dom.build_autoencoder(TINY_AUDIO_AE, info)
+    ae = dom.bind(info).build_autoencoder(TINY_AUDIO_AE)
     batch = Batch(torch.randn(3, 1, 1000) * 0.1, DenseSpace())
     z = ae.encode(batch)
     assert z.shape == (3, 4, 32)                       # ceil(1000 / 32)
@@ -68,14 +68,14 @@ def test_audio_autoencoder_shapes_pad_and_crop():
     assert ae.latent_info(info) == {"channels": 4, "length": 32}
     assert ae.decode(z, batch).shape == (3, 1, 1000)   # cropped back to the data's length
     with pytest.raises(ValueError, match="model.downsample must be one of"):
-        dom.build_autoencoder({"downsample": 48}, info)
+        dom.bind(info).build_autoencoder({"downsample": 48})
 
 
 def test_posterior_mean_and_sampling():
     """``sample=False`` is the posterior mean; draws are reproducible from the generator and
     their average tends to the mean."""
     dom, data = _image_data(8)
-    ae = dom.build_autoencoder(TINY_IMAGE_AE, data.info())
+    ae = dom.bind(data.info()).build_autoencoder(TINY_IMAGE_AE)
     batch = data.batch(torch.arange(4))
     mean = ae.encode(batch, sample=False)
     a = ae.encode(batch, torch.Generator().manual_seed(3))
@@ -92,7 +92,7 @@ def test_posterior_mean_and_sampling():
 @pytest.mark.parametrize("name", ["image", "audio"])
 def test_fit_scale_gives_unit_std_latents(name):
     dom, data = _image_data(64) if name == "image" else _audio_data()
-    ae = dom.build_autoencoder(TINY_IMAGE_AE if name == "image" else TINY_AUDIO_AE, data.info())
+    ae = dom.bind(data.info()).build_autoencoder(TINY_IMAGE_AE if name == "image" else TINY_AUDIO_AE)
     with torch.no_grad():
         last = ae.encoder[-1]               # posterior means far from unit std (variances untouched)
         half = last.out_channels // 2
@@ -114,7 +114,7 @@ def test_image_autoencoder_training_lowers_reconstruction_error(tmp_path):
     dom, data = _image_data(96)
     held = data.subset(torch.arange(64, 96))
     torch.manual_seed(0)
-    before = api.reconstruction_report(dom.build_autoencoder(TINY_IMAGE_AE, data.info()), held)
+    before = api.reconstruction_report(dom.bind(data.info()).build_autoencoder(TINY_IMAGE_AE), held)
     res = api.train_autoencoder("image", out=tmp_path / "ae", progress=False, steps=40, batch_size=16, lr=3e-3,
                                 config={"model": TINY_IMAGE_AE, "data_options": {"max_images": 96},
                                         "train": {"warmup_steps": 5}})
@@ -153,7 +153,7 @@ def test_autoencoder_run_resumes_exactly(tmp_path):
 def test_audio_autoencoder_training_lowers_stft_distance(tmp_path):
     dom, data = _audio_data()
     torch.manual_seed(0)
-    untrained = dom.build_autoencoder(TINY_AUDIO_AE, data.info())
+    untrained = dom.bind(data.info()).build_autoencoder(TINY_AUDIO_AE)
     res = api.train_autoencoder("audio", out=tmp_path / "ae", progress=False, steps=25, batch_size=8, lr=3e-3,
                                 config={"model": TINY_AUDIO_AE, "data_options": AUDIO_DATA,
                                         "train": {"warmup_steps": 5}})
@@ -182,7 +182,7 @@ def test_latent_image_model_trains_and_samples(image_ae, tmp_path):
     model = api.load(tmp_path / "lat", device="cpu")
     assert isinstance(model.domain, LatentDomain)
     # the backbone runs on [B, 2, 7, 7] latents; samples come back as 28x28 images (data space)
-    tpl = model.domain.template(2, model.data_info)
+    tpl = model.domain.template(2)
     assert tpl.x.shape == (2, 2, 7, 7)
     samples = model.sample(3, steps=3, seed=1, batch_size=2)
     assert samples.x.shape == (3, 1, 28, 28)
@@ -193,7 +193,7 @@ def test_latent_image_model_trains_and_samples(image_ae, tmp_path):
     ae = model.domain.autoencoder
     from diffuse.core.sampling.generate import generate
     from diffuse.core.data.domain import Domain
-    z = generate(model.denoiser, _NoDecode(model.domain), model.data_info, 3, steps=3, seed=1, batch_size=2)
+    z = generate(model.denoiser, _NoDecode(model.domain), 3, steps=3, seed=1, batch_size=2)
     assert torch.allclose(ae.decode(z.x / ae.scale, z), samples.x, atol=1e-5)
     assert isinstance(model.domain, Domain)
     out = model.write(samples, tmp_path / "s")
@@ -206,7 +206,7 @@ class _NoDecode:
     def __init__(self, dom):
         self.dom = dom
 
-    def to_data(self, samples, data_info):
+    def to_data(self, samples):
         return samples
 
     def __getattr__(self, name):
@@ -226,7 +226,7 @@ def test_latent_audio_model_trains_and_samples(tmp_path):
     clip, rate = sf.read(wavs[0])
     assert rate == 8000 and clip.shape[0] == 2000            # data length, not latent length
     model = api.load(tmp_path / "lat", device="cpu")
-    assert model.domain.template(2, model.data_info).x.shape == (2, 4, 63)
+    assert model.domain.template(2).x.shape == (2, 4, 63)
     assert model.sample(2, steps=2).x.shape == (2, 1, 2000)
 
 
@@ -338,8 +338,8 @@ def test_third_party_domain_gets_latent_diffusion_from_build_autoencoder_only(tm
     class PointsAE(Points):
         name = "points2d-ae"
 
-        def build_autoencoder(self, config, data_info):
-            return LinearAE(config, data_info)
+        def build_autoencoder(self, config):
+            return LinearAE(config, self.info)
 
     register_domain(PointsAE)
     res = api.train_autoencoder("points2d-ae", out=tmp_path / "ae", progress=False, steps=200, batch_size=256,

@@ -99,7 +99,7 @@ def test_equivariance_float32_at_default_size():
     torch.manual_seed(0)
     dom = MoleculeDomain()
     data = dom.load_data(None, {})
-    ae = dom.build_autoencoder({}, data.info()).eval()
+    ae = dom.bind(data.info()).build_autoencoder({}).eval()
     batch = data.batch(torch.arange(4))
     q = _orthogonal(3, False).float()
     moved = _moved(batch, q, torch.tensor([1.0, 2.0, -3.0]))
@@ -205,14 +205,14 @@ def test_shapes_layout_and_latent_info():
                                         ({"kl_weight": -1}, "kl_weight"), ({"encoder_layers": True}, "encoder_layers")])
 def test_bad_options_are_one_line_value_errors(bad, match):
     with pytest.raises(ValueError, match=match):
-        MoleculeDomain().build_autoencoder(bad, INFO)
+        MoleculeDomain().bind(INFO).build_autoencoder(bad)
 
 
 def test_tiny_training_lowers_the_reconstruction_loss():
     dom = MoleculeDomain()
     data = dom.load_data(None, {})
     torch.manual_seed(0)
-    ae = dom.build_autoencoder(TINY, data.info())
+    ae = dom.bind(data.info()).build_autoencoder(TINY)
     batch = data.batch(torch.arange(24))
     opt = torch.optim.Adam(ae.parameters(), lr=1e-3)
 
@@ -240,15 +240,15 @@ def test_latent_domain_templates_and_decodes_molecules():
     dom = MoleculeDomain()
     info = dict(INFO, include_charges=False, feature_dim=8)
     torch.manual_seed(0)
-    latent = LatentDomain(dom, dom.build_autoencoder(TINY, info))
-    tmpl = latent.template(3, info, structure=[3, 5, 4])
+    latent = LatentDomain(dom, dom.bind(info).build_autoencoder(TINY)).bind(info)
+    tmpl = latent.template(3, structure=[3, 5, 4])
     assert tmpl.x.shape == (12, 3 + TINY["latent_features"])
-    net = latent.build_backbone({"preset": "tiny"}, info)
+    net = latent.build_backbone({"preset": "tiny"})
     out = net(tmpl.space.noise(tmpl.x), torch.zeros(3), space=tmpl.space)
     assert out.shape == tmpl.x.shape
-    data = latent.to_data(Batch(out.detach(), tmpl.space, None, tmpl.extras), info)
+    data = latent.to_data(Batch(out.detach(), tmpl.space, None, tmpl.extras))
     assert data.x.shape == (12, 8)
-    table = latent.describe_samples(data, info)
+    table = latent.describe_samples(data)
     assert table["num_molecules"] == 3
     assert latent.default_sampling() == dom.default_sampling() == ("ddpm", 500)   # the data's domain decides
 

@@ -48,15 +48,16 @@ def test_charges_feature_and_template(dom):
     ds = dom.load_data(None, {"include_charges": True})
     info = ds.info()
     assert info["feature_dim"] == 9
-    tpl = dom.template(5, info, torch.Generator().manual_seed(3))
-    tpl2 = dom.template(5, info, torch.Generator().manual_seed(3))
+    bound = dom.bind(info)
+    tpl = bound.template(5, torch.Generator().manual_seed(3))
+    tpl2 = bound.template(5, torch.Generator().manual_seed(3))
     assert torch.equal(tpl.space.counts, tpl2.space.counts)
     sizes = {n for n, _ in info["num_atoms_hist"]}
     assert set(tpl.space.counts.tolist()) <= sizes and tpl.x.shape[1] == 9
-    fixed = dom.template(3, info, structure=[4, 6, 9])
+    fixed = bound.template(3, structure=[4, 6, 9])
     assert fixed.space.counts.tolist() == [4, 6, 9]
     with pytest.raises(ValueError):
-        dom.template(2, info, structure=[4, 6, 9])
+        bound.template(2, structure=[4, 6, 9])
 
 
 def test_sdf_with_mixed_records_reports_skips(tmp_path, dom, caplog):

@@ -84,8 +84,8 @@ def test_molecules_in_a_batch_do_not_interact():
 def test_centre_of_mass_stays_zero_through_ddpm_sampling():
     net = EGNN(5, hidden=16, layers=2)
     den = Denoiser(net, PolynomialSchedule(), EpsParam())
-    tpl = MoleculeDomain().template(3, {"elements": list("HCNOF"), "num_atoms_hist": [[4, 1], [9, 2]]},
-                                    torch.Generator().manual_seed(0))
+    dom = MoleculeDomain().bind({"elements": list("HCNOF"), "num_atoms_hist": [[4, 1], [9, 2]]})
+    tpl = dom.template(3, torch.Generator().manual_seed(0))
     sp = tpl.space
     g = torch.Generator().manual_seed(1)
     x = prior_sample(den.schedule, sp, tpl.x, generator=g)

@@ -85,10 +85,11 @@ def test_domain_metrics_on_training_molecules(bundled):
     samples = sub.batch(torch.arange(30))
     info = bundled.info()
     json.dumps(info)
-    desc = dom.describe_samples(samples, info)
+    dom = dom.bind(info)
+    desc = dom.describe_samples(samples)
     assert set(desc) >= {"atom_stability", "mol_stability", "validity", "uniqueness", "connected"}
     assert "novelty" not in desc
-    m = dom.metrics(samples, bundled, info)   # whole data as the reference: novelty against itself
+    m = dom.metrics(samples, bundled)   # whole data as the reference: novelty against itself
     assert m["novelty"] == 0.0 and m["mol_stability"] == desc["mol_stability"]
 
 
@@ -124,28 +125,28 @@ def test_novelty_is_against_the_training_part_only(bundled):
     """The held-out part of a split is the evaluation reference; novelty counts against the rest."""
     from diffuse.domains.molecules.domain import training_smiles
 
-    dom = MoleculeDomain()
+    dom = MoleculeDomain().bind(bundled.info())
     rest, held = bundled.split(0.1, seed=0)
     tables = BondTables(bundled.codec.elements)
     train = {analyze_molecule(*bundled.molecule(i)[:2], tables).smiles for i in rest.indices.tolist()} - {None}
     assert training_smiles(held) == train
     samples = bundled.batch(held.indices[:40])     # held-out molecules as "samples"
     unique = {analyze_molecule(*bundled.molecule(i)[:2], tables).smiles for i in held.indices[:40].tolist()} - {None}
-    m = dom.metrics(samples, held, bundled.info())
+    m = dom.metrics(samples, held)
     assert m["novelty"] == pytest.approx(len(unique - train) / len(unique)) and m["novelty"] > 0.9
-    m_train = dom.metrics(bundled.batch(rest.indices[:40]), held, bundled.info())
+    m_train = dom.metrics(bundled.batch(rest.indices[:40]), held)
     assert m_train["novelty"] == 0.0                 # training molecules are never novel
 
 
 def test_sdf_and_xyz_round_trip(tmp_path, bundled):
-    dom = MoleculeDomain()
     info = bundled.info()
+    dom = MoleculeDomain().bind(info)
     samples = bundled.batch(torch.tensor([3, 17, 250, 999]))
     # distort one molecule so that an unstable sample is written too
     x = samples.x.clone()
     x[samples.space.batch == 1, :3] *= 1.3
     samples = Batch(x, samples.space)
-    paths = dom.write(samples, tmp_path, info)
+    paths = dom.write(samples, tmp_path)
     sdf = tmp_path / "molecules.sdf"
     assert sdf in paths and len(paths) == 5
     mols = [m for m in Chem.SDMolSupplier(str(sdf), sanitize=False, removeHs=False)]

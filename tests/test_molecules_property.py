@@ -72,7 +72,7 @@ def test_batches_carry_properties_normalised_by_the_training_data_and_they_round
     np.testing.assert_allclose([[d["alpha"], d["gap"]] for d in described], truth[:3], rtol=1e-5)
     # the recorded spec rebuilds the same kind; a split keeps the normalisation of its data
     info = ds.info()
-    assert DOM.condition_kinds(info)["property"].spec() == kind.spec()
+    assert DOM.bind(info).condition_kinds()["property"].spec() == kind.spec()
     train, held = ds.split(0.25, seed=1)
     assert train.property_kind().spec() == kind.spec() and held.property_kind().spec() == kind.spec()
     assert info["property_atoms"]["names"] == ["alpha", "gap"] and info["property_units"]["gap"] == "meV"
@@ -130,8 +130,9 @@ def test_bundled_counts_follow_alpha_and_given_counts_win():
     kind = ds.property_kind()
     n = 64
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(n)]
-    lo = DOM.conditional_structure(n, info, Condition({"property": kind.parse(50.0, n)}, {"property": kind}), gens())
-    hi = DOM.conditional_structure(n, info, Condition({"property": kind.parse(95.0, n)}, {"property": kind}), gens())
+    dom = DOM.bind(info)
+    lo = dom.conditional_structure(n, Condition({"property": kind.parse(50.0, n)}, {"property": kind}), gens())
+    hi = dom.conditional_structure(n, Condition({"property": kind.parse(95.0, n)}, {"property": kind}), gens())
     real = ds.counts.double()
     alpha = ds.properties[:, ds.property_names.index("alpha")]
     # the drawn counts are those of the 50 real molecules nearest in alpha, in about their shares
@@ -144,7 +145,7 @@ def test_bundled_counts_follow_alpha_and_given_counts_win():
     ds2 = bundled("alpha,gap")
     k2 = ds2.property_kind()
     both = Condition({"property": k2.parse({"alpha": 75.0, "gap": 4000.0}, n)}, {"property": k2})
-    drawn = DOM.conditional_structure(n, ds2.info(), both, gens())
+    drawn = DOM.bind(ds2.info()).conditional_structure(n, both, gens())
     y = ds2.properties[:, [ds2.property_names.index("alpha"), ds2.property_names.index("gap")]]
     dist = ((y - torch.tensor([75.0, 4000.0], dtype=F64)) / torch.tensor(k2.std, dtype=F64)).pow(2).sum(1)
     assert set(drawn.tolist()) <= set(ds2.counts[torch.argsort(dist, stable=True)[:50]].tolist())
@@ -206,10 +207,10 @@ def _two_sizes(m=64, seed=0):
 def test_tiny_conditional_model_moves_samples_to_the_requested_property():
     torch.manual_seed(0)
     ds = _two_sizes()
-    info = ds.info()
+    dom = DOM.bind(ds.info())
     cfg = api.make_config("molecules", config={"model": {"preset": "tiny"}}).diffusion   # cond_drop 0.1
     diff = Diffusion(cfg)
-    den = diff.denoiser(DOM.build_backbone({"preset": "tiny"}, info))
+    den = diff.denoiser(dom.build_backbone({"preset": "tiny"}))
     assert den.backbone.context_dim == 2
     opt = torch.optim.Adam(den.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -220,12 +221,12 @@ def test_tiny_conditional_model_moves_samples_to_the_requested_property():
         loss.backward()
         opt.step()
     den.eval()
-    kind = DOM.condition_kinds(info)["property"]
+    kind = dom.condition_kinds()["property"]
     n = 16
     cond = parse_condition({"property": kind}, {"property": {"alpha": [10.0] * 8 + [50.0] * 8}}, n)
 
     def radii(scale):
-        out = generate(den, DOM, info, n, sampler="ddim", steps=20, seed=1, cond=cond, structure=[4] * n,
+        out = generate(den, dom, n, sampler="ddim", steps=20, seed=1, cond=cond, structure=[4] * n,
                        guidance=[Guidance.parse(scale)])
         r = out.x[:, :3].norm(dim=1).reshape(n, 4).mean(1)
         return float(r[:8].median()), float(r[8:].median())

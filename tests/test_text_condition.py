@@ -112,7 +112,7 @@ def test_image_data_draws_captions_from_the_batch_generator():
     assert torch.equal(b1.cond["text"], b2.cond["text"]) and sorted(b1.cond) == ["label", "text"]
     for lab, text in zip(b1.cond["label"].tolist(), b1.cond.describe()["text"]):
         assert text in image_phrases(DIGITS)[lab]
-    kinds = dom.condition_kinds(ds.info())
+    kinds = dom.bind(ds.info()).condition_kinds()
     assert sorted(kinds) == ["label", "text"] and kinds["text"].spec() == b1.cond.kinds["text"].spec()
     assert dom.condition_data_options(["text"]) == {"text": True}
 

@@ -56,7 +56,7 @@ def test_training_lowers_loss_and_beats_untrained(tmp_path):
     trained = model.evaluate(400, steps=30)["energy_distance"]
     untrained = api.build("points2d", model.data_info, device="cpu")
     untrained.config.train = model.config.train
-    baseline = untrained.domain.metrics(untrained.sample(400, steps=30), model.reference_data(), model.data_info)
+    baseline = untrained.domain.metrics(untrained.sample(400, steps=30), model.reference_data())
     assert trained < 0.5 * baseline["energy_distance"]
     assert (res.sample_dir / "points.csv").is_file()
 
@@ -124,8 +124,9 @@ def test_gradient_accumulation_sees_every_micro_batch(tmp_path):
     for cfg in cfgs:
         dom = api.get_domain("points2d")
         data = dom.load_data(None, {})
+        dom = dom.bind(data.info())
         trainer = Trainer(tmp_path, cfg, dom, Diffusion(cfg.diffusion),
-                          Diffusion(cfg.diffusion).denoiser(dom.build_backbone(cfg.model, data.info())),
+                          Diffusion(cfg.diffusion).denoiser(dom.build_backbone(cfg.model)),
                           data, progress=False)
         step1 = [trainer.batches.indices((1 * cfg.train.grad_accum + m) * cfg.train.batch_size, cfg.train.batch_size)
                  for m in range(cfg.train.grad_accum)]

@@ -1,7 +1,9 @@
 """Optional capabilities of a domain: small protocols beside the required :class:`Domain` contract.
 
 A domain must read data, build a backbone, make sampling templates, score and write samples.
-Everything else is a capability it may have, declared by implementing that protocol's methods:
+Everything else is a capability it may have, declared by implementing that protocol's methods
+(as on :class:`~diffuse.core.data.domain.Domain`, the ones about a data set are called on a
+bound domain, ``domain.bind(data_info)``):
 
 =============== ========================================== ======================================
 capability      methods                                    what it enables
@@ -48,7 +50,7 @@ class Conditional(Protocol):
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
         """Data options that make ``load_data`` attach the conditions ``names`` to its batches."""
 
-    def conditional_structure(self, num: int, data_info: dict[str, Any], cond: Any, generator: Any = None) -> Any:
+    def conditional_structure(self, num: int, cond: Any, generator: Any = None) -> Any:
         """Sampling structure drawn given the condition (e.g. atom counts given a property), or None."""
 
 
@@ -58,8 +60,7 @@ class Completable(Protocol):
 
     capability = "completable"
 
-    def completion_input(self, path: str | Path, options: dict[str, Any],
-                         data_info: dict[str, Any]) -> tuple[Batch, Tensor]:
+    def completion_input(self, path: str | Path, options: dict[str, Any]) -> tuple[Batch, Tensor]:
         """``(Batch of one sample in model space, mask of its known part)`` from a user file."""
 
 
@@ -69,7 +70,7 @@ class Restorable(Protocol):
 
     capability = "restorable"
 
-    def restoration_input(self, path: str | Path, data_info: dict[str, Any]) -> dict[str, Any]:
+    def restoration_input(self, path: str | Path) -> dict[str, Any]:
         """The network condition ``{name: value}`` of a restoration model from a degraded file."""
 
 
@@ -79,8 +80,8 @@ class HasAutoencoder(Protocol):
 
     capability = "autoencoder"
 
-    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
-        """An :class:`~diffuse.core.models.latent.Autoencoder` for data described by ``data_info``."""
+    def build_autoencoder(self, config: dict[str, Any]) -> nn.Module:
+        """An :class:`~diffuse.core.models.latent.Autoencoder` for the bound data."""
 
     def default_autoencoder(self) -> dict[str, Any]:
         """``{"model": {...}, "train": {...}}`` defaults of the autoencoder."""
@@ -92,10 +93,10 @@ class HasClassifier(Protocol):
 
     capability = "classifier"
 
-    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+    def build_classifier(self, model: dict[str, Any], target: Any) -> nn.Module:
         """``f(x, noise_level, space=...) -> [B, out]`` for the target."""
 
-    def classifier_property(self, name: str, batch: Batch, data_info: dict[str, Any]) -> torch.Tensor:
+    def classifier_property(self, name: str, batch: Batch) -> torch.Tensor:
         """Per-sample values of a real property of a data batch."""
 
 

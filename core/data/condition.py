@@ -6,7 +6,7 @@ network sees the condition; the sampler never looks inside it.
 
 Two pieces:
 
-* :class:`ConditionKind`: declared by a domain (``Domain.condition_kinds(data_info)``) for each
+* :class:`ConditionKind`: declared by a bound domain (``Domain.condition_kinds()``) for each
   condition a model understands. It knows its **null** value (the "no condition" input that
   condition dropout trains, so every conditional model is also unconditional and classifier-free
   guidance has its unconditional branch), how to **parse** a user value (``7``, ``"seven"``,

@@ -3,7 +3,7 @@
 A domain is a plug-in unit (DESIGN.md item 9). To add one, subclass :class:`Domain` and
 :class:`DomainDataset`, then register the class, either in code::
 
-    from diffuse.core.registry import register_domain
+    from diffuse.core import register_domain
     register_domain(MyDomain)
 
 or from your own package's ``pyproject.toml`` so that ``pip install`` adds it to the CLI::
@@ -13,26 +13,30 @@ or from your own package's ``pyproject.toml`` so that ``pip install`` adds it to
 
 What flows between core and a domain:
 
-* :class:`Batch`: ``x`` (the tensor diffusion runs on), its bound :class:`~diffuse.core.space.Space`,
-  and an optional network condition ``cond``: a :class:`~diffuse.core.condition.Condition`
-  (class labels, text tokens, property values; see ``core.condition``).
+* ``data_info``: a JSON-serialisable dict a dataset reports (``DomainDataset.info()``: shapes,
+  vocabularies, statistics, recorded conditions) and that is saved in every run folder, so a
+  model can be rebuilt and sampled without the data. A domain binds it once,
+  ``domain.bind(data_info)``: the bound copy's methods read it as ``self.info``.
+* :class:`Batch`: ``x`` (the tensor diffusion runs on), its bound :class:`~diffuse.core.data.space.Space`,
+  and an optional network condition ``cond``: a :class:`~diffuse.core.data.condition.Condition`
+  (class labels, text tokens, property values; see ``core.data.condition``).
 * sampling *structure* (atom counts, clip length) is not a condition: ``Domain.template`` takes
   it as ``structure``.
-* conditions: ``Domain.condition_kinds(data_info)`` declares what a trained model understands;
-  ``Domain.condition_data_options(names)`` turns ``--condition NAME`` into data options.
-* completion / editing: ``Domain.completion_input(path, options, data_info)`` reads a user file
-  into model space with a mask of the known part; core does the sampling.
-* ``data_info``: a JSON-serialisable dict a dataset reports (shapes, vocabularies, statistics)
-  and that is saved in every checkpoint, so a model can be rebuilt and sampled without the data.
-* latent diffusion: ``Domain.build_autoencoder(config, data_info)`` returns a
-  :class:`~diffuse.core.latent.Autoencoder`; ``core.latent.LatentDomain`` wraps the domain with
-  a trained one (``diffuse train --latent AE_RUN``) and decodes samples in ``Domain.to_data``.
+* conditions: ``Domain.condition_kinds()`` declares what a model trained on the bound data
+  understands; ``Domain.condition_data_options(names)`` turns ``--condition NAME`` into data options.
+* optional capabilities (conditions, completion, restoration, an autoencoder for latent
+  diffusion, a noise-aware classifier) are small protocols in ``core.data.capabilities``: e.g.
+  ``Domain.completion_input(path, options)`` reads a user file into model space with a mask of
+  the known part (core does the sampling); ``Domain.build_autoencoder(config)`` returns a
+  :class:`~diffuse.core.models.latent.Autoencoder`, and ``core.models.latent.LatentDomain``
+  wraps the domain with a trained one and decodes samples in ``Domain.to_data``.
 * model config: a plain JSON dict of backbone keyword arguments (``Domain.default_model``,
   overridden by the user's ``--config`` file).
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +154,14 @@ class SubsetDataset(DomainDataset):
 
 
 class Domain(ABC):
-    """A kind of data: its Space, backbone, data readers, metrics and writer."""
+    """A kind of data: its Space, backbone, data readers, metrics and writer.
+
+    Configuration methods (the defaults, :meth:`load_data`, :meth:`check_config`,
+    :meth:`condition_data_options`, ...) work on an unbound domain. Everything about a particular
+    data set (backbone, template, conditions, metrics, writer, inputs, auxiliary networks) works
+    on a bound domain, :meth:`bind` ``(data_info)``, and reads that data set's ``data_info`` as
+    :attr:`info`.
+    """
 
     #: registry key, used as ``diffuse train --domain NAME``
     name: ClassVar[str]
@@ -171,6 +182,31 @@ class Domain(ABC):
     #: ``data_info`` entries that fix what a model's input features mean (molecules' element list):
     #: a run started from a trained model (``--init``) keeps them
     meaning_keys: ClassVar[tuple[str, ...]] = ()
+
+    #: the bound data set's ``data_info`` (None: unbound); read it through :attr:`info`
+    _data_info: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- binding
+    def bind(self, info: dict[str, Any]) -> "Domain":
+        """A copy of this domain bound to a data set's ``data_info`` (``info``); this one is left as
+        it is (bound or not). A domain whose state must not be shared between copies overrides it."""
+        if not isinstance(info, dict):
+            raise TypeError(f"bind() takes a data set's data_info dict, not {type(info).__name__}")
+        bound = copy.copy(self)
+        bound._data_info = info
+        return bound
+
+    @property
+    def bound(self) -> bool:
+        """Whether this domain is bound to a data set's ``data_info`` (:meth:`bind`)."""
+        return self._data_info is not None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The bound data set's ``data_info``; a RuntimeError on an unbound domain (a programming error)."""
+        if self._data_info is None:
+            raise RuntimeError(f"the {self.name} domain is not bound to a data set's data_info; call bind(info)")
+        return self._data_info
 
     # ---------------------------------------------------------------- configuration
     def default_model(self) -> dict[str, Any]:
@@ -228,28 +264,27 @@ class Domain(ABC):
         """
 
     @abstractmethod
-    def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+    def build_backbone(self, model: dict[str, Any]) -> nn.Module:
         """A backbone ``f(x_t, noise_level, cond=None, space=None) -> tensor like x_t``."""
 
     @abstractmethod
-    def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
-                 structure: Any = None) -> Batch:
+    def template(self, num: int, generator: torch.Generator | None = None, structure: Any = None) -> Batch:
         """A :class:`Batch` of ``num`` zero samples with the right shapes and bound Space, used to
         start sampling. ``structure`` is the sampling structure when the user fixes it (e.g. atom
         counts); otherwise the domain draws it from ``generator`` (one, or one per sample)."""
 
-    def memory_format(self, data_info: dict[str, Any]) -> torch.memory_format | None:
+    def memory_format(self) -> torch.memory_format | None:
         """The tensor layout used with ``train.channels_last`` (image domains: ``torch.channels_last``,
         which cuDNN's bf16 convolutions prefer); ``None``: the domain has no such layout."""
         return None
 
     # ---------------------------------------------------------------- conditions
-    def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
-        """The conditions a model trained on ``data_info`` understands (``{}``: unconditional).
+    def condition_kinds(self) -> dict[str, ConditionKind]:
+        """The conditions a model trained on the bound data understands (``{}``: unconditional).
 
         Default: the kinds recorded under ``data_info["conditions"]`` (``{name: kind spec}``),
         which training writes from the data's conditions."""
-        return kinds_from_spec(data_info.get("conditions"))
+        return kinds_from_spec(self.info.get("conditions"))
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
         """Data options that make :meth:`load_data` attach the conditions ``names`` (from
@@ -260,7 +295,7 @@ class Domain(ABC):
         return {}
 
     # --- property conditions (props helper) ---
-    def conditional_structure(self, num: int, data_info: dict[str, Any], cond: Condition,
+    def conditional_structure(self, num: int, cond: Condition,
                               generator: torch.Generator | list[torch.Generator] | None = None) -> Any:
         """Sampling structure drawn *given* the network condition, used when the user fixes none
         (e.g. atom counts drawn from ``p(N | property)``); ``None`` (the default): ``template``
@@ -268,7 +303,7 @@ class Domain(ABC):
         return None
 
     # ---------------------------------------------------------------- noise-aware classifiers
-    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+    def build_classifier(self, model: dict[str, Any], target: Any) -> nn.Module:
         """A noise-aware classifier network ``f(x, noise_level, space=...) -> [B, target.out_dim]``
         (logits, or one standardised value for a real property) for classifier guidance (see
         ``core.classifier``; ``noise_level`` is ``100 ln(sigma / alpha)``). ``model``: user options."""
@@ -284,21 +319,21 @@ class Domain(ABC):
         except ValueError:
             return {}
 
-    def classifier_property(self, name: str, batch: Batch, data_info: dict[str, Any]) -> Tensor:
+    def classifier_property(self, name: str, batch: Batch) -> Tensor:
         """Per-sample values ``[B]`` of the real property ``name`` of a data batch (a
         ``--target property:NAME`` classifier's regression target)."""
         raise UserInputError(f"the {self.name} domain has no property {name!r} to train a classifier on")
 
     # ---------------------------------------------------------------- results
     @abstractmethod
-    def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:
+    def metrics(self, samples: Batch, reference: DomainDataset) -> dict[str, float]:
         """Quality metrics of generated ``samples`` against ``reference`` data."""
 
     @abstractmethod
-    def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
+    def write(self, samples: Batch, out_dir: Path) -> list[Path]:
         """Write samples as files a person can open; return the paths written."""
 
-    def describe_samples(self, samples: Batch, data_info: dict[str, Any]) -> dict[str, float] | None:
+    def describe_samples(self, samples: Batch) -> dict[str, float] | None:
         """Reference-free quality figures printed by ``diffuse sample`` (e.g. molecule validity);
         ``None`` when the domain has none."""
         return None
@@ -307,8 +342,7 @@ class Domain(ABC):
         """Validate user-given model options (raise ``ValueError`` with a clear message)."""
 
     # ---------------------------------------------------------------- completion and editing
-    def completion_input(self, path: str | Path, options: dict[str, Any],
-                         data_info: dict[str, Any]) -> tuple[Batch, Tensor]:
+    def completion_input(self, path: str | Path, options: dict[str, Any]) -> tuple[Batch, Tensor]:
         """Read one user file (an image, a clip, a fragment) into model space for completion
         (``core.completion``) and build its mask from ``options`` (the domain's own: image
         ``mask`` / ``rect``, audio ``span`` / ``continue``, molecules ``num_atoms``; no options:
@@ -317,15 +351,15 @@ class Domain(ABC):
         / :class:`DataError` with one line for bad input. No sampler logic belongs here."""
         raise NotSupportedError(f"the {self.name} domain does not support completion or editing of an input")
 
-    def restoration_input(self, path: str | Path, data_info: dict[str, Any]) -> dict[str, Any]:
+    def restoration_input(self, path: str | Path) -> dict[str, Any]:
         """Read a degraded input (a low-resolution image, a low-rate clip) into the network
         condition of a restoration model, ``{name: value}`` for ``ConditionKind.parse``
         (e.g. ``{"lowres": tensor}``). Raise ``ValueError`` / :class:`DataError` for bad input."""
         raise NotSupportedError(f"the {self.name} domain has no restoration (super-resolution) input")
 
     # ---------------------------------------------------------------- latent diffusion
-    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
-        """An autoencoder (``core.latent.Autoencoder``) for data described by ``data_info``, built
+    def build_autoencoder(self, config: dict[str, Any]) -> nn.Module:
+        """An autoencoder (``core.models.latent.Autoencoder``) for the bound data, built
         from ``config`` (user options; the same dict rebuilds it from its run folder). A domain
         that provides one gets latent diffusion (``diffuse train --latent AE_RUN``) for free."""
         raise NotSupportedError(f"domain {self.name} has no autoencoder")
@@ -335,12 +369,12 @@ class Domain(ABC):
         ``{"model": {...}, "train": {...}}`` (``TrainConfig`` fields)."""
         return {"model": {}, "train": {}}
 
-    def to_data(self, samples: Batch, data_info: dict[str, Any]) -> Batch:
+    def to_data(self, samples: Batch) -> Batch:
         """Samples in model space -> data (identity; a latent model decodes here). ``generate``
         applies it to every chunk, so writers and metrics always see data."""
         return samples
 
-    def check_structure(self, value: Any, data_info: dict[str, Any], batch_size: int | None = None) -> None:
+    def check_structure(self, value: Any, batch_size: int | None = None) -> None:
         """Validate a requested sampling structure (e.g. per-sample atom counts) before sampling:
         raise ``ValueError`` with one clear line if it is impossible or would not fit in memory
         (``batch_size``: samples drawn at once, when known). Default: accept."""

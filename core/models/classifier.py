@@ -1,6 +1,6 @@
 """Noise-aware classifiers for classifier guidance (Dhariwal & Nichol 2021), for any domain.
 
-A domain supplies the network (``Domain.build_classifier(model, data_info, target)``:
+A domain bound to the data supplies the network (``Domain.build_classifier(model, target)``:
 ``f(x, noise_level, space=...) -> [B, K]`` logits, or ``[B, 1]`` for a real property); core
 wraps it in a :class:`NoisyClassifier`, trains it on noised data, stores it in a run folder and
 turns it into a guidance term for any sampler.
@@ -61,10 +61,11 @@ NOISE_SCALE = 100.0
 _F64 = torch.float64
 
 
-def label_kind(domain: Domain, data_info: dict[str, Any]) -> LabelKind | None:
-    """The class labels of data described by ``data_info``: the domain's ``label`` condition,
-    else ``classes`` / ``num_classes`` (+ ``class_names``) recorded by its dataset; None if none."""
-    kind = domain.condition_kinds(data_info).get("label")
+def label_kind(domain: Domain) -> LabelKind | None:
+    """The class labels of the data a bound ``domain`` describes: its ``label`` condition, else
+    ``classes`` / ``num_classes`` (+ ``class_names``) recorded by its dataset; None if none."""
+    data_info = domain.info
+    kind = domain.condition_kinds().get("label")
     if isinstance(kind, LabelKind):
         return kind
     if data_info.get("classes"):
@@ -106,10 +107,11 @@ class Target:
         return (f"label ({self.num_classes} classes)" if self.kind == "label"
                 else f"property {self.name} (mean {self.mean:.4g}, std {self.std:.4g})")
 
-    def values(self, domain: Domain, batch: Batch, data_info: dict[str, Any]) -> Tensor:
-        """The targets of a training batch: long labels ``[B]`` or raw property values ``[B]``."""
+    def values(self, domain: Domain, batch: Batch) -> Tensor:
+        """The targets of a training batch of a bound ``domain``'s data: long labels ``[B]`` or raw
+        property values ``[B]``."""
         if self.kind == "property":
-            return domain.classifier_property(self.name, batch, data_info).to(_F64).reshape(-1)
+            return domain.classifier_property(self.name, batch).to(_F64).reshape(-1)
         cond = batch.cond
         if isinstance(cond, Condition) and "label" in cond:
             return cond["label"].long()
@@ -209,7 +211,8 @@ _RUN_KEYS = {"conditional", "conditions", "num_images", "num_clips", "num_molecu
 
 
 class Classifier:
-    """A trained noise-aware classifier: its domain, target, network and the data it was trained on."""
+    """A trained noise-aware classifier: its domain (bound to the data it was trained on), target,
+    network and run config."""
 
     def __init__(self, domain: Domain, config: ClassifierConfig, module: NoisyClassifier,
                  device: torch.device, run_dir: Path | None = None) -> None:
@@ -265,19 +268,19 @@ class ClassifierObjective:
     """The trainer's objective for a noise-aware classifier (Dhariwal & Nichol 2021): each sample
     noised at a time ``t ~ sample_t`` (the diffusion's training times), ``x_t = alpha x_0 + sigma
     eps``, scored by the target's loss (cross-entropy for labels, a Gaussian negative
-    log-likelihood in standard units for a property)."""
+    log-likelihood in standard units for a property). ``domain``: bound to the training data (a
+    property target's values come from it)."""
 
     #: a classifier run does not sample: no periodic or final evaluation
     samples = False
 
-    def __init__(self, domain: Domain, data_info: dict[str, Any], schedule: Schedule,
-                 sample_t: Callable[..., Tensor]) -> None:
-        self.domain, self.data_info, self.schedule, self.sample_t = domain, data_info, schedule, sample_t
+    def __init__(self, domain: Domain, schedule: Schedule, sample_t: Callable[..., Tensor]) -> None:
+        self.domain, self.schedule, self.sample_t = domain, schedule, sample_t
 
     def training_losses(self, model: NoisyClassifier, batch: Batch, generator: torch.Generator | None = None,
                         shard: tuple[int, int] | None = None) -> Tensor:
         target = model.target
-        y = target.values(self.domain, batch, self.data_info)
+        y = target.values(self.domain, batch)
         x0, space = batch.x, batch.space
         n = space.batch_size(x0)
         t = self.sample_t(n, generator, x0.device)
@@ -293,11 +296,12 @@ class ClassifierObjective:
         return target.loss(out, y.to(out.device))
 
 
-def evaluate_classifier(module: NoisyClassifier, domain: Domain, dataset: DomainDataset, data_info: dict[str, Any],
+def evaluate_classifier(module: NoisyClassifier, domain: Domain, dataset: DomainDataset,
                         levels: tuple[float, ...] = (0.0, 0.3, 1.0, 3.0), batch_size: int = 256, seed: int = 0,
                         device: torch.device | str = "cpu") -> dict[str, float]:
     """Held-out accuracy (labels) or RMSE (properties, data units) at noise levels ``sigma / alpha``
-    (0 = clean; a level ``s`` is the VP input ``(x_0 + s eps) / sqrt(1 + s^2)``), noise seeded."""
+    (0 = clean; a level ``s`` is the VP input ``(x_0 + s eps) / sqrt(1 + s^2)``), noise seeded;
+    ``domain`` is bound to the data of ``dataset``."""
     module.eval()
     target = module.target
     out: dict[str, float] = {}
@@ -308,7 +312,7 @@ def evaluate_classifier(module: NoisyClassifier, domain: Domain, dataset: Domain
             for start in range(0, len(dataset), batch_size):
                 idx = torch.arange(start, min(len(dataset), start + batch_size))
                 batch = dataset.batch(idx, torch.Generator().manual_seed(seed))
-                y = target.values(domain, batch, data_info)
+                y = target.values(domain, batch)
                 x, space = batch.x, batch.space
                 eps = space.noise(x, gen)
                 x_t = (x + level * eps).to(device)

@@ -54,7 +54,7 @@ class Autoencoder(nn.Module, ABC):
     """A domain's autoencoder for latent diffusion (see the module docstring).
 
     Subclasses call ``super().__init__(config, domain_name)`` first; ``config`` is the JSON dict
-    that rebuilds the network through ``Domain.build_autoencoder(config, data_info)``.
+    that rebuilds the network through ``domain.bind(data_info).build_autoencoder(config)``.
     """
 
     def __init__(self, config: dict[str, Any], domain_name: str) -> None:
@@ -208,21 +208,26 @@ def _data_of(dataset: DomainDataset) -> DomainDataset:
 class LatentDomain(Domain):
     """``base`` (any domain) plus a trained, frozen ``autoencoder``: diffusion runs on its latents.
 
-    ``data_info`` everywhere is the DATA's (what the base domain's template, writer and metrics
-    need); the backbone is built for ``{**data_info, **autoencoder.latent_info(data_info)}``.
+    A latent domain is bound to the DATA's ``data_info`` (what the base domain's template, writer
+    and metrics need): :meth:`bind` binds the wrapped base domain to it too. The backbone is the
+    base's bound to :meth:`latent_data_info`, ``{**info, **autoencoder.latent_info(info)}``.
+    ``autoencoder_data_info`` is the autoencoder's own training data's (its layout is checked
+    against the data's, :func:`check_latent_data`). Wrapping a bound base gives a bound latent domain.
     """
 
     def __init__(self, base: Domain, autoencoder: Autoencoder, record: dict[str, Any] | None = None,
-                 data_defaults: dict[str, Any] | None = None, data_info: dict[str, Any] | None = None) -> None:
+                 data_defaults: dict[str, Any] | None = None,
+                 autoencoder_data_info: dict[str, Any] | None = None) -> None:
         if autoencoder.domain_name != base.name:
             raise CheckpointError(f"the autoencoder is for the {autoencoder.domain_name!r} domain, not {base.name!r}")
         self.base, self.autoencoder, self.record = base, autoencoder.eval().requires_grad_(False), record
         #: the autoencoder's training data options (the defaults of a latent model's data) and data_info
-        self.data_defaults, self.autoencoder_data_info = dict(data_defaults or {}), dict(data_info or {})
+        self.data_defaults, self.autoencoder_data_info = dict(data_defaults or {}), dict(autoencoder_data_info or {})
         self.name = base.name                  # writers, checkpoints and the CLI see the data's domain
         self.description = f"{base.description} (latent)"
         self.likelihood_unit, self.likelihood_bins = base.likelihood_unit, None
         self.named_datasets = base.named_datasets
+        self._data_info = base._data_info      # bound when the base domain is
 
     def to(self, device: torch.device | str) -> "LatentDomain":
         """Move the autoencoder to ``device`` (encoding and decoding run there)."""
@@ -248,25 +253,33 @@ class LatentDomain(Domain):
     def check_config(self, model: dict[str, Any]) -> None:
         self.base.check_config(model)
 
-    def latent_data_info(self, data_info: dict[str, Any]) -> dict[str, Any]:
-        return {**data_info, **self.autoencoder.latent_info(data_info)}
+    def bind(self, info: dict[str, Any]) -> "LatentDomain":
+        """A copy bound to the data's ``data_info``, its base domain bound to the same (the
+        autoencoder is shared: it is frozen)."""
+        bound = super().bind(info)
+        bound.base = self.base.bind(info)
+        return bound
+
+    def latent_data_info(self) -> dict[str, Any]:
+        """The bound data's ``data_info`` with the entries the latent changes (its shape)."""
+        return {**self.info, **self.autoencoder.latent_info(self.info)}
 
     # ------------------------------------------------------------------ data and model
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:
         return LatentDataset(self.base.load_data(path, options), self.autoencoder)
 
-    def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
-        return self.base.build_backbone(model, self.latent_data_info(data_info))
+    def build_backbone(self, model: dict[str, Any]) -> nn.Module:
+        return self.base.bind(self.latent_data_info()).build_backbone(model)
 
-    def template(self, num: int, data_info: dict[str, Any], generator: Any = None, structure: Any = None) -> Batch:
-        data = self.base.template(num, data_info, generator, structure)
+    def template(self, num: int, generator: Any = None, structure: Any = None) -> Batch:
+        data = self.base.template(num, generator, structure)
         dev = self.autoencoder.scale.device
         like = data.to(dev)
         z = self.autoencoder.latent_template(like)
         return Batch(z.to(data.x.device), self.autoencoder.latent_space(like).to(data.x.device), data.cond,
                      data.extras)
 
-    def to_data(self, samples: Batch, data_info: dict[str, Any]) -> Batch:
+    def to_data(self, samples: Batch) -> Batch:
         """Decode latent ``samples`` (scaled) into data."""
         ae = self.autoencoder
         dev = ae.scale.device
@@ -276,8 +289,8 @@ class LatentDomain(Domain):
         return Batch(x.to(samples.x.device), ae.data_space(like).to(samples.x.device), samples.cond, samples.extras)
 
     # ------------------------------------------------------------------ conditions
-    def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, Any]:
-        return self.base.condition_kinds(data_info)
+    def condition_kinds(self) -> dict[str, Any]:
+        return self.base.condition_kinds()
 
     def capabilities(self) -> list[str]:
         """A latent model takes its domain's conditions; completion, restoration and classifier
@@ -291,27 +304,27 @@ class LatentDomain(Domain):
                                     "(it lives in data space); train it without --latent")
         return self.base.condition_data_options(names)
 
-    def conditional_structure(self, num, data_info, cond, generator=None):
-        return self.base.conditional_structure(num, data_info, cond, generator)
+    def conditional_structure(self, num, cond, generator=None):
+        return self.base.conditional_structure(num, cond, generator)
 
-    def check_structure(self, value: Any, data_info: dict[str, Any], batch_size: int | None = None) -> None:
-        self.base.check_structure(value, data_info, batch_size)
+    def check_structure(self, value: Any, batch_size: int | None = None) -> None:
+        self.base.check_structure(value, batch_size)
 
     # ------------------------------------------------------------------ results (on decoded data)
-    def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:
-        return self.base.metrics(samples, _data_of(reference), data_info)
+    def metrics(self, samples: Batch, reference: DomainDataset) -> dict[str, float]:
+        return self.base.metrics(samples, _data_of(reference))
 
-    def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
-        return self.base.write(samples, out_dir, data_info)
+    def write(self, samples: Batch, out_dir: Path) -> list[Path]:
+        return self.base.write(samples, out_dir)
 
-    def describe_samples(self, samples: Batch, data_info: dict[str, Any]) -> dict[str, float] | None:
-        return self.base.describe_samples(samples, data_info)
+    def describe_samples(self, samples: Batch) -> dict[str, float] | None:
+        return self.base.describe_samples(samples)
 
-    def completion_input(self, path, options, data_info):
+    def completion_input(self, path, options):
         raise NotSupportedError("completion and editing are not supported for latent models yet; use a pixel-space "
                                 "model")
 
-    def build_classifier(self, model, data_info, target):
+    def build_classifier(self, model, target):
         raise NotSupportedError("classifier guidance is not supported for latent models (the classifier sees data, "
                          "the sampler latents)")
 
@@ -324,7 +337,7 @@ class AutoencoderConfig:
     domain: str
     data: str | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
-    #: the autoencoder's own config (``Domain.build_autoencoder(model, data_info)``)
+    #: the autoencoder's own config (``Domain.build_autoencoder(model)`` of the domain bound to ``data_info``)
     model: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     data_info: dict[str, Any] = field(default_factory=dict)
@@ -384,7 +397,7 @@ def load_autoencoder(run_dir: str | Path, domain: Domain, *, expect: dict[str, A
     if expect is not None and weights_hash(run) != expect.get("sha256"):
         raise CheckpointError(f"the autoencoder in {run} has changed since the latent model was trained on it "
                               f"(SHA-256 of {AUTOENCODER_WEIGHTS} differs); retrain the latent model")
-    ae = domain.build_autoencoder(cfg.model, cfg.data_info)
+    ae = domain.bind(cfg.data_info).build_autoencoder(cfg.model)
     load_weights(ae, read_weights(_weights_path(run)), run)
     return ae.to(device).eval().requires_grad_(False)
 
@@ -398,7 +411,7 @@ def latent_domain(domain: Domain, ae_run: str | Path, expect: dict[str, Any] | N
     ae = load_autoencoder(ae_run, domain, expect=expect)
     record = expect if expect is not None else autoencoder_record(ae_run)
     ae_cfg = AutoencoderConfig.load(ae_run)
-    return LatentDomain(domain, ae, record, data_defaults=ae_cfg.data_options, data_info=ae_cfg.data_info)
+    return LatentDomain(domain, ae, record, data_defaults=ae_cfg.data_options, autoencoder_data_info=ae_cfg.data_info)
 
 
 def check_latent_data(domain: LatentDomain, info: dict[str, Any]) -> None:

@@ -2,8 +2,8 @@
 
 :func:`sampling_chunks` is the one chunked sampling loop: it splits ``num`` samples into chunks of
 ``batch_size``, gives every sample its own generators (noise from ``(seed, index)``, the domain's
-sampling structure from ``(seed + STRUCTURE_SEED_OFFSET, index)``) and asks the domain for a
-template of each chunk. Because each sample's structure and noise come only from its own
+sampling structure from ``(seed + STRUCTURE_SEED_OFFSET, index)``) and asks the domain (bound to
+the model's ``data_info``, ``Domain.bind``) for a template of each chunk. Because each sample's structure and noise come only from its own
 generators, the same seed gives the same samples whatever the batch size. :func:`generate`,
 grid optimisation (``core.sampling.gridopt``), reflow's pairs and the evaluation cost estimate
 all draw their chunks from it.
@@ -96,7 +96,7 @@ class Chunk:
     struct_gens: list[torch.Generator]
 
 
-def sampling_chunks(domain: Domain, data_info: dict[str, Any], num: int, *, seed: int = 0, batch_size: int = 64,
+def sampling_chunks(domain: Domain, num: int, *, seed: int = 0, batch_size: int = 64,
                     device: torch.device | str = "cpu", cond: Any = None, structure: Any = None) -> Iterator[Chunk]:
     """The chunks of a run of ``num`` samples (see the module docstring). ``structure`` (a
     per-sample tensor or list of ``num``, or one value for all) goes to ``domain.template``; where
@@ -112,19 +112,20 @@ def sampling_chunks(domain: Domain, data_info: dict[str, Any], num: int, *, seed
         chunk_struct = (structure[start:start + n]
                         if isinstance(structure, (torch.Tensor, list, tuple)) and len(structure) == num else structure)
         if chunk_struct is None and isinstance(chunk_cond, Condition):
-            chunk_struct = domain.conditional_structure(n, data_info, chunk_cond, struct_gens)
-        template = domain.template(n, data_info, struct_gens, chunk_struct)
+            chunk_struct = domain.conditional_structure(n, chunk_cond, struct_gens)
+        template = domain.template(n, struct_gens, chunk_struct)
         template = Batch(template.x, template.space, chunk_cond, template.extras).to(device)
         yield Chunk(start, n, template, noise_gens, struct_gens)
 
 
 @torch.no_grad()
-def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, sampler: str = "ddim",
+def generate(denoiser, domain: Domain, num: int, *, sampler: str = "ddim",
              steps: int | None = None, spacing: str | None = None, seed: int = 0, batch_size: int = 64,
              device: torch.device | str = "cpu", cond: Any = None, progress: Callable[[int], None] | None = None,
              structure: Any = None, guidance: Sequence[DenoiserWrapper] = (), grid: torch.Tensor | None = None,
              **sampler_options) -> Batch:
-    """Draw ``num`` samples. ``progress(n)`` is called after each sampler step with the chunk's size.
+    """Draw ``num`` samples of a bound ``domain``. ``progress(n)`` is called after each sampler step
+    with the chunk's size.
 
     ``cond``: a :class:`Condition` of ``num`` samples (or ``None``; a raw tensor is passed to
     the backbone as is). ``structure``: given to ``domain.template`` (a per-sample tensor or
@@ -138,7 +139,7 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
     """
     check_generate_args(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
                         options=sampler_options)
-    domain.check_structure(structure, data_info, batch_size=min(batch_size, num))
+    domain.check_structure(structure, batch_size=min(batch_size, num))
     fn = sampler_record(sampler).fn
     schedule = denoiser.schedule
     wrappers = list(guidance)
@@ -150,7 +151,7 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
     else:
         grid = check_grid(grid, steps)
     out: list[Batch] = []
-    for chunk in sampling_chunks(domain, data_info, num, seed=seed, batch_size=batch_size, device=device, cond=cond,
+    for chunk in sampling_chunks(domain, num, seed=seed, batch_size=batch_size, device=device, cond=cond,
                                  structure=structure):
         tpl = chunk.template
         x = tpl.space.project(prior_sample(schedule, tpl.space, tpl.x, t=float(grid[0]), generator=chunk.noise_gens))
@@ -158,5 +159,5 @@ def generate(denoiser, domain: Domain, data_info: dict[str, Any], num: int, *, s
         cb = (lambda info, n=chunk.n: progress(n)) if progress is not None else None
         x = fn(denoise, x, grid, schedule=schedule, space=tpl.space, generator=chunk.noise_gens, callback=cb,
                **sampler_options)
-        out.append(domain.to_data(Batch(x, tpl.space, tpl.cond, tpl.extras), data_info).to("cpu"))
+        out.append(domain.to_data(Batch(x, tpl.space, tpl.cond, tpl.extras)).to("cpu"))
     return concat_batches(out)

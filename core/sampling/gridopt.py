@@ -337,7 +337,7 @@ def optimize_grid(problems: Sequence[Problem], schedule: Schedule, start_grid: T
 
 
 # --------------------------------------------------------------------------- models and batches
-def prior_batches(denoiser, domain, data_info: dict[str, Any], num: int, *, start_t: float, seed: int = 0,
+def prior_batches(denoiser, domain, num: int, *, start_t: float, seed: int = 0,
                   batch_size: int = 64, device: torch.device | str = "cpu", cond: Any = None) -> list[Problem]:
     """``num`` draws of prior noise at ``start_t`` in chunks of ``batch_size``, as ``(denoise, x,
     space)`` problems for :func:`optimize_grid`: each chunk's structure from the domain's
@@ -345,7 +345,7 @@ def prior_batches(denoiser, domain, data_info: dict[str, Any], num: int, *, star
     denoiser bound to the chunk's Space and ``cond`` (a Condition of ``num`` samples, e.g. the
     null condition of a conditional model, or ``None``)."""
     out: list[Problem] = []
-    for chunk in sampling_chunks(domain, data_info, num, seed=seed, batch_size=batch_size, device=device, cond=cond):
+    for chunk in sampling_chunks(domain, num, seed=seed, batch_size=batch_size, device=device, cond=cond):
         tpl = chunk.template
         x = tpl.space.project(prior_sample(denoiser.schedule, tpl.space, tpl.x, t=start_t, generator=chunk.noise_gens))
         out.append((denoiser.bind(tpl.space, tpl.cond), x, tpl.space))

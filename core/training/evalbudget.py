@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -89,11 +88,11 @@ def plan(samples: int, steps: int, sampler: str, per_sample_call: float, budget:
 
 
 @torch.no_grad()
-def seconds_per_sample_call(model: torch.nn.Module, domain: Domain, data_info: dict[str, Any], num: int,
-                            device: torch.device, seed: int = 0) -> float:
+def seconds_per_sample_call(model: torch.nn.Module, domain: Domain, num: int, device: torch.device,
+                            seed: int = 0) -> float:
     """Seconds per sample of one network call on a chunk of ``num`` samples shaped as the
     evaluation's first chunk (two calls, the second timed)."""
-    template = next(sampling_chunks(domain, data_info, num, seed=seed, batch_size=num, device=device)).template
+    template = next(sampling_chunks(domain, num, seed=seed, batch_size=num, device=device)).template
     x, space = template.x, template.space
     t = torch.full((space.batch_size(x),), 0.5, dtype=torch.float64, device=device)
     elapsed = float("nan")

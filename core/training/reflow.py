@@ -8,8 +8,6 @@ straightens the paths: the reflowed model samples well in 1-4 steps.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -46,17 +44,18 @@ def ode_pairs(denoise, schedule: Schedule, space: Space, like: Tensor, *, steps:
     return noise, sample
 
 
-def draw_pairs(denoiser, domain, data_info: dict[str, Any], pairs: int, *, steps: int, sampler: str, seed: int,
+def draw_pairs(denoiser, domain, pairs: int, *, steps: int, sampler: str, seed: int,
                device: torch.device | str, batch_size: int = 64) -> "PairDataset":
     """``pairs`` (noise, sample) pairs of ``denoiser``'s ODE, each sample from its own generators
-    (the chunks of ``core.sampling.generate.sampling_chunks``), as a :class:`PairDataset` on CPU."""
+    (the chunks of ``core.sampling.generate.sampling_chunks`` of the bound ``domain``), as a
+    :class:`PairDataset` on CPU with the domain's ``data_info``."""
     chunks = []
-    for chunk in sampling_chunks(domain, data_info, pairs, seed=seed, batch_size=batch_size, device=device):
+    for chunk in sampling_chunks(domain, pairs, seed=seed, batch_size=batch_size, device=device):
         tpl = chunk.template
         noise, sample = ode_pairs(denoiser.bind(tpl.space), denoiser.schedule, tpl.space, tpl.x, steps=steps,
                                   sampler=sampler, generator=chunk.noise_gens)
         chunks.append(Batch(sample.cpu(), tpl.space.to("cpu"), None, {**tpl.extras, "noise": noise.cpu()}))
-    return PairDataset(chunks, data_info)
+    return PairDataset(chunks, domain.info)
 
 
 class PairDataset(DomainDataset):

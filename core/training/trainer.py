@@ -112,7 +112,8 @@ class TrainResult:
 
 
 class Trainer:
-    """Train ``model`` under ``objective`` on ``dataset`` for ``config.train.steps`` steps."""
+    """Train ``model`` under ``objective`` on ``dataset`` for ``config.train.steps`` steps; ``domain``
+    is bound to the run's data (``Domain.bind(config.data_info)``: the evaluation samples and scores with it)."""
 
     def __init__(self, run_dir: str | Path, config: RunConfig, domain: Domain, objective: Objective,
                  model: nn.Module, dataset: DomainDataset, reference: DomainDataset | None = None,
@@ -126,7 +127,7 @@ class Trainer:
         self.reference = reference
         self._memory_format = None
         if getattr(self.cfg, "channels_last", False):
-            self._memory_format = domain.memory_format(config.data_info)
+            self._memory_format = domain.memory_format()
             if self._memory_format is None:
                 raise ConfigError(f"train.channels_last is true but the {domain.name} domain has no channels-last "
                                  "layout (it applies to image backbones); leave it false")
@@ -341,8 +342,7 @@ class Trainer:
         model = self.ema.module
         model.eval()
         chunk = max(cfg.batch_size, 64)
-        per_call = seconds_per_sample_call(model, self.domain, self.config.data_info, min(cfg.eval_samples, chunk),
-                                           self.device, cfg.seed)
+        per_call = seconds_per_sample_call(model, self.domain, min(cfg.eval_samples, chunk), self.device, cfg.seed)
         p = plan_eval(cfg.eval_samples, cfg.eval_steps, cfg.eval_sampler, per_call, budget)
         where = "final evaluation" if final else f"evaluation at step {self.step}"
         if not final and not p.within_budget():
@@ -353,15 +353,15 @@ class Trainer:
         bar = tqdm(total=p.samples * p.steps, disable=not self.show_progress, desc="eval", unit="sample-step",
                    dynamic_ncols=True, leave=False)
         try:
-            samples = generate(model, self.domain, self.config.data_info, p.samples, sampler=cfg.eval_sampler,
-                               steps=p.steps, seed=cfg.seed, batch_size=chunk, device=self.device, progress=bar.update)
+            samples = generate(model, self.domain, p.samples, sampler=cfg.eval_sampler, steps=p.steps, seed=cfg.seed,
+                               batch_size=chunk, device=self.device, progress=bar.update)
         finally:
             bar.close()
         out_dir = self.run_dir / "samples" / tag
-        write_samples(self.domain, samples, out_dir, self.config.data_info)
+        write_samples(self.domain, samples, out_dir)
         metrics: dict[str, float] = {}
         if self.reference is not None and len(self.reference) > 0:
-            metrics = self.domain.metrics(samples, self.reference, self.config.data_info)
+            metrics = self.domain.metrics(samples, self.reference)
         seconds = time.perf_counter() - t0
         self._eval_seconds += seconds
         self._log({"step": self.step, "event": "eval", "sampler": cfg.eval_sampler, "steps": p.steps,

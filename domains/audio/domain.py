@@ -143,31 +143,32 @@ class AudioDomain(Domain):
             ds = LowRateDataset(ds, opts["lowrate"])
         return ds
 
-    def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+    def build_backbone(self, model: dict[str, Any]) -> nn.Module:
+        data_info = self.info
         kwargs = resolve_model(model)
         classes = data_info.get("classes")
         if classes and "num_classes" not in (model or {}) and data_info.get("label_condition", True):
             kwargs["num_classes"] = len(classes)
         text_options = kwargs.pop("text_encoder", None)
         if data_info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
-            encoder = build_text_encoder(text_options, self.condition_kinds(data_info)["text"])
+            encoder = build_text_encoder(text_options, self.condition_kinds()["text"])
             kwargs["text_encoder"], kwargs["cond_dim"] = encoder, encoder.dim
         if data_info.get("lowrate"):   # bandwidth extension: low-rate clip + flag, concatenated
             kwargs["in_cond_channels"] = int(data_info.get("channels", 1)) + 1
         return UNet1D(in_channels=int(data_info.get("channels", 1)), **kwargs)
 
     # --- latent diffusion (latent helper) ---
-    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+    def build_autoencoder(self, config: dict[str, Any]) -> nn.Module:
         """The 1-D waveform KL autoencoder (``autoencoder.py``)."""
         from .autoencoder import AudioAutoencoder
-        return AudioAutoencoder(config, data_info)
+        return AudioAutoencoder(config, self.info)
 
     def default_autoencoder(self) -> dict[str, Any]:
         return {"model": {}, "train": {"steps": 800, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50,
                                        "ema_decay": 0.99, "checkpoint_every": 0, "holdout_fraction": 0.15}}
 
     # --- noise-aware classifier (clf helper) ---
-    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+    def build_classifier(self, model: dict[str, Any], target: Any) -> nn.Module:
         """The waveform U-Net's encoder with the time embedding, pooled, and a linear head (``classifier.py``)."""
         from .classifier import DEFAULT_CLASSIFIER, AudioClassifier
 
@@ -175,21 +176,21 @@ class AudioDomain(Domain):
         if unknown:
             raise UserInputError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(DEFAULT_CLASSIFIER))}")
-        return AudioClassifier(int(data_info.get("channels", 1)), target.out_dim, **{**DEFAULT_CLASSIFIER, **model})
+        return AudioClassifier(int(self.info.get("channels", 1)), target.out_dim, **{**DEFAULT_CLASSIFIER, **model})
 
     def classifier_data_options(self, target: Any) -> dict[str, Any]:
         """Class labels from the sub-folder names / the bundled manifest for a ``label`` classifier."""
         return {"labels": True} if target.kind == "label" else {}
 
-    def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
-                 structure: Any = None) -> Batch:
-        shape = (int(num), int(data_info.get("channels", 1)), int(data_info["length"]))
+    def template(self, num: int, generator: torch.Generator | None = None, structure: Any = None) -> Batch:
+        shape = (int(num), int(self.info.get("channels", 1)), int(self.info["length"]))
         return Batch(torch.zeros(shape), DenseSpace())
 
     # ---------------------------------------------------------------- conditions
-    def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
+    def condition_kinds(self) -> dict[str, ConditionKind]:
         """``label`` for a model trained with labels, ``text`` for one trained with captions,
         ``lowrate`` for a bandwidth-extension model."""
+        data_info = self.info
         kinds: dict[str, ConditionKind] = {}
         classes = data_info.get("classes")
         if classes and data_info.get("label_condition", True):
@@ -199,7 +200,7 @@ class AudioDomain(Domain):
             kinds["text"] = text_kind_for(classes)
         if data_info.get("lowrate"):   # bandwidth extension: the band-limited clip, concatenated
             kinds["lowrate"] = ConcatKind(int(data_info.get("channels", 1)), [int(data_info["length"])])
-        return kinds or super().condition_kinds(data_info)
+        return kinds or super().condition_kinds()
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
         unknown = sorted(set(names) - {"label", "text", "lowrate"})
@@ -209,10 +210,10 @@ class AudioDomain(Domain):
                 **({"lowrate": 4000} if "lowrate" in names else {})}   # 4 kHz -> the clip's rate
 
     # ---------------------------------------------------------------- results
-    def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:
+    def metrics(self, samples: Batch, reference: DomainDataset) -> dict[str, float]:
         """``fd_logmel``, ``fd_mfcc``, ``fd_net`` (Frechet distances to ``reference``; lower is
         better, 0 = same statistics), plus ``rms_db`` and ``flatness`` of the samples."""
-        rate = int(data_info["sample_rate"])
+        rate = int(self.info["sample_rate"])
         idx = torch.arange(len(reference))
         if len(idx) > MAX_REFERENCE:  # a fixed, seeded subset keeps memory and time bounded
             idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:MAX_REFERENCE]
@@ -227,7 +228,7 @@ class AudioDomain(Domain):
         out["flatness"] = float(spectral_flatness(x.clamp(-1, 1)).mean())
         return out
 
-    def describe_samples(self, samples: Batch, data_info: dict[str, Any]) -> dict[str, float] | None:
+    def describe_samples(self, samples: Batch) -> dict[str, float] | None:
         """Reference-free figures: mean RMS level (dBFS), peak, fraction of clipped samples and
         spectral flatness (about 0.56 for white noise, lower for percussive / tonal sound)."""
         x = torch.nan_to_num(samples.x.detach().float().cpu())
@@ -236,12 +237,12 @@ class AudioDomain(Domain):
                 "clipped": float((x.abs() > 1).float().mean()),
                 "flatness": float(spectral_flatness(x.clamp(-1, 1)).mean())}
 
-    def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
+    def write(self, samples: Batch, out_dir: Path) -> list[Path]:
         """One 16-bit PCM WAV per sample (``sample_000.wav`` ...) at the data's rate, clipped
         to [-1, 1], and ``spectrograms.png`` with the first 8 samples' log spectrograms."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        rate = int(data_info["sample_rate"])
+        rate = int(self.info["sample_rate"])
         x = samples.x.detach().float().cpu()
         if samples.extras.get("keep_length"):     # completion: the clip (+ continuation) only
             x = x[..., :int(samples.extras["keep_length"])]
@@ -252,12 +253,12 @@ class AudioDomain(Domain):
         return paths
 
     # --- completion (inpaint helper) ---
-    def completion_input(self, path, options, data_info):
+    def completion_input(self, path, options):
         """A clip and its mask (``span`` gaps, ``continue`` past the end); see ``inpaint``."""
         from .inpaint import audio_completion_input
-        return audio_completion_input(path, options, data_info)
+        return audio_completion_input(path, options, self.info)
 
-    def restoration_input(self, path, data_info):
+    def restoration_input(self, path):
         """Bandwidth extension: a clip -> ``{"lowrate": band-limited [C, L]}``; see ``inpaint``."""
         from .inpaint import lowrate_condition
-        return lowrate_condition(path, data_info)
+        return lowrate_condition(path, self.info)

@@ -104,7 +104,7 @@ class ImageDomain(Domain):
     def default_data(self) -> dict[str, Any]:
         return dict(_DATA_DEFAULTS)
 
-    def memory_format(self, data_info: dict[str, Any]) -> torch.memory_format:
+    def memory_format(self) -> torch.memory_format:
         """``train.channels_last``: NHWC activations and convolution weights (faster bf16 convolutions on GPUs)."""
         return torch.channels_last
 
@@ -124,15 +124,16 @@ class ImageDomain(Domain):
             raise DataError(f"unknown image data option(s): {', '.join(unknown)}; known: {', '.join(sorted(_DATA_DEFAULTS))}")
         return load_images(path, {**_DATA_DEFAULTS, **options})
 
-    def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+    def build_backbone(self, model: dict[str, Any]) -> nn.Module:
         self.check_config(model)
+        data_info = self.info
         kwargs = {**self.default_model(), **model}
         kwargs.setdefault("in_channels", int(data_info.get("channels", 1)))
         if data_info.get("conditional"):
             kwargs["num_classes"] = int(data_info["num_classes"])
         text_options = kwargs.pop("text_encoder", None)
         if data_info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
-            encoder = build_text_encoder(text_options, self.condition_kinds(data_info)["text"])
+            encoder = build_text_encoder(text_options, self.condition_kinds()["text"])
             kwargs["text_encoder"], kwargs["context_dim"] = encoder, encoder.dim
         if data_info.get("lowres"):       # SR3: upsampled low-res image + flag, concatenated
             kwargs["in_cond_channels"] = int(data_info.get("channels", 1)) + 1
@@ -140,17 +141,17 @@ class ImageDomain(Domain):
         return UNet(**kwargs)
 
     # --- latent diffusion (latent helper) ---
-    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+    def build_autoencoder(self, config: dict[str, Any]) -> nn.Module:
         """The convolutional KL autoencoder (``autoencoder.py``)."""
         from .autoencoder import ImageAutoencoder
-        return ImageAutoencoder(config, data_info)
+        return ImageAutoencoder(config, self.info)
 
     def default_autoencoder(self) -> dict[str, Any]:
         return {"model": {}, "train": {"steps": 1000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50,
                                        "ema_decay": 0.99, "checkpoint_every": 0}}
 
     # --- noise-aware classifier (clf helper) ---
-    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+    def build_classifier(self, model: dict[str, Any], target: Any) -> nn.Module:
         """The U-Net's down path with the time embedding, pooled, and a linear head (``classifier.py``)."""
         from .classifier import DEFAULT_CLASSIFIER, ImageClassifier
 
@@ -158,19 +159,19 @@ class ImageDomain(Domain):
         if unknown:
             raise UserInputError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(DEFAULT_CLASSIFIER))}")
-        return ImageClassifier(int(data_info.get("channels", 1)), target.out_dim, **{**DEFAULT_CLASSIFIER, **model})
+        return ImageClassifier(int(self.info.get("channels", 1)), target.out_dim, **{**DEFAULT_CLASSIFIER, **model})
 
-    def template(self, num: int, data_info: dict[str, Any], generator: torch.Generator | None = None,
-                 structure: Any = None) -> Batch:
-        shape = (int(num), int(data_info.get("channels", 1)), int(data_info.get("height", 28)),
-                 int(data_info.get("width", 28)))
+    def template(self, num: int, generator: torch.Generator | None = None, structure: Any = None) -> Batch:
+        info = self.info
+        shape = (int(num), int(info.get("channels", 1)), int(info.get("height", 28)), int(info.get("width", 28)))
         return Batch(torch.zeros(shape), DenseSpace())
 
     # ------------------------------------------------------------------ conditions
-    def condition_kinds(self, data_info: dict[str, Any]) -> dict[str, ConditionKind]:
+    def condition_kinds(self) -> dict[str, ConditionKind]:
         """``{"label": LabelKind}`` for a model trained with labels, ``{"text": TextKind}`` for one
         trained with captions, ``{"lowres": ConcatKind}`` for a super-resolution model (any
         combination), else ``{}``."""
+        data_info = self.info
         kinds: dict[str, ConditionKind] = {}
         names = data_info.get("class_names")
         if data_info.get("conditional") and data_info.get("num_classes"):
@@ -182,7 +183,7 @@ class ImageDomain(Domain):
         if data_info.get("lowres"):
             kinds["lowres"] = ConcatKind(int(data_info.get("channels", 1)),
                                          [int(data_info.get("height", 28)), int(data_info.get("width", 28))])
-        return kinds or super().condition_kinds(data_info)
+        return kinds or super().condition_kinds()
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
         unknown = sorted(set(names) - {"label", "text", "lowres"})
@@ -195,8 +196,9 @@ class ImageDomain(Domain):
         return out
 
     # ------------------------------------------------------------------ results
-    def feature_network(self, reference: DomainDataset, data_info: dict[str, Any]) -> tuple[Any, Tensor]:
+    def feature_network(self, reference: DomainDataset) -> tuple[Any, Tensor]:
         """The feature network for ``reference`` and the reference features (cached per set)."""
+        data_info = self.info
         spec = data_info.get("feature_net") or "auto"
         key = (spec, id(reference), len(reference))
         if key in self._feature_cache:
@@ -216,9 +218,9 @@ class ImageDomain(Domain):
         self._feature_cache = {key: (net, feats)}
         return net, feats
 
-    def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:
+    def metrics(self, samples: Batch, reference: DomainDataset) -> dict[str, float]:
         """FID and KID on the feature network; class accuracy when samples carry class labels."""
-        net, ref = self.feature_network(reference, data_info)
+        net, ref = self.feature_network(reference)
         x = samples.x.detach().float().cpu()
         feats = extract_features(net, x)
         out = {"fid": fid_from_features(feats, ref)}
@@ -226,23 +228,23 @@ class ImageDomain(Domain):
         labels = samples.cond.get("label") if isinstance(samples.cond, Condition) else samples.cond
         if not isinstance(labels, Tensor) or labels.is_floating_point():
             labels = None
-        n_cls = data_info.get("num_classes")
+        n_cls = self.info.get("num_classes")
         if labels is not None and isinstance(net, LeNet) and n_cls and net.num_classes == n_cls:
             keep = labels.cpu() < n_cls  # the null class has no accuracy
             if keep.any():
                 out["class_accuracy"] = conditional_accuracy(net, x[keep], labels.cpu()[keep])
         return out
 
-    def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
+    def write(self, samples: Batch, out_dir: Path) -> list[Path]:
         return write_pngs(samples.x, out_dir)
 
     # --- completion (inpaint helper) ---
-    def completion_input(self, path, options, data_info):
+    def completion_input(self, path, options):
         """An image file and its mask (``mask`` PNG, white = generate, or ``rect``); see ``inpaint``."""
         from .inpaint import image_completion_input
-        return image_completion_input(path, options, data_info)
+        return image_completion_input(path, options, self.info)
 
-    def restoration_input(self, path, data_info):
+    def restoration_input(self, path):
         """SR3: a low-resolution image file -> ``{"lowres": upsampled [C, H, W]}``; see ``inpaint``."""
         from .inpaint import lowres_condition
-        return lowres_condition(path, data_info)
+        return lowres_condition(path, self.info)

@@ -206,7 +206,7 @@ class MoleculeDomain(Domain):
                      allow_unknown=True)
         model_kwargs(model)
 
-    def check_structure(self, value: Any, data_info: dict[str, Any], batch_size: int | None = None) -> None:
+    def check_structure(self, value: Any, batch_size: int | None = None) -> None:
         """Atom counts (``--condition``): whole numbers >= 1, at most twice the largest molecule
         of the training data, and an all-pairs edge set per batch that fits in memory."""
         if value is None:
@@ -216,8 +216,8 @@ class MoleculeDomain(Domain):
             raise UserInputError("no atom counts given")
         if min(counts) < 1:
             raise UserInputError(f"atom counts must be at least 1, got {min(counts)}")
-        hist = data_info.get("num_atoms_hist") or []
-        largest = max([int(data_info.get("max_atoms") or 0)] + [int(h[0]) for h in hist])
+        hist = self.info.get("num_atoms_hist") or []
+        largest = max([int(self.info.get("max_atoms") or 0)] + [int(h[0]) for h in hist])
         if largest and max(counts) > 2 * largest:
             raise UserInputError(f"atom counts must be at most {2 * largest} (twice the largest molecule in the "
                              f"training data, {largest} atoms), got {max(counts)}")
@@ -259,20 +259,21 @@ class MoleculeDomain(Domain):
         ds.bond_rule = bond_rule(ds.codec.elements, opts["bond_rule"])
         return ds
 
-    def build_backbone(self, model: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+    def build_backbone(self, model: dict[str, Any]) -> nn.Module:
+        data_info = self.info
         codec = FeatureCodec.from_info(data_info)
-        kind = self.condition_kinds(data_info).get(CONDITION_NAME)
+        kind = self.condition_kinds().get(CONDITION_NAME)
         context = 2 * len(kind.names) if kind is not None else 0   # normalised values + presence mask
         # ``feature_dim`` (3 + features) is the data's, or a latent model's latent width
         features = int(data_info.get("feature_dim", 3 + codec.num_features)) - 3
         return EGNN(features, **model_kwargs(model), context_dim=context, context_key=CONDITION_NAME)
 
     # --- latent diffusion (latentmol helper) ---
-    def build_autoencoder(self, config: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+    def build_autoencoder(self, config: dict[str, Any]) -> nn.Module:
         """The GeoLDM-style equivariant autoencoder (``autoencoder.py``): per atom an equivariant
         latent position and ``latent_features`` invariant latent features."""
         from .autoencoder import MoleculeAutoencoder
-        return MoleculeAutoencoder(config, data_info)
+        return MoleculeAutoencoder(config, self.info)
 
     def default_autoencoder(self) -> dict[str, Any]:
         # 300 steps recover 99.8 % of held-out elements (README); twice that as the default
@@ -280,7 +281,7 @@ class MoleculeDomain(Domain):
                                        "grad_clip": 1.0, "ema_decay": 0.99, "checkpoint_every": 0}}
 
     # --- noise-aware classifier (clf helper) ---
-    def build_classifier(self, model: dict[str, Any], data_info: dict[str, Any], target: Any) -> nn.Module:
+    def build_classifier(self, model: dict[str, Any], target: Any) -> nn.Module:
         """An E(3)-invariant EGNN classifier / property regressor, mean-pooled (``classifier.py``)."""
         from .classifier import DEFAULT_CLASSIFIER, MoleculeClassifier
 
@@ -288,20 +289,20 @@ class MoleculeDomain(Domain):
         if unknown:
             raise UserInputError(f"unknown {self.name} classifier option(s): {', '.join(unknown)}; known: "
                              f"{', '.join(sorted(DEFAULT_CLASSIFIER))}")
-        return MoleculeClassifier(FeatureCodec.from_info(data_info).num_features, target.out_dim,
+        return MoleculeClassifier(FeatureCodec.from_info(self.info).num_features, target.out_dim,
                                   **{**DEFAULT_CLASSIFIER, **model})
 
-    def classifier_property(self, name: str, batch: Batch, data_info: dict[str, Any]) -> torch.Tensor:
+    def classifier_property(self, name: str, batch: Batch) -> torch.Tensor:
         """Properties computed from the positions (``gyration``: radius of gyration, Angstrom)."""
         from .classifier import molecule_property
 
         return molecule_property(name, batch.x, batch.space)
 
-    def template(self, num: int, data_info: dict[str, Any], generator: GeneratorLike = None,
-                 structure: Any = None) -> Batch:
+    def template(self, num: int, generator: GeneratorLike = None, structure: Any = None) -> Batch:
         """``num`` zero molecules; atom counts from ``structure`` (an int, a list, or
         ``{"num_atoms": ...}``) or drawn from the training histogram with ``generator`` (one
         generator, or one per molecule)."""
+        data_info = self.info
         counts = _num_atoms(num, data_info, generator, structure)
         batch = torch.repeat_interleave(torch.arange(num), counts)
         dim = int(data_info.get("feature_dim", 3 + FeatureCodec.from_info(data_info).num_features))
@@ -320,11 +321,11 @@ class MoleculeDomain(Domain):
             props += [p for p in parse_property_names(rest) if p not in props]
         return {"properties": props} if props else {}
 
-    def conditional_structure(self, num: int, data_info: dict[str, Any], cond: Condition,
-                              generator: GeneratorLike = None) -> Any:
+    def conditional_structure(self, num: int, cond: Condition, generator: GeneratorLike = None) -> Any:
         """Atom counts drawn jointly with the target property: ``N ~ p(N | property)``, the count
         of one of the 50 training molecules nearest the target (see ``property.py``); molecules
         without a given property draw from the plain count histogram."""
+        data_info = self.info
         table = data_info.get("property_atoms")
         if CONDITION_NAME not in cond or not table or not data_info.get("num_atoms_hist"):
             return None
@@ -334,15 +335,16 @@ class MoleculeDomain(Domain):
         return draw_atom_counts(table, data_info["num_atoms_hist"], cond, gens)
 
     # ---------------------------------------------------------------- results
-    def describe_samples(self, samples: Batch, data_info: dict[str, Any]) -> dict[str, float]:
-        _, reports = analyze_samples(samples, data_info)
+    def describe_samples(self, samples: Batch) -> dict[str, float]:
+        _, reports = analyze_samples(samples, self.info)
         return validity_table(reports)
 
-    def metrics(self, samples: Batch, reference: DomainDataset, data_info: dict[str, Any]) -> dict[str, float]:
-        _, reports = analyze_samples(samples, data_info)
+    def metrics(self, samples: Batch, reference: DomainDataset) -> dict[str, float]:
+        _, reports = analyze_samples(samples, self.info)
         return validity_table(reports, training_smiles(reference))
 
-    def write(self, samples: Batch, out_dir: Path, data_info: dict[str, Any]) -> list[Path]:
+    def write(self, samples: Batch, out_dir: Path) -> list[Path]:
+        data_info = self.info
         out_dir = Path(out_dir)
         xyz_dir = out_dir / "xyz"
         xyz_dir.mkdir(parents=True, exist_ok=True)
@@ -358,7 +360,7 @@ class MoleculeDomain(Domain):
         return paths
 
     # --- completion (inpaint helper) ---
-    def completion_input(self, path, options, data_info):
+    def completion_input(self, path, options):
         """A fixed fragment (SDF / XYZ) plus ``num_atoms`` minus its size free atoms; see ``inpaint``."""
         from .inpaint import molecule_completion_input
-        return molecule_completion_input(path, options, data_info, self.check_structure)
+        return molecule_completion_input(path, options, self.info, self.check_structure)

@@ -56,7 +56,7 @@ def molecule_completion_input(path: str | Path, options: dict[str, Any], data_in
     if k > n:
         raise UserInputError(f"the fragment has {k} atoms, more than the requested molecule (--num-atoms {n})")
     if check_structure is not None:
-        check_structure([n], data_info, batch_size=1)
+        check_structure([n], batch_size=1)
     codec = FeatureCodec.from_info(data_info)
     types = torch.tensor([vocab.index(s) for s in symbols], dtype=torch.long)
     frag = codec.encode(torch.as_tensor(pos, dtype=torch.float32), types, torch.as_tensor(charges, dtype=torch.long))
