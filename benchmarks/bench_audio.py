@@ -11,13 +11,13 @@ audio-diffusion-pytorch's ``UNetV0`` (a-unet) built to the same depth, factors, 
 and attention placement at equal parameter count (channels 16-32-64-112, modulation width 32:
 759 k parameters), side by side in one process: training (v-objective on the cosine path, MSE,
 AdamW, the same batch of bundled clips) in alternating timed chunks, and DDIM sampling with 50
-steps through the same sampler (``core.samplers.ddim``), with the real-time factor of each.
+steps through the same sampler (``core.sampling.ancestral.ddim``), with the real-time factor of each.
 audio-diffusion-pytorch is optional (``pip install audio-diffusion-pytorch``); without it the
 comparison is skipped with a note.
 
 Speed: a training step is one AdamW step on a batch of random clips of the bundled data
 (``Diffusion.training_losses``, bf16 autocast on CUDA); throughput is clips/s and audio
-seconds/s. Sampling runs DDIM with 50 steps (``core.generate``) and reports the real-time
+seconds/s. Sampling runs DDIM with 50 steps (``core.sampling.generate``) and reports the real-time
 factor = audio seconds produced per wall-clock second (> 1 is faster than real time). Peak
 memory is ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak RSS on CPU.
 Prints a table and writes ``benchmarks/results/audio.json``.

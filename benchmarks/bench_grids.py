@@ -292,7 +292,7 @@ def vp(kind):
 
 def code_default(fam, name, nfe=None):
     """The grid our sampler runs on at ``nfe`` evaluations when none is asked for
-    (``core.samplers.default_spacing``); without ``nfe``: its name at 10 or more."""
+    (``core.sampling.registry.default_spacing``); without ``nfe``: its name at 10 or more."""
     sch = SigmaSchedule() if fam == "edm" else LinearBetaSchedule()
     if nfe is None:
         return default_spacing(sch, name)
@@ -636,7 +636,7 @@ def main() -> None:
         ap.error(f"--tune-from {args.tune_from}: no such file")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    logging.getLogger("diffuse.core.solvers").setLevel(logging.ERROR)    # the Heun fallback line, once per run
+    logging.getLogger("diffuse.core.sampling.ode").setLevel(logging.ERROR)    # the Heun fallback line, once per run
     try:
         from diffusers.utils import logging as dlog
         dlog.set_verbosity_error()

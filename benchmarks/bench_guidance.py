@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 import diffuse.api as api
+from diffuse.api.configs import record_conditions
 from diffuse.core.models.classifier import Classifier, NoisyClassifier, Target
 from diffuse.core.data.condition import Condition, LabelKind
 from diffuse.core.sampling.guidance import classifier_free_guidance
@@ -60,7 +61,7 @@ def _setup(name: str, device: torch.device):
     opts = dom.default_data()
     if name == "image":
         opts = {**opts, **dom.condition_data_options(["label"])}
-    info = api._record_conditions(dom, dom.load_data(None, opts).info())
+    info = record_conditions(dom, dom.load_data(None, opts).info())
     model = api.build(name, info, device=str(device), seed=0)
     dom = dom.bind(info)
     kinds = model.condition_kinds() or {"label": LabelKind(10)}
@@ -88,7 +89,7 @@ def _denoisers(model, clf, template, cond, target):
     return {
         "unguided": lambda: den.bind(space, cond if model.condition_kinds() else None),
         "cfg": lambda: classifier_free_guidance(den, space, cond, 3.0, sched),
-        "classifier": lambda: clf.guidance_wrapper(y, 2.0, sched)(den.bind(space, None), template),
+        "classifier": lambda: clf.guidance(y, 2.0, sched).wrap(den.bind(space, None), batch=template, denoiser=den),
     }
 
 

@@ -201,14 +201,16 @@ def train_for(domain: str, out: Path, seconds: float, *, latent: Path | None = N
     """Train a new diffusion run for ``seconds`` of wall time (constant LR after warm-up), the
     way ``api.train`` does (same data split, trainer, checkpoint), and report its steps."""
     from diffuse import api
+    from diffuse.api.configs import load_data, record_conditions, split_data
     from diffuse.core.io import atomic_write_text
+    from diffuse.core.models.latent import latent_domain
     from diffuse.core.process.diffusion import Diffusion
     from diffuse.core.data.registry import get_domain
     from diffuse.core.training.trainer import Trainer
 
     dom = get_domain(domain)
     if latent is not None:
-        dom = api._latent_domain(dom, latent)
+        dom = latent_domain(dom, latent)
     cfg = api.make_config(dom, config={"model": model or {}, "data_options": data_options or {},
                                        "train": {"lr_schedule": "constant", "checkpoint_every": 0,
                                                  "final_eval": False}},
@@ -216,9 +218,9 @@ def train_for(domain: str, out: Path, seconds: float, *, latent: Path | None = N
     cfg.latent = getattr(dom, "record", None)
     if latent is not None:
         dom.to(device)
-    dataset = api._load_data(dom, cfg)
-    train_set, reference = api._split(dataset, cfg.train)
-    cfg.data_info = api._record_conditions(dom, dataset.info())
+    dataset = load_data(dom, cfg)
+    train_set, reference = split_data(dataset, cfg.train)
+    cfg.data_info = record_conditions(dom, dataset.info())
     dom = dom.bind(cfg.data_info)
     torch.manual_seed(cfg.train.seed)
     diff = Diffusion(cfg.diffusion)

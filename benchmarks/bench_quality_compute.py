@@ -198,8 +198,10 @@ def reference_row(domain: str, device: str) -> dict:
 
     cfg = api.make_config(domain, device=device)
     dom = api.get_domain(domain)
-    dataset = api._load_data(dom, cfg)
-    train_set, held = api._split(dataset, cfg.train)
+    from diffuse.api.configs import load_data, split_data
+
+    dataset = load_data(dom, cfg)
+    train_set, held = split_data(dataset, cfg.train)
     n = min(EVAL_NUM[domain], len(train_set))
     real = train_set.batch(torch.arange(n), torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
