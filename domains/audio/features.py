@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
+from ...core.training.fit import fit, sampled_batches
 from .io import resample
 
 __all__ = ["FEATURE_RATE", "log_mel", "mel_stats", "mfcc_stats", "FeatureNet",
@@ -145,9 +146,10 @@ def _augment(x: Tensor, g: torch.Generator) -> Tensor:
 
 def train_feature_net(clips: Tensor, labels: Tensor, rate: int, num_classes: int, steps: int = 600,
                       batch_size: int = 32, lr: float = 2e-3, seed: int = 0) -> tuple[FeatureNet, float]:
-    """Train a :class:`FeatureNet` classifier on waveforms ``[N, C, L]`` with labels ``[N]``
-    (AdamW, cross-entropy, augmentation of :func:`_augment`). Returns the net and its final
-    training accuracy on un-augmented clips."""
+    """Train a :class:`FeatureNet` classifier on waveforms ``[N, C, L]`` with labels ``[N]``:
+    cross-entropy, AdamW (weight decay 0.01, constant ``lr``), batches drawn with replacement,
+    augmentation of :func:`_augment`; seeded (:func:`~diffuse.core.training.fit.fit`). Returns the
+    net and its final training accuracy on un-augmented clips."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = FeatureNet(num_classes)
@@ -156,16 +158,12 @@ def train_feature_net(clips: Tensor, labels: Tensor, rate: int, num_classes: int
         net.mel_mean.copy_(mel.mean((0, 2)))
         net.mel_std.copy_(mel.std((0, 2)).clamp(min=1e-3))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
-    for step in range(steps):
-        idx = torch.randint(0, clips.shape[0], (batch_size,), generator=g)
-        mel = log_mel(_augment(clips[idx], g), rate)
-        loss = F.cross_entropy(net(mel), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0:
-            log.info("feature net step %d loss %.3f", step, loss.item())
-    net.eval()
+
+    def loss(model: FeatureNet, idx: Tensor) -> Tensor:
+        return F.cross_entropy(model(log_mel(_augment(clips[idx], g), rate)), labels[idx])
+
+    fit(net, loss, sampled_batches(clips.shape[0], batch_size, g), steps, opt,
+        log=lambda step, value: log.info("feature net step %d loss %.3f", step, value))
     with torch.no_grad():
         acc = float((net(log_mel(clips, rate)).argmax(1) == labels).float().mean())
     return net, acc
