@@ -68,7 +68,8 @@ class Attention(nn.Module):
 
     ``W_o`` starts at zero, so a fresh block is the identity. Tokens are free views when ``x`` is
     channels-last (``[B, C, H, W]``, or ``[B, C, 1, L]`` for 1-D signals); plain ``[B, C, L]``
-    works too.
+    works too. The output has ``x``'s memory layout (the next convolution's kernel, and so its
+    rounding, depends on it).
 
     Args:
         channels: ``C``. heads: attention heads (must divide ``C``).
@@ -79,8 +80,9 @@ class Attention(nn.Module):
         fused_qkv: self-attention projects ``q, k, v`` with one ``[3C, C]`` matrix (parameter
             ``qkv``, one matrix product); ``False`` projects ``q`` and ``(k, v)`` separately
             (parameters ``q`` and ``kv``, the layout cross-attention always has). The image
-            U-Net's weights use the first layout, the audio U-Net's the second; the outputs agree
-            up to float rounding.
+            U-Net's weights use the first layout, the audio U-Net's the second (kept so that
+            shipped weights and old runs load as saved: ``load_weights`` checks names before any
+            load hook could rename them); the outputs agree up to float rounding.
         pos_emb: add a learned projection ``W_p`` of the sinusoidal embedding
             (:func:`timestep_embedding`, ``max_period`` 1000) of each token's flat index before
             the projections: convolutions with zero padding sense a signal's edges only locally,
