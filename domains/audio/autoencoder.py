@@ -29,6 +29,7 @@ from ...core.validation import AT_LEAST_ONE, NON_NEGATIVE, OneOf, check_kwargs
 from ...core.data.domain import Batch
 from ...core.models.latent import Autoencoder, gaussian_draw, gaussian_kl
 from ...core.errors import UserInputError
+from ..layers import norm_groups
 
 __all__ = ["AudioAutoencoder", "DEFAULT_AUDIO_AUTOENCODER", "stft_distance", "logmel_distance"]
 
@@ -70,18 +71,16 @@ def logmel_distance(x: Tensor, y: Tensor, sample_rate: int, n_fft: int = 1024, n
     return (mx - my).abs().reshape(b, -1).mean(1)
 
 
-def _groups(ch: int) -> int:
-    for g in (8, 4, 2, 1):
-        if ch % g == 0:
-            return g
-    return 1
+def _group_norm(ch: int) -> nn.GroupNorm:
+    """GroupNorm with the largest power-of-two group count dividing ``ch``, up to 8."""
+    return nn.GroupNorm(norm_groups(ch, 8, powers_of_two=True), ch)
 
 
 class _Res1D(nn.Module):
     def __init__(self, ch: int, dilation: int) -> None:
         super().__init__()
-        self.n1, self.c1 = nn.GroupNorm(_groups(ch), ch), nn.Conv1d(ch, ch, 3, padding=dilation, dilation=dilation)
-        self.n2, self.c2 = nn.GroupNorm(_groups(ch), ch), nn.Conv1d(ch, ch, 1)
+        self.n1, self.c1 = _group_norm(ch), nn.Conv1d(ch, ch, 3, padding=dilation, dilation=dilation)
+        self.n2, self.c2 = _group_norm(ch), nn.Conv1d(ch, ch, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.c2(F.silu(self.n2(self.c1(F.silu(self.n1(x))))))
@@ -109,13 +108,13 @@ class AudioAutoencoder(Autoencoder):
         for f, ch in zip(factors, chans):
             enc += [_Res1D(prev, 1), _Res1D(prev, 3), nn.Conv1d(prev, ch, 2 * f, stride=f, padding=f // 2)]
             prev = ch
-        enc += [_Res1D(prev, 1), nn.GroupNorm(_groups(prev), prev), nn.SiLU(), nn.Conv1d(prev, 2 * zc, 3, padding=1)]
+        enc += [_Res1D(prev, 1), _group_norm(prev), nn.SiLU(), nn.Conv1d(prev, 2 * zc, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv1d(zc, prev, 3, padding=1), _Res1D(prev, 1)]
         for f, ch in zip(reversed(factors), [*reversed(chans[:-1]), chans[0]]):
             dec += [nn.ConvTranspose1d(prev, ch, 2 * f, stride=f, padding=f // 2), _Res1D(ch, 1), _Res1D(ch, 3)]
             prev = ch
-        dec += [nn.GroupNorm(_groups(prev), prev), nn.SiLU(), nn.Conv1d(prev, self.channels, 7, padding=3)]
+        dec += [_group_norm(prev), nn.SiLU(), nn.Conv1d(prev, self.channels, 7, padding=3)]
         self.decoder = nn.Sequential(*dec)
 
     def _pad(self, x: Tensor) -> Tensor:

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import Downsample1D, ResBlock1D, _groups, timestep_embedding
+from ..layers import timestep_embedding
+from .unet import Downsample1D, ResBlock1D, _group_norm
 from ...core.errors import UserInputError
 
 __all__ = ["AudioClassifier", "DEFAULT_CLASSIFIER"]
@@ -41,7 +42,7 @@ class AudioClassifier(nn.Module):
                                    for j in range(int(num_res_blocks)))
             pool = Downsample1D(ch, channels[i + 1], factors[i]) if i < len(factors) else nn.Identity()
             self.levels.append(nn.ModuleList([blocks, pool]))
-        self.norm = nn.GroupNorm(_groups(channels[-1]), channels[-1])
+        self.norm = _group_norm(channels[-1])
         self.head = nn.Linear(channels[-1], int(out_dim))
 
     def forward(self, x: Tensor, noise_level: Tensor, space: Any = None) -> Tensor:

@@ -38,6 +38,7 @@ from ...core.data.condition import ConcatKind, ConditionKind, LabelKind
 from ...core.data.domain import Batch, Domain, DomainDataset
 from ...core.data.space import DenseSpace
 from .data import DATA_OPTIONS, load_audio_folder, load_bundled, resolve_options
+from ..presets import resolve_preset
 from ..text import build_text_encoder, check_text_encoder_options, text_kind_for
 from .io import write_spectrogram_png, write_wav
 from .metrics import set_metrics
@@ -67,14 +68,7 @@ _LABEL_ALIASES = {"bass": "kick", "bd": "kick", "bass drum": "kick", "kick drum"
 
 def resolve_model(model: dict[str, Any]) -> dict[str, Any]:
     """Expand ``preset`` (default ``small``) and apply the other keys over it."""
-    model = dict(model or {})
-    preset = model.pop("preset", "small")
-    if preset not in MODEL_PRESETS:
-        raise UserInputError(f"unknown audio model preset {preset!r}; expected one of {', '.join(MODEL_PRESETS)}")
-    unknown = sorted(set(model) - _UNET_KEYS)
-    if unknown:
-        raise UserInputError(f"unknown audio model option(s): {', '.join(unknown)}; known: preset, {', '.join(sorted(_UNET_KEYS))}")
-    return {**MODEL_PRESETS[preset], **model}
+    return resolve_preset(model, MODEL_PRESETS, _UNET_KEYS, what="audio model")
 
 
 def spectral_flatness(x: Tensor, n_fft: int = 512) -> Tensor:

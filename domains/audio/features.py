@@ -1,5 +1,6 @@
 """Audio features for set-level metrics: log-mel / MFCC statistics and a small learned
-feature network, plus the Frechet distance between Gaussians fitted to feature sets.
+feature network (the Frechet distances between Gaussians fitted to them are
+:mod:`diffuse.domains.frechet`'s, shared with the image FID).
 
 All features are computed at :data:`FEATURE_RATE` (16 kHz): inputs at another rate are
 resampled first, so numbers are comparable across data rates. Nothing is downloaded: the
@@ -10,20 +11,17 @@ feature network's weights (``data/feature_net.safetensors``, about 280 KB) were 
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
-import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
+from ...core.training.fit import fit, sampled_batches
 from .io import resample
-from ...core.errors import UserInputError
 
-__all__ = ["FEATURE_RATE", "log_mel", "mel_stats", "mfcc_stats", "frechet_distance", "FeatureNet",
+__all__ = ["FEATURE_RATE", "log_mel", "mel_stats", "mfcc_stats", "FeatureNet",
            "load_feature_net", "train_feature_net", "train_bundled_feature_net", "FEATURE_NET_PATH"]
 
 log = logging.getLogger(__name__)
@@ -79,31 +77,6 @@ def mfcc_stats(x: Tensor, rate: int) -> Tensor:
     """Per-clip mean and standard deviation over time of 20 MFCCs: ``[B, 40]``."""
     c = _mfcc_transform()(_mono16k(x, rate))
     return torch.cat([c.mean(-1), c.std(-1)], dim=1).double()
-
-
-def frechet_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
-    """Frechet (2-Wasserstein) distance between Gaussians fitted to feature sets ``[N, D]``:
-    ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})`` (Heusel et al. 2017, FID's formula).
-
-    ``scipy.linalg.sqrtm`` in float64; a tiny diagonal offset is added when the product is
-    singular (small sets). Zero for identical sets; biased upwards for small ``N``, so compare
-    numbers only at equal set sizes.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
-        raise UserInputError(f"need two feature sets [N>=2, D] of equal D, got {a.shape} and {b.shape}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    with warnings.catch_warnings():  # singular products are expected for small sets
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(s_a @ s_b)
-        if not np.isfinite(covmean).all():
-            off = np.eye(a.shape[1]) * 1e-6
-            covmean = scipy.linalg.sqrtm((s_a + off) @ (s_b + off))
-    covmean = np.real(covmean)
-    d = float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
-    return max(d, 0.0)
 
 
 class FeatureNet(nn.Module):
@@ -173,9 +146,10 @@ def _augment(x: Tensor, g: torch.Generator) -> Tensor:
 
 def train_feature_net(clips: Tensor, labels: Tensor, rate: int, num_classes: int, steps: int = 600,
                       batch_size: int = 32, lr: float = 2e-3, seed: int = 0) -> tuple[FeatureNet, float]:
-    """Train a :class:`FeatureNet` classifier on waveforms ``[N, C, L]`` with labels ``[N]``
-    (AdamW, cross-entropy, augmentation of :func:`_augment`). Returns the net and its final
-    training accuracy on un-augmented clips."""
+    """Train a :class:`FeatureNet` classifier on waveforms ``[N, C, L]`` with labels ``[N]``:
+    cross-entropy, AdamW (weight decay 0.01, constant ``lr``), batches drawn with replacement,
+    augmentation of :func:`_augment`; seeded (:func:`~diffuse.core.training.fit.fit`). Returns the
+    net and its final training accuracy on un-augmented clips."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = FeatureNet(num_classes)
@@ -184,16 +158,12 @@ def train_feature_net(clips: Tensor, labels: Tensor, rate: int, num_classes: int
         net.mel_mean.copy_(mel.mean((0, 2)))
         net.mel_std.copy_(mel.std((0, 2)).clamp(min=1e-3))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
-    for step in range(steps):
-        idx = torch.randint(0, clips.shape[0], (batch_size,), generator=g)
-        mel = log_mel(_augment(clips[idx], g), rate)
-        loss = F.cross_entropy(net(mel), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0:
-            log.info("feature net step %d loss %.3f", step, loss.item())
-    net.eval()
+
+    def loss(model: FeatureNet, idx: Tensor) -> Tensor:
+        return F.cross_entropy(model(log_mel(_augment(clips[idx], g), rate)), labels[idx])
+
+    fit(net, loss, sampled_batches(clips.shape[0], batch_size, g), steps, opt,
+        log=lambda step, value: log.info("feature net step %d loss %.3f", step, value))
     with torch.no_grad():
         acc = float((net(log_mel(clips, rate)).argmax(1) == labels).float().mean())
     return net, acc

@@ -33,7 +33,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .features import frechet_distance, load_feature_net, log_mel, mel_stats, mfcc_stats
+from ..frechet import frechet_from_features
+from .features import load_feature_net, log_mel, mel_stats, mfcc_stats
 from ...core.errors import UserInputError
 
 __all__ = ["multi_resolution_stft", "log_mel_l1", "set_metrics", "FFT_SIZES"]
@@ -77,12 +78,12 @@ def set_metrics(generated: Tensor, reference: Tensor, rate: int, feature_net: bo
     two sets of waveforms ``[N, C, L]`` (each ``N >= 2``) at sample rate ``rate``; also the
     mean RMS level in dBFS of the generated set (``rms_db``) as a sanity figure."""
     out = {
-        "fd_logmel": frechet_distance(mel_stats(generated, rate), mel_stats(reference, rate)),
-        "fd_mfcc": frechet_distance(mfcc_stats(generated, rate), mfcc_stats(reference, rate)),
+        "fd_logmel": frechet_from_features(mel_stats(generated, rate), mel_stats(reference, rate)),
+        "fd_mfcc": frechet_from_features(mfcc_stats(generated, rate), mfcc_stats(reference, rate)),
     }
     if feature_net:
         net = load_feature_net()
-        out["fd_net"] = frechet_distance(net.embed(generated, rate), net.embed(reference, rate))
+        out["fd_net"] = frechet_from_features(net.embed(generated, rate), net.embed(reference, rate))
     g = torch.nan_to_num(generated.detach().float().cpu()).clamp(-1, 1)
     rms = g.pow(2).flatten(1).mean(1).sqrt().clamp(min=1e-5)
     out["rms_db"] = float((20 * torch.log10(rms)).mean())

@@ -32,21 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.data.condition import Condition, concat_inputs
+from ..layers import Attention, norm_groups, timestep_embedding
 from ..text import TextPool, text_context
 from ...core.errors import UserInputError
 
-__all__ = ["UNet1D", "timestep_embedding"]
-
-
-def timestep_embedding(noise_level: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of the (continuous) noise level, Vaswani et al. 2017 / DDPM."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=noise_level.device, dtype=torch.float32) / half)
-    args = noise_level.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
+__all__ = ["UNet1D"]
 
 
 def _conv(conv: nn.Module, x: Tensor) -> Tensor:
@@ -70,11 +60,22 @@ def _per_channel(v: Tensor, like: Tensor) -> Tensor:
     return v.view(*v.shape, *([1] * (like.ndim - 2)))
 
 
-def _groups(ch: int, max_groups: int = 32) -> int:
-    for g in (max_groups, 16, 8, 4, 2, 1):
-        if g <= max_groups and ch % g == 0:
-            return g
-    return 1
+#: GroupNorm groups of the audio networks: the largest power-of-two divisor of the width up to this
+_MAX_GROUPS = 32
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """The audio networks' GroupNorm (groups: :data:`_MAX_GROUPS`)."""
+    return nn.GroupNorm(norm_groups(channels, _MAX_GROUPS, powers_of_two=True), channels)
+
+
+def _attention(ch: int, heads: int, ctx_dim: int | None = None, pos_emb: bool = False) -> Attention:
+    """The shared attention block (:class:`~diffuse.domains.layers.Attention`) as this U-Net
+    configures it: its group rule, separate ``q`` and ``kv`` projections (its weights' layout),
+    and with ``pos_emb`` a learned embedding of the frame index before self-attention (so the
+    network knows *where* in the clip a frame lies, e.g. for the decay of onset-aligned one-shots)."""
+    return Attention(ch, heads, norm_groups(ch, _MAX_GROUPS, powers_of_two=True), ctx_dim, fused_qkv=False,
+                     pos_emb=pos_emb)
 
 
 class ResBlock1D(nn.Module):
@@ -84,10 +85,10 @@ class ResBlock1D(nn.Module):
                  kernel_size: int = 3) -> None:
         super().__init__()
         pad = dilation * (kernel_size - 1) // 2
-        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.norm1 = _group_norm(cin)
         self.conv1 = nn.Conv1d(cin, cout, kernel_size, padding=pad, dilation=dilation)
         self.emb = nn.Linear(emb_dim, 2 * cout)
-        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.norm2 = _group_norm(cout)
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv1d(cout, cout, kernel_size, padding=(kernel_size - 1) // 2)
         nn.init.zeros_(self.conv2.weight)
@@ -102,45 +103,6 @@ class ResBlock1D(nn.Module):
         h = _conv(self.conv2, self.drop(F.silu(h)))
         # in place: a convolution's backward needs its input and weight, not its output
         return h.add_(_conv(self.skip, x))
-
-
-class Attention1D(nn.Module):
-    """Pre-norm multi-head attention over time steps; self-attention, or cross-attention to
-    condition tokens ``ctx [B, S, ctx_dim]`` when ``ctx_dim`` is given.
-
-    With ``pos_emb`` a learned projection of a sinusoidal embedding of the absolute frame
-    index is added to the normalised input: convolutions with zero padding only sense the
-    clip's edges locally, so without it nothing in the network knows *where* in the clip a
-    frame lies (needed e.g. for the decay envelope of onset-aligned one-shots)."""
-
-    def __init__(self, ch: int, heads: int = 4, ctx_dim: int | None = None, pos_emb: bool = False) -> None:
-        super().__init__()
-        if ch % heads:
-            raise UserInputError(f"attention channels {ch} not divisible by {heads} heads")
-        self.heads = heads
-        self.norm = nn.GroupNorm(_groups(ch), ch)
-        self.pos = nn.Linear(ch, ch) if pos_emb else None
-        self.q = nn.Linear(ch, ch)
-        self.kv = nn.Linear(ctx_dim if ctx_dim else ch, 2 * ch)
-        self.out = nn.Linear(ch, ch)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, x: Tensor, ctx: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """``x``: ``[B, C, L]``, or ``[B, C, 1, L]`` channels-last (its tokens are then a free view)."""
-        b, c, n = x.shape[0], x.shape[1], x.shape[-1]
-        h = self.norm(x).reshape(b, c, n).transpose(1, 2)                 # [B, N, C]
-        if self.pos is not None:
-            idx = torch.arange(n, device=x.device, dtype=torch.float32)
-            h = h + self.pos(timestep_embedding(idx, c, max_period=1000.0)).to(h.dtype)[None]
-        src = h if ctx is None else ctx.to(h.dtype)
-        q = self.q(h).view(b, n, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(src).chunk(2, dim=-1)
-        k = k.reshape(b, src.shape[1], self.heads, -1).transpose(1, 2)
-        v = v.reshape(b, src.shape[1], self.heads, -1).transpose(1, 2)
-        attn_mask = None if mask is None or ctx is None else mask[:, None, None, :].to(torch.bool)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).reshape(b, n, c)
-        return x + self.out(o).transpose(1, 2).reshape(x.shape)
 
 
 class Downsample1D(nn.Module):
@@ -182,8 +144,8 @@ class _Level(nn.Module):
         super().__init__()
         self.res = nn.ModuleList(ResBlock1D(cin if j == 0 else ch, ch, emb_dim, dilations[j % len(dilations)], dropout)
                                  for j in range(n_res))
-        self.attn = Attention1D(ch, heads, pos_emb=pos_emb) if attn else None
-        self.cross = Attention1D(ch, heads, ctx_dim) if (attn and ctx_dim) else None
+        self.attn = _attention(ch, heads, pos_emb=pos_emb) if attn else None
+        self.cross = _attention(ch, heads, ctx_dim) if (attn and ctx_dim) else None
 
     def forward(self, x: Tensor, emb: Tensor, ctx: Tensor | None, mask: Tensor | None = None) -> Tensor:
         for blk in self.res:
@@ -214,7 +176,7 @@ class UNet1D(nn.Module):
             at the attention levels.
         upsample: ``conv_transpose`` or ``interp``.
         pos_emb: add an absolute-position embedding before each self-attention (see
-            :class:`Attention1D`).
+            :func:`_attention`).
         text_encoder: a module ``ids [B, L] -> (tokens [B, S, D], mask [B, S])`` for the condition
             ``text`` (``cond_dim`` defaults to its ``dim``); it trains and saves with the U-Net.
         text_pool: also add the pooled prompt (:class:`~diffuse.domains.text.TextPool`) to the
@@ -255,12 +217,12 @@ class UNet1D(nn.Module):
         self.down = nn.ModuleList(mk(channels[i], channels[i], i) for i in range(n - 1))
         self.pool = nn.ModuleList(Downsample1D(channels[i], channels[i + 1], factors[i]) for i in range(n - 1))
         self.mid1 = ResBlock1D(channels[-1], channels[-1], emb_dim, 1, dropout)
-        self.mid_attn = Attention1D(channels[-1], heads, pos_emb=pos_emb) if mid_attn else None
-        self.mid_cross = Attention1D(channels[-1], heads, cond_dim) if cond_dim else None
+        self.mid_attn = _attention(channels[-1], heads, pos_emb=pos_emb) if mid_attn else None
+        self.mid_cross = _attention(channels[-1], heads, cond_dim) if cond_dim else None
         self.mid2 = ResBlock1D(channels[-1], channels[-1], emb_dim, 1, dropout)
         self.unpool = nn.ModuleList(Upsample1D(channels[i + 1], channels[i], factors[i], upsample) for i in range(n - 1))
         self.up = nn.ModuleList(mk(2 * channels[i], channels[i], i) for i in range(n - 1))
-        self.out_norm = nn.GroupNorm(_groups(channels[0]), channels[0])
+        self.out_norm = _group_norm(channels[0])
         self.out = nn.Conv1d(channels[0], in_channels, stem_kernel, padding=stem_kernel // 2)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

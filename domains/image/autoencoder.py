@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from ...core.validation import AT_LEAST_ONE, NON_NEGATIVE, OneOf, check_kwargs
 from ...core.data.domain import Batch
 from ...core.models.latent import Autoencoder, gaussian_draw, gaussian_kl
-from .unet import Upsample, _groups
+from ..layers import norm_groups
+from .unet import Upsample
 from ...core.errors import UserInputError
 
 __all__ = ["ImageAutoencoder", "DEFAULT_IMAGE_AUTOENCODER", "psnr"]
@@ -49,8 +50,8 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
 class _Res(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int) -> None:
         super().__init__()
-        self.n1, self.c1 = nn.GroupNorm(_groups(cin, groups), cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.n2, self.c2 = nn.GroupNorm(_groups(cout, groups), cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.n1, self.c1 = nn.GroupNorm(norm_groups(cin, groups), cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.n2, self.c2 = nn.GroupNorm(norm_groups(cout, groups), cout), nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -108,7 +109,7 @@ class ImageAutoencoder(Autoencoder):
         for i in range(levels):
             enc += [_Res(chans[i] if j == 0 else chans[i + 1], chans[i + 1], g) for j in range(nb)]
             enc.append(nn.Conv2d(chans[i + 1], chans[i + 1], 3, stride=2, padding=1))
-        enc += [_Res(chans[-1], chans[-1], g), nn.GroupNorm(_groups(chans[-1], g), chans[-1]), nn.SiLU(),
+        enc += [_Res(chans[-1], chans[-1], g), nn.GroupNorm(norm_groups(chans[-1], g), chans[-1]), nn.SiLU(),
                 nn.Conv2d(chans[-1], 2 * zc, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(zc, chans[-1], 3, padding=1), _Res(chans[-1], chans[-1], g)]
@@ -117,7 +118,7 @@ class ImageAutoencoder(Autoencoder):
             # the Sequential's indices, so checkpoints written before load unchanged)
             dec += [nn.Identity(), Upsample(chans[i + 1])]
             dec += [_Res(chans[i + 1] if j == 0 else chans[i], chans[i], g) for j in range(nb)]
-        dec += [nn.GroupNorm(_groups(chans[0], g), chans[0]), nn.SiLU(), nn.Conv2d(chans[0], self.channels, 3, padding=1)]
+        dec += [nn.GroupNorm(norm_groups(chans[0], g), chans[0]), nn.SiLU(), nn.Conv2d(chans[0], self.channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
     # ------------------------------------------------------------------ interface

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import GroupNormSiLU, ResBlock, timestep_embedding
+from ..layers import timestep_embedding
+from .unet import GroupNormSiLU, ResBlock
 
 __all__ = ["ImageClassifier", "DEFAULT_CLASSIFIER"]
 

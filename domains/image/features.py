@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...core.training.fit import epoch_batches, fit
+
 __all__ = ["LeNet", "train_lenet", "bundled_lenet", "InceptionFeatures", "BUNDLED_WEIGHTS", "extract_features"]
 
 log = logging.getLogger(__name__)
@@ -86,8 +88,10 @@ def train_lenet(images: Tensor, labels: Tensor | None, num_classes: int | None =
     """Train a :class:`LeNet` on ``images`` (``uint8 [N, C, H, W]`` or float in ``[-1, 1]``).
 
     With ``labels`` it is a classifier of the ``num_classes`` classes; without, it learns to predict
-    rotations (4 classes). Adam with a one-cycle learning rate, random shifts of up to 2 pixels;
-    seeded. Runs ``steps`` optimizer steps, or ``epochs`` passes over the data when given.
+    rotations (4 classes). Cross-entropy, Adam with a one-cycle learning rate (15 % warm-up), a
+    fresh permutation of the images every epoch, random shifts of up to 2 pixels; seeded
+    (:func:`~diffuse.core.training.fit.fit`). Runs ``steps`` optimizer steps, or ``epochs`` passes
+    over the data when given.
     """
     g = torch.Generator().manual_seed(seed)
     x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
@@ -100,37 +104,25 @@ def train_lenet(images: Tensor, labels: Tensor | None, num_classes: int | None =
     torch.manual_seed(seed)
     net = LeNet(x.shape[1], n_cls)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    per_epoch = math.ceil(len(x) / batch_size)
     if epochs is not None:
-        steps = epochs * per_epoch
+        steps = epochs * math.ceil(len(x) / batch_size)
     steps = max(1, int(steps or 1))
-    epochs = math.ceil(steps / per_epoch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    net.train()
-    step = 0
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            xb = x[idx]
-            if rotations:
-                xb, yb = _rotate_batch(xb, g)
-            else:
-                yb = labels[idx].long()
-            # random shifts of up to 2 pixels (padding with the background value -1)
-            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
-            xb = torch.roll(F.pad(xb, (2, 2, 2, 2), value=-1.0), (dy, dx), dims=(-2, -1))[..., 2:-2, 2:-2]
-            loss = F.cross_entropy(net(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= steps:
-                break
-    net.eval()
+
+    def loss(model: LeNet, idx: Tensor) -> Tensor:
+        xb = x[idx]
+        if rotations:
+            xb, yb = _rotate_batch(xb, g)
+        else:
+            yb = labels[idx].long()
+        # random shifts of up to 2 pixels (padding with the background value -1)
+        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+        xb = torch.roll(F.pad(xb, (2, 2, 2, 2), value=-1.0), (dy, dx), dims=(-2, -1))[..., 2:-2, 2:-2]
+        return F.cross_entropy(model(xb), yb)
+
+    last = fit(net, loss, epoch_batches(len(x), batch_size, g), steps, opt, sched)
     log.info("trained a LeNet feature network (%s, %d images, %d steps, last loss %.3f)",
-             "rotation pretext" if rotations else f"{n_cls} classes", len(x), step, float(loss.detach()))
+             "rotation pretext" if rotations else f"{n_cls} classes", len(x), steps, last)
     return net
 
 

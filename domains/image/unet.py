@@ -39,23 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.data.condition import Condition, concat_inputs
+from ..layers import Attention, norm_groups, timestep_embedding
 from ..text import TextPool, text_context
 from ...core.errors import UserInputError
 
-__all__ = ["UNet", "timestep_embedding", "split_condition"]
-
-
-def timestep_embedding(noise_level: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding ``[cos(n w_k), sin(n w_k)]`` with ``w_k = max_period^(-k / (dim/2))``
-    (Vaswani et al. 2017; the DDPM time embedding). ``noise_level``: ``[B]`` -> ``[B, dim]``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=noise_level.device,
-                                                           dtype=torch.float32) / half)
-    args = noise_level.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
+__all__ = ["UNet", "split_condition"]
 
 
 def split_condition(cond: Any) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -81,18 +69,11 @@ def split_condition(cond: Any) -> tuple[Tensor | None, Tensor | None, Tensor | N
     raise TypeError(f"unsupported condition type {type(cond).__name__}")
 
 
-def _groups(channels: int, groups: int) -> int:
-    g = min(groups, channels)
-    while channels % g:
-        g -= 1
-    return g
-
-
 class GroupNormSiLU(nn.GroupNorm):
     """GroupNorm followed by SiLU (out of place: autograd's in-place SiLU backward is slower on CPU)."""
 
     def __init__(self, groups: int, channels: int, act: bool = True, eps: float = 1e-5) -> None:
-        super().__init__(_groups(channels, groups), channels, eps=eps)
+        super().__init__(norm_groups(channels, groups), channels, eps=eps)
         self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
@@ -150,51 +131,11 @@ class Upsample(nn.Conv2d):
         return F.conv_transpose2d(x, kernel, self.bias, stride=2, padding=1)
 
 
-def _tokens(x: Tensor) -> Tensor:
-    """``[B, C, H, W]`` -> ``[B, H*W, C]`` (a free view for channels-last tensors)."""
-    b, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-
-
-def _untokens(t: Tensor, like: Tensor) -> Tensor:
-    b, c, h, w = like.shape
-    return t.reshape(b, h, w, c).permute(0, 3, 1, 2)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention over pixels (``context=None``) or cross-attention from pixels to
-    context tokens, pre-GroupNorm, residual, zero-initialised output projection."""
-
-    def __init__(self, channels: int, groups: int, head_dim: int, context_dim: int | None = None) -> None:
-        super().__init__()
-        self.heads = max(1, channels // head_dim)
-        self.norm = GroupNormSiLU(groups, channels, act=False)
-        self.cross = context_dim is not None
-        if self.cross:
-            self.q = nn.Linear(channels, channels)
-            self.kv = nn.Linear(context_dim, 2 * channels)
-        else:
-            self.qkv = nn.Linear(channels, 3 * channels)
-        self.out = nn.Linear(channels, channels)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def _heads(self, t: Tensor) -> Tensor:
-        b, n, c = t.shape
-        return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)
-
-    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        tok = _tokens(self.norm(x))
-        if self.cross:
-            q = self.q(tok)
-            k, v = self.kv(context.to(tok.dtype)).chunk(2, dim=-1)
-            attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
-        else:
-            q, k, v = self.qkv(tok).chunk(3, dim=-1)
-            attn_mask = None
-        o = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=attn_mask)
-        o = o.transpose(1, 2).reshape(tok.shape)
-        return _untokens(self.out(o), x).add_(x)
+def _attention(channels: int, groups: int, head_dim: int, context_dim: int | None = None) -> Attention:
+    """The shared attention block (:class:`~diffuse.domains.layers.Attention`) as this U-Net
+    configures it: ``channels // head_dim`` heads (at least 1), pre-GroupNorm with this U-Net's
+    group rule, a fused ``qkv`` projection for self-attention (its weights' layout)."""
+    return Attention(channels, max(1, channels // head_dim), norm_groups(channels, groups), context_dim)
 
 
 class Stage(nn.Module):
@@ -204,8 +145,8 @@ class Stage(nn.Module):
                  context_dim: int | None) -> None:
         super().__init__()
         self.res = ResBlock(c_in, c_out, groups, dropout)
-        self.attn = Attention(c_out, groups, head_dim) if attn else None
-        self.cross = Attention(c_out, groups, head_dim, context_dim) if attn and context_dim else None
+        self.attn = _attention(c_out, groups, head_dim) if attn else None
+        self.cross = _attention(c_out, groups, head_dim, context_dim) if attn and context_dim else None
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None) -> Tensor:
         x = self.res(x, emb)
@@ -297,8 +238,8 @@ class UNet(nn.Module):
                 self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 skips.append(ch)
         self.mid1 = ResBlock(ch, ch, groups, dropout)
-        self.mid_attn = Attention(ch, groups, head_dim)
-        self.mid_cross = Attention(ch, groups, head_dim, context_dim) if context_dim else None
+        self.mid_attn = _attention(ch, groups, head_dim)
+        self.mid_cross = _attention(ch, groups, head_dim, context_dim) if context_dim else None
         self.mid2 = ResBlock(ch, ch, groups, dropout)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()

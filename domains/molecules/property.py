@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ...core.data.condition import Condition, VectorKind
 from ...core.data.graph import GraphSpace
+from ...core.training.fit import epoch_batches, fit
 
 from .egnn import GCL, _geometry
 from ...core.errors import UserInputError
@@ -152,16 +153,12 @@ class PropertyPredictor(nn.Module):
         return self.normalised(x, space) * self.std + self.mean
 
 
-def _batches(n: int, size: int, generator: torch.Generator | None):
-    perm = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for s in range(0, n, size):
-        yield perm[s:s + size]
-
-
 def train_predictor(dataset, names: Sequence[str], *, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3,
                     hidden: int = 64, layers: int = 4, seed: int = 0, log=None) -> PropertyPredictor:
     """Fit a :class:`PropertyPredictor` on ``dataset`` (a property-carrying MoleculeDataset) by
-    L1 loss on normalised targets (as EDM's property classifiers), AdamW + cosine decay."""
+    L1 loss on normalised targets (as EDM's property classifiers), AdamW + cosine decay over
+    ``steps``, a fresh permutation of the molecules every epoch; seeded
+    (:func:`~diffuse.core.training.fit.fit`). ``log(message)`` every 100 steps."""
     torch.manual_seed(seed)
     cols = [dataset.property_names.index(n) for n in names]
     y = dataset.properties[:, cols].double()
@@ -170,23 +167,14 @@ def train_predictor(dataset, names: Sequence[str], *, steps: int = 1000, batch_s
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-12)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(seed)
-    step = 0
-    model.train()
-    while step < steps:
-        for idx in _batches(len(dataset), batch_size, g):
-            b = dataset.batch(idx)
-            target = ((y[idx] - mean) / std).float()
-            loss = (model.normalised(b.x, b.space) - target).abs().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if log is not None and step % 100 == 0:
-                log(f"predictor step {step}: L1 (normalised) {loss.item():.4f}")
-            if step >= steps:
-                break
-    return model.eval()
+
+    def loss(net: PropertyPredictor, idx: Tensor) -> Tensor:
+        b = dataset.batch(idx)
+        return (net.normalised(b.x, b.space) - ((y[idx] - mean) / std).float()).abs().mean()
+
+    fit(model, loss, epoch_batches(len(dataset), batch_size, g), steps, opt, sched,
+        log=None if log is None else lambda step, value: log(f"predictor step {step}: L1 (normalised) {value:.4f}"))
+    return model
 
 
 @torch.no_grad()
