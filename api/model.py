@@ -76,7 +76,7 @@ class DiffusionModel(ModelTasks):
                guidance_interval: Any = None, guidance: str | None = None, classifier: Any = None,
                **options: Any) -> Batch:
         """Draw ``num`` samples (a :class:`Batch` of data on CPU; a latent model's samples are
-        decoded, ``core.latent``). Same seed, same samples,
+        decoded, ``core.models.latent``). Same seed, same samples,
         whatever ``batch_size``. ``eta`` applies to DDIM; other options go to the sampler.
 
         ``cond``: the network condition, ``{name: value}`` (``{"label": 7}``, ``{"label": "seven"}``,
@@ -84,7 +84,7 @@ class DiffusionModel(ModelTasks):
         knows but ``cond`` leaves out are null. ``structure``: the domain's sampling structure
         (molecules: atom counts). ``guidance_scale`` s: classifier-free guidance (0 unconditional,
         1 conditional, > 1 guided), with ``guidance_rescale`` phi and ``guidance_interval``
-        ``(lo, hi)`` of noise levels (see ``core.guidance``).
+        ``(lo, hi)`` of noise levels (see ``core.sampling.guidance``).
 
         ``guidance="classifier"`` with ``classifier`` (a run folder from :func:`train_classifier`
         or a loaded classifier): classifier guidance towards the classifier's target in ``cond``
@@ -172,10 +172,10 @@ class DiffusionModel(ModelTasks):
                       save: bool = True, progress: Callable[[int, float], None] | None = None):
         """Find the time grid of ``nfe`` steps on which the deterministic ``sampler`` best reproduces
         its fine-grid solution (``ref_steps`` steps) from the same ``num`` prior draws (seed
-        ``seed``), starting from the default grid (``core.gridopt``); the model's null condition is
+        ``seed``), starting from the default grid (``core.sampling.gridopt``); the model's null condition is
         used for a conditional model. With ``save`` (and a run folder) the grid is stored in
         ``RUN/grids.json``, where :meth:`sample` finds it. Returns a
-        :class:`~diffuse.core.gridopt.GridResult`; every argument is checked before any work."""
+        :class:`~diffuse.core.sampling.gridopt.GridResult`; every argument is checked before any work."""
         for name, value in (("the number of steps (nfe)", nfe), ("the number of samples", num),
                             ("the batch size", batch_size)):
             check_positive_int(name, value)

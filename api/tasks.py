@@ -47,7 +47,7 @@ class ModelTasks:
                  **sampler_options: Any) -> Batch:
         """``num`` completions of ``input`` (a path read with :meth:`completion_input` and
         ``options``, or an already read ``(Batch, mask)``): the known part kept exactly, the rest
-        generated (``core.completion``; RePaint with ``jump_length`` / ``resample``). Sample ``i``
+        generated (``core.sampling.completion``; RePaint with ``jump_length`` / ``resample``). Sample ``i``
         draws only from seed ``(seed, i)``. Returns a Batch on CPU (molecules: in the fragment's frame)."""
         batch, mask = self._prepared(input, options, num)
         if bool(torch.as_tensor(mask).all()):
@@ -102,7 +102,7 @@ class ModelTasks:
                    exact_trace: bool | None = None, hutchinson_samples: int = 1, rtol: float = 1e-5,
                    atol: float = 1e-5, seed: int = 0) -> dict[str, float]:
         """Negative log-likelihood of ``num`` reference items under the probability-flow ODE
-        (``core.likelihood``): mean nats per sample, bits per dimension, and ODE evaluations."""
+        (``core.process.likelihood``): mean nats per sample, bits per dimension, and ODE evaluations."""
         check_positive_int("the number of likelihood samples", num)
         if self.config.latent is not None:
             raise NotSupportedError("likelihoods of latent models are not supported (they would be of the latents, not "

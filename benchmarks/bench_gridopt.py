@@ -6,8 +6,8 @@
 
 1. Exact problems (where the truth is known): random Gaussian mixtures of several dimensions,
    numbers and widths of components on the DDPM linear and cosine schedules (T = 1000), each
-   with its exact denoiser (``core.gaussian``). For each problem, sampler and NFE (5, 10) the grid
-   is optimised on 256 prior draws (seed 0) with ``core.gridopt.optimize_grid`` and then judged on
+   with its exact denoiser (``core.process.gaussian``). For each problem, sampler and NFE (5, 10) the grid
+   is optimised on 256 prior draws (seed 0) with ``core.sampling.gridopt.optimize_grid`` and then judged on
    HELD-OUT noise (seeds 1..R, ``--eval`` draws each), default grid vs optimised grid:
    * ``flow``: RMS distance per coordinate to the exact probability-flow solution of the same
      noise (scipy RK45, rtol 1e-9): the solver error itself;

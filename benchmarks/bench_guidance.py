@@ -8,7 +8,7 @@ measured three ways:
 
 * ``unguided``: one network pass per step;
 * ``cfg``: classifier-free guidance, the conditional and null passes as ONE batched call
-  (``core.guidance.classifier_free_guidance``; image: the label-conditional U-Net; audio and
+  (``core.sampling.guidance.classifier_free_guidance``; image: the label-conditional U-Net; audio and
   molecules have no label embedding in their default models, so the null and conditional
   passes see the same network: the cost, a doubled batch, is the same);
 * ``classifier``: classifier guidance with the domain's default noise-aware classifier

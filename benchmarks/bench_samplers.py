@@ -16,7 +16,7 @@ Protocol (the model is exact, so every error is the sampler's):
   ``karras``, ``logsnr`` with a few low ends ``t_min``, and ``jump_logsnr_grid`` (one long first
   step from t = 1, then uniform log-SNR); diffusers among its ``linspace``
   (default), ``trailing``, Karras sigmas and (DPM-Solver) Lu's uniform-lambda timesteps.
-* distances: energy distance (``core.gaussian.energy_distance``) to a fresh sample of the true
+* distances: energy distance (``core.process.gaussian.energy_distance``) to a fresh sample of the true
   mixture (mean over replicates; its noise floor is the same distance for the exact flow), and
   to the exact probability-flow transport of the same starting noise (RK45, rtol 1e-9): a
   low-noise distance that isolates the solver error.

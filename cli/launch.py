@@ -1,6 +1,6 @@
 """``diffuse train --nproc N``: re-launch the same command in N processes through
 ``torch.distributed.run``'s launcher (``torchrun --standalone``), and turn a failure into one
-``error:`` line naming the rank that failed (see ``core.distributed``)."""
+``error:`` line naming the rank that failed (see ``core.training.distributed``)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def launch(nproc: int, argv: list[str]) -> int:
 
 
 def failure_line(errors: Path, exits: dict[int, tuple[int, float]], nproc: int) -> tuple[str, int]:
-    """One line and an exit code from the ranks' records (``core.distributed``) and their exit
+    """One line and an exit code from the ranks' records (``core.training.distributed``) and their exit
     codes / times. A rank killed by a signal (out of memory...) leaves no record and is the
     cause (the others then fail in their next collective); otherwise the first rank that raised
     is named, and the same user error on every rank is printed once (exit 2)."""

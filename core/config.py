@@ -95,7 +95,7 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings for :class:`~diffuse.core.trainer.Trainer`."""
+    """Optimisation settings for :class:`~diffuse.core.training.trainer.Trainer`."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -122,7 +122,7 @@ class TrainConfig:
     eval_sampler: str = "ddim"
     eval_steps: int = 50
     # all evaluations of a run together cost at most this share of its training time (fewer samples,
-    # then fewer steps; see core.evalbudget); null: the configured evaluation unchanged
+    # then fewer steps; see core.training.evalbudget); null: the configured evaluation unchanged
     eval_budget: float | None = 0.2
     eval_min_seconds: float = 30.0     # the final evaluation may always take this long
     holdout_fraction: float = 0.1      # data held out as the evaluation reference
@@ -220,7 +220,7 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data_info: dict[str, Any] = field(default_factory=dict)
-    #: a latent model's autoencoder (``core.latent.autoencoder_record``: path, sha256, domain,
+    #: a latent model's autoencoder (``core.models.latent.autoencoder_record``: path, sha256, domain,
     #: model); ``None`` for a model in data space
     latent: dict[str, Any] | None = None
     #: the weights a run started from (``diffuse train --init``: the run folder and step, or the

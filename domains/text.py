@@ -12,7 +12,7 @@ One place, used by the image and the audio domain alike (domains do not copy eac
   refused). Class names of the user's data that the vocabulary lacks are appended to it at
   training (``extra_words`` of the kind's spec), so captions of any labelled data set tokenize
   without ``<unk>``.
-* :class:`TextKind`: the ``text`` condition, a :class:`~diffuse.core.condition.TokensKind`
+* :class:`TextKind`: the ``text`` condition, a :class:`~diffuse.core.data.condition.TokensKind`
   (token ids ``[n, max_len]``, null = the empty prompt, all padding) whose ``parse`` also takes
   strings. Its spec records ``max_len``, the vocabulary version and the extra words, so a
   checkpoint rebuilds exactly the tokenizer it was trained with.

@@ -13,7 +13,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from diffuse.domains.frechet import feature_stats, frechet_distance, frechet_from_features
+from diffuse.core.frechet import feature_stats, frechet_distance, frechet_from_features
 from diffuse.domains.layers import Attention, norm_groups, timestep_embedding
 from diffuse.domains.presets import resolve_preset
 

@@ -1,7 +1,7 @@
 """Typed conditions: what the *network* is conditioned on (labels, text tokens, property values).
 
 A condition is kept apart from the *sampling structure* (how many atoms each molecule has, the
-length of a clip), which a domain's :meth:`~diffuse.core.domain.Domain.template` owns. The
+length of a clip), which a domain's :meth:`~diffuse.core.data.domain.Domain.template` owns. The
 network sees the condition; the sampler never looks inside it.
 
 Two pieces:

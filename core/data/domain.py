@@ -62,7 +62,7 @@ class Batch:
     #: is passed to the backbone as is, without dropout)
     cond: Condition | Any = None
     #: domain-specific extras that travel with the batch (e.g. element vocabularies); core reads only
-    #: ``"noise"``: a reflow coupling's noise paired with each sample (``core.diffusion``).
+    #: ``"noise"``: a reflow coupling's noise paired with each sample (``core.process.diffusion``).
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "Batch":
@@ -241,7 +241,7 @@ class Domain(ABC):
 
     def default_spacing(self, schedule: Any, sampler: str, steps: int | None) -> str | None:
         """The time-grid spacing when the user names none, or ``None`` for the core's rule
-        (:func:`~diffuse.core.samplers.default_spacing`, chosen on exact problems). A domain whose
+        (:func:`~diffuse.core.sampling.registry.default_spacing`, chosen on exact problems). A domain whose
         quality lives where the core's rule does not look (audio's noise floor) may override it."""
         return None
 
@@ -306,7 +306,7 @@ class Domain(ABC):
     def build_classifier(self, model: dict[str, Any], target: Any) -> nn.Module:
         """A noise-aware classifier network ``f(x, noise_level, space=...) -> [B, target.out_dim]``
         (logits, or one standardised value for a real property) for classifier guidance (see
-        ``core.classifier``; ``noise_level`` is ``100 ln(sigma / alpha)``). ``model``: user options."""
+        ``core.models.classifier``; ``noise_level`` is ``100 ln(sigma / alpha)``). ``model``: user options."""
         raise NotSupportedError(f"the {self.name} domain has no noise-aware classifier")
 
     def classifier_data_options(self, target: Any) -> dict[str, Any]:
@@ -344,7 +344,7 @@ class Domain(ABC):
     # ---------------------------------------------------------------- completion and editing
     def completion_input(self, path: str | Path, options: dict[str, Any]) -> tuple[Batch, Tensor]:
         """Read one user file (an image, a clip, a fragment) into model space for completion
-        (``core.completion``) and build its mask from ``options`` (the domain's own: image
+        (``core.sampling.completion``) and build its mask from ``options`` (the domain's own: image
         ``mask`` / ``rect``, audio ``span`` / ``continue``, molecules ``num_atoms``; no options:
         everything known, the input of an edit). Returns ``(Batch of one sample, mask)`` with the
         mask broadcastable to ``Batch.x`` and true where the value is known. Raise ``ValueError``

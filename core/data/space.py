@@ -84,7 +84,7 @@ class Space(ABC):
         ``target`` in ``x``'s frame, ``x - shift`` is ``x`` in ``target``'s frame. Spaces without a
         translation symmetry (dense data, whose ``project`` is the identity) return zeros; a space
         that removes each sample's centre of mass returns the mean offset over the masked
-        elements of its centred channels (used by completion, ``core.completion``)."""
+        elements of its centred channels (used by completion, ``core.sampling.completion``)."""
         return torch.zeros_like(x)
 
     def to(self, device: torch.device | str) -> "Space":

@@ -173,7 +173,7 @@ class NoisyClassifier(nn.Module):
         return self.net(space.coef(c_in.to(x_t.device), x_t) * x_t, noise, space=space)
 
     def at(self, schedule: Schedule) -> Callable[..., Tensor]:
-        """``f(x_t, t, space=) -> output`` at schedule times ``t`` (what ``core.guidance`` expects)."""
+        """``f(x_t, t, space=) -> output`` at schedule times ``t`` (what ``core.sampling.guidance`` expects)."""
         def fn(x_t: Tensor, t: Tensor, space: Space) -> Tensor:
             alpha, sigma = schedule.alpha_sigma(t.to(_F64))
             return self(x_t, alpha, sigma, space)

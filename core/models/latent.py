@@ -4,14 +4,14 @@ Two pieces, both domain-agnostic:
 
 * :class:`Autoencoder`: the interface a domain implements (``Domain.build_autoencoder``).
   ``encode(batch) -> z`` (unscaled; a posterior sample or its mean), ``decode(z, like) -> x``,
-  the latent's :class:`~diffuse.core.space.Space` and the ``data_info`` its backbone needs, a
+  the latent's :class:`~diffuse.core.data.space.Space` and the ``data_info`` its backbone needs, a
   training objective ``loss(batch)``, and a ``scale`` buffer, ``1 / std`` of the latents of a
   data sample (:meth:`Autoencoder.fit_scale`), stored with the weights. Latents keep the data's
   batch structure: dense ``[B, C, h, w]`` / ``[B, C, l]``; graphs ``[N, 3 + k]`` in the data's
-  :class:`~diffuse.core.graph.GraphSpace` (the first 3 columns equivariant latent positions,
+  :class:`~diffuse.core.data.graph.GraphSpace` (the first 3 columns equivariant latent positions,
   centred; then ``k`` invariant latent features).
 * :class:`LatentDomain`: any domain plus a trained, frozen autoencoder, itself a
-  :class:`~diffuse.core.domain.Domain`. Its datasets encode each batch (scaled), its backbone is
+  :class:`~diffuse.core.data.domain.Domain`. Its datasets encode each batch (scaled), its backbone is
   the base domain's backbone built for the latent's shape, its templates are latent templates,
   so the trainer, samplers, guidance and ``generate`` run on the latent Space unchanged.
   :meth:`LatentDomain.to_data` decodes samples (``generate`` calls it on every chunk), so writers

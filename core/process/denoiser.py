@@ -6,16 +6,16 @@ schedule times ``t`` (float64 ``[B]``) with ``alpha_t, sigma_t`` from the schedu
     F = backbone(c_in x_t, c_noise, cond=cond, space=space),
     x0_hat = c_skip x_t + c_out F,    eps_hat = e_skip x_t + e_out F,
 
-with the parameterization's scalings (``core.parameterization``): eps / x0 / v feed ``x_t``
+with the parameterization's scalings (``core.process.parameterization``): eps / x0 / v feed ``x_t``
 and ``t * time_scale``; EDM feeds ``c_in x_t`` and ``ln(sigma / alpha) / 4``. The coefficients
 are computed in float64 per sample and cast to the backbone's dtype. Backbones return a tensor
 shaped like ``x_t``; dense backbones ignore ``space``, a graph backbone reads its batch index
-from it. ``cond`` is a :class:`~diffuse.core.condition.Condition` (or ``None``), passed as is.
+from it. ``cond`` is a :class:`~diffuse.core.data.condition.Condition` (or ``None``), passed as is.
 
 :meth:`Denoiser.raw` is ``F`` (the training view; the loss compares it with
 ``F* = (x_0 - c_skip x_t) / c_out``). The sampler-facing contract is the closure
 ``denoise(x, t) -> Prediction``; :meth:`Denoiser.bind` makes one for a given space and condition,
-and guidance wrappers (``core.guidance``) wrap such closures or the denoiser itself.
+and guidance wrappers (``core.sampling.guidance``) wrap such closures or the denoiser itself.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from .parameterization import Prediction
 from .schedule import Schedule
 from ..errors import UserInputError
 from .paths import get_flow_path
+from ..frechet import frechet_distance
 
 __all__ = ["GaussianMixture", "energy_distance", "gaussian_w2"]
 
@@ -196,13 +197,8 @@ def energy_distance(x: Tensor, y: Tensor, max_n: int = 4000) -> float:
 
 
 def gaussian_w2(mean1: Tensor, cov1: Tensor, mean2: Tensor, cov2: Tensor) -> float:
-    """2-Wasserstein distance between two Gaussians (closed form, Givens & Shortt 1984):
-    ``|m1 - m2|^2 + tr(C1 + C2 - 2 (C2^1/2 C1 C2^1/2)^1/2)``, square-rooted."""
-    def sqrtm(c: Tensor) -> Tensor:
-        w, v = torch.linalg.eigh(c.to(torch.float64))
-        return (v * w.clamp(min=0).sqrt()) @ v.T
-
-    r2 = sqrtm(cov2)
-    cross = sqrtm(r2 @ cov1.to(torch.float64) @ r2)
-    d2 = float(((mean1 - mean2) ** 2).sum() + torch.trace(cov1 + cov2 - 2 * cross))
+    """2-Wasserstein distance between two Gaussians (closed form, Givens & Shortt 1984): the square
+    root of the Frechet distance ``|m1 - m2|^2 + tr(C1 + C2 - 2 (C1 C2)^1/2)``
+    (:func:`diffuse.core.frechet.frechet_distance`, the one implementation every metric uses)."""
+    d2 = frechet_distance(*(t.detach().cpu().double().numpy() for t in (mean1, cov1, mean2, cov2)))
     return math.sqrt(max(d2, 0.0))

@@ -14,7 +14,7 @@ solved together with scipy's ``solve_ivp`` (RK45). The divergence is exact (one
 vector-Jacobian product per coordinate of a sample, for small dimension) or Hutchinson's
 unbiased estimate ``E[v^T J v]`` with Rademacher or Gaussian probes drawn through the Space
 (held fixed along the trajectory). ``log p_T`` is the prior through the Space
-(:meth:`diffuse.core.sde.SDE.prior_logp`), so molecules use the zero centre-of-mass subspace
+(:meth:`diffuse.core.process.sde.SDE.prior_logp`), so molecules use the zero centre-of-mass subspace
 and its ``dof``.
 """
 
@@ -159,7 +159,7 @@ def log_likelihood(denoise, x0: Tensor, schedule: Schedule, space: Space, *,
 
 
 def batch_log_likelihood(denoiser, batch, **options: Any) -> dict[str, Any]:
-    """:func:`log_likelihood` of a :class:`~diffuse.core.domain.Batch` under a trained
+    """:func:`log_likelihood` of a :class:`~diffuse.core.data.domain.Batch` under a trained
     ``Denoiser`` (its schedule, the batch's Space and condition)."""
     return log_likelihood(denoiser.bind(batch.space, batch.cond), batch.x, denoiser.schedule, batch.space, **options)
 

@@ -23,7 +23,7 @@ flow        ``sigma' / d``        ``-sigma / d``    1          ``tau * time_scal
 =========== ===================== ================= ========== ============================
 
 flow (the flow-matching velocity, not Salimans & Ho's v): ``F* = d x_tau / d tau`` along a
-:class:`~diffuse.core.schedule.FlowPath` with ``alpha' = da/dtau``, ``sigma' = db/dtau`` and
+:class:`~diffuse.core.process.paths.FlowPath` with ``alpha' = da/dtau``, ``sigma' = db/dtau`` and
 ``d = alpha sigma' - sigma alpha'``; its eps view is ``e_skip = -alpha' / d``, ``e_out = alpha / d``.
 For the linear path ``d = alpha + sigma = 1``: ``x0_hat = x_t - t v``, ``eps_hat = x_t + (1 - t) v``,
 finite at both ends (``alpha = 0`` and ``sigma = 0``). ``tau`` is the path's own time of

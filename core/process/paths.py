@@ -157,7 +157,7 @@ class FlowSchedule(Schedule):
         return f, g2
 
     def sample_t(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        """Training times ``t ~ U[0, 1]`` (flow training picks its own sampler: ``core.diffusion``)."""
+        """Training times ``t ~ U[0, 1]`` (flow training picks its own sampler: ``core.process.diffusion``)."""
         return torch.rand(n, generator=generator, device=device, dtype=_F64)
 
     def config(self):

@@ -2,7 +2,7 @@
 
 **Completion.** Given known values ``known`` and a boolean ``mask`` (true where the value is
 known; broadcastable to ``x``, in the Space's layout: pixels ``[B, 1|C, H, W]``, audio samples
-``[B, 1|C, L]``, atoms ``[N, 1|D]``), :func:`complete` runs any sampler of ``core.samplers`` one
+``[B, 1|C, L]``, atoms ``[N, 1|D]``), :func:`complete` runs any sampler of ``core.sampling.registry`` one
 grid step at a time and, after each step ``t -> s``, re-imposes the known part from the forward
 process (Lugmayr et al. 2022, "RePaint", eq. 8):
 

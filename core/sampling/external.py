@@ -38,7 +38,7 @@ def external_denoiser(model: Callable, schedule: Schedule, *, prediction: str = 
     (Salimans & Ho 2022), turned into ``x0 = (alpha x - sigma v) / (alpha^2 + sigma^2)``,
     ``eps = (sigma x + alpha v) / (alpha^2 + sigma^2)``. The model's output may be a tensor, a
     tuple (its first item) or an object with ``.sample`` (diffusers' ``UNet2DOutput``).
-    Use :class:`~diffuse.core.schedule.TableSchedule` to build ``schedule`` from the model's own
+    Use :class:`~diffuse.core.process.schedule.TableSchedule` to build ``schedule`` from the model's own
     ``alphas_cumprod``.
     """
     if prediction not in PREDICTIONS:

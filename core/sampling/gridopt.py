@@ -341,7 +341,7 @@ def prior_batches(denoiser, domain, num: int, *, start_t: float, seed: int = 0,
                   batch_size: int = 64, device: torch.device | str = "cpu", cond: Any = None) -> list[Problem]:
     """``num`` draws of prior noise at ``start_t`` in chunks of ``batch_size``, as ``(denoise, x,
     space)`` problems for :func:`optimize_grid`: each chunk's structure from the domain's
-    template, each sample's noise from its own generator (as in ``core.generate``), and the
+    template, each sample's noise from its own generator (as in ``core.sampling.generate``), and the
     denoiser bound to the chunk's Space and ``cond`` (a Condition of ``num`` samples, e.g. the
     null condition of a conditional model, or ``None``)."""
     out: list[Problem] = []

@@ -55,7 +55,7 @@ from ..process.schedule import Schedule
 __all__ = ["Guidance", "ClassifierGuidance", "DenoiserWrapper", "wrap_denoiser", "classifier_free_guidance",
            "classifier_guidance", "noisy_classifier_loss", "ConditionalModel"]
 
-#: ``model(x, t, cond=..., space=...) -> Prediction`` (a :class:`~diffuse.core.denoiser.Denoiser`)
+#: ``model(x, t, cond=..., space=...) -> Prediction`` (a :class:`~diffuse.core.process.denoiser.Denoiser`)
 ConditionalModel = Callable[..., Prediction]
 DenoiseFn = Callable[[Tensor, Tensor], Prediction]
 

@@ -12,7 +12,7 @@ AdamW with linear warm-up then cosine decay (or a constant rate, ``lr_schedule="
 global gradient-norm clipping, an EMA of the weights (``torch.optim.swa_utils.AveragedModel``),
 gradient accumulation, bf16 autocast on CUDA, a progress bar with loss and throughput, a JSONL
 metrics log, periodic sampling and evaluation (its cost stated first, shown with a progress bar and
-bounded by a share of the training time: ``core.evalbudget``), batches built ahead in a background
+bounded by a share of the training time: ``core.training.evalbudget``), batches built ahead in a background
 thread (``train.prefetch``; the same draws as without), atomic checkpoints and exact resumption.
 
 Reproducibility: every random draw of step ``k`` (batch composition, augmentation, times,
@@ -22,7 +22,7 @@ gives the same weights as 2N steps in one go, as long as the learning rate of ev
 the same in both: always for the same total ``steps``; when the total is extended on resume,
 only with ``lr_schedule="constant"`` (the cosine decay depends on the total).
 
-Several processes (``core.distributed``; torchrun, ``diffuse train --nproc N``, accelerate):
+Several processes (``core.training.distributed``; torchrun, ``diffuse train --nproc N``, accelerate):
 every rank assembles the same global batch (the same data order, augmentation and draws of
 times / noise / condition dropout) and computes the loss of its contiguous shard of the samples;
 DistributedDataParallel averages the gradients, each rank scaling its shard's loss sum by
@@ -32,7 +32,7 @@ others wait at a barrier after every checkpoint. Checkpoints do not depend on th
 processes, so a run can resume on another number.
 
 GPU options: ``precision`` (``bf16`` autocast, on CUDA by default, on CPU too),
-``channels_last`` (the domain's :meth:`~diffuse.core.domain.Domain.memory_format`, for image
+``channels_last`` (the domain's :meth:`~diffuse.core.data.domain.Domain.memory_format`, for image
 backbones) and ``compile`` (``torch.compile`` of the backbone).
 
 Stopping: Ctrl-C and SIGTERM checkpoint the current step and stop; a signal that arrives while
@@ -314,7 +314,7 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
 
     def _eval_budget(self, final: bool) -> float | None:
-        """Seconds one evaluation may take (``core.evalbudget``): ``eval_budget`` times the run's
+        """Seconds one evaluation may take (``core.training.evalbudget``): ``eval_budget`` times the run's
         training time (this session's mean seconds per step times ``steps``), shared by the
         periodic evaluations and the final one; the final one gets at least ``eval_min_seconds``."""
         cfg = self.cfg
@@ -332,7 +332,7 @@ class Trainer:
         """Sample with the EMA model, write the samples, and compute the domain's metrics.
 
         ``eval_samples`` x ``eval_steps`` of ``eval_sampler``, scaled down to ``budget`` seconds
-        (``core.evalbudget.plan``; ``None``: as configured). The cost is stated before sampling
+        (``core.training.evalbudget.plan``; ``None``: as configured). The cost is stated before sampling
         starts and a progress bar runs meanwhile. A periodic evaluation (``final=False``) whose
         minimum exceeds its budget is skipped: ``({}, None)``."""
         from tqdm.auto import tqdm

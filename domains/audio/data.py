@@ -29,7 +29,7 @@ stream          ``auto`` | true | false: read clips lazily instead of holding wh
 
 Streaming (:class:`LazyClip`): a file already at the target rate is read with soundfile seeks,
 only the frames of each crop; a file that needs resampling is decoded and resampled once, block
-by block, into the on-disk cache (``core.cache``: keyed by path, mtime, size, rate and channels)
+by block, into the on-disk cache (``core.data.cache``: keyed by path, mtime, size, rate and channels)
 and memory-mapped. The normalisation gain comes from one block-wise pass over the file (cached
 too). Crops equal those of whole-file reading (bit for bit without resampling; to float
 rounding with it), so the same seed trains on the same data either way.

@@ -14,7 +14,7 @@ large     channels 64-128-256-512-512,     GPU; 16 kHz 1-4 s clips, 2 ResBlocks,
 ========= ================================ ======================================================
 
 Conditions (``diffuse train --domain audio --condition label|text``): ``label`` (the class of
-the sub-folder, bundled: cymbal, kick, snare, tabla, tom; :class:`~diffuse.core.condition.LabelKind`,
+the sub-folder, bundled: cymbal, kick, snare, tabla, tom; :class:`~diffuse.core.data.condition.LabelKind`,
 also ``bass``/``bd`` for kick, ``hihat``/``hat`` for cymbal) through the U-Net's label embedding,
 and ``text`` (captions such as "an 808 bass drum hit" drawn per clip from
 :data:`~diffuse.domains.audio.data.CLASS_PHRASES`; :class:`~diffuse.domains.text.TextKind`) through

@@ -1,6 +1,6 @@
 """Audio features for set-level metrics: log-mel / MFCC statistics and a small learned
 feature network (the Frechet distances between Gaussians fitted to them are
-:mod:`diffuse.domains.frechet`'s, shared with the image FID).
+:mod:`diffuse.core.frechet`'s, shared with the image FID).
 
 All features are computed at :data:`FEATURE_RATE` (16 kHz): inputs at another rate are
 resampled first, so numbers are comparable across data rates. Nothing is downloaded: the

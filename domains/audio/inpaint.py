@@ -1,6 +1,6 @@
 """Audio inputs for completion and editing (``AudioDomain.completion_input``): a clip in the
 model's space (channels, sample rate and normalisation of the training data) and its mask.
-The sampling itself is ``core.completion``.
+The sampling itself is ``core.sampling.completion``.
 
 Options: ``span`` (one or more ``START:END`` in seconds, the gaps to fill; the clip must cover
 them) and / or ``continue`` (seconds to generate past the clip's end: outpainting). The clip,

@@ -1,7 +1,7 @@
 """Audio files in and out: reading with soundfile, resampling and normalisation with torch,
 16-bit PCM WAV and spectrogram PNG writers.
 
-Every reading failure is turned into :class:`~diffuse.core.domain.DataError` with one line that
+Every reading failure is turned into :class:`~diffuse.core.data.domain.DataError` with one line that
 names the file and what was expected.
 """
 

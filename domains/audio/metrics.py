@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..frechet import frechet_from_features
+from ...core.frechet import frechet_from_features
 from .features import load_feature_net, log_mel, mel_stats, mfcc_stats
 from ...core.errors import UserInputError
 

@@ -12,7 +12,7 @@ Shapes:
     x: ``[B, C, L]`` (mono ``C = 1`` or stereo ``C = 2``; any ``L >= 1``, it is zero-padded
     inside to a multiple of the total downsampling factor and cropped back),
     noise_level: ``[B]`` float (``t * 1000``), cond: ``None`` | long ``[B]`` labels |
-    float ``[B, D]`` / ``[B, S, D]`` tokens | a :class:`~diffuse.core.condition.Condition` with
+    float ``[B, D]`` / ``[B, S, D]`` tokens | a :class:`~diffuse.core.data.condition.Condition` with
     ``label`` (null = ``num_classes``) and/or ``text`` (token ids, encoded by the U-Net's
     ``text_encoder``, see :mod:`diffuse.domains.text`); output: ``[B, C, L]``.
 
@@ -184,7 +184,7 @@ class UNet1D(nn.Module):
             cross-attention at the attention levels (no effect without ``text_encoder``).
         in_cond_channels: channels of a condition concatenated to the input (bandwidth
             extension: the low-rate clip resampled to the output rate, plus its presence flag;
-            ``core.condition.ConcatKind``); zeros (the null condition) when none is given.
+            ``core.data.condition.ConcatKind``); zeros (the null condition) when none is given.
     """
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 128),

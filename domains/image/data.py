@@ -5,7 +5,7 @@ Every reader returns an :class:`ImageDataset` holding the images as ``uint8`` ``
 the optional random horizontal flip, drawing only from the generator.
 
 A folder of PNG / JPEG files of at least :data:`CACHE_MIN_BYTES` is decoded (and resized) once
-into the on-disk cache (``core.cache``: keyed by the image files' paths, mtimes and sizes and the
+into the on-disk cache (``core.data.cache``: keyed by the image files' paths, mtimes and sizes and the
 reading options) and memory-mapped afterwards: later runs neither decode it again nor hold it in
 memory (subsets of a memory-mapped set keep row indices instead of copying).
 
@@ -79,7 +79,7 @@ class ImageDataset(DomainDataset):
     """Images ``uint8 [N, C, H, W]`` with optional labels ``[N]``.
 
     ``batch`` returns ``x`` in ``[-1, 1]`` and, when ``conditional``, the labels as the
-    condition ``cond["label"]`` (a :class:`~diffuse.core.condition.Condition`). ``rows``: this
+    condition ``cond["label"]`` (a :class:`~diffuse.core.data.condition.Condition`). ``rows``: this
     dataset is those rows of ``images`` (a subset of a memory-mapped set, nothing copied).
     """
 

@@ -17,7 +17,7 @@ Data options (``default_data``; given to :meth:`ImageDomain.load_data`):
                 set) or the path of an Inception-v3 TorchScript file for FID / KID
 =============== ============================================================================
 
-Conditions: ``label`` (class labels; :class:`~diffuse.core.condition.LabelKind`, null label
+Conditions: ``label`` (class labels; :class:`~diffuse.core.data.condition.LabelKind`, null label
 ``num_classes``, which the U-Net's class embedding reserves). Labels are given by index, class
 name, or, for digit classes ``"0".."9"``, the English word (``--label seven``).
 

@@ -1,5 +1,5 @@
 """Image inputs for completion (inpainting) and editing: an image file in the model's space and
-its mask (``ImageDomain.completion_input``). The sampling itself is ``core.completion``.
+its mask (``ImageDomain.completion_input``). The sampling itself is ``core.sampling.completion``.
 
 Options: ``mask`` (a PNG / JPEG the size of the image: white = generate, black = keep; gray
 levels are thresholded at 50 %) or ``rect`` (``x0,y0,x1,y1`` in pixels, the half-open box

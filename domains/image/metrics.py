@@ -2,7 +2,7 @@
 
 * FID (Heusel et al. 2017): the Frechet distance between Gaussians fitted to feature sets,
   ``|mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})``, computed by the one implementation all
-  domains share (:mod:`diffuse.domains.frechet`, which states its numerics).
+  domains share (:mod:`diffuse.core.frechet`, which states its numerics).
 * KID (Binkowski et al. 2018, "Demystifying MMD GANs"): the unbiased estimator of the squared
   MMD with the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged over random
   subsets.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..frechet import frechet_from_features
+from ...core.frechet import frechet_from_features
 from ...core.errors import UserInputError
 
 __all__ = ["fid_from_features", "kid_from_features", "conditional_accuracy"]
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def fid_from_features(a: Tensor, b: Tensor) -> float:
     """FID between two feature sets ``[N, D]``, ``[M, D]``: the shared Frechet distance
-    (:func:`diffuse.domains.frechet.frechet_from_features`)."""
+    (:func:`diffuse.core.frechet.frechet_from_features`)."""
     return frechet_from_features(a, b)
 
 

@@ -49,7 +49,7 @@ __all__ = ["UNet", "split_condition"]
 def split_condition(cond: Any) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Read a condition as ``(labels [B] long, context [B, L, D], context_mask [B, L] bool)``.
 
-    Accepted: ``None``; a :class:`~diffuse.core.condition.Condition` with any of ``label``
+    Accepted: ``None``; a :class:`~diffuse.core.data.condition.Condition` with any of ``label``
     (null label = ``num_classes``), ``context``, ``context_mask``; an integer tensor ``[B]`` of
     class labels; a float tensor ``[B, L, D]`` of context tokens; or a dict with any of the keys
     ``labels``, ``context``, ``context_mask``.
@@ -182,7 +182,7 @@ class UNet(nn.Module):
         groups: GroupNorm groups.
         channels_last: keep activations in channels-last memory format.
         in_cond_channels: channels of a condition concatenated to the input (SR3's upsampled
-            low-resolution image plus its presence flag: ``core.condition.ConcatKind``); zeros
+            low-resolution image plus its presence flag: ``core.data.condition.ConcatKind``); zeros
             (the null condition) when the batch carries none.
     """
 

@@ -29,7 +29,7 @@ are divided by ``normalization_factor`` = 10 (EDM uses 1): at 1 the position hea
 reached 1e5 and training diverged within 10 steps at lr 1e-3.
 
 The latent a batch encodes to is ``z = [x_z, h_z]`` ``[N, 3 + k]`` on a
-:class:`~diffuse.core.graph.GraphSpace` with the same batch index as the data (centred first 3
+:class:`~diffuse.core.data.graph.GraphSpace` with the same batch index as the data (centred first 3
 channels), so the molecule domain's diffusion machinery runs on it unchanged. ``decode`` returns
 data in the molecule layout of :class:`~.dataset.FeatureCodec`: positions (Angstrom, centred),
 the one-hot of the most likely element times ``onehot_scale`` (and the rounded charge times

@@ -3,10 +3,10 @@
 A batch of ``B`` molecules with ``N`` atoms in total is ``x[N, 3 + K (+ 1)]``: positions
 (Angstrom, zero centre of mass per molecule), then the one-hot element over a vocabulary of
 ``K`` elements times ``onehot_scale`` (EDM: 1/4), then optionally the formal charge times
-``charge_scale`` (EDM: 1/10); a :class:`~diffuse.core.graph.GraphSpace` carries the batch index.
+``charge_scale`` (EDM: 1/10); a :class:`~diffuse.core.data.graph.GraphSpace` carries the batch index.
 
 User files are converted once (reading, RDKit conformers for SMILES, the vocabulary, centring)
-into the on-disk cache (``core.cache``, keyed by the files' paths, mtimes and sizes and the data
+into the on-disk cache (``core.data.cache``, keyed by the files' paths, mtimes and sizes and the data
 options) and memory-mapped afterwards (:func:`cached_dataset`): a large set is neither converted
 again nor held in memory.
 """

@@ -3,7 +3,7 @@
 * data: the bundled QM9 subset (default), ``qm9`` (all of QM9 from qm9pack, EDM's split), a
   torch-geometric QM9 folder, SDF / XYZ / SMILES files or folders of them;
 * model space: ``x = [positions, one-hot / 4 (, charge / 10)]`` on a
-  :class:`~diffuse.core.graph.GraphSpace` (zero centre of mass for positions);
+  :class:`~diffuse.core.data.graph.GraphSpace` (zero centre of mass for positions);
 * backbone: :class:`~diffuse.domains.molecules.egnn.EGNN` (presets ``small``, ``edm``);
 * diffusion: the polynomial schedule, eps prediction, 1000 steps;
 * metrics: valid & connected, EDM's molecule / atom stability, RDKit validity (largest fragment,

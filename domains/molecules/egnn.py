@@ -18,7 +18,7 @@ The backbone returns ``eps`` for positions (``x_out - x_in``, centre of mass rem
 the features.
 
 Edges are all ordered pairs within each molecule, built per batch from the batch index
-(:func:`diffuse.core.graph.full_edges`): the cost is the real number of atom pairs
+(:func:`diffuse.core.data.graph.full_edges`): the cost is the real number of atom pairs
 ``sum_g n_g (n_g - 1)``, not ``B * N_max^2`` as in EDM's dense padded code. The first linear
 layer of each edge MLP acts on ``[h_i, h_j, e_ij]``; it is evaluated as ``A h_i + B h_j + C e_ij``
 with ``A h`` and ``B h`` computed once per node, which is the same function at a fraction of the
@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ...core.data.graph import GraphSpace
 from ...core.errors import UserInputError
+from ..presets import resolve_preset
 
 __all__ = ["EGNN", "PRESETS", "model_kwargs"]
 
@@ -58,15 +59,7 @@ _DEFAULTS: dict[str, Any] = {
 
 def model_kwargs(model: dict[str, Any]) -> dict[str, Any]:
     """Resolve a model config (``preset`` plus overrides) into :class:`EGNN` keyword arguments."""
-    model = dict(model)
-    preset = model.pop("preset", "small")
-    if preset not in PRESETS:
-        raise UserInputError(f"unknown molecule model preset {preset!r}; expected one of {sorted(PRESETS)}")
-    unknown = sorted(set(model) - set(_DEFAULTS))
-    if unknown:
-        raise UserInputError(f"unknown molecule model option(s) {', '.join(unknown)}; known: preset, "
-                         f"{', '.join(sorted(_DEFAULTS))}")
-    out = {**_DEFAULTS, **PRESETS[preset], **model}
+    out = resolve_preset(model, PRESETS, _DEFAULTS, what="molecule model", base=_DEFAULTS)
     if int(out["layers"]) < 1 or int(out["hidden"]) < 1 or int(out["inv_sublayers"]) < 1:
         raise UserInputError("molecule model needs layers, hidden and inv_sublayers >= 1")
     return out

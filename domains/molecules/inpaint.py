@@ -4,7 +4,7 @@ uses charges) are fixed, plus ``num_atoms - len(fragment)`` atoms to generate.
 
 The fragment's atoms are the first rows of the molecule, in the file's order and frame; the
 file's hydrogens are taken as they are (no implicit hydrogens are added: the free atoms are
-where the rest comes from). ``core.completion`` keeps the fixed atoms in the sample's zero-CoM
+where the rest comes from). ``core.sampling.completion`` keeps the fixed atoms in the sample's zero-CoM
 frame during sampling and returns the molecule in the fragment's frame.
 """
 

@@ -3,7 +3,7 @@
 Conditions: ``diffuse train --domain molecules --condition property:alpha`` (or several,
 ``property:alpha,gap``) trains on QM9's properties :data:`PROPERTY_NAMES` (dipole moment ``mu``
 in D, polarizability ``alpha`` in Bohr^3, ``homo`` / ``lumo`` / ``gap`` in meV, heat capacity
-``Cv`` in cal/mol K). The network condition is one :class:`~diffuse.core.condition.VectorKind`
+``Cv`` in cal/mol K). The network condition is one :class:`~diffuse.core.data.condition.VectorKind`
 named ``property``: the chosen properties normalised with the training data's mean and std,
 followed by a presence mask (null = all absent, which condition dropout trains). The EGNN gets
 it as extra invariant node features, broadcast to every atom, as EDM concatenates its context

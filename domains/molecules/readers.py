@@ -3,7 +3,7 @@ XYZ, SMILES (RDKit ETKDG).
 
 Every reader returns a :class:`RawMolecules`: per molecule its element symbols, coordinates
 (Angstrom), formal charges and a name, plus the records it skipped and why. Bad input raises
-:class:`~diffuse.core.domain.DataError` with one line naming the file (and record).
+:class:`~diffuse.core.data.domain.DataError` with one line naming the file (and record).
 
 No data file can run code: nothing here unpickles (torch-geometric's ``processed/*.pt`` files
 are pickles and are never opened), nothing is downloaded, and nothing is written into the

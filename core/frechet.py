@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.errors import UserInputError
+from .errors import UserInputError
 
 __all__ = ["feature_stats", "frechet_distance", "frechet_from_features"]
 
