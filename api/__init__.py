@@ -29,6 +29,7 @@ completion, editing, restoration, likelihoods), ``loading`` (``load``, ``load_pr
 from __future__ import annotations
 
 from ..core.data.cache import cache_dir, cache_entries, clear_cache
+from ..core.data.backbones import Backbone, domain_backbones
 from ..core.data.capabilities import capabilities
 from ..core.data.registry import available_domains, domain_class, get_domain
 from ..core.errors import (CheckpointError, ConfigError, DataError, NotSupportedError, UnknownNameError,
@@ -47,7 +48,7 @@ from .reflow import reflow
 from .training import train
 
 __all__ = ["train", "load", "build", "DiffusionModel", "SampleReport", "make_config", "available_domains",
-           "get_domain", "domain_class", "capabilities", "TrainResult", "write_samples", "write_text",
+           "get_domain", "domain_class", "capabilities", "Backbone", "domain_backbones", "TrainResult", "write_samples", "write_text",
            "fresh_sample_dir", "train_classifier", "load_classifier", "prepare_classifier_guidance", "load_pretrained",
            "recipe_domain", "read_config_file", "read_run_config", "init_domain", "train_autoencoder",
            "load_autoencoder", "reconstruction_report", "reflow", "cache_dir", "cache_entries", "clear_cache",

@@ -67,10 +67,12 @@ def recipe_domain(path: str | Path) -> str | None:
 
 def make_config(domain: str | Domain, *, data: str | Path | None = None, config: dict[str, Any] | str | Path | None = None,
                 diffusion: dict[str, Any] | None = None, conditions: list[str] | str | None = None,
-                **train_overrides: Any) -> RunConfig:
+                model: dict[str, Any] | None = None, **train_overrides: Any) -> RunConfig:
     """A :class:`RunConfig` from the domain's defaults, a config dict / JSON file, ``diffusion``
     overrides of :class:`DiffusionConfig` fields (``{"training": "edm"}``...; see :func:`diffusion_config`), and keyword overrides
-    of :class:`TrainConfig` fields (``steps=``, ``batch_size=``, ``lr=``, ``device=``, ``seed=`` ...).
+    of :class:`TrainConfig` fields (``steps=``, ``batch_size=``, ``lr=``, ``device=``, ``seed=`` ...);
+    ``model`` overrides the model section (``{"backbone": "dit"}``: another of the domain's
+    backbones, with its own defaults).
 
     Everything is validated here (types and ranges of every field, the model section through the
     domain's ``check_config``, the schedule by building it, the evaluation sampler and its step
@@ -85,7 +87,7 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
             raise ConfigError(f"config section {section!r} must be a JSON object, got {user[section]!r}")
     if "data" in user and user["data"] is not None and not isinstance(user["data"], str):
         raise ConfigError(f"config 'data' must be a path string, got {user['data']!r}")
-    model = {**dom.default_model(), **user.get("model", {})}
+    model = dom.model_config({**user.get("model", {}), **{k: v for k, v in (model or {}).items() if v is not None}})
     dom.check_config(model)
     diffusion_cfg = diffusion_config(dom, {**user.get("diffusion", {}),
                                            **{k: v for k, v in (diffusion or {}).items() if v is not None}})

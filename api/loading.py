@@ -91,7 +91,7 @@ def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, A
     """An untrained model for ``domain`` (e.g. as a baseline, or to train with your own loop):
     the domain's default backbone and process under ``model`` / ``diffusion``."""
     dom = get_domain(domain) if isinstance(domain, str) else domain
-    model_cfg = {**dom.default_model(), **(model or {})}
+    model_cfg = dom.model_config(model or {})
     diff_cfg = diffusion if isinstance(diffusion, DiffusionConfig) else diffusion_config(dom, diffusion or {})
     cfg = RunConfig(domain=dom.name, model=model_cfg, diffusion=diff_cfg, data_info=dict(data_info))
     dom = dom.bind(cfg.data_info)

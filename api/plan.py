@@ -205,7 +205,8 @@ def check_init_data(dom: Domain, info: dict[str, Any], src: dict[str, Any], init
 def plan_training(dom: Domain, *, data: str | Path | None = None, out: str | Path | None = None,
                   config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
                   diffusion: dict[str, Any] | None = None, conditions: list[str] | str | None = None,
-                  init: str | Path | None = None, train_overrides: dict[str, Any] | None = None) -> RunPlan:
+                  init: str | Path | None = None, model: dict[str, Any] | None = None,
+                  train_overrides: dict[str, Any] | None = None) -> RunPlan:
     """The :class:`RunPlan` of a diffusion training run (see the module docstring); every rule is
     checked here, nothing is written. ``dom`` is the run's domain (a latent model's wrapped one)."""
     train_overrides = train_overrides or {}
@@ -215,6 +216,8 @@ def plan_training(dom: Domain, *, data: str | Path | None = None, out: str | Pat
     if resume is not None:
         if conditions:
             raise UserInputError("--condition cannot change when resuming a run")
+        if model:
+            raise UserInputError("--backbone / the model section cannot change when resuming a run")
         run_dir = Path(resume)
         run_cfg = read_run_config(run_dir)
         if run_cfg.domain != name:
@@ -232,7 +235,8 @@ def plan_training(dom: Domain, *, data: str | Path | None = None, out: str | Pat
         src, model_w, ema_w, record, where = _read_init(init, name)
         config = _init_config(config if isinstance(config, dict) else read_config_file(config), src)
         weights = (model_w, ema_w, where)
-    cfg = make_config(dom, data=data, config=config, diffusion=diffusion, conditions=conditions, **train_overrides)
+    cfg = make_config(dom, data=data, config=config, diffusion=diffusion, conditions=conditions, model=model,
+                      **train_overrides)
     cfg.latent = getattr(dom, "record", None)
     if src is not None:
         _check_init_unchanged(cfg, src, init)

@@ -29,7 +29,7 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
           config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
           progress: bool = True, stop_at: int | None = None, diffusion: dict[str, Any] | None = None,
           conditions: list[str] | str | None = None, latent: str | Path | None = None,
-          init: str | Path | None = None, **train_overrides: Any) -> TrainResult:
+          init: str | Path | None = None, model: dict[str, Any] | None = None, **train_overrides: Any) -> TrainResult:
     """Train a model and leave a run folder at ``out`` (default ``runs/<domain>``).
 
     ``latent``: an autoencoder run folder (:func:`~diffuse.api.autoencoder.train_autoencoder`) of
@@ -72,7 +72,7 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     elif latent is not None:
         dom = latent_domain(dom, latent)
     plan = plan_training(dom, data=data, out=out, config=config, resume=resume, diffusion=diffusion,
-                         conditions=conditions, init=init, train_overrides=train_overrides)
+                         conditions=conditions, init=init, model=model, train_overrides=train_overrides)
     cfg = plan.config
     if cfg.latent is not None:
         dom.to(resolve_device(cfg.train.device))

@@ -150,7 +150,7 @@ def bench_compare(args: argparse.Namespace) -> dict:
     from diffuse.core.sampling.common import prior_sample
     from diffuse.core.sampling.grids import time_grid
     from diffuse.core.process.schedule import CosineSchedule
-    from diffuse.domains.audio.domain import resolve_model
+    from diffuse.domains.audio.backbones import resolve_model
     from diffuse.domains.audio.unet import UNet1D
 
     device = torch.device("cpu" if args.device == "auto" else args.device)

@@ -24,12 +24,16 @@ def domains() -> None:
     width = max((len(k) for k in items), default=0)
     for name, desc in items.items():
         try:
-            caps = api.capabilities(api.get_domain(name))
+            dom = api.get_domain(name)
+            caps, nets = api.capabilities(dom), api.domain_backbones(dom)
         except UnknownNameError:        # a broken plug-in: its description says why
-            caps = []
+            dom, caps, nets = None, [], {}
         click.echo(f"{name:<{width}}  {desc}")
         if caps:
             click.echo(f"{'':<{width}}  capabilities: {', '.join(caps)}")
+        if nets:
+            default = getattr(dom, "default_backbone", None)
+            click.echo(f"{'':<{width}}  backbones: " + ", ".join(f"{n} (default)" if n == default else n for n in nets))
 
 
 def _size_text(n: int) -> str:

@@ -57,6 +57,9 @@ def _trained_line(result) -> None:
               help="Noise schedule (default: the domain's; edm training wants sigma).")
 @click.option("--parameterization", type=click.Choice(sorted(PARAMETERIZATIONS)), default=None,
               help="What the network predicts (default: the preset's or the domain's).")
+@click.option("--backbone", default=None, metavar="NAME",
+              help="The network, by name, of the domain's backbones (`diffuse domains` lists them; default: the "
+                   "domain's). A --config model section sets its options.")
 @click.option("--condition", "conditions", multiple=True, metavar="NAME",
               help="Train a conditional model on this condition of the data, repeatable "
                    "(image: label, text, lowres; audio: label, text, lowrate; molecules: property:NAME).")
@@ -72,13 +75,15 @@ def _trained_line(result) -> None:
                    "learning-rate schedule): a run folder, or pretrained:NAME. Data, data options, model and "
                    "diffusion default to that model's; model and diffusion cannot change.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, no_progress, out, resume, sample_every,
-          eval_samples, training, schedule, parameterization, conditions, cond_drop, nproc, latent, init) -> None:
+          eval_samples, training, schedule, parameterization, backbone, conditions, cond_drop, nproc, latent,
+          init) -> None:
     """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples.
 
     Several processes: `diffuse train --nproc N ...`, `torchrun --nproc-per-node N -m diffuse.cli
     train ...` or `accelerate launch --num_processes N -m diffuse.cli train ...`; the batch is
     split across them, rank 0 writes the run folder."""
-    check_nonempty(data=data, out=out, resume=resume, config=config_file, domain=domain, device=device, init=init)
+    check_nonempty(data=data, out=out, resume=resume, config=config_file, domain=domain, device=device, init=init,
+                   backbone=backbone)
     if init is not None and resume is not None:
         raise UserError("--init starts a new run from a model's weights; --resume continues a run: give one")
     if domain is None and resume is None and config_file is not None:
@@ -121,6 +126,7 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, no_pro
         with distributed.failure_guard():
             result = api.train(domain, data=data, out=out, config=config_file, resume=resume,
                                conditions=list(conditions), latent=latent, init=init, progress=not no_progress,
+                               model={"backbone": backbone} if backbone is not None else None,
                                diffusion=diffusion, steps=steps, batch_size=batch_size, lr=lr, device=device,
                                seed=seed, sample_every=sample_every, eval_samples=eval_samples)
     except distributed.PeerFailed as exc:

@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .backbones import BACKBONE_KEY, Backbone, backbone_of, domain_backbones
 from .condition import Condition, ConditionKind, kinds_from_spec
 from .space import Space
 from ..errors import NotSupportedError, UserInputError
@@ -176,6 +177,10 @@ class Domain(ABC):
     #: ``data_info`` entries that fix the layout of a sample (image channels / height / width):
     #: a latent model's data must have its autoencoder's
     layout_keys: ClassVar[tuple[str, ...]] = ()
+    #: the networks this domain can build, by name (``core.data.backbones``), and the one used when
+    #: a model section names none
+    backbones: ClassVar[dict[str, Backbone]] = {}
+    default_backbone: ClassVar[str | None] = None
     #: conditions that carry a degraded input in data space (image ``lowres``, audio ``lowrate``): a
     #: latent model cannot take them
     restoration_conditions: ClassVar[tuple[str, ...]] = ()
@@ -210,8 +215,20 @@ class Domain(ABC):
 
     # ---------------------------------------------------------------- configuration
     def default_model(self) -> dict[str, Any]:
-        """Backbone keyword arguments used when the user gives none."""
-        return {}
+        """Options of the default backbone used when the user gives none (default: the default
+        backbone record's ``defaults``)."""
+        known = domain_backbones(self)
+        record = known.get(self.default_backbone) if self.default_backbone else None
+        return dict(record.defaults) if record is not None else {}
+
+    def model_config(self, user: dict[str, Any]) -> dict[str, Any]:
+        """A run's model section from the user's: the chosen backbone's defaults under the user's
+        options (the default backbone's are :meth:`default_model`'s)."""
+        name = user.get(BACKBONE_KEY)
+        if name is None or name == self.default_backbone:
+            return {**self.default_model(), **user}
+        record, _ = backbone_of(self, user)
+        return {**record.defaults, **user}
 
     def default_diffusion(self) -> dict[str, Any]:
         """Overrides of :class:`~diffuse.core.config.DiffusionConfig` fields for this domain."""
@@ -263,9 +280,15 @@ class Domain(ABC):
         Raise :class:`DataError` with a one-line message naming the offending file for bad input.
         """
 
-    @abstractmethod
     def build_backbone(self, model: dict[str, Any]) -> nn.Module:
-        """A backbone ``f(x_t, noise_level, cond=None, space=None) -> tensor like x_t``."""
+        """A backbone ``f(x_t, noise_level, cond=None, space=None) -> tensor like x_t`` on this
+        bound domain: the record ``model["backbone"]`` names (``core.data.backbones``; the
+        domain's ``default_backbone`` when it names none), with the other options. A domain with a
+        single network may override this instead of declaring :attr:`backbones`."""
+        record, options = backbone_of(self, model)
+        if record.check is not None:
+            record.check(self, options)
+        return record.build(self, options)
 
     @abstractmethod
     def template(self, num: int, generator: torch.Generator | None = None, structure: Any = None) -> Batch:
@@ -339,7 +362,13 @@ class Domain(ABC):
         return None
 
     def check_config(self, model: dict[str, Any]) -> None:
-        """Validate user-given model options (raise ``ValueError`` with a clear message)."""
+        """Validate user-given model options before anything is built (a ConfigError naming the
+        option): the chosen backbone's own check (nothing for a domain without records)."""
+        if not domain_backbones(self):
+            return
+        record, options = backbone_of(self, model)
+        if record.check is not None:
+            record.check(self, options)
 
     # ---------------------------------------------------------------- completion and editing
     def completion_input(self, path: str | Path, options: dict[str, Any]) -> tuple[Batch, Tensor]:

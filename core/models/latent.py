@@ -253,6 +253,9 @@ class LatentDomain(Domain):
     def check_config(self, model: dict[str, Any]) -> None:
         self.base.check_config(model)
 
+    def model_config(self, user: dict[str, Any]) -> dict[str, Any]:
+        return self.base.model_config(user)
+
     def bind(self, info: dict[str, Any]) -> "LatentDomain":
         """A copy bound to the data's ``data_info``, its base domain bound to the same (the
         autoencoder is shared: it is frozen)."""

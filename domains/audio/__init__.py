@@ -4,7 +4,8 @@
 """
 
 from .data import AudioDataset, load_audio_folder, load_bundled
-from .domain import MODEL_PRESETS, AudioDomain
+from .backbones import MODEL_PRESETS
+from .domain import AudioDomain
 from .metrics import log_mel_l1, multi_resolution_stft, set_metrics
 from .unet import UNet1D
 

@@ -25,7 +25,6 @@ does. Model option ``text_encoder``: see :func:`~diffuse.domains.text.build_text
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,42 +32,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...core.validation import AT_LEAST_ONE, FRACTION, check_kwargs
 from ...core.data.condition import ConcatKind, ConditionKind, LabelKind
 from ...core.data.domain import Batch, Domain, DomainDataset
 from ...core.data.space import DenseSpace
 from .data import DATA_OPTIONS, load_audio_folder, load_bundled, resolve_options
-from ..presets import resolve_preset
-from ..text import build_text_encoder, check_text_encoder_options, text_kind_for
+from ..text import text_kind_for
 from .io import write_spectrogram_png, write_wav
 from .metrics import set_metrics
-from .unet import UNet1D
+from .backbones import BACKBONES
 from ...core.errors import UserInputError
 
-__all__ = ["AudioDomain", "MODEL_PRESETS", "resolve_model", "spectral_flatness"]
+__all__ = ["AudioDomain", "spectral_flatness"]
 
 log = logging.getLogger(__name__)
 
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "small": {"channels": [16, 32, 64, 128], "factors": [4, 4, 4], "num_res_blocks": 2, "dilations": [1, 3],
-              "attn_levels": [-2], "heads": 4, "dropout": 0.0, "upsample": "conv_transpose", "text_pool": True},
-    "base": {"channels": [32, 64, 128, 256], "factors": [4, 4, 4], "num_res_blocks": 2, "dilations": [1, 3],
-             "attn_levels": [-2], "heads": 8, "dropout": 0.0, "upsample": "conv_transpose", "text_pool": True},
-    "large": {"channels": [64, 128, 256, 512, 512], "factors": [4, 4, 4, 2], "num_res_blocks": 2,
-              "dilations": [1, 3, 9], "attn_levels": [-3, -2], "heads": 8, "dropout": 0.1,
-              "upsample": "conv_transpose", "text_pool": True},
-}
 #: at most this many reference clips enter the Frechet distances
 MAX_REFERENCE = 2000
-_UNET_KEYS = set(inspect.signature(UNet1D.__init__).parameters) - {"self", "in_channels"}
 #: extra label names (lower case) for the bundled classes
 _LABEL_ALIASES = {"bass": "kick", "bd": "kick", "bass drum": "kick", "kick drum": "kick", "sn": "snare",
                   "snare drum": "snare", "hat": "cymbal", "hihat": "cymbal", "hi hat": "cymbal", "crash": "cymbal"}
-
-
-def resolve_model(model: dict[str, Any]) -> dict[str, Any]:
-    """Expand ``preset`` (default ``small``) and apply the other keys over it."""
-    return resolve_preset(model, MODEL_PRESETS, _UNET_KEYS, what="audio model")
 
 
 def spectral_flatness(x: Tensor, n_fft: int = 512) -> Tensor:
@@ -92,11 +74,10 @@ class AudioDomain(Domain):
     description = "1-D waveform U-Net on WAV/FLAC/OGG audio (bundled: CC0 percussion one-shots, 16 kHz)"
     restoration_conditions = ("lowrate",)
     layout_keys = ("channels", "length", "sample_rate")
+    backbones = BACKBONES
+    default_backbone = "unet"
 
     # ---------------------------------------------------------------- configuration
-    def default_model(self) -> dict[str, Any]:
-        return {"preset": "small"}
-
     def default_diffusion(self) -> dict[str, Any]:
         return {"schedule": {"kind": "cosine"}, "parameterization": "v"}
 
@@ -122,12 +103,6 @@ class AudioDomain(Domain):
     def default_data(self) -> dict[str, Any]:
         return dict(DATA_OPTIONS)
 
-    def check_config(self, model: dict[str, Any]) -> None:
-        check_text_encoder_options(model.get("text_encoder"))
-        check_kwargs(UNet1D, {k: v for k, v in resolve_model(model).items() if k != "text_encoder"}, "model",
-                     skip=("in_channels",),
-                     limits={"num_res_blocks": AT_LEAST_ONE, "heads": AT_LEAST_ONE, "dropout": FRACTION})
-
     # ---------------------------------------------------------------- data and model
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:
         opts = resolve_options(options)
@@ -136,20 +111,6 @@ class AudioDomain(Domain):
             from .inpaint import LowRateDataset
             ds = LowRateDataset(ds, opts["lowrate"])
         return ds
-
-    def build_backbone(self, model: dict[str, Any]) -> nn.Module:
-        data_info = self.info
-        kwargs = resolve_model(model)
-        classes = data_info.get("classes")
-        if classes and "num_classes" not in (model or {}) and data_info.get("label_condition", True):
-            kwargs["num_classes"] = len(classes)
-        text_options = kwargs.pop("text_encoder", None)
-        if data_info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
-            encoder = build_text_encoder(text_options, self.condition_kinds()["text"])
-            kwargs["text_encoder"], kwargs["cond_dim"] = encoder, encoder.dim
-        if data_info.get("lowrate"):   # bandwidth extension: low-rate clip + flag, concatenated
-            kwargs["in_cond_channels"] = int(data_info.get("channels", 1)) + 1
-        return UNet1D(in_channels=int(data_info.get("channels", 1)), **kwargs)
 
     # --- latent diffusion (latent helper) ---
     def build_autoencoder(self, config: dict[str, Any]) -> nn.Module:

@@ -31,7 +31,6 @@ U-Net's cross-attention. Model option ``text_encoder`` chooses the encoder
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,16 +38,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...core.validation import AT_LEAST_ONE, FRACTION, check_kwargs
 from ...core.data.condition import ConcatKind, Condition, ConditionKind, LabelKind
 from ...core.data.domain import Batch, Domain, DomainDataset
 from ...core.errors import DataError, UserInputError
 from ...core.data.space import DenseSpace
-from ..text import build_text_encoder, check_text_encoder_options, text_kind_for
+from ..text import text_kind_for
 from .data import BUNDLED_SOURCE, DIGIT_WORDS, ImageDataset, load_images
 from .features import InceptionFeatures, LeNet, bundled_lenet, extract_features, train_lenet
 from .metrics import conditional_accuracy, fid_from_features, kid_from_features
-from .unet import UNet
+from .backbones import BACKBONES
 from .writer import write_pngs
 
 __all__ = ["ImageDomain"]
@@ -58,7 +56,6 @@ log = logging.getLogger(__name__)
 _DATA_DEFAULTS: dict[str, Any] = {"image_size": None, "channels": None, "flip": False, "conditional": False,
                                   "labels": "auto", "labels_file": None, "max_images": None, "feature_net": "auto",
                                   "text": False, "lowres": None}
-_UNET_OPTIONS = set(inspect.signature(UNet.__init__).parameters) - {"self"}
 _DIGIT_WORDS = DIGIT_WORDS
 
 
@@ -77,6 +74,8 @@ class ImageDomain(Domain):
     description = "2-D images (PNG/JPEG folders, MNIST IDX files; bundled: 5,000 MNIST digits); U-Net; FID/KID"
     restoration_conditions = ("lowres",)
     layout_keys = ("channels", "height", "width")
+    backbones = BACKBONES
+    default_backbone = "unet"
     #: 8-bit images on [-1, 1]: bits/dim of the discrete data adds log2(256 / 2) = 7 bits (Song et al. 2021)
     likelihood_bins = 256
 
@@ -84,12 +83,6 @@ class ImageDomain(Domain):
         self._feature_cache: dict[tuple, tuple[Any, Tensor]] = {}
 
     # ------------------------------------------------------------------ configuration
-    def default_model(self) -> dict[str, Any]:
-        # 1.11 M parameters at 28x28x1: the same width / depth / attention placement as a diffusers
-        # UNet2DModel(block_out_channels=(32, 64, 64), layers_per_block=1, attention at 7x7).
-        return {"base_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 1, "attn_levels": [2],
-                "head_dim": 32, "dropout": 0.0, "groups": 8}
-
     def default_diffusion(self) -> dict[str, Any]:
         # v-prediction (Salimans & Ho 2022): unlike eps it stays accurate at t = 1, where the linear
         # schedule leaves alpha ~ 0.006; in short trainings eps models then leave noisy samples.
@@ -108,15 +101,6 @@ class ImageDomain(Domain):
         """``train.channels_last``: NHWC activations and convolution weights (faster bf16 convolutions on GPUs)."""
         return torch.channels_last
 
-    def check_config(self, model: dict[str, Any]) -> None:
-        unknown = sorted(set(model) - _UNET_OPTIONS)
-        if unknown:
-            raise UserInputError(f"unknown image model option(s): {', '.join(unknown)}; known: {', '.join(sorted(_UNET_OPTIONS))}")
-        check_text_encoder_options(model.get("text_encoder"))
-        check_kwargs(UNet, {k: v for k, v in model.items() if k != "text_encoder"}, "model", limits={"base_channels": AT_LEAST_ONE, "num_blocks": AT_LEAST_ONE,
-                                                   "head_dim": AT_LEAST_ONE, "groups": AT_LEAST_ONE,
-                                                   "dropout": FRACTION})
-
     # ------------------------------------------------------------------ data and model
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:
         unknown = sorted(set(options) - set(_DATA_DEFAULTS))
@@ -124,23 +108,6 @@ class ImageDomain(Domain):
             raise DataError(f"unknown image data option(s): {', '.join(unknown)}; known: {', '.join(sorted(_DATA_DEFAULTS))}")
         return load_images(path, {**_DATA_DEFAULTS, **options})
 
-    def build_backbone(self, model: dict[str, Any]) -> nn.Module:
-        self.check_config(model)
-        data_info = self.info
-        kwargs = {**self.default_model(), **model}
-        kwargs.setdefault("in_channels", int(data_info.get("channels", 1)))
-        if data_info.get("conditional"):
-            kwargs["num_classes"] = int(data_info["num_classes"])
-        text_options = kwargs.pop("text_encoder", None)
-        if data_info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
-            encoder = build_text_encoder(text_options, self.condition_kinds()["text"])
-            kwargs["text_encoder"], kwargs["context_dim"] = encoder, encoder.dim
-        if data_info.get("lowres"):       # SR3: upsampled low-res image + flag, concatenated
-            kwargs["in_cond_channels"] = int(data_info.get("channels", 1)) + 1
-        kwargs.setdefault("image_size", [int(data_info.get("height", 28)), int(data_info.get("width", 28))])
-        return UNet(**kwargs)
-
-    # --- latent diffusion (latent helper) ---
     def build_autoencoder(self, config: dict[str, Any]) -> nn.Module:
         """The convolutional KL autoencoder (``autoencoder.py``)."""
         from .autoencoder import ImageAutoencoder

@@ -25,7 +25,6 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ...core.validation import check_kwargs
 from ...core.data.condition import Condition
 from ...core.data.domain import Batch, Domain, DomainDataset
 from ...core.errors import DataError, UserInputError
@@ -34,7 +33,7 @@ from ...core.data.space import GeneratorLike
 
 from .chem import BOND_RULES, BondTables, MoleculeReport, analyze_molecule, bond_rule, validity_table
 from .dataset import QM9_ELEMENTS, FeatureCodec, MoleculeDataset, load_bundled, split_batch, cached_dataset
-from .egnn import EGNN, model_kwargs
+from .backbones import BACKBONES
 from .property import CONDITION_NAME, PROPERTY_NAMES, draw_atom_counts, parse_property_names
 from .readers import read_path
 from .writer import write_sdf, write_xyz
@@ -160,13 +159,12 @@ class MoleculeDomain(Domain):
     name = "molecules"
     description = "3-D molecules (QM9, SDF/XYZ/SMILES): EGNN, stability / validity metrics, SDF + XYZ output"
     meaning_keys = ("elements",)
+    backbones = BACKBONES
+    default_backbone = "egnn"
     likelihood_unit = "nats"
     named_datasets = ("qm9", "qm9pack", "QM9")
 
     # ---------------------------------------------------------------- configuration
-    def default_model(self) -> dict[str, Any]:
-        return {"preset": "small"}
-
     def default_diffusion(self) -> dict[str, Any]:
         # the EGNN takes the diffusion time t in [0, 1] itself as a node feature (EDM's convention):
         # c_noise = t * time_scale with time_scale 1
@@ -200,11 +198,6 @@ class MoleculeDomain(Domain):
         # connected 0.14 with DDIM-50 on 128 molecules against 0.43 with DDPM-500 on 256, atom
         # stability 0.76 against 0.87); EDM samples with the ancestral chain too
         return "ddpm", 500
-
-    def check_config(self, model: dict[str, Any]) -> None:
-        check_kwargs(EGNN, {k: v for k, v in model.items() if k != "preset"}, "model", skip=("in_features",),
-                     allow_unknown=True)
-        model_kwargs(model)
 
     def check_structure(self, value: Any, batch_size: int | None = None) -> None:
         """Atom counts (``--condition``): whole numbers >= 1, at most twice the largest molecule
@@ -258,15 +251,6 @@ class MoleculeDomain(Domain):
             ds = cached_dataset(path, opts, build)   # user files: converted once, then memory-mapped
         ds.bond_rule = bond_rule(ds.codec.elements, opts["bond_rule"])
         return ds
-
-    def build_backbone(self, model: dict[str, Any]) -> nn.Module:
-        data_info = self.info
-        codec = FeatureCodec.from_info(data_info)
-        kind = self.condition_kinds().get(CONDITION_NAME)
-        context = 2 * len(kind.names) if kind is not None else 0   # normalised values + presence mask
-        # ``feature_dim`` (3 + features) is the data's, or a latent model's latent width
-        features = int(data_info.get("feature_dim", 3 + codec.num_features)) - 3
-        return EGNN(features, **model_kwargs(model), context_dim=context, context_key=CONDITION_NAME)
 
     # --- latent diffusion (latentmol helper) ---
     def build_autoencoder(self, config: dict[str, Any]) -> nn.Module:

@@ -1,0 +1,63 @@
+"""The audio domain's backbones (``core.data.backbones``): the 1-D waveform U-Net (the default),
+in named sizes (``preset``)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from ...core.data.backbones import Backbone
+from ...core.validation import AT_LEAST_ONE, FRACTION, check_kwargs
+from ..presets import resolve_preset
+from ..text import build_text_encoder, check_text_encoder_options
+from .unet import UNet1D
+
+__all__ = ["UNET", "BACKBONES", "MODEL_PRESETS", "resolve_model"]
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"channels": [16, 32, 64, 128], "factors": [4, 4, 4], "num_res_blocks": 2, "dilations": [1, 3],
+              "attn_levels": [-2], "heads": 4, "dropout": 0.0, "upsample": "conv_transpose", "text_pool": True},
+    "base": {"channels": [32, 64, 128, 256], "factors": [4, 4, 4], "num_res_blocks": 2, "dilations": [1, 3],
+             "attn_levels": [-2], "heads": 8, "dropout": 0.0, "upsample": "conv_transpose", "text_pool": True},
+    "large": {"channels": [64, 128, 256, 512, 512], "factors": [4, 4, 4, 2], "num_res_blocks": 2,
+              "dilations": [1, 3, 9], "attn_levels": [-3, -2], "heads": 8, "dropout": 0.1,
+              "upsample": "conv_transpose", "text_pool": True},
+}
+_UNET_KEYS = set(inspect.signature(UNet1D.__init__).parameters) - {"self", "in_channels"}
+
+
+def resolve_model(model: dict[str, Any]) -> dict[str, Any]:
+    """Expand ``preset`` (default ``small``) and apply the other keys over it."""
+    return resolve_preset(model, MODEL_PRESETS, _UNET_KEYS, what="audio model")
+
+
+def _check_unet(domain: Any, model: dict[str, Any]) -> None:
+    check_text_encoder_options(model.get("text_encoder"))
+    check_kwargs(UNet1D, {k: v for k, v in resolve_model(model).items() if k != "text_encoder"}, "model",
+                 skip=("in_channels",),
+                 limits={"num_res_blocks": AT_LEAST_ONE, "heads": AT_LEAST_ONE, "dropout": FRACTION})
+
+
+def _build_unet(domain: Any, model: dict[str, Any]) -> nn.Module:
+    """The U-Net for the bound data: its channels, label / text / low-rate conditions."""
+    info = domain.info
+    kwargs = resolve_model(model)
+    classes = info.get("classes")
+    if classes and "num_classes" not in (model or {}) and info.get("label_condition", True):
+        kwargs["num_classes"] = len(classes)
+    text_options = kwargs.pop("text_encoder", None)
+    if info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
+        encoder = build_text_encoder(text_options, domain.condition_kinds()["text"])
+        kwargs["text_encoder"], kwargs["cond_dim"] = encoder, encoder.dim
+    if info.get("lowrate"):   # bandwidth extension: low-rate clip + flag, concatenated
+        kwargs["in_cond_channels"] = int(info.get("channels", 1)) + 1
+    return UNet1D(in_channels=int(info.get("channels", 1)), **kwargs)
+
+
+UNET = Backbone("unet", _build_unet, _check_unet, {"preset": "small"},
+                "1-D waveform U-Net: strided conv down / up, dilated ResBlocks, attention at low resolution")
+
+#: the audio domain's built-in backbones
+BACKBONES = {"unet": UNET}
