@@ -10,6 +10,8 @@ import click
 
 from .. import api
 from ..core.errors import UserInputError
+from ..core.models.classifier import ClassifierConfig
+from ..core.models.latent import AutoencoderConfig
 from ..core.process.parameterization import PARAMETERIZATIONS
 from ..core.process.presets import PRESETS
 from ..core.process.schedules import SCHEDULES
@@ -160,6 +162,20 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _auxiliary_domain(domain, out, resume, device, config_cls) -> str:
+    """The domain of an autoencoder / classifier run: ``--domain``, or the resumed run's (checked:
+    ``--out`` and ``--resume`` exclude each other, the device exists)."""
+    if resume is not None and out is not None:
+        raise UserError("--out cannot be combined with --resume (the run keeps its folder)")
+    if device is not None:
+        check_device(device)
+    if domain is None:
+        if resume is None:
+            raise UserError("--domain is required (or --resume RUN_DIR); see `diffuse domains`")
+        domain = config_cls.load(resume).domain
+    return domain
+
+
 @click.command("train-autoencoder")
 @click.option("--domain", "-d", default=None, help="Domain (image, audio, molecules, or a plug-in with an autoencoder).")
 @click.option("--data", type=PATH, default=None,
@@ -171,15 +187,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 @click.option("--resume", type=PATH, default=None, help="Continue the interrupted autoencoder run in this folder.")
 def train_autoencoder(domain, data, config_file, steps, batch_size, lr, device, seed, no_progress, out, resume) -> None:
     """Train an autoencoder for latent diffusion (then `diffuse train --domain D --latent RUN`)."""
-    if resume is not None and out is not None:
-        raise UserError("--out cannot be combined with --resume (the run keeps its folder)")
-    if device is not None:
-        check_device(device)
-    if domain is None:
-        if resume is None:
-            raise UserError("--domain is required (or --resume RUN_DIR); see `diffuse domains`")
-        from ..core.models.latent import AutoencoderConfig
-        domain = AutoencoderConfig.load(resume).domain
+    domain = _auxiliary_domain(domain, out, resume, device, AutoencoderConfig)
     result = api.train_autoencoder(domain, data=data, out=out, config=config_file, resume=resume,
                                    progress=not no_progress, steps=steps, batch_size=batch_size, lr=lr, device=device,
                                    seed=seed)
@@ -207,15 +215,7 @@ def train_autoencoder(domain, data, config_file, steps, batch_size, lr, device, 
 def train_classifier(domain, data, config_file, target, steps, batch_size, lr, device, seed, no_progress, out,
                      resume) -> None:
     """Train a noise-aware classifier for classifier guidance (`diffuse sample --guidance classifier`)."""
-    if resume is not None and out is not None:
-        raise UserError("--out cannot be combined with --resume (the run keeps its folder)")
-    if device is not None:
-        check_device(device)
-    if domain is None:
-        if resume is None:
-            raise UserError("--domain is required (or --resume RUN_DIR); see `diffuse domains`")
-        from ..core.models.classifier import ClassifierConfig
-        domain = ClassifierConfig.load(resume).domain
+    domain = _auxiliary_domain(domain, out, resume, device, ClassifierConfig)
     result = api.train_classifier(domain, data=data, out=out, target=target, config=config_file, resume=resume,
                                   progress=not no_progress, steps=steps, batch_size=batch_size, lr=lr, device=device,
                                   seed=seed)
