@@ -4,7 +4,8 @@
 
     result = diffuse.train("image", steps=500, out="runs/image")      # bundled default data
     model = diffuse.load("runs/image")                                 # EMA weights by default
-    model = diffuse.load_pretrained("molecules")                       # shipped in the package
+    model = diffuse.from_pretrained("molecules")                       # shipped, a run or a model folder
+    model.save_pretrained("my-model")                                  # config, weights, model card
     samples = model.sample(16, sampler="ddim", steps=50, seed=0)
 
     # conditional: train with labels (condition dropout 0.1), sample class 7 with guidance 3
@@ -43,11 +44,13 @@ from .guiding import load_classifier, prepare_classifier_guidance
 from .configs import make_config, read_config_file, recipe_domain
 from .loading import build, load, load_pretrained
 from .model import DiffusionModel, SampleReport
+from .pretrained import from_pretrained, resolve_model
+from .saving import model_kind, save_pretrained
 from .plan import PRETRAINED_PREFIX, RESUMABLE_TRAIN_KEYS, init_domain
 from .reflow import reflow
 from .training import train
 
-__all__ = ["train", "load", "build", "DiffusionModel", "SampleReport", "make_config", "available_domains",
+__all__ = ["train", "load", "build", "from_pretrained", "save_pretrained", "resolve_model", "model_kind", "DiffusionModel", "SampleReport", "make_config", "available_domains",
            "get_domain", "domain_class", "capabilities", "Backbone", "domain_backbones", "TrainResult", "write_samples", "write_text",
            "fresh_sample_dir", "train_classifier", "load_classifier", "prepare_classifier_guidance", "load_pretrained",
            "recipe_domain", "read_config_file", "read_run_config", "init_domain", "train_autoencoder",

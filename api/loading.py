@@ -54,7 +54,9 @@ def assemble(cfg: RunConfig, weights: dict[str, torch.Tensor], where: Path, devi
     if cfg.latent is not None:   # latent model: its autoencoder must be there, unchanged, of this domain
         if not isinstance(cfg.latent, dict) or not isinstance(cfg.latent.get("path"), str):
             raise CheckpointError(f"{where / 'config.json'} has a corrupt latent record {cfg.latent!r}")
-        dom = latent_domain(dom, cfg.latent["path"], cfg.latent).to(dev)
+        ae_path = Path(cfg.latent["path"])     # a model folder keeps its autoencoder inside (a relative path)
+        ae_path = ae_path if ae_path.is_absolute() else Path(where) / ae_path
+        dom = latent_domain(dom, ae_path, cfg.latent).to(dev)
     dom = dom.bind(cfg.data_info)
     diff = Diffusion(cfg.diffusion)
     den = diff.denoiser(dom.build_backbone(cfg.model))

@@ -232,6 +232,12 @@ class DiffusionModel(ModelTasks):
         return condition, guidance
 
 
+    def save_pretrained(self, path: str | Path, **options: Any) -> Path:
+        """This model as a model folder with a model card (:func:`diffuse.api.saving.save_pretrained`);
+        ``diffuse.api.from_pretrained(path)`` and every command's ``--pretrained path`` read it."""
+        from .saving import save_pretrained
+        return save_pretrained(self, path, **options)
+
     def write(self, samples: Batch, out_dir: str | Path) -> list[Path]:
         """Write samples with the domain's writer, atomically (see :func:`write_samples`)."""
         return write_samples(self.domain, samples, out_dir)

@@ -306,21 +306,47 @@ def check_out_dir(path: Path) -> Path:
     return p
 
 
+#: help of ``--pretrained``, the same in every command that takes a model
+PRETRAINED_HELP = ("A shipped model (image, audio, molecules) or a model folder (save_pretrained) instead of "
+                   "--checkpoint.")
+
+
 def check_model_source(checkpoint, pretrained) -> None:
-    """``--checkpoint RUN`` or ``--pretrained NAME``: exactly one."""
+    """``--checkpoint RUN`` or ``--pretrained NAME|DIR``: exactly one."""
     if checkpoint is None and pretrained is None:
-        raise UserError("Missing option '--checkpoint' (a run folder) or '--pretrained' NAME")
+        raise UserError("Missing option '--checkpoint' (a run or model folder) or '--pretrained' NAME")
     if checkpoint is not None and pretrained is not None:
         raise UserError("give either --checkpoint RUN_DIR or --pretrained NAME, not both")
 
 
+def source_name(checkpoint, pretrained) -> str:
+    """A short name of the model a command reads, for default output names (``pretrained-NAME``)."""
+    return Path(str(pretrained)).name if pretrained is not None else Path(str(checkpoint)).name
+
+
+def default_samples_dir(checkpoint, pretrained, command: str) -> Path:
+    """Where a command writes samples without ``--out``: ``RUN/samples/COMMAND`` for a run folder,
+    ``samples/pretrained-NAME[-COMMAND]`` in the current folder for ``--pretrained``."""
+    if pretrained is None:
+        return Path(checkpoint) / "samples" / command
+    suffix = "" if command == "sample" else f"-{command}"
+    return Path("samples") / f"pretrained-{source_name(checkpoint, pretrained)}{suffix}"
+
+
 def load_model(checkpoint, pretrained, device: str, domain: str | None, ema: bool = True):
-    """The model of a run folder or a shipped pretrained model, checked against ``--domain``."""
+    """The diffusion model of a run folder, a model folder or a shipped pretrained model, checked
+    against ``--domain``."""
     from .. import api
 
+    check_model_source(checkpoint, pretrained)
     if pretrained is None:
         return api.load(checkpoint, device=device, ema=ema, domain=domain)
-    model = api.load_pretrained(pretrained, device=device)
+    path = api.resolve_model(pretrained)
+    kind = api.model_kind(path)
+    if kind != "diffusion":
+        raise UserError(f"--pretrained {pretrained} is {'an' if kind == 'autoencoder' else 'a'} {kind}, not a "
+                        "diffusion model")
+    model = api.load(path, device=device)
     if domain is not None and domain != model.domain.name:
         raise UserError(f"pretrained model {pretrained!r} is a model of domain {model.domain.name!r}, not {domain!r}")
     return model

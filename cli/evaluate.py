@@ -10,17 +10,17 @@ import click
 
 from .. import api
 from ..core.validation import check_device
-from .common import (PATH, UserError, check_model_source, check_out_file, load_model, parse_sampler_options,
+from .common import (PATH, PRETRAINED_HELP, UserError, check_model_source, check_out_file, load_model,
+                     parse_sampler_options, source_name,
                      positive, print_columns, print_table, sampler_names, spacing_names)
 
 __all__ = ["evaluate", "optimize_grid"]
 
 
 @click.command()
-@click.option("--checkpoint", "-c", type=PATH, default=None, help="Run folder from `diffuse train`.")
-@click.option("--pretrained", default=None, metavar="NAME",
-              help="A model shipped inside the package instead of --checkpoint (image, audio, molecules); "
-                   "its reference is its training data's held-out split, as for a run.")
+@click.option("--checkpoint", "-c", type=PATH, default=None, help="Run folder from `diffuse train` (or a model folder).")
+@click.option("--pretrained", default=None, metavar="NAME|DIR",
+              help=PRETRAINED_HELP + " Its reference is its training data's held-out split, as for a run.")
 @click.option("--num", "-n", type=int, default=256, show_default=True, callback=positive, help="Samples to generate.")
 @click.option("--data", type=PATH, default=None,
               help="Reference data (default: the training data's held-out split).")
@@ -66,7 +66,7 @@ def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size
         sampler, steps = model.default_sampling(sampler, steps)
         opts = parse_sampler_options(sampler, sampler_opts)
     default_out = (Path(checkpoint) / "evaluation.json" if pretrained is None
-                   else Path(f"evaluation-pretrained-{pretrained}.json"))
+                   else Path(f"evaluation-pretrained-{source_name(checkpoint, pretrained)}.json"))
     out = check_out_file(out or default_out)
     source = {"checkpoint": str(checkpoint)} if pretrained is None else {"pretrained": pretrained}
     record = model.evaluation(num, data=data, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
@@ -84,7 +84,11 @@ def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size
 
 
 @click.command("optimize-grid")
-@click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`.")
+@click.option("--checkpoint", "-c", type=PATH, default=None, help="Run folder from `diffuse train` (or a model folder).")
+@click.option("--pretrained", default=None, metavar="NAME|DIR", help=PRETRAINED_HELP)
+@click.option("--out", type=PATH, default=None, metavar="DIR",
+              help="Write a copy of the model (a model folder, save_pretrained) with the grid here instead of "
+                   "storing the grid with the model; needed for a shipped model.")
 @click.option("--nfe", type=int, required=True, help="Sampler steps of the grid (2 or more); `diffuse sample "
               "--steps NFE` with the same sampler then uses it.")
 @click.option("--sampler", default="ddim", show_default=True,
@@ -96,7 +100,7 @@ def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size
               help="Sampler runs the search may use (default 20 x NFE).")
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=positive)
 @click.option("--device", default="auto", show_default=True)
-def optimize_grid(checkpoint, nfe, sampler, num, seed, max_evals, batch_size, device) -> None:
+def optimize_grid(checkpoint, pretrained, out, nfe, sampler, num, seed, max_evals, batch_size, device) -> None:
     """Optimise the time grid of a few-step sampler for a trained model (its distance to the
     fine-grid solution from the same noise) and store it with the run (grids.json)."""
     from tqdm.auto import tqdm
@@ -109,7 +113,19 @@ def optimize_grid(checkpoint, nfe, sampler, num, seed, max_evals, batch_size, de
     sampler_record(sampler)
     check_seed(seed, "--seed")
     check_device(device)
-    model = api.load(checkpoint, device=device)
+    check_model_source(checkpoint, pretrained)
+    if out is None and pretrained is not None:
+        from ..pretrained import PRETRAINED_DIR
+        if api.resolve_model(pretrained).resolve().parent == PRETRAINED_DIR.resolve():
+            raise UserError(f"--pretrained {pretrained} is a shipped model, which is never changed; give --out DIR "
+                            "to write a copy of it with the optimised grid")
+    if out is not None:
+        from ..pretrained.files import check_destination
+        check_destination(out)
+    model = load_model(checkpoint, pretrained, device, None)
+    if out is not None:                     # a copy of the model that keeps the grid
+        model = api.load(model.save_pretrained(out), device=device)
+    home = Path(out) if out is not None else Path(model.run_dir)
     with tqdm(total=max_evals or 20 * nfe, desc=f"optimize-grid ({sampler}, {nfe} steps)", unit="run",
               dynamic_ncols=True, disable=None) as bar:
         def progress(done: int, best: float) -> None:
@@ -123,5 +139,5 @@ def optimize_grid(checkpoint, nfe, sampler, num, seed, max_evals, batch_size, de
                f"{result.gain:.2f}x lower, {result.evaluations} sampler runs)")
     click.echo("default grid:   " + " ".join(f"{t:.4f}" for t in result.start_grid.tolist()))
     click.echo("optimised grid: " + " ".join(f"{t:.4f}" for t in result.grid.tolist()))
-    click.echo(f"stored in {Path(checkpoint) / 'grids.json'}; `diffuse sample --sampler {sampler} --steps {nfe}` "
+    click.echo(f"stored in {home / 'grids.json'}; `diffuse sample -c {home} --sampler {sampler} --steps {nfe}` "
                "uses it (--spacing overrides)")

@@ -13,7 +13,7 @@ from .. import api
 from ..core.errors import UnknownNameError
 from .common import PATH, UserError, non_negative
 
-__all__ = ["domains", "cache", "export_pretrained"]
+__all__ = ["domains", "cache", "export_pretrained", "save_pretrained"]
 
 
 @click.command()
@@ -101,9 +101,30 @@ def cache(clear, kind, older_than, dry_run) -> None:
                    "repeat for several seeds of one protocol (the card gives each and their mean). "
                    "Default: RUN/evaluation.json.")
 def export_pretrained(run, name, half, root, wall_time, hardware, force, evaluations) -> None:
-    """Export run folder RUN as pretrained model NAME (config, EMA weights, model card, recipe)."""
+    """Export run folder RUN (or a model folder, or pretrained:NAME) as pretrained model NAME
+    (config, EMA weights, model card, recipe)."""
+    from .. import api
     from ..pretrained.export import export
 
+    run = api.resolve_model(run)
     paths = export(run, name, root=root, half=half, wall_time=wall_time, hardware=hardware, force=force,
                  evaluations=list(evaluations) or None)
     click.echo(f"exported {run} as pretrained model {name!r}: " + ", ".join(str(p) for p in paths))
+
+
+@click.command("save-pretrained")
+@click.argument("model", metavar="RUN|NAME")
+@click.argument("out", type=PATH)
+@click.option("--half", is_flag=True, help="Store the weights as float16 (half the size; check the quality).")
+@click.option("--hardware", default=None, metavar="TEXT", help="Hardware for the model card (default: the run's record).")
+@click.option("--wall-time", default=None, metavar="TEXT", help="Wall time for the model card (default: the run's record).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def save_pretrained(model, out, half, hardware, wall_time, force) -> None:
+    """Write any trained model (a diffusion model's, an autoencoder's or a classifier's run folder,
+    or a shipped model's name) as a model folder OUT: config, EMA weights (safetensors), model
+    card, recipe. Every command then takes it as --pretrained OUT or -c OUT."""
+    from .. import api
+
+    dest = api.save_pretrained(api.resolve_model(model), out, half=half, hardware=hardware, wall_time=wall_time,
+                               force=force)
+    click.echo(f"saved {model} as {dest}: " + ", ".join(sorted(p.name for p in dest.iterdir())))

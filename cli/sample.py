@@ -11,7 +11,8 @@ import click
 
 from .. import api
 from ..core.validation import check_device
-from .common import (PATH, UserError, check_model_source, check_out_dir, load_model, options, parse_labels,
+from .common import (PATH, PRETRAINED_HELP, UserError, check_model_source, check_out_dir, default_samples_dir,
+                     load_model, options, parse_labels,
                      parse_properties, parse_prompts, parse_sampler_options, parse_structure, parse_target_values,
                      positive, print_table, sampler_names, spacing_names)
 
@@ -24,10 +25,8 @@ def _progress_bar(total: int, desc: str):
 
 
 @click.command()
-@click.option("--checkpoint", "-c", type=PATH, default=None, help="Run folder from `diffuse train`.")
-@click.option("--pretrained", default=None, metavar="NAME",
-              help="A model shipped inside the package instead of --checkpoint (image, audio, molecules; "
-                   "see pretrained/NAME/MODEL_CARD.md).")
+@click.option("--checkpoint", "-c", type=PATH, default=None, help="Run folder from `diffuse train` (or a model folder).")
+@click.option("--pretrained", default=None, metavar="NAME|DIR", help=PRETRAINED_HELP)
 @click.option("--num", "-n", type=int, default=16, show_default=True, callback=positive, help="Number of samples.")
 @click.option("--sampler", default=None,
               help="Sampler: " + ", ".join(sampler_names()) + ". Default: the domain's (ddim; audio ddpm, 50 "
@@ -106,8 +105,7 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
     else:
         model.prepare_condition(num, cond, *guidance.values())   # checked before anything is written
     if out is None:
-        first = Path(checkpoint) / "samples" / "sample" if pretrained is None else Path("samples") / f"pretrained-{pretrained}"
-        out = check_out_dir(api.fresh_sample_dir(first))
+        out = check_out_dir(api.fresh_sample_dir(default_samples_dir(checkpoint, pretrained, "sample")))
     sampler, steps = model.check_sampling(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
                                           batch_size=batch_size, options=opts, structure=structure)
     n_steps = model.steps_for(sampler, steps)
@@ -127,7 +125,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
 
 #: the options inpaint / edit / upscale share with sample
 _SAMPLING = options(
-    click.option("--checkpoint", "-c", type=PATH, required=True, help="Run folder from `diffuse train`."),
+    click.option("--checkpoint", "-c", type=PATH, default=None, help="Run folder from `diffuse train` (or a model folder)."),
+    click.option("--pretrained", default=None, metavar="NAME|DIR", help=PRETRAINED_HELP),
     click.option("--input", "-i", "input_path", type=PATH, required=True,
                  help="The file to complete / edit: an image (PNG / JPEG), a clip (WAV / FLAC / OGG) or a "
                       "fragment (SDF / XYZ), in the model's domain."),
@@ -148,13 +147,14 @@ _SAMPLING = options(
 )
 
 
-def _prepare(checkpoint, device, domain, out, name):
+def _prepare(checkpoint, pretrained, device, domain, out, name):
+    check_model_source(checkpoint, pretrained)
     check_device(device)
     if out is not None:
         check_out_dir(out)
-    model = api.load(checkpoint, device=device, domain=domain)
+    model = load_model(checkpoint, pretrained, device, domain)
     if out is None:
-        out = check_out_dir(api.fresh_sample_dir(Path(checkpoint) / "samples" / name))
+        out = check_out_dir(api.fresh_sample_dir(default_samples_dir(checkpoint, pretrained, name)))
     return model, out
 
 
@@ -182,7 +182,7 @@ def _finish(model, samples, out, extra: dict[str, Any]) -> None:
               help="RePaint: steps per resampling block.")
 @click.option("--resample", type=int, default=1, show_default=True, callback=positive,
               help="RePaint: times each block is run (1: plain replacement, no resampling).")
-def inpaint(checkpoint, input_path, num, steps, spacing, seed, device, domain, sampler_opts, labels, guidance_scale,
+def inpaint(checkpoint, pretrained, input_path, num, steps, spacing, seed, device, domain, sampler_opts, labels, guidance_scale,
             out, mask, rect, spans, cont, num_atoms, sampler, jump_length, resample) -> None:
     """Complete an input: regenerate an image region, fill audio gaps / continue a clip, or grow a
     molecule from a fixed fragment. The known part is kept exactly."""
@@ -190,7 +190,7 @@ def inpaint(checkpoint, input_path, num, steps, spacing, seed, device, domain, s
 
     opts = parse_sampler_options(sampler, sampler_opts)
     cond = parse_labels(labels)
-    model, out = _prepare(checkpoint, device, domain, out, "inpaint")
+    model, out = _prepare(checkpoint, pretrained, device, domain, out, "inpaint")
     given = {"mask": mask, "rect": rect, "span": list(spans) or None, "continue": cont, "num_atoms": num_atoms}
     prepared = model.completion_input(input_path, given)
     if bool(prepared[1].all()):
@@ -213,7 +213,7 @@ def inpaint(checkpoint, input_path, num, steps, spacing, seed, device, domain, s
               help="How far to noise the input, in [0, 1]: 0 returns it, 1 ignores it (plain sampling).")
 @click.option("--invert", is_flag=True, help="Deterministic: DDIM inversion to the strength, then DDIM (needs ddim).")
 @click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(sampler_names()) + ".")
-def edit(checkpoint, input_path, num, steps, spacing, seed, device, domain, sampler_opts, labels, guidance_scale, out,
+def edit(checkpoint, pretrained, input_path, num, steps, spacing, seed, device, domain, sampler_opts, labels, guidance_scale, out,
          strength, invert, sampler) -> None:
     """SDEdit an input: noise it to --strength and denoise (Meng et al. 2022)."""
     from ..core.sampling.completion import check_strength
@@ -223,7 +223,7 @@ def edit(checkpoint, input_path, num, steps, spacing, seed, device, domain, samp
     if invert and sampler != "ddim":
         raise UserError("--invert decodes with the ddim sampler; use --sampler ddim")
     cond = parse_labels(labels)
-    model, out = _prepare(checkpoint, device, domain, out, "edit")
+    model, out = _prepare(checkpoint, pretrained, device, domain, out, "edit")
     prepared = model.completion_input(input_path, {})
     model.prepare_condition(num, cond, guidance_scale)
     model.check_sampling(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=num, options=opts)
@@ -238,12 +238,12 @@ def edit(checkpoint, input_path, num, steps, spacing, seed, device, domain, samp
 @_SAMPLING
 @click.option("--sampler", default="ddim", show_default=True, help="Sampler: " + ", ".join(sampler_names()) + ".")
 @click.option("--batch-size", type=int, default=64, show_default=True, callback=positive)
-def upscale(checkpoint, input_path, num, steps, spacing, seed, device, domain, sampler_opts, labels, guidance_scale,
+def upscale(checkpoint, pretrained, input_path, num, steps, spacing, seed, device, domain, sampler_opts, labels, guidance_scale,
             out, sampler, batch_size) -> None:
     """Super-resolution with a model trained with --condition lowres (SR3): the low-resolution
     input, upsampled, is concatenated to the network input."""
     opts = parse_sampler_options(sampler, sampler_opts)
-    model, out = _prepare(checkpoint, device, domain, out, "upscale")
+    model, out = _prepare(checkpoint, pretrained, device, domain, out, "upscale")
     cond = model.restoration_input(input_path)
     cond.update(parse_labels(labels) or {})
     model.prepare_condition(num, cond, guidance_scale)

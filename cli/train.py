@@ -72,9 +72,9 @@ def _trained_line(result) -> None:
                    "`torchrun --standalone --nproc-per-node N -m diffuse.cli train ...`. --batch-size is global.")
 @click.option("--latent", type=PATH, default=None, metavar="AE_RUN",
               help="Latent diffusion: train on the latents of this autoencoder run (`diffuse train-autoencoder`).")
-@click.option("--init", default=None, metavar="RUN|pretrained:NAME",
+@click.option("--init", default=None, metavar="RUN|DIR|pretrained:NAME",
               help="Start a new run from this model's weights (fine-tuning, or a finished run continued with a new "
-                   "learning-rate schedule): a run folder, or pretrained:NAME. Data, data options, model and "
+                   "learning-rate schedule): a run folder, a model folder (save_pretrained), or pretrained:NAME. Data, data options, model and "
                    "diffusion default to that model's; model and diffusion cannot change.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, no_progress, out, resume, sample_every,
           eval_samples, training, schedule, parameterization, backbone, conditions, cond_drop, nproc, latent,

@@ -13,6 +13,12 @@ Layout of a run folder::
     checkpoint.old/             idem
     samples/final/              samples of the final evaluation (samples/step_NNNNNN/ for periodic ones)
 
+A *model folder* (written by ``save_pretrained``; the shipped models are model folders) holds the
+weights used beside its config and no ``checkpoint/`` folder: ``config.json``,
+``ema.safetensors``, ``MODEL_CARD.md`` and optionally ``meta.json`` (domain, step). Every reader
+here takes it where it takes a run folder: its ``ema.safetensors`` serves as both the raw and the
+EMA weights, and it has no training state (it starts new runs, ``--init``, and is never resumed).
+
 Saving is recoverable from every intermediate state. A checkpoint folder is *complete* only
 when its ``meta.json`` exists: it is written (fsynced, renamed into place) after every other
 file is on disk, and removed first when a folder is deleted, so a folder with a marker is
@@ -46,7 +52,8 @@ from ..errors import CheckpointError, ConfigVersionError, NotWritableError, User
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_run_config", "checkpoint_dir", "read_weights",
            "checkpoint_meta", "read_checkpoint", "file_sha256", "identity_weights_file", "load_kind_config",
-           "clean_checkpoints", "check_writable", "is_run_folder", "load_weights", "CHECKPOINT_FORMAT"]
+           "clean_checkpoints", "check_writable", "is_run_folder", "load_weights", "CHECKPOINT_FORMAT",
+           "is_model_folder", "MODEL_WEIGHTS", "hardware_record"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,26 @@ CHECKPOINT_FORMAT = 2
 _MARKER = "meta.json"
 #: candidate checkpoint folders, in order of preference between equal generations
 _NAMES = ("checkpoint", "checkpoint.old", "checkpoint.tmp")
+
+
+def hardware_record(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
+    """What a run trained on, as its checkpoint records it (for model cards): the device, its name
+    (the GPU's, or the CPU's from /proc/cpuinfo where readable), the processes and threads."""
+    import platform
+    dev = torch.device(device)
+    name = platform.processor() or platform.machine()
+    if dev.type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(dev)
+    else:
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return {"device": dev.type, "name": name, "processes": int(world_size), "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "torch": torch.__version__}
 
 
 def _state_dict_for_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -113,6 +140,18 @@ def _scan(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[Path]
         return None, None, present
     _, _, best, meta = max(complete, key=lambda c: c[:2])
     return best, meta, [f for f in present if f != best]
+
+
+#: the weights file of a model folder (``save_pretrained``, the shipped models)
+MODEL_WEIGHTS = "ema.safetensors"
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a model folder (``save_pretrained``): ``config.json`` and
+    ``ema.safetensors`` side by side, and no checkpoint folder."""
+    p = Path(path)
+    return ((p / "config.json").is_file() and (p / MODEL_WEIGHTS).is_file()
+            and not any((p / n).exists() for n in _NAMES))
 
 
 def _remove(folder: Path) -> None:
@@ -197,7 +236,10 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, ema: torch.nn.Module 
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
+    """The folder holding a run's newest complete checkpoint (a model folder: itself)."""
     best, _, others = _scan(run_dir)
+    if best is None and not others and is_model_folder(run_dir):
+        return Path(run_dir)
     if best is None:
         if others:
             raise CheckpointError(f"{run_dir} has no complete checkpoint (only {', '.join(p.name for p in others)}, "
@@ -341,6 +383,18 @@ def read_checkpoint(run_dir: str | Path, with_state: bool = False) -> dict[str, 
     classifier's): ``{"meta", "model", "ema", "state", "path"}`` (``ema`` None where it has none;
     ``state`` only ``with_state``, loaded ``weights_only``)."""
     ckpt = checkpoint_dir(Path(run_dir))
+    if ckpt == Path(run_dir):            # a model folder: its weights serve as raw and EMA, no state
+        if with_state:
+            raise CheckpointError(f"{run_dir} is a model folder (save_pretrained), which keeps no training state; "
+                                  f"start a new run from it with --init {run_dir}")
+        meta = checkpoint_meta(ckpt) or {}
+        if "domain" not in meta:         # shipped models carry no meta.json: their config names the domain
+            try:
+                meta["domain"] = json.loads((ckpt / "config.json").read_text()).get("domain")
+            except (OSError, ValueError, AttributeError):
+                pass
+        weights = read_weights(ckpt / MODEL_WEIGHTS)
+        return {"meta": meta, "path": ckpt, "model": weights, "ema": weights}
     out: dict[str, Any] = {"meta": checkpoint_meta(ckpt) or {}, "path": ckpt,
                            "model": read_weights(ckpt / "model.safetensors")}
     ema_path = ckpt / "ema.safetensors"

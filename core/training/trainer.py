@@ -65,7 +65,7 @@ from ..io import atomic_write_text, write_samples
 from ..sampling.generate import generate
 from . import distributed
 from .batches import BatchStream
-from .checkpoint import clean_checkpoints, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import clean_checkpoints, hardware_record, load_checkpoint, load_weights, save_checkpoint
 from .evalbudget import plan as plan_eval, seconds_per_sample_call
 from .optim import EMA_CONTINUED, ema_avg_fn, lr_lambda, resolve_device, step_seed
 from .signals import signals_held, sigterm_as_interrupt
@@ -180,7 +180,8 @@ class Trainer:
         if self.dist.is_main:
             with signals_held() as pending:
                 save_checkpoint(self.run_dir, self.model, self.ema.module, self.state(),
-                                {"domain": self.config.domain, "step": self.step})
+                                {"domain": self.config.domain, "step": self.step,
+                                 "hardware": hardware_record(self.device, self.dist.world_size)})
         else:
             pending = []
         if sync:
