@@ -452,12 +452,18 @@ def readme_block(summary: dict, domains: list[str]) -> str:
         head = f"**{dom}** ({len(d['points'])} of {len(want)} points"
         head += f"; still to run: {', '.join(map(str, missing))} steps)" if missing else ")"
         parts.append(f"{head}\n\n{table(dom, d['points'], d['reference'])}\n\n"
-                     f"![{dom}: quality vs training time]({d['png']})")
+                     f"![{dom}: quality vs training time]({_page_link(d['png'])})")
     return "\n\n".join(parts)
 
 
-def update_readme(summary: dict, domains: list[str], path: Path = ROOT / "README.md") -> None:
-    """Replace the block between the README's quality-compute markers."""
+def _page_link(png: str) -> str:
+    """A figure's link from docs/results/quality-compute.md (the figures live in docs/)."""
+    return "../" + png[len("docs/"):] if png.startswith("docs/") else png
+
+
+def update_readme(summary: dict, domains: list[str], path: Path = ROOT / "docs" / "results" / "quality-compute.md") -> None:
+    """Replace the block between the quality-compute markers of the results page
+    (``docs/results/quality-compute.md``; it was the README's before the documentation site)."""
     text = path.read_text()
     if README_START not in text or README_END not in text:
         raise SystemExit(f"error: {path} has no {README_START} ... {README_END} block")
