@@ -15,6 +15,7 @@ import click
 
 from .common import DiffuseGroup
 from .evaluate import evaluate, optimize_grid
+from .demo import demo
 from .manage import cache, domains, export_pretrained, save_pretrained
 from .sample import edit, inpaint, sample, upscale
 from .threads import apply_threads, parse_threads
@@ -43,7 +44,7 @@ def main(verbose: bool, threads: str | None) -> None:
 
 #: every command, in the order ``diffuse --help`` lists them
 COMMANDS = (domains, train, sample, evaluate, inpaint, edit, upscale, optimize_grid, reflow, train_autoencoder,
-            train_classifier, cache, export_pretrained, save_pretrained)
+            train_classifier, cache, export_pretrained, save_pretrained, demo)
 for _command in COMMANDS:
     main.add_command(_command)
 
