@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import CheckpointError
-from ..pretrained import available, folder
+from ..pretrained import folder
 from .autoencoder import load_autoencoder
 from .guiding import load_classifier
 from .loading import load
@@ -40,11 +40,8 @@ def resolve_model(source: str | Path) -> Path:
     path = Path(text)
     if path.exists():
         return path
-    if _NAME.match(text) and "/" not in text:
-        if text in available():
-            return folder(text)
-        raise CheckpointError(f"no folder {text!r} and no shipped model of that name; shipped: "
-                              f"{', '.join(available()) or 'none'}")
+    if _NAME.match(text):
+        return folder(text)      # a shipped model, or one line naming the available ones
     raise CheckpointError(f"model folder {text} does not exist")
 
 

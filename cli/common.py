@@ -314,7 +314,7 @@ PRETRAINED_HELP = ("A shipped model (image, audio, molecules) or a model folder 
 def check_model_source(checkpoint, pretrained) -> None:
     """``--checkpoint RUN`` or ``--pretrained NAME|DIR``: exactly one."""
     if checkpoint is None and pretrained is None:
-        raise UserError("Missing option '--checkpoint' (a run or model folder) or '--pretrained' NAME")
+        raise UserError("Missing option '--checkpoint' (a run folder) or '--pretrained' NAME")
     if checkpoint is not None and pretrained is not None:
         raise UserError("give either --checkpoint RUN_DIR or --pretrained NAME, not both")
 

@@ -1,10 +1,10 @@
-"""Make every pickle load fail: ``pickle.load`` / ``pickle.loads`` / ``Unpickler`` and
-``torch.load(..., weights_only=False)`` raise ``PickleForbidden``.
+"""Make every pickle load fail: ``pickle.load`` / ``pickle.loads`` / ``Unpickler``, and torch's
+loader unless it is asked for weights only, raise ``PickleForbidden``.
 
 Loaded by ``scripts/cold_offline.sh`` through a ``sitecustomize`` module of its virtual
 environment, so every Python process of the check (the CLI commands and their workers) runs with
-it; a single pickle load on any path fails the check. ``torch.load(..., weights_only=True)``
-stays allowed: it reads tensors and plain containers only and cannot run code.
+it; a single pickle load on any path fails the check. Torch's loader with weights only stays
+allowed: it reads tensors and plain containers only and cannot run code.
 """
 
 from __future__ import annotations

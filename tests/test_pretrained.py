@@ -180,7 +180,7 @@ def test_cli_evaluate_pretrained(run, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--pretrained", "no-such-model"], "no pretrained model 'no-such-model'"),
-    (["--pretrained", "../etc"], "invalid pretrained model name"),
+    (["--pretrained", "../no/such/etc"], "model folder ../no/such/etc does not exist"),   # a path: a model folder
     ([], "Missing option '--checkpoint' (a run folder) or '--pretrained' NAME"),
     (["--pretrained", "molecules", "--checkpoint", "runs/x"], "not both"),
 ])

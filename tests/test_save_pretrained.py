@@ -68,7 +68,7 @@ def test_no_pickle_in_a_model_folder(saved):
 
 def test_from_pretrained_takes_names_and_refuses_unknown_ones(tmp_path):
     assert api.resolve_model("image") == api.resolve_model("pretrained:image")
-    with pytest.raises(CheckpointError, match="no shipped model of that name; shipped: audio, image, molecules"):
+    with pytest.raises(CheckpointError, match="no pretrained model 'imagez'; available: audio, image, molecules"):
         api.from_pretrained("imagez")
     with pytest.raises(CheckpointError, match="does not exist"):
         api.from_pretrained(tmp_path / "nowhere")
