@@ -6,6 +6,10 @@
 #   bash scripts/cold_offline.sh                 # build the wheelhouse (pip wheel), then the check
 #   bash scripts/cold_offline.sh --skip-wheel    # reuse $WHEELHOUSE
 #
+# Everything after the wheelhouse runs in a network namespace with no interface (`unshare -n`,
+# as root) where that is available, so a connection attempt fails at once; elsewhere with no
+# index and proxies pointed at a closed port.
+#
 # WHEELHOUSE (default /tmp/diffuse-wheelhouse) and VENV (default /tmp/diffuse-offline) live in
 # /tmp: the wheelhouse holds torch and is never committed.
 set -euo pipefail
@@ -15,15 +19,24 @@ VENV="${VENV:-/tmp/diffuse-offline}"
 WORK="${WORK:-/tmp/diffuse-offline-work}"
 PYTHON="${PYTHON:-python3}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-T0=$(date +%s)
+T0="${T0:-$(date +%s)}"
 stage() { echo "[cold-offline] $(( $(date +%s) - T0 )) s: $*"; }
 
-if [[ "${1:-}" != "--skip-wheel" ]]; then
+if [[ "${1:-}" != "--skip-wheel" && "${1:-}" != "--offline-stage" ]]; then
     stage "building the wheelhouse in $WHEELHOUSE (pip wheel: the only step that may use the network)"
     mkdir -p "$WHEELHOUSE"
     "$PYTHON" -m pip wheel --quiet --wheel-dir "$WHEELHOUSE" "$REPO"
 fi
 
+if [[ "${1:-}" != "--offline-stage" ]] && command -v unshare > /dev/null && unshare -n true 2> /dev/null; then
+    stage "entering a network namespace without network (unshare -n)"
+    T0="$T0" exec unshare -n bash "$0" --offline-stage
+fi
+if [[ "${1:-}" == "--offline-stage" ]]; then
+    "$PYTHON" -c "import socket; s = socket.socket(); s.settimeout(3); s.connect(('1.1.1.1', 443))" 2> /dev/null \
+        && { echo "[cold-offline] the network is reachable inside the namespace"; exit 1; }
+    stage "no network: a connection attempt fails"
+fi
 stage "fresh venv $VENV, install with --no-index --find-links (no network from here on)"
 rm -rf "$VENV" "$WORK"
 "$PYTHON" -m venv "$VENV"
