@@ -29,7 +29,7 @@ def runnable_blocks() -> list[tuple[str, list[tuple[str, str]]]]:
     for page in sorted(DOCS.rglob("*.md")):
         text = page.read_text()
         blocks = [(m.group(1), m.group(2)) for m in _FENCE.finditer(text)]
-        if text.count(MARKER) != len(blocks):
+        if sum(line == MARKER for line in text.splitlines()) != len(blocks):
             raise AssertionError(f"{page}: a {MARKER} line not followed by a ```bash or ```python block")
         if blocks:
             out.append((str(page.relative_to(DOCS)), blocks))
