@@ -97,14 +97,14 @@ def test_fine_tune_from_a_model_folder(saved, tmp_path):
     assert cfg["init"]["run"] == str(saved.resolve())
 
 
-@pytest.mark.parametrize("source", ["checkpoint", "folder", "name"])
+@pytest.mark.parametrize("source", ["folder", "name"])   # -c RUN: the commands' own tests
 def test_every_command_takes_any_model(source, run, saved, tmp_path, monkeypatch):
-    """inpaint / edit / upscale / evaluate --likelihood / optimize-grid with -c RUN, --pretrained DIR
-    and --pretrained NAME (the shipped image model)."""
+    """inpaint / edit / upscale / evaluate --likelihood / optimize-grid with --pretrained DIR and
+    --pretrained NAME (the shipped image model)."""
     monkeypatch.chdir(tmp_path)
     digit = tmp_path / "digit.png"
     Image.fromarray((torch.rand(28, 28) * 255).to(torch.uint8).numpy()).save(digit)
-    model = {"checkpoint": ["-c", run], "folder": ["--pretrained", saved], "name": ["--pretrained", "image"]}[source]
+    model = {"folder": ["--pretrained", saved], "name": ["--pretrained", "image"]}[source]
     quick = ["--num", "1", "--steps", "2", "--device", "cpu"]
     res = _cli("inpaint", *model, "--input", digit, "--rect", "0,0,28,14", *quick, "--out", tmp_path / "inp")
     assert res.exit_code == 0, res.output
