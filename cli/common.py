@@ -341,12 +341,17 @@ def load_model(checkpoint, pretrained, device: str, domain: str | None, ema: boo
     check_model_source(checkpoint, pretrained)
     if pretrained is None:
         return api.load(checkpoint, device=device, ema=ema, domain=domain)
-    path = api.resolve_model(pretrained)
-    kind = api.model_kind(path)
-    if kind != "diffusion":
-        raise UserError(f"--pretrained {pretrained} is {'an' if kind == 'autoencoder' else 'a'} {kind}, not a "
-                        "diffusion model")
-    model = api.load(path, device=device)
+    text = str(pretrained)
+    name = text[len(api.PRETRAINED_PREFIX):] if text.startswith(api.PRETRAINED_PREFIX) else text
+    if not Path(text).exists() and "/" not in name and "\\" not in name:
+        model = api.load_pretrained(name, device=device)      # a shipped model (or one line naming them)
+    else:
+        path = api.resolve_model(pretrained)
+        kind = api.model_kind(path)
+        if kind != "diffusion":
+            raise UserError(f"--pretrained {pretrained} is {'an' if kind == 'autoencoder' else 'a'} {kind}, not a "
+                            "diffusion model")
+        model = api.load(path, device=device)
     if domain is not None and domain != model.domain.name:
         raise UserError(f"pretrained model {pretrained!r} is a model of domain {model.domain.name!r}, not {domain!r}")
     return model
