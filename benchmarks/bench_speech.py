@@ -114,10 +114,11 @@ def _score(name: str, outs: list[torch.Tensor], refs: list[torch.Tensor], rate: 
     return res
 
 
-def _ours(model, clips, sampler, steps, seed=0) -> list[torch.Tensor]:
+def _ours(model, clips, sampler, steps, seed=0, spacing=None) -> list[torch.Tensor]:
     outs = []
     for _, x, mel, n in clips:
-        s = model.sample(1, cond={"mel": mel}, structure=x.shape[-1], sampler=sampler, steps=steps, seed=seed)
+        s = model.sample(1, cond={"mel": mel}, structure=x.shape[-1], sampler=sampler, steps=steps, seed=seed,
+                         spacing=spacing)
         outs.append(s.x[0, :, :n])
     return outs
 
@@ -258,9 +259,13 @@ def vocoder(args) -> None:
     t = _cpu()
     rows[f"ours, {sampler} {steps} steps"] = _score("ours", _ours(model, clips, sampler, steps), refs, ds.rate, True)
     rows[f"ours, {sampler} {steps} steps"]["cpu_s_per_audio_s"] = (_cpu() - t) / (sum(n for *_, n in clips) / ds.rate)
-    if args.extra_steps:
-        rows[f"ours, ddim {args.extra_steps} steps"] = _score("ours-long", _ours(model, clips, "ddim", args.extra_steps),
-                                                               refs, ds.rate, True)
+    for cand in args.candidates:                      # other few-step settings (chosen on `tune`'s set)
+        smp, st, sp = (cand.split(":") + [None])[:3]
+        rows[f"ours, {cand}"] = _score(cand, _ours(model, clips, smp, int(st), spacing=sp), refs, ds.rate, True)
+    for other in args.also_run:                       # e.g. an ablation run, at its own default sampling
+        om = api.load(other)
+        osmp, ost = om.default_sampling()
+        rows[f"{Path(other).name}, {osmp} {ost} steps"] = _score(other, _ours(om, clips, osmp, ost), refs, ds.rate, True)
     cfg = {**ds.cfg}
     gl = [griffin_lim_from_mel(mel, cfg, x.shape[-1])[:, :n] for _, x, mel, n in clips]
     rows["Griffin-Lim (64 iterations)"] = _score("griffin-lim", gl, refs, ds.rate, True)
@@ -309,14 +314,15 @@ def main() -> None:
     a.add_argument("--run", required=True)
     a.add_argument("--num", type=int, default=12)
     a.add_argument("--max-seconds", type=float, default=3.0)
-    a.add_argument("--candidates", nargs="+", default=["ddim:6", "ddim:6:karras", "ddpm:6:karras", "ddpm:6",
-                                                        "dpmpp_2m:6", "ddim:12", "ddim:50"])
+    a.add_argument("--candidates", nargs="+", default=["ddim:6", "ddim:6:karras", "ddpm:6:karras", "dpmpp_2m:6",
+                                                        "ddim:25"])
     a = sub.add_parser("vocoder")
     a.add_argument("--run", required=True)
     a.add_argument("--diffwave", default=None)
     a.add_argument("--num", type=int, default=24)
     a.add_argument("--max-seconds", type=float, default=3.0)
-    a.add_argument("--extra-steps", type=int, default=0)
+    a.add_argument("--candidates", nargs="*", default=[])
+    a.add_argument("--also-run", nargs="*", default=[])
     a = sub.add_parser("speed")
     a.add_argument("--run", required=True)
     a.add_argument("--seconds", type=float, default=5.0)

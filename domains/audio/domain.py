@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...core.data.condition import ConcatKind, ConditionKind, LabelKind
+from ...core.data.condition import ConcatKind, Condition, ConditionKind, LabelKind
 from ...core.data.domain import Batch, Domain, DomainDataset
 from ...core.data.space import DenseSpace
 from .data import DATA_OPTIONS, load_audio_folder, load_bundled, resolve_options
@@ -40,7 +40,7 @@ from ..text import text_kind_for
 from .io import write_spectrogram_png, write_wav
 from .metrics import set_metrics
 from .backbones import BACKBONES
-from .mel import MelDataset, MelKind, check_mel_input, vocoder_input
+from .mel import MelDataset, MelKind, check_mel_input, mel_envelope, vocoder_input
 from .restoration import NoisyDataset, keep_band, noisy_condition
 from .speech import load_speech
 from ...core.errors import UserInputError
@@ -208,7 +208,7 @@ class AudioDomain(Domain):
         idx = torch.arange(len(reference))
         if len(idx) > MAX_REFERENCE:  # a fixed, seeded subset keeps memory and time bounded
             idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:MAX_REFERENCE]
-        ref = reference.batch(idx, torch.Generator().manual_seed(0)).x
+        ref = self.to_data(reference.batch(idx, torch.Generator().manual_seed(0))).x
         x = samples.x.detach().float().cpu()
         out: dict[str, float] = {}
         if x.shape[0] >= 2 and ref.shape[0] >= 2:
@@ -244,6 +244,16 @@ class AudioDomain(Domain):
         return paths
 
     # --- the vocoder (speech helper) ---
+    def to_data(self, samples: Batch) -> Batch:
+        """A vocoder with the energy prior (``mel``): model space is the waveform over its mel
+        envelope, so samples are multiplied by it (``mel.mel_envelope``); otherwise unchanged."""
+        mel = self.info.get("mel")
+        values = samples.cond.get("mel") if isinstance(samples.cond, Condition) else None
+        if not mel or not mel.get("prior") or values is None:
+            return samples
+        env = mel_envelope(values[:, :-1].to(samples.x.device), samples.x.shape[-1], int(mel["hop"]))
+        return Batch(samples.x * env[:, None].to(samples.x.dtype), samples.space, samples.cond, samples.extras)
+
     def vocoder_input(self, path):
         """A clip read as the vocoder's training data: ``(clip [1, N'], log-mel, samples)`` (``mel``)."""
         return vocoder_input(path, self.info)
