@@ -116,3 +116,6 @@ def test_bandwidth_extension_keeps_the_given_band_through_upscale(tmp_path):
     fi = torch.fft.rfft(cond["lowrate"].double(), dim=-1).expand_as(fo)
     torch.testing.assert_close(fo[..., :k], fi[..., :k], rtol=0, atol=1e-4)
     assert float((fo[..., k:] - fi[..., k:]).abs().max()) > 1e-2      # the band above is generated
+    res = CliRunner().invoke(main, ["vocode", "-c", str(tmp_path / "bwe"), "--input", str(clip),
+                                    "--out", str(tmp_path / "v")])
+    assert res.exit_code == 2 and "not a vocoder" in res.output and not (tmp_path / "v").exists(), res.output
