@@ -24,7 +24,7 @@ The package is split by job: ``configs`` (run configs from defaults, files and f
 ``training`` (``train``), ``model`` and ``tasks`` (a trained model: sampling, evaluation,
 completion, editing, restoration, likelihoods), ``loading`` (``load``, ``load_pretrained``,
 ``build``), ``autoencoder``, ``classifier``, ``auxiliary`` and ``guiding`` (the auxiliary models and their runs),
-``reflow``.
+``reflow``, ``vocode`` (a mel-conditioned model as a neural vocoder).
 """
 
 from __future__ import annotations
@@ -48,12 +48,14 @@ from .pretrained import from_pretrained, resolve_model
 from .saving import model_kind, save_pretrained
 from .plan import PRETRAINED_PREFIX, RESUMABLE_TRAIN_KEYS, init_domain
 from .reflow import reflow
+from .vocode import VocodeResult, is_vocoder, require_vocoder, vocode, vocode_metrics
 from .training import train
 
 __all__ = ["train", "load", "build", "from_pretrained", "save_pretrained", "resolve_model", "model_kind", "DiffusionModel", "SampleReport", "make_config", "available_domains",
            "get_domain", "domain_class", "capabilities", "Backbone", "domain_backbones", "TrainResult", "write_samples", "write_text",
            "fresh_sample_dir", "train_classifier", "load_classifier", "prepare_classifier_guidance", "load_pretrained",
            "recipe_domain", "read_config_file", "read_run_config", "init_domain", "train_autoencoder",
-           "load_autoencoder", "reconstruction_report", "reflow", "cache_dir", "cache_entries", "clear_cache",
+           "load_autoencoder", "reconstruction_report", "reflow", "vocode", "vocode_metrics", "VocodeResult", "is_vocoder",
+           "require_vocoder", "cache_dir", "cache_entries", "clear_cache",
            "PRETRAINED_PREFIX", "RESUMABLE_TRAIN_KEYS", "UserInputError", "DataError", "CheckpointError", "ConfigError",
            "NotSupportedError", "UnknownNameError"]

@@ -83,7 +83,7 @@ class ModelTasks:
         """``num`` restorations (SR3 super-resolution) of ``input``: a path, or a condition dict
         from :meth:`restoration_input`; ``sample_options`` as :meth:`sample`."""
         cond = input if isinstance(input, dict) else self.restoration_input(input)
-        return self.sample(num, cond=cond, **sample_options)
+        return self.domain.restoration_output(self.sample(num, cond=cond, **sample_options), cond)
 
     @staticmethod
     def known_error(samples: Batch, input: tuple[Batch, torch.Tensor]) -> float:

@@ -20,6 +20,7 @@ from .manage import cache, domains, export_pretrained, save_pretrained
 from .sample import edit, inpaint, sample, upscale
 from .threads import apply_threads, parse_threads
 from .train import reflow, train, train_autoencoder, train_classifier
+from .vocode import vocode
 
 __all__ = ["main", "COMMANDS"]
 
@@ -44,7 +45,7 @@ def main(verbose: bool, threads: str | None) -> None:
 
 #: every command, in the order ``diffuse --help`` lists them
 COMMANDS = (domains, train, sample, evaluate, inpaint, edit, upscale, optimize_grid, reflow, train_autoencoder,
-            train_classifier, cache, export_pretrained, save_pretrained, demo)
+            train_classifier, vocode, cache, export_pretrained, save_pretrained, demo)
 for _command in COMMANDS:
     main.add_command(_command)
 

@@ -386,6 +386,12 @@ class Domain(ABC):
         (e.g. ``{"lowres": tensor}``). Raise ``ValueError`` / :class:`DataError` for bad input."""
         raise NotSupportedError(f"the {self.name} domain has no restoration (super-resolution) input")
 
+    def restoration_output(self, samples: Batch, cond: dict[str, Any]) -> Batch:
+        """Restored ``samples`` made to keep what the method promises of the degraded input ``cond``
+        (from :meth:`restoration_input`; e.g. audio bandwidth extension keeps the given band exactly).
+        Default: unchanged."""
+        return samples
+
     # ---------------------------------------------------------------- latent diffusion
     def build_autoencoder(self, config: dict[str, Any]) -> nn.Module:
         """An autoencoder (``core.models.latent.Autoencoder``) for the bound data, built

@@ -1,5 +1,5 @@
 """The audio domain's backbones (``core.data.backbones``): the 1-D waveform U-Net (the default),
-in named sizes (``preset``)."""
+in named sizes (``preset``), and the DiffWave-style dilated network of the vocoder (``wavenet``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from ...core.validation import AT_LEAST_ONE, FRACTION, check_kwargs
 from ..presets import resolve_preset
 from ..text import build_text_encoder, check_text_encoder_options
 from .unet import UNet1D
+from .wavenet import WaveNet
 
-__all__ = ["UNET", "BACKBONES", "MODEL_PRESETS", "resolve_model"]
+__all__ = ["UNET", "WAVENET", "BACKBONES", "MODEL_PRESETS", "WAVENET_PRESETS", "resolve_model"]
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "small": {"channels": [16, 32, 64, 128], "factors": [4, 4, 4], "num_res_blocks": 2, "dilations": [1, 3],
@@ -51,13 +52,41 @@ def _build_unet(domain: Any, model: dict[str, Any]) -> nn.Module:
     if info.get("text"):   # the text encoder lives in the backbone: trained, saved and EMA'd with it
         encoder = build_text_encoder(text_options, domain.condition_kinds()["text"])
         kwargs["text_encoder"], kwargs["cond_dim"] = encoder, encoder.dim
-    if info.get("lowrate"):   # bandwidth extension: low-rate clip + flag, concatenated
-        kwargs["in_cond_channels"] = int(info.get("channels", 1)) + 1
+    if info.get("lowrate") or info.get("noisy"):   # restoration: the degraded clip + flag, concatenated
+        kwargs["in_cond_channels"] = (int(info.get("channels", 1)) + 1) * (bool(info.get("lowrate")) + bool(info.get("noisy")))
     return UNet1D(in_channels=int(info.get("channels", 1)), **kwargs)
 
 
 UNET = Backbone("unet", _build_unet, _check_unet, {"preset": "small"},
                 "1-D waveform U-Net: strided conv down / up, dilated ResBlocks, attention at low resolution")
 
+# --- the vocoder's network (speech helper) ---
+#: sizes of the DiffWave-style network (DiffWave's own: 64 channels, 30 layers, cycle 10, 512)
+WAVENET_PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"residual_channels": 32, "layers": 12, "dilation_cycle": 6, "cond_channels": 64, "emb_dim": 128},
+    "base": {"residual_channels": 64, "layers": 30, "dilation_cycle": 10, "cond_channels": 128, "emb_dim": 512},
+}
+
+
+def _wavenet_options(model: dict[str, Any]) -> dict[str, Any]:
+    known = set(inspect.signature(WaveNet.__init__).parameters) - {"self", "in_channels", "n_mels", "in_cond_channels"}
+    return resolve_preset(model, WAVENET_PRESETS, known, what="wavenet model")
+
+
+def _check_wavenet(domain: Any, model: dict[str, Any]) -> None:
+    check_kwargs(WaveNet, _wavenet_options(model), "model", skip=("in_channels", "n_mels", "in_cond_channels"))
+
+
+def _build_wavenet(domain: Any, model: dict[str, Any]) -> nn.Module:
+    """The vocoder network for the bound data: its mel bands, any concatenated (noisy) input."""
+    info = domain.info
+    concat = (int(info.get("channels", 1)) + 1) * (bool(info.get("lowrate")) + bool(info.get("noisy")))
+    return WaveNet(in_channels=int(info.get("channels", 1)), n_mels=int((info.get("mel") or {}).get("n_mels", 0)),
+                   in_cond_channels=concat, **_wavenet_options(model))
+
+
+WAVENET = Backbone("wavenet", _build_wavenet, _check_wavenet, {"preset": "small"},
+                   "DiffWave-style dilated residual network (Kong et al. 2021), mel-conditioned: the vocoder")
+
 #: the audio domain's built-in backbones
-BACKBONES = {"unet": UNET}
+BACKBONES = {"unet": UNET, "wavenet": WAVENET}

@@ -80,6 +80,9 @@ DATA_OPTIONS: dict[str, Any] = {
     "skip_bad": False,
     "lowrate": None,   # bandwidth extension: condition on the clip resampled to this rate (Hz) and back
     "stream": "auto",
+    "speech": False,   # speech recordings instead of the percussion (speech.py): true / "all" or "digits"
+    "mel": None,       # vocoder: the clip's log-mel as the condition `mel` (mel.py): true or {n_fft, hop, ...}
+    "noisy": None,     # denoising: the clip plus white noise at this SNR in dB (or [lo, hi]) as the condition `noisy`
 }
 
 #: ``stream: auto`` streams a file whose decoded samples (float32, all channels, its own rate) take
@@ -116,6 +119,8 @@ def resolve_options(options: dict[str, Any] | None) -> dict[str, Any]:
         raise UserInputError(f"clip_seconds must be positive, got {opts['clip_seconds']!r}")
     if int(opts["channels"]) not in (1, 2):
         raise UserInputError(f"channels must be 1 or 2, got {opts['channels']!r}")
+    if opts["speech"] not in (False, True, "all", "digits"):
+        raise UserInputError(f"speech must be false, true, 'all' or 'digits', got {opts['speech']!r}")
     for key, allowed in (("normalise", ("peak", "loudness", "none")), ("crop", ("auto", "random", "start")),
                          ("short", ("pad", "error", "skip")), ("stream", ("auto", True, False))):
         if opts[key] not in allowed:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...core.data.condition import ConcatKind, ConditionKind, LabelKind
+from ...core.data.condition import ConcatKind, Condition, ConditionKind, LabelKind
 from ...core.data.domain import Batch, Domain, DomainDataset
 from ...core.data.space import DenseSpace
 from .data import DATA_OPTIONS, load_audio_folder, load_bundled, resolve_options
@@ -40,12 +40,17 @@ from ..text import text_kind_for
 from .io import write_spectrogram_png, write_wav
 from .metrics import set_metrics
 from .backbones import BACKBONES
+from .mel import MelDataset, MelKind, check_mel_input, mel_envelope, vocoder_input
+from .restoration import NoisyDataset, keep_band, noisy_condition
+from .speech import load_speech
 from ...core.errors import UserInputError
 
 __all__ = ["AudioDomain", "spectral_flatness"]
 
 log = logging.getLogger(__name__)
 
+#: the vocoder's default sampler and steps (chosen on the tuning clips: speech.md, "Few-step sampling")
+VOCODER_SAMPLING: tuple[str, int] = ("ddim", 6)
 #: at most this many reference clips enter the Frechet distances
 MAX_REFERENCE = 2000
 #: extra label names (lower case) for the bundled classes
@@ -72,7 +77,7 @@ class AudioDomain(Domain):
 
     name = "audio"
     description = "1-D waveform U-Net on WAV/FLAC/OGG audio (bundled: CC0 percussion one-shots, 16 kHz)"
-    restoration_conditions = ("lowrate",)
+    restoration_conditions = ("lowrate", "noisy")
     layout_keys = ("channels", "length", "sample_rate")
     backbones = BACKBONES
     default_backbone = "unet"
@@ -87,6 +92,8 @@ class AudioDomain(Domain):
                 "eval_sampler": "ddpm", "eval_steps": 50, "holdout_fraction": 0.15}
 
     def default_sampling(self) -> tuple[str, int | None]:
+        if self.info.get("mel"):   # the vocoder: few steps, as WaveGrad (speech.md, "Few-step sampling")
+            return VOCODER_SAMPLING
         # the ancestral sampler at DDIM's cost: on the shipped model (64 clips, 2 seeds) Frechet
         # log-mel 513 / 392 against DDIM-50's 657 / 676; checked on a model it was not chosen on
         # (the default recipe at 1,600 steps): 369 / 317 against 663 / 746 (README, "Audio")
@@ -106,10 +113,17 @@ class AudioDomain(Domain):
     # ---------------------------------------------------------------- data and model
     def load_data(self, path: str | Path | None, options: dict[str, Any]) -> DomainDataset:
         opts = resolve_options(options)
-        ds = load_bundled(opts) if path is None else load_audio_folder(path, opts)
+        if opts["speech"]:             # speech recordings (speech helper)
+            ds = load_speech(path, opts)
+        else:
+            ds = load_bundled(opts) if path is None else load_audio_folder(path, opts)
+        if opts.get("mel"):            # vocoder: the log-mel condition (speech helper); length in whole hops
+            ds = MelDataset(ds, opts["mel"])
         if opts.get("lowrate"):        # bandwidth extension (inpaint helper)
             from .inpaint import LowRateDataset
             ds = LowRateDataset(ds, opts["lowrate"])
+        if opts.get("noisy") is not None:   # denoising (speech helper)
+            ds = NoisyDataset(ds, opts["noisy"])
         return ds
 
     # --- latent diffusion (latent helper) ---
@@ -138,8 +152,22 @@ class AudioDomain(Domain):
         return {"labels": True} if target.kind == "label" else {}
 
     def template(self, num: int, generator: torch.Generator | None = None, structure: Any = None) -> Batch:
-        shape = (int(num), int(self.info.get("channels", 1)), int(self.info["length"]))
-        return Batch(torch.zeros(shape), DenseSpace())
+        """``num`` silent clips of the model's length, or of ``structure`` samples (a vocoder's
+        network is fully convolutional: any length its mel covers, see :meth:`check_structure`)."""
+        length = int(self.info["length"]) if structure is None else int(structure)
+        return Batch(torch.zeros(int(num), int(self.info.get("channels", 1)), length), DenseSpace())
+
+    def check_structure(self, value: Any, batch_size: int | None = None) -> None:
+        """A clip length in samples (a whole number of mel hops) for a vocoder; nothing else."""
+        if value is None:
+            return
+        mel = self.info.get("mel")
+        if not mel:
+            raise UserInputError("this audio model generates clips of its training length; only a vocoder "
+                                 "(--condition mel) takes a clip length")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % int(mel["hop"]):
+            raise UserInputError(f"a vocoder's clip length must be a positive whole number of mel hops "
+                                 f"({mel['hop']} samples), got {value!r}")
 
     # ---------------------------------------------------------------- conditions
     def condition_kinds(self) -> dict[str, ConditionKind]:
@@ -155,14 +183,22 @@ class AudioDomain(Domain):
             kinds["text"] = text_kind_for(classes)
         if data_info.get("lowrate"):   # bandwidth extension: the band-limited clip, concatenated
             kinds["lowrate"] = ConcatKind(int(data_info.get("channels", 1)), [int(data_info["length"])])
+        if data_info.get("noisy"):     # denoising: the noisy clip, concatenated
+            kinds["noisy"] = ConcatKind(int(data_info.get("channels", 1)), [int(data_info["length"])])
+        if data_info.get("mel"):       # vocoder: the clip's log-mel (mel.py)
+            mel = data_info["mel"]
+            kinds["mel"] = MelKind(int(mel["n_mels"]), int(data_info["length"]) // int(mel["hop"]), int(mel["hop"]))
         return kinds or super().condition_kinds()
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
-        unknown = sorted(set(names) - {"label", "text", "lowrate"})
+        unknown = sorted(set(names) - {"label", "text", "lowrate", "mel", "noisy"})
         if unknown:
-            raise UserInputError(f"the audio domain cannot condition on {', '.join(unknown)}; it supports: label, text, lowrate")
+            raise UserInputError(f"the audio domain cannot condition on {', '.join(unknown)}; it supports: label, text, "
+                                 f"lowrate, mel, noisy")
         return {**({"labels": True} if "label" in names else {}), **({"text": True} if "text" in names else {}),
-                **({"lowrate": 4000} if "lowrate" in names else {})}   # 4 kHz -> the clip's rate
+                **({"lowrate": 4000} if "lowrate" in names else {}),   # 4 kHz -> the clip's rate
+                **({"mel": True} if "mel" in names else {}),           # the log-mel of mel.MEL_DEFAULTS
+                **({"noisy": [0.0, 15.0]} if "noisy" in names else {})}   # white noise at 0..15 dB SNR
 
     # ---------------------------------------------------------------- results
     def metrics(self, samples: Batch, reference: DomainDataset) -> dict[str, float]:
@@ -172,7 +208,7 @@ class AudioDomain(Domain):
         idx = torch.arange(len(reference))
         if len(idx) > MAX_REFERENCE:  # a fixed, seeded subset keeps memory and time bounded
             idx = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:MAX_REFERENCE]
-        ref = reference.batch(idx, torch.Generator().manual_seed(0)).x
+        ref = self.to_data(reference.batch(idx, torch.Generator().manual_seed(0))).x
         x = samples.x.detach().float().cpu()
         out: dict[str, float] = {}
         if x.shape[0] >= 2 and ref.shape[0] >= 2:
@@ -207,6 +243,31 @@ class AudioDomain(Domain):
             paths.append(write_spectrogram_png(out_dir / "spectrograms.png", x[:8].clamp(-1, 1), rate))
         return paths
 
+    # --- the vocoder (speech helper) ---
+    def to_data(self, samples: Batch) -> Batch:
+        """A vocoder with the energy prior (``mel``): model space is the waveform over its mel
+        envelope, so samples are multiplied by it (``mel.mel_envelope``); otherwise unchanged."""
+        mel = self.info.get("mel")
+        values = samples.cond.get("mel") if isinstance(samples.cond, Condition) else None
+        if not mel or not mel.get("prior") or values is None:
+            return samples
+        env = mel_envelope(values[:, :-1].to(samples.x.device), samples.x.shape[-1], int(mel["hop"]))
+        return Batch(samples.x * env[:, None].to(samples.x.dtype), samples.space, samples.cond, samples.extras)
+
+    def vocoder_input(self, path):
+        """A clip read as the vocoder's training data: ``(clip [1, N'], log-mel, samples)`` (``mel``)."""
+        return vocoder_input(path, self.info)
+
+    def vocoder_mel(self, array, what: str):
+        """A user's log-mel array checked against this vocoder's bands, float32 ``[n_mels, F]``."""
+        return check_mel_input(array, int(self.info["mel"]["n_mels"]), what)
+
+    def paired_speech_metrics(self, x: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """Mean MCD (dB) and log-mel L1 of ``x`` against ``reference`` (``[B, C, N]``) and, where their
+        packages are installed, PESQ and STOI (``speech_metrics``)."""
+        from .speech_metrics import paired_metrics
+        return paired_metrics(x, reference, int(self.info["sample_rate"]))
+
     # --- completion (inpaint helper) ---
     def completion_input(self, path, options):
         """A clip and its mask (``span`` gaps, ``continue`` past the end); see ``inpaint``."""
@@ -214,6 +275,18 @@ class AudioDomain(Domain):
         return audio_completion_input(path, options, self.info)
 
     def restoration_input(self, path):
-        """Bandwidth extension: a clip -> ``{"lowrate": band-limited [C, L]}``; see ``inpaint``."""
+        """Bandwidth extension: a clip -> ``{"lowrate": band-limited [C, L]}`` (``inpaint``);
+        denoising: a noisy clip -> ``{"noisy": [C, L]}`` (``restoration``)."""
+        if self.info.get("noisy"):
+            return noisy_condition(path, self.info)
         from .inpaint import lowrate_condition
         return lowrate_condition(path, self.info)
+
+    def restoration_output(self, samples: Batch, cond: dict[str, Any]) -> Batch:
+        """Bandwidth extension keeps the given band exactly (:func:`~.restoration.keep_band`)."""
+        given = cond.get("lowrate") if isinstance(cond, dict) else None
+        if given is None or not self.info.get("lowrate"):
+            return samples
+        x = keep_band(samples.x, torch.as_tensor(given, dtype=samples.x.dtype), int(self.info["sample_rate"]),
+                      int(self.info["lowrate"]))
+        return Batch(x, samples.space, samples.cond, samples.extras)
