@@ -93,5 +93,5 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     denoiser = diff.denoiser(dom.build_backbone(cfg.model))
     result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, diff, denoiser, train_set, reference,
                         checkpoint=plan.checkpoint, init=plan.init, progress=progress, stop_at=stop_at,
-                        what="diffusion model")
+                        what="diffusion model", restart=plan.restart, generation=plan.generation)
     return result

@@ -361,6 +361,12 @@ class Domain(ABC):
         ``None`` when the domain has none."""
         return None
 
+    def program_files(self, options: dict[str, Any]) -> list[str]:
+        """The program files (TorchScript...) that data options or a ``data_info`` name, e.g. an
+        image domain's Inception feature network: loaded only when the user gave the path
+        (``core.trust``). Default: none."""
+        return []
+
     def check_config(self, model: dict[str, Any]) -> None:
         """Validate user-given model options before anything is built (a ConfigError naming the
         option): the chosen backbone's own check (nothing for a domain without records)."""

@@ -61,11 +61,12 @@ from torch.optim.swa_utils import AveragedModel
 from ..config import RunConfig
 from ..data.domain import Batch, Domain, DomainDataset
 from ..errors import ConfigError, TrainingDiverged
-from ..io import atomic_write_text, write_samples
+from ..io import append_text, write_samples, writing
 from ..sampling.generate import generate
 from . import distributed
 from .batches import BatchStream
-from .checkpoint import clean_checkpoints, load_checkpoint, load_weights, save_checkpoint
+from .diloco import DiLoCo, mean_state
+from .checkpoint import clean_checkpoints, drop_records_after, kept_text, load_checkpoint, load_weights, save_checkpoint
 from .evalbudget import plan as plan_eval, seconds_per_sample_call
 from .optim import EMA_CONTINUED, ema_avg_fn, lr_lambda, resolve_device, step_seed
 from .signals import signals_held, sigterm_as_interrupt
@@ -109,6 +110,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     sample_dir: Path | None = None
     seconds: float = 0.0
+    #: bytes this process all-reduced in training (several processes; see ``core.training.distributed``)
+    allreduced_bytes: int = 0
 
 
 class Trainer:
@@ -141,6 +144,9 @@ class Trainer:
         self.model = model.to(self.device)
         if self._memory_format is not None:
             self.model.to(memory_format=self._memory_format)
+        # DiLoCo (train.sync_every H): every worker steps on its own, the weights meet every H steps
+        self.diloco = DiLoCo(self.model, self.dist, self.cfg.sync_every, self.cfg.outer_lr,
+                             self.cfg.outer_momentum) if self.cfg.sync_every else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused kernels on CUDA; the multi-tensor (foreach) implementation on CPU
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -163,10 +169,11 @@ class Trainer:
             # in place (state-dict keys unchanged), after the EMA copy so that it stays uncompiled
             getattr(self.model, "backbone", self.model).compile()
         self._ddp = None
-        if self.dist.enabled:
+        if self.dist.enabled and self.diloco is None:
             from torch.nn.parallel import DistributedDataParallel
             # every rank starts from rank 0's weights (DDP broadcasts them here)
             self._ddp = DistributedDataParallel(_ShardLoss(self.model, self.objective), device_ids=None)
+            self.dist.count_gradients(self._ddp)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -177,9 +184,16 @@ class Trainer:
         """Checkpoint the current step (rank 0 writes; with ``sync`` the other ranks wait at a
         barrier until it is complete). SIGINT / SIGTERM arriving meanwhile are held until the
         checkpoint is complete, then (with ``stop_on_signal``) raise KeyboardInterrupt."""
+        model, ema, state = self.model, self.ema.module, None
+        if self.diloco is not None:         # every worker's state, gathered to rank 0 (a collective)
+            ranks = self.diloco.gather({"model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
+                                        **self.state()})
+            if ranks is not None:
+                model, ema = self.diloco.global_weights(), mean_state([r["ema"] for r in ranks])
+                state = {**self.state(), "diloco": {**self.diloco.state_dict(), "ranks": ranks}}
         if self.dist.is_main:
             with signals_held() as pending:
-                save_checkpoint(self.run_dir, self.model, self.ema.module, self.state(),
+                save_checkpoint(self.run_dir, model, ema, state or self.state(),
                                 {"domain": self.config.domain, "step": self.step})
         else:
             pending = []
@@ -200,6 +214,11 @@ class Trainer:
         if ck["ema"] is not None:
             load_weights(self.ema.module, ck["ema"], where)
         st = ck["state"]
+        if "diloco" in st:                  # this worker's own weights, EMA and inner optimiser
+            self.diloco.load_state_dict(st["diloco"], where)
+            st = st["diloco"]["ranks"][self.dist.rank]
+            load_weights(self.model, st["model"], where)
+            load_weights(self.ema.module, st["ema"], where)
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.ema.n_averaged.fill_(int(st.get("ema_n_averaged", st["step"])))
@@ -221,25 +240,9 @@ class Trainer:
         """Before continuing a loaded run: remove checkpoint folders left by an interrupted save,
         and drop the metrics.jsonl records of steps after the checkpoint (a killed run logged
         them; the resumed run logs them again), atomically. Rank 0's job; other ranks do nothing."""
-        if not self.dist.is_main:
-            return
-        clean_checkpoints(self.run_dir)
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep, dropped = [], 0
-        for line in path.read_text().splitlines():
-            try:
-                ok = int(json.loads(line)["step"]) <= self.step
-            except (ValueError, KeyError, TypeError):
-                ok = False  # a line torn by a kill
-            if ok:
-                keep.append(line + "\n")
-            else:
-                dropped += 1
-        if dropped:
-            atomic_write_text(path, "".join(keep))
-            log.info("metrics.jsonl: dropped %d records after the checkpoint's step %d", dropped, self.step)
+        if self.dist.is_main:
+            clean_checkpoints(self.run_dir)
+            drop_records_after(self.run_dir, self.step)
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> tuple[float, float]:
@@ -269,9 +272,10 @@ class Trainer:
             if self._memory_format is not None:
                 batch = Batch(batch.x.contiguous(memory_format=self._memory_format), batch.space, batch.cond,
                               batch.extras)
-            if self._ddp is None:
+            if self._ddp is None:   # one process, or a DiLoCo worker (its shard; no gradient exchange)
                 with self.autocast:
-                    loss = self.objective.training_losses(self.model, batch, dev_gen).mean()
+                    loss = self.objective.training_losses(self.model, batch, dev_gen, shard=self.dist.shard(len(batch))
+                                                          ).mean()
                 if not torch.isfinite(loss):  # before any update: the weights are still the last good ones
                     raise TrainingDiverged(f"loss {loss.item()}")
                 (loss / cfg.grad_accum).backward()
@@ -306,12 +310,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
         self.ema.update_parameters(self.model)
         self.step += 1
+        if self.diloco is not None and self.diloco.due(self.step, self.cfg.steps):
+            self.diloco.sync()
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_text(self.run_dir / "metrics.jsonl", json.dumps(record) + "\n")
 
     def _eval_budget(self, final: bool) -> float | None:
         """Seconds one evaluation may take (``core.training.evalbudget``): ``eval_budget`` times the run's
@@ -358,7 +363,8 @@ class Trainer:
         finally:
             bar.close()
         out_dir = self.run_dir / "samples" / tag
-        write_samples(self.domain, samples, out_dir)
+        write_samples(self.domain, samples, out_dir, kept=kept_text(self.run_dir) + (
+            " (--resume runs the final evaluation again)" if final else ""))
         metrics: dict[str, float] = {}
         if self.reference is not None and len(self.reference) > 0:
             metrics = self.domain.metrics(samples, self.reference)
@@ -393,14 +399,15 @@ class Trainer:
         self._fit_start, self._eval_seconds = (start_time, self.step), 0.0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train",
                    unit="step", dynamic_ncols=True)
-        with sigterm_as_interrupt(), self.batches.prefetching():
+        with sigterm_as_interrupt(), self.batches.prefetching(), writing(self.run_dir, lambda: kept_text(self.run_dir)):
             try:
                 loss = self._loop(bar, end)
                 bar.close()
-                self.save()
+                if self._saved_step != self.step:   # (a finished run resumed for its final evaluation: saved)
+                    self.save()
             except KeyboardInterrupt:
                 bar.close()
-                if self._saved_step != self.step:
+                if self._saved_step != self.step and self._can_save_alone():
                     self.save(stop_on_signal=False, sync=False)   # the other ranks may be anywhere
                 if self.dist.is_main:
                     log.warning("interrupted at step %d; checkpoint saved, continue with --resume %s",
@@ -408,7 +415,7 @@ class Trainer:
                 raise
             except TrainingDiverged as exc:
                 bar.close()
-                if self._saved_step != self.step:
+                if self._saved_step != self.step and self._can_save_alone():
                     self.save(stop_on_signal=False)
                 raise TrainingDiverged(
                     f"training diverged at step {self.step + 1} ({exc}); the last good checkpoint (step {self.step}) "
@@ -419,8 +426,20 @@ class Trainer:
         sample_dir = None
         if (cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps and self.dist.is_main
                 and self.objective.samples):
-            metrics, sample_dir = self.evaluate("final", self._eval_budget(final=True))
-        return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time)
+            with sigterm_as_interrupt(), writing(self.run_dir, lambda: kept_text(self.run_dir)):
+                metrics, sample_dir = self.evaluate("final", self._eval_budget(final=True))
+        return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time,
+                           self.dist.allreduced_bytes)
+
+    def _can_save_alone(self) -> bool:
+        """A checkpoint outside the step-aligned ones: not for DiLoCo workers (its gather needs them all
+        at one step; the run resumes from its last checkpoint, see ``core.training.diloco``)."""
+        if self.diloco is None or not self.dist.enabled:
+            return True
+        if self.dist.is_main:
+            log.warning("DiLoCo run stopped at step %d: it continues from its last checkpoint (step %s) with "
+                        "--resume", self.step, self._saved_step)
+        return False
 
     def _loop(self, bar, end: int) -> float:
         cfg = self.cfg
@@ -440,8 +459,9 @@ class Trainer:
                     now = time.perf_counter()
                     rate = window_n / max(now - window_t, 1e-9)
                     window_t, window_n = now, 0
+                    comm = {"allreduced_bytes": self.dist.allreduced_bytes} if self.dist.enabled else {}
                     self._log({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                               "grad_norm": grad_norm, "samples_per_s": rate})
+                               "grad_norm": grad_norm, "samples_per_s": rate, **comm})
                     bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{rate:.1f}")
             if pending:
                 raise KeyboardInterrupt(f"signal {signal.Signals(pending[0]).name}")
