@@ -86,8 +86,15 @@ def writing(path: str | Path, kept: str | Callable[[], str | None] | None = None
     except UserInputError:
         raise
     except OSError as exc:
-        target = exc.filename if exc.filename is not None else path
+        target = _untmp(exc.filename) if exc.filename is not None else path
         raise _failed(target, os_error_text(exc), kept, exc.errno) from None
+
+
+def _untmp(path) -> Path:
+    """A path with each temporary name (``.NAME.tmp-PID``) replaced by the name it stands for: the
+    file the user knows about."""
+    p = Path(path)
+    return Path(*[m["name"] if (m := _TMP.match(part)) else part for part in p.parts])
 
 
 def _failed(target, cause: str, kept, code) -> WriteFailedError:
@@ -278,5 +285,10 @@ def check_output_path(path: str | Path, what: str = "--out", folder: bool = True
         if not parent.is_dir():
             raise UserInputError(f"{what} {p}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise NotWritableError(f"{what} {p}: no permission to write in {parent}")
+        try:
+            read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):
+            read_only = False
+        why = f"{parent} is on a read-only file system" if read_only else f"no permission to write in {parent}"
+        raise NotWritableError(f"{what} {p}: {why}")
     return p

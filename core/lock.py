@@ -96,8 +96,11 @@ def exclusive(lock_file: str | Path, what: str, hint: str = "wait for it to fini
         os.close(fd)          # the holder removed the file as we opened it: lock the new one
     try:
         record = json.dumps({"pid": os.getpid(), "command": command_line(), "since": time.time()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record.encode(), 0)
+        except OSError:       # a full disk: the lock holds all the same, its holder is just not named
+            pass
         with _guard:
             _held[key] = [fd, 1]
         try:
