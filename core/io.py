@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data.domain import Batch, Domain
 
 __all__ = ["atomic_write_text", "write_samples", "fresh_sample_dir", "writing", "os_error_text", "remove_stale_tmp",
-           "tmp_name", "check_output_path", "check_links", "append_text"]
+           "tmp_name", "check_output_path", "check_links", "append_text", "keeping"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,18 @@ def writing(path: str | Path, kept: str | Callable[[], str | None] | None = None
     except OSError as exc:
         target = _untmp(exc.filename) if exc.filename is not None else path
         raise _failed(target, os_error_text(exc), kept, exc.errno) from None
+
+
+@contextmanager
+def keeping(kept: str | Callable[[], str | None]) -> Iterator[None]:
+    """Around work that writes through :func:`writing` (and reads, which stay as they are): a
+    :class:`WriteFailedError` raised in the block without a ``kept`` part gets this one's."""
+    try:
+        yield
+    except WriteFailedError as exc:
+        if getattr(exc, "kept", None) is None:
+            raise _failed(exc.target, exc.cause, kept, exc.errno) from None
+        raise
 
 
 def _untmp(path) -> Path:

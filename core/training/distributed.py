@@ -336,6 +336,9 @@ def init_distributed(device: str = "auto") -> DistContext:
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         kwargs = {"device_id": dev} if use_cuda else {}
+        store = _attempt_store(world, timeout)
+        if store is not None:
+            kwargs["store"] = store
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout), **kwargs)
     ctx = DistContext(rank, world, local, dev, backend)
     _CURRENT = ctx
@@ -343,6 +346,19 @@ def init_distributed(device: str = "auto") -> DistContext:
     ctx._start_watchdog()
     ctx.barrier()
     return ctx
+
+
+def _attempt_store(world: int, timeout: float) -> Any:
+    """Under an elastic agent that hosts the store (torchrun), the process group's keys of this
+    attempt under their own prefix: the agent's store outlives the workers it restarts, and a
+    restarted rank could otherwise read the address its dead predecessor published (gloo then
+    fails to connect, or waits). None elsewhere (``env://`` as usual)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import torch.distributed as dist
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
+                           is_master=False, timeout=timedelta(seconds=timeout))
+    return dist.PrefixStore(f"diffuse/attempt_{restart_count()}/", client)
 
 
 def _destroy() -> None:

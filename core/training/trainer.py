@@ -61,7 +61,7 @@ from torch.optim.swa_utils import AveragedModel
 from ..config import RunConfig
 from ..data.domain import Batch, Domain, DomainDataset
 from ..errors import ConfigError, TrainingDiverged
-from ..io import append_text, write_samples, writing
+from ..io import append_text, keeping, write_samples
 from ..sampling.generate import generate
 from . import distributed
 from .batches import BatchStream
@@ -155,6 +155,7 @@ class Trainer:
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(self.cfg.ema_decay, self.cfg.ema_warmup),
                                  use_buffers=True)
         self.step = 0
+        self._bytes0 = self.dist.allreduced_bytes     # this run's all-reduce bytes are counted from here
         self._saved_step: int | None = None
         self._eval_seconds = 0.0   # evaluation time of this session (kept out of the training time)
         self.batches = BatchStream(dataset, self.cfg)     # the data order, and batches built ahead
@@ -399,7 +400,7 @@ class Trainer:
         self._fit_start, self._eval_seconds = (start_time, self.step), 0.0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train",
                    unit="step", dynamic_ncols=True)
-        with sigterm_as_interrupt(), self.batches.prefetching(), writing(self.run_dir, lambda: kept_text(self.run_dir)):
+        with sigterm_as_interrupt(), self.batches.prefetching(), keeping(lambda: kept_text(self.run_dir)):
             try:
                 loss = self._loop(bar, end)
                 bar.close()
@@ -426,10 +427,15 @@ class Trainer:
         sample_dir = None
         if (cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps and self.dist.is_main
                 and self.objective.samples):
-            with sigterm_as_interrupt(), writing(self.run_dir, lambda: kept_text(self.run_dir)):
+            with sigterm_as_interrupt(), keeping(lambda: kept_text(self.run_dir)):
                 metrics, sample_dir = self.evaluate("final", self._eval_budget(final=True))
         return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time,
-                           self.dist.allreduced_bytes)
+                           self.allreduced_bytes)
+
+    @property
+    def allreduced_bytes(self) -> int:
+        """Bytes this trainer has all-reduced so far (in this process; counted, see ``distributed``)."""
+        return self.dist.allreduced_bytes - self._bytes0
 
     def _can_save_alone(self) -> bool:
         """A checkpoint outside the step-aligned ones: not for DiLoCo workers (its gather needs them all
@@ -459,7 +465,7 @@ class Trainer:
                     now = time.perf_counter()
                     rate = window_n / max(now - window_t, 1e-9)
                     window_t, window_n = now, 0
-                    comm = {"allreduced_bytes": self.dist.allreduced_bytes} if self.dist.enabled else {}
+                    comm = {"allreduced_bytes": self.allreduced_bytes} if self.dist.enabled else {}
                     self._log({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                                "grad_norm": grad_norm, "samples_per_s": rate, **comm})
                     bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{rate:.1f}")
