@@ -19,6 +19,7 @@ from ..core.data.capabilities import HasAutoencoder, require
 from ..core.data.domain import Domain, DomainDataset
 from ..core.data.registry import get_domain
 from ..core.io import atomic_write_text
+from ..core.memory import check_training
 from ..core.models.latent import AutoencoderConfig, AutoencoderObjective, load_autoencoder as _load
 from ..core.training.optim import resolve_device
 from ..core.validation import check_device
@@ -61,8 +62,10 @@ def train_autoencoder(domain: str | Domain = "image", *, data: str | Path | None
     dataset = load_data(dom, RunConfig(domain=dom.name, data=plan.data, data_options=plan.data_options))
     info = dataset.info()
     train_set, held = split_data(dataset, cfg)
-    torch.manual_seed(cfg.seed)
     dom = dom.bind(info)
+    check_training(lambda: dom.build_autoencoder(plan.model), None, dom, plan.model, train_set, cfg.batch_size,
+                   resolve_device(cfg.device), f"training this {dom.name} autoencoder")   # before building it
+    torch.manual_seed(cfg.seed)
     ae = dom.build_autoencoder(plan.model)     # option errors here, before anything is written
     ae_config = AutoencoderConfig(domain=dom.name, data=plan.data, data_options=plan.data_options, model=plan.model,
                                   train=cfg, data_info=info)

@@ -21,6 +21,8 @@ from ..core.data.domain import Domain
 from ..core.data.registry import get_domain
 from ..core.errors import DataError
 from ..core.io import atomic_write_text
+from ..core.memory import check_training
+from ..core.training.optim import resolve_device
 from ..core.models.classifier import (ClassifierConfig, ClassifierObjective, NoisyClassifier, Target,
                                       evaluate_classifier, label_kind)
 from ..core.process.diffusion import Diffusion
@@ -72,6 +74,8 @@ def train_classifier(domain: str | Domain = "image", *, data: str | Path | None 
     dom = dom.bind(info)
     if not plan.resuming:
         tgt = _new_target(dom, kind, name, train_set, data)
+    check_training(lambda: NoisyClassifier(dom.build_classifier(plan.model, tgt), tgt), None, dom, plan.model,
+                   train_set, cfg.batch_size, resolve_device(cfg.device), f"training this {dom.name} classifier")
     torch.manual_seed(cfg.seed)
     module = NoisyClassifier(dom.build_classifier(plan.model, tgt), tgt)
     diff = Diffusion(update_dataclass(DiffusionConfig(), dom.default_diffusion(), "diffusion"))

@@ -10,7 +10,9 @@ trainer counted (``allreduced_bytes`` in ``metrics.jsonl``: the gradient buckets
 losses, DiLoCo's outer gradients), not an estimate. The loss is measured on the recipe's held-out
 10 % of the data (never trained on; nothing was tuned on it), with the same noise and times for
 both runs (``--eval-repeats`` draws per item), for the raw and the EMA weights; the last 50
-logged training losses are printed too. Writes ``benchmarks/results/diloco.json``.
+logged training losses are printed too (the figure outer settings may be chosen on: the
+training data). ``--reuse`` measures runs already trained. Writes
+``benchmarks/results/diloco-hH-lrLR-mM-STEPS.json``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def train(out: Path, steps: int, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "diffuse.cli", "train", "--config", str(ROOT / "recipes" / "image.json"),
+def train(out: Path, steps: int, extra: list[str], train_overrides: dict | None = None) -> float:
+    recipe = ROOT / "recipes" / "image.json"
+    if train_overrides:                      # the recipe with a few train options changed
+        cfg = json.loads(recipe.read_text())
+        cfg["train"].update(train_overrides)
+        recipe = out.with_name(out.name + "-recipe.json")
+        recipe.parent.mkdir(parents=True, exist_ok=True)
+        recipe.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "diffuse.cli", "train", "--config", str(recipe),
            "--steps", str(steps), "--nproc", "2", "--device", "cpu", "--eval-samples", "0", "--no-progress",
            "--out", str(out), *extra]
     t0 = time.perf_counter()
@@ -62,17 +71,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--sync-every", type=int, default=120)
+    parser.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo's outer learning rate (the paper's 0.7).")
+    parser.add_argument("--outer-momentum", type=float, default=0.9, help="Its Nesterov momentum (the paper's 0.9).")
     parser.add_argument("--eval-repeats", type=int, default=4)
     parser.add_argument("--out", default="runs/bench-diloco")
     parser.add_argument("--reuse", action="store_true", help="Measure existing runs without training again.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = Path(args.out)
-    runs = {"synchronous": (base / "sync", []), f"DiLoCo H={args.sync_every}": (base / "diloco",
-                                                                             ["--sync-every", str(args.sync_every)])}
+    outer = {"outer_lr": args.outer_lr, "outer_momentum": args.outer_momentum}
+    tag = f"diloco-h{args.sync_every}-lr{args.outer_lr:g}-m{args.outer_momentum:g}"
+    runs = {"synchronous": (base / "sync", [], None),
+            f"DiLoCo H={args.sync_every}": (base / tag, ["--sync-every", str(args.sync_every)], outer)}
     results = {}
-    for name, (run, extra) in runs.items():
-        seconds = None if args.reuse and (run / "checkpoint").is_dir() else train(run, args.steps, extra)
+    for name, (run, extra, overrides) in runs.items():
+        seconds = (None if args.reuse and (run / "checkpoint").is_dir()
+                   else train(run, args.steps, extra, overrides))
         recs = [r for r in records(run) if "loss" in r]
         results[name] = {
             "steps": recs[-1]["step"], "allreduced_bytes": recs[-1]["allreduced_bytes"], "wall_seconds": seconds,
@@ -83,7 +97,7 @@ def main() -> None:
     summary = {"bytes_ratio": sync["allreduced_bytes"] / dl["allreduced_bytes"],
                **{f"{k}_relative_difference": dl[k] / sync[k] - 1 for k in
                   ("held_out_loss_raw", "held_out_loss_ema", "train_loss_last50")}}
-    out = {"recipe": "recipes/image.json", "steps": args.steps, "sync_every": args.sync_every, "processes": 2,
+    out = {"recipe": "recipes/image.json", "steps": args.steps, "sync_every": args.sync_every, **outer, "processes": 2,
            "backend": "gloo (CPU)", "runs": results, "summary": summary}
     print(f"{'':<20}{'bytes all-reduced':>20}{'held-out raw':>14}{'held-out EMA':>14}{'train (last 50)':>17}"
           f"{'wall s':>9}")
@@ -92,7 +106,7 @@ def main() -> None:
               f"{r['train_loss_last50']:>17.5f}{(r['wall_seconds'] or float('nan')):>9.0f}")
     print(f"DiLoCo sends {summary['bytes_ratio']:.1f}x fewer bytes; held-out loss {100 * summary['held_out_loss_raw_relative_difference']:+.2f} % "
           f"(raw), {100 * summary['held_out_loss_ema_relative_difference']:+.2f} % (EMA) against synchronous training")
-    dest = ROOT / "benchmarks" / "results" / "diloco.json"
+    dest = ROOT / "benchmarks" / "results" / f"{tag}-{args.steps}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {dest}")

@@ -126,13 +126,14 @@ def training_parts(params: int, activations: int | None, batch_size: int) -> dic
 def check_training(build: Callable[[], nn.Module], objective: Any, domain: Any, model: dict[str, Any],
                    dataset: Any, batch_size: int, device: torch.device | str, what: str) -> None:
     """Refuse a training run whose model (built by ``build``) and one batch of ``batch_size`` from
-    ``dataset`` under ``objective`` cannot fit (see the module docstring); ``domain`` is bound."""
+    ``dataset`` under ``objective`` cannot fit (see the module docstring); ``domain`` is bound.
+    ``objective`` None: the parameters only (an auxiliary model's activations are not bounded)."""
     got = meta_parameters(build)
     if got is None:
         return
     module, params = got
-    activations = domain.activation_bytes(batch_size, model)
-    if activations is None and len(dataset) > 0:
+    activations = domain.activation_bytes(batch_size, model) if objective is not None else None
+    if activations is None and objective is not None and len(dataset) > 0:
         n = min(batch_size, len(dataset))
         try:
             batch = dataset.batch(torch.arange(n), torch.Generator().manual_seed(0)).to("meta")

@@ -161,7 +161,7 @@ def two_runs(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("kill_at", [1, 2, 3])   # dest -> .old, staging -> dest, the recipe
 def test_export_force_killed_at_any_rename_leaves_a_loadable_model_and_the_next_export_repairs(two_runs, tmp_path,
                                                                                               kill_at):
     """Model A exported, then B exported over it with --force and killed (os._exit) at its k-th
