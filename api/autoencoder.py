@@ -19,6 +19,7 @@ from ..core.data.capabilities import HasAutoencoder, require
 from ..core.data.domain import Domain, DomainDataset
 from ..core.data.registry import get_domain
 from ..core.io import atomic_write_text
+from ..core.memory import check_training
 from ..core.models.latent import AutoencoderConfig, AutoencoderObjective, load_autoencoder as _load
 from ..core.training.optim import resolve_device
 from ..core.validation import check_device
@@ -61,28 +62,34 @@ def train_autoencoder(domain: str | Domain = "image", *, data: str | Path | None
     dataset = load_data(dom, RunConfig(domain=dom.name, data=plan.data, data_options=plan.data_options))
     info = dataset.info()
     train_set, held = split_data(dataset, cfg)
-    torch.manual_seed(cfg.seed)
     dom = dom.bind(info)
+    check_training(lambda: dom.build_autoencoder(plan.model), None, dom, plan.model, train_set, cfg.batch_size,
+                   resolve_device(cfg.device), f"training this {dom.name} autoencoder")   # before building it
+    torch.manual_seed(cfg.seed)
     ae = dom.build_autoencoder(plan.model)     # option errors here, before anything is written
     ae_config = AutoencoderConfig(domain=dom.name, data=plan.data, data_options=plan.data_options, model=plan.model,
                                   train=cfg, data_info=info)
-    fit, trainer = execute(plan.run_dir, RunConfig(domain=dom.name, train=cfg, data_info=info), ae_config.to_json(),
-                           dom, AutoencoderObjective(), ae, train_set, checkpoint=plan.checkpoint, progress=progress,
-                           stop_at=stop_at, what="autoencoder")
-    run_dir = plan.run_dir
-    if fit.steps < cfg.steps:      # paused: scale and evaluation come at the end of the run
+    def finish(fit, trainer) -> dict[str, Any]:          # under the run's lock: the scale and the evaluation
+        run_dir = plan.run_dir
+        if fit.steps < cfg.steps:      # paused: scale and evaluation come at the end of the run
+            return {"run_dir": run_dir, "steps": fit.steps, "final_loss": fit.final_loss, "seconds": fit.seconds,
+                    "scale": None, "metrics": None}
+        # the latent scale of the EMA weights (the ones latent models use), saved with both copies
+        final = trainer.ema.module
+        scale = final.fit_scale(train_set, num=scale_samples, seed=cfg.seed)
+        trainer.model.scale.fill_(scale)
+        trainer.save(stop_on_signal=False)
+        metrics = reconstruction_report(final, held if held is not None else train_set, seed=cfg.seed)
+        metrics = {**metrics, "scale": scale, "held_out_items": len(held) if held is not None else 0}
+        atomic_write_text(run_dir / "evaluation.json", json.dumps(metrics, indent=2))
         return {"run_dir": run_dir, "steps": fit.steps, "final_loss": fit.final_loss, "seconds": fit.seconds,
-                "scale": None, "metrics": None}
-    # the latent scale of the EMA weights (the ones latent models use), saved with both copies
-    final = trainer.ema.module
-    scale = final.fit_scale(train_set, num=scale_samples, seed=cfg.seed)
-    trainer.model.scale.fill_(scale)
-    trainer.save(stop_on_signal=False)
-    metrics = reconstruction_report(final, held if held is not None else train_set, seed=cfg.seed)
-    metrics = {**metrics, "scale": scale, "held_out_items": len(held) if held is not None else 0}
-    atomic_write_text(run_dir / "evaluation.json", json.dumps(metrics, indent=2))
-    return {"run_dir": run_dir, "steps": fit.steps, "final_loss": fit.final_loss, "seconds": fit.seconds,
-            "scale": scale, "metrics": metrics}
+                "scale": scale, "metrics": metrics}
+
+    result, _ = execute(plan.run_dir, RunConfig(domain=dom.name, train=cfg, data_info=info), ae_config.to_json(),
+                        dom, AutoencoderObjective(), ae, train_set, checkpoint=plan.checkpoint, progress=progress,
+                        stop_at=stop_at, what="autoencoder", restart=plan.restart, generation=plan.generation,
+                        finish=finish)
+    return result
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..core.config import TrainConfig, update_dataclass
 from ..core.data.domain import Domain
 from ..core.errors import CheckpointError, ConfigError, UserInputError
-from ..core.training.checkpoint import check_writable, read_checkpoint
+from ..core.training.checkpoint import check_writable, complete_checkpoint, read_checkpoint
 from .configs import check_train, read_config_file
 from .plan import RESUMABLE_TRAIN_KEYS, check_out, refuse_change
 
@@ -39,6 +39,10 @@ class AuxPlan:
     user: dict[str, Any]
     stored: Any = None
     checkpoint: dict[str, Any] | None = None
+    #: the folder holds a run that never completed a checkpoint: it starts again
+    restart: bool = False
+    #: the newest complete checkpoint's generation when planned (re-checked under the run's lock)
+    generation: int | None = None
 
     @property
     def resuming(self) -> bool:
@@ -67,11 +71,15 @@ def plan_auxiliary(kind: str, dom: Domain, *, load_stored: Callable[[Path], Any]
             if key not in RESUMABLE_TRAIN_KEYS or key == "steps" and value != stored.train.steps:
                 refuse_change(run_dir, f"train.{key}", value, getattr(stored.train, key, None))
         cfg = update_dataclass(stored.train, over, "train")
+        check_writable(run_dir)
+        if complete_checkpoint(run_dir) is None:   # its first save never completed: start it again
+            return AuxPlan(run_dir, cfg, stored.model, stored.data_options, stored.data, {}, stored, None,
+                           restart=True, generation=0)
         checkpoint = read_checkpoint(run_dir, with_state=True)
         if int(checkpoint["state"]["step"]) >= cfg.steps:
             raise UserInputError(f"{run_dir} is already finished ({checkpoint['state']['step']} of {cfg.steps} steps)")
-        check_writable(run_dir)
-        return AuxPlan(run_dir, cfg, stored.model, stored.data_options, stored.data, {}, stored, checkpoint)
+        return AuxPlan(run_dir, cfg, stored.model, stored.data_options, stored.data, {}, stored, checkpoint,
+                       generation=int(checkpoint["meta"].get("generation", 0)))
     user = config if isinstance(config, dict) else read_config_file(config)
     unknown = set(user) - set(AUX_SECTIONS) - set(extra_sections)
     if unknown:
@@ -89,6 +97,7 @@ def plan_auxiliary(kind: str, dom: Domain, *, load_stored: Callable[[Path], Any]
     if data_path is not None and str(data_path).strip() == "":
         raise UserInputError("--data is an empty string; give a file or folder, or leave it out for the bundled data")
     run_dir = Path(out) if out is not None else Path("runs") / f"{dom.name}-{kind}"
-    check_out(run_dir)
+    restart = check_out(run_dir) == "restart"
     return AuxPlan(run_dir, cfg, {**model_defaults, **user.get("model", {}), **(model or {})},
-                   {**dom.default_data(), **user.get("data_options", {})}, data_path, user)
+                   {**dom.default_data(), **user.get("data_options", {})}, data_path, user, restart=restart,
+                   generation=0)

@@ -21,6 +21,8 @@ from ..core.data.domain import Domain
 from ..core.data.registry import get_domain
 from ..core.errors import DataError
 from ..core.io import atomic_write_text
+from ..core.memory import check_training
+from ..core.training.optim import resolve_device
 from ..core.models.classifier import (ClassifierConfig, ClassifierObjective, NoisyClassifier, Target,
                                       evaluate_classifier, label_kind)
 from ..core.process.diffusion import Diffusion
@@ -59,6 +61,8 @@ def train_classifier(domain: str | Domain = "image", *, data: str | Path | None 
                           model_defaults={}, data=data, out=out, config=config, resume=resume, model=model,
                           train_overrides=train_overrides)
     cfg = plan.train
+    if plan.restart and plan.stored is not None:      # a run starting again keeps its target
+        kind, name = plan.stored.target["kind"], plan.stored.target["name"]
     if plan.resuming:
         tgt = stored_target(plan.run_dir, plan.stored)
         options = plan.data_options
@@ -70,25 +74,31 @@ def train_classifier(domain: str | Domain = "image", *, data: str | Path | None 
     dom = dom.bind(info)
     if not plan.resuming:
         tgt = _new_target(dom, kind, name, train_set, data)
+    check_training(lambda: NoisyClassifier(dom.build_classifier(plan.model, tgt), tgt), None, dom, plan.model,
+                   train_set, cfg.batch_size, resolve_device(cfg.device), f"training this {dom.name} classifier")
     torch.manual_seed(cfg.seed)
     module = NoisyClassifier(dom.build_classifier(plan.model, tgt), tgt)
     diff = Diffusion(update_dataclass(DiffusionConfig(), dom.default_diffusion(), "diffusion"))
     run_config = ClassifierConfig(domain=dom.name, target=asdict(tgt), data=plan.data, data_options=options,
                                   model=plan.model, schedule=diff.config.schedule, train=cfg, data_info=info)
     objective = ClassifierObjective(dom, diff.schedule, diff.sample_t)
-    fit, trainer = execute(plan.run_dir, RunConfig(domain=dom.name, train=cfg, data_info=info), run_config.to_json(),
-                           dom, objective, module, train_set, checkpoint=plan.checkpoint, progress=progress,
-                           stop_at=stop_at, what="classifier")
-    result = {"run_dir": plan.run_dir, "steps": fit.steps, "final_loss": fit.final_loss, "seconds": fit.seconds,
-              "metrics": None, "target": tgt.describe()}
-    if fit.steps < cfg.steps:        # paused: evaluated at the end of the run
-        return result
-    metrics = evaluate_classifier(trainer.ema.module, dom, held if held is not None else train_set, seed=cfg.seed,
-                                  device=trainer.device)
-    metrics["held_out_items"] = len(held) if held is not None else 0
-    atomic_write_text(plan.run_dir / "evaluation.json", json.dumps(metrics, indent=2))
-    log.info("classifier %s: %s", plan.run_dir, metrics)
-    return {**result, "metrics": metrics}
+    def finish(fit, trainer) -> dict[str, Any]:          # under the run's lock: the held-out evaluation
+        result = {"run_dir": plan.run_dir, "steps": fit.steps, "final_loss": fit.final_loss, "seconds": fit.seconds,
+                  "metrics": None, "target": tgt.describe()}
+        if fit.steps < cfg.steps:        # paused: evaluated at the end of the run
+            return result
+        metrics = evaluate_classifier(trainer.ema.module, dom, held if held is not None else train_set,
+                                      seed=cfg.seed, device=trainer.device)
+        metrics["held_out_items"] = len(held) if held is not None else 0
+        atomic_write_text(plan.run_dir / "evaluation.json", json.dumps(metrics, indent=2))
+        log.info("classifier %s: %s", plan.run_dir, metrics)
+        return {**result, "metrics": metrics}
+
+    result, _ = execute(plan.run_dir, RunConfig(domain=dom.name, train=cfg, data_info=info), run_config.to_json(),
+                        dom, objective, module, train_set, checkpoint=plan.checkpoint, progress=progress,
+                        stop_at=stop_at, what="classifier", restart=plan.restart, generation=plan.generation,
+                        finish=finish)
+    return result
 
 
 def _new_target(dom: Domain, kind: str, name: str, train_set, data: Any) -> Target:

@@ -19,6 +19,7 @@ from ..core.config import DiffusionConfig, RunConfig
 from ..core.data.domain import Domain
 from ..core.data.registry import get_domain
 from ..core.errors import CheckpointError
+from ..core.memory import check_loading
 from ..core.models.latent import latent_domain
 from ..core.process.diffusion import Diffusion
 from ..core.training.checkpoint import load_checkpoint, load_weights, read_run_config
@@ -59,6 +60,7 @@ def assemble(cfg: RunConfig, weights: dict[str, torch.Tensor], where: Path, devi
         dom = latent_domain(dom, ae_path, cfg.latent).to(dev)
     dom = dom.bind(cfg.data_info)
     diff = Diffusion(cfg.diffusion)
+    check_loading(lambda: diff.denoiser(dom.build_backbone(cfg.model)), dev, f"the model of {where}")
     den = diff.denoiser(dom.build_backbone(cfg.model))
     own = den.state_dict()
     weights = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in weights.items()}

@@ -26,6 +26,7 @@ from ..core.sampling.generate import check_generate_args, generate, sampling_gri
 from ..core.sampling.gridopt import GRIDS_FILE, optimize_grid, prior_batches, save_grid, stored_grid
 from ..core.sampling.guidance import Guidance
 from ..core.sampling.registry import check_sampler_options, default_spacing, default_steps, sampler_record
+from ..core.trust import allow_program, check_program
 from ..core.validation import check_positive_int, check_seed
 from .guiding import classifier_guidance_for
 from .configs import load_data, split_data
@@ -253,6 +254,12 @@ class DiffusionModel(ModelTasks):
         _, held = split_data(dataset, self.config.train)
         return held if held is not None else dataset
 
+    def use_feature_net(self, path: str | Path) -> None:
+        """Evaluate with the program file ``path`` as the feature network (an Inception network for
+        FID; the user names it, see ``core.trust``) in place of what the run's data used."""
+        allow_program(path)
+        self.domain = self.domain.bind({**self.domain.info, "feature_net": str(path)})
+
     def untrained(self, seed: int = 0) -> "DiffusionModel":
         """The same architecture and configuration with freshly initialised weights (a baseline)."""
         torch.manual_seed(seed)
@@ -320,6 +327,8 @@ class DiffusionModel(ModelTasks):
         ``source``: what the record says it evaluated (e.g. ``{"checkpoint": RUN}``)."""
         sampler, steps = self.check_sampling(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
                                              batch_size=batch_size, options=options)
+        for path in self.domain.program_files(self.domain.info):     # never a program a run folder names
+            check_program(path, "feature network", "--feature-net")
         opts = dict(data=data, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
                     **options)
         if guidance_scale is not None:

@@ -14,6 +14,7 @@ anything is written; :func:`~diffuse.api.runs.execute` then runs any plan the sa
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,8 +25,12 @@ import torch
 from ..core.config import RunConfig, TrainConfig, update_dataclass
 from ..core.data.domain import Domain
 from ..core.errors import CheckpointError, DataError, OutputExistsError, UserInputError
-from ..core.training.checkpoint import (check_writable, file_sha256, identity_weights_file, is_run_folder,
-                                        load_checkpoint, read_run_config)
+from ..core.io import check_output_path
+from ..core.lock import LOCK_NAME
+from ..core.trust import allow_program, is_allowed
+from ..core.training import distributed
+from ..core.training.checkpoint import (check_writable, complete_checkpoint, file_sha256, identity_weights_file,
+                                        is_run_folder, load_checkpoint, read_run_config)
 from .configs import check_train, make_config, read_config_file
 from .loading import read_pretrained
 
@@ -48,6 +53,10 @@ class RunPlan:
     init: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], Path] | None = None
     source: RunConfig | None = None
     init_name: str | None = None
+    #: the folder holds a run that never completed a checkpoint: it starts again (``RESTART_REMOVES``)
+    restart: bool = False
+    #: the newest complete checkpoint's generation when planned (re-checked under the run's lock)
+    generation: int | None = None
 
     @property
     def resuming(self) -> bool:
@@ -107,17 +116,53 @@ def check_resume_steps(run_dir: Path, old: TrainConfig, new: TrainConfig, done: 
                          "{\"lr_schedule\": \"constant\"}}) if you want runs that can be extended")
 
 
-def check_out(run_dir: Path) -> None:
-    """A new run's folder: absent, or an empty folder (checked before anything is created)."""
+def check_out(run_dir: Path, elastic: bool = False) -> str:
+    """A new run's folder, checked before anything is created: ``"new"`` (absent, or an empty
+    folder), ``"restart"`` (a run folder that never completed a checkpoint: its first save was
+    interrupted or failed, so it holds no training; the run starts again in it, replacing it) or,
+    with ``elastic`` (an elastic launcher restarting the same command after a failure),
+    ``"resume"`` for a run with a complete checkpoint. A live run's folder is refused by its lock."""
+    check_output_path(run_dir, "--out")
     if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise OutputExistsError(f"--out {run_dir} is a file, not a folder")
+        return "new"
     if is_run_folder(run_dir):
+        if complete_checkpoint(run_dir) is None:
+            return "restart"
+        if elastic:
+            return "resume"
         raise OutputExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
                               "or choose another --out")
-    if any(run_dir.iterdir()):
+    if any(p.name not in _IGNORED for p in run_dir.iterdir()):
         raise OutputExistsError(f"{run_dir} is not empty and is not a diffuse run folder; choose a new or empty --out")
+    return "new"
+
+
+#: files an empty run folder may hold (the lock file of a command that failed before writing)
+_IGNORED = {LOCK_NAME}
+
+#: what a run folder that never completed a checkpoint may hold; removed when it starts again
+RESTART_REMOVES = ("metrics.jsonl", "samples", "checkpoint", "checkpoint.tmp", "checkpoint.old", "evaluation.json",
+                   "grids.json")
+
+
+def final_eval_pending(run_dir: Path, cfg: RunConfig, done: int) -> bool:
+    """A finished diffusion run whose final evaluation never completed (killed or failed during
+    it): ``--resume`` then runs only that evaluation."""
+    t = cfg.train
+    if done < t.steps or not (t.final_eval and t.eval_samples > 0):
+        return False
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return True
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == "eval" and rec.get("step") == done:
+            return False
+    return True
 
 
 #: ``train(init=...)`` names a shipped model with this prefix (``pretrained:molecules``)
@@ -222,15 +267,23 @@ def plan_training(dom: Domain, *, data: str | Path | None = None, out: str | Pat
         run_cfg = read_run_config(run_dir)
         if run_cfg.domain != name:
             raise CheckpointError(f"cannot resume {run_dir}: it is a run of domain {run_cfg.domain!r}, not {name!r}")
+        config = _allow_user_programs(dom, config)
         cfg = resume_config(run_dir, run_cfg, config, diffusion, train_overrides)
+        _check_programs(dom, run_dir, cfg)
         check_train(cfg.train)
         if data is not None:
             cfg.data = str(data)
+        if complete_checkpoint(run_dir) is None:     # its first save never completed: start it again
+            check_writable(run_dir)
+            return RunPlan(run_dir, cfg, restart=True, generation=0)
         checkpoint = load_checkpoint(run_dir, with_state=True)
-        check_resume_steps(run_dir, run_cfg.train, cfg.train, int(checkpoint["state"]["step"]))
+        done = int(checkpoint["state"]["step"])
+        if not final_eval_pending(run_dir, cfg, done):
+            check_resume_steps(run_dir, run_cfg.train, cfg.train, done)
         check_writable(run_dir)
-        return RunPlan(run_dir, cfg, checkpoint=checkpoint)
+        return RunPlan(run_dir, cfg, checkpoint=checkpoint, generation=_generation(checkpoint))
     src = weights = None
+    config = _allow_user_programs(dom, config)
     if init is not None:
         src, model_w, ema_w, record, where = _read_init(init, name)
         config = _init_config(config if isinstance(config, dict) else read_config_file(config), src)
@@ -242,5 +295,53 @@ def plan_training(dom: Domain, *, data: str | Path | None = None, out: str | Pat
         _check_init_unchanged(cfg, src, init)
         cfg.init = record
     run_dir = Path(out) if out is not None else Path("runs") / name
-    check_out(run_dir)
-    return RunPlan(run_dir, cfg, init=weights, source=src, init_name=str(init) if init is not None else None)
+    state = check_out(run_dir, elastic=distributed.restart_count() > 0)
+    if state == "resume":                  # an elastic restart of this command: continue its run
+        return _elastic_resume(run_dir, cfg)
+    return RunPlan(run_dir, cfg, init=weights, source=src, init_name=str(init) if init is not None else None,
+                   restart=state == "restart", generation=0)
+
+
+def _allow_user_programs(dom: Domain, config: dict[str, Any] | str | Path | None) -> dict[str, Any]:
+    """The user's config as a dict; the program files its data options name (an Inception network
+    for FID) may be loaded: the user gave them (``core.trust``)."""
+    user = config if isinstance(config, dict) else read_config_file(config)
+    for path in dom.program_files(user.get("data_options") or {}):
+        allow_program(path)
+    return user
+
+
+def _check_programs(dom: Domain, run_dir: Path, cfg: RunConfig) -> None:
+    """A resumed run that evaluates with a program file its config names: refused unless the user
+    named that file again (``--config`` with the same data option), before any work."""
+    t = cfg.train
+    if not (t.eval_samples and (t.final_eval or t.sample_every)):
+        return
+    for path in dom.program_files(cfg.data_options):
+        if not is_allowed(path):
+            raise UserInputError(f"{run_dir} evaluates with the program file {path} (data_options of its config.json); "
+                                 "diffuse loads programs only from a path you give: resume with a --config naming it "
+                                 "in data_options, if you trust that file")
+
+
+def _generation(checkpoint: dict[str, Any]) -> int:
+    return int(checkpoint["meta"].get("generation", 0))
+
+
+def _elastic_resume(run_dir: Path, cfg: RunConfig) -> RunPlan:
+    """``train --out RUN`` restarted by an elastic launcher (``torchrun --max-restarts``) after a
+    failure: the run it started continues from its newest complete checkpoint, if it is this
+    command's run (the same config up to what may change on resume)."""
+    stored = read_run_config(run_dir)
+    mine, theirs = asdict(cfg), asdict(stored)
+    for d in (mine, theirs):
+        d.pop("data_info", None)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in RESUMABLE_TRAIN_KEYS}
+    if mine != theirs:
+        raise OutputExistsError(f"{run_dir} already holds a run of another config; an elastic restart continues only "
+                                "the run its command started")
+    cfg.data_info = stored.data_info
+    checkpoint = load_checkpoint(run_dir, with_state=True)
+    log.warning("elastic restart %d: continuing %s from its checkpoint at step %s", distributed.restart_count(),
+                run_dir, checkpoint["state"]["step"])
+    return RunPlan(run_dir, cfg, checkpoint=checkpoint, generation=_generation(checkpoint))

@@ -36,7 +36,7 @@ def reflow(checkpoint: str | Path, *, out: str | Path, pairs: int = 1000, steps:
     check_sampler_options(sampler, {})
     check_pair_sampler(sampler)
     run_dir = Path(out)
-    check_out(run_dir)
+    restart = check_out(run_dir) == "restart"
     model = load(checkpoint, device=device)
     if model.diffusion.config.parameterization != "flow":
         raise UserInputError(f"{checkpoint} is a {model.config.diffusion.training!r} model; reflow needs a flow model "
@@ -53,5 +53,6 @@ def reflow(checkpoint: str | Path, *, out: str | Path, pairs: int = 1000, steps:
     record = json.dumps({"source": str(checkpoint), "pairs": pairs, "steps": steps, "sampler": sampler, "seed": seed},
                         indent=2)
     result, _ = execute(run_dir, cfg, cfg.to_json(), model.domain, model.diffusion, model.denoiser.train(), dataset,
-                        model.reference_data(), progress=progress, what="reflowed model", files={"reflow.json": record})
+                        model.reference_data(), progress=progress, what="reflowed model", files={"reflow.json": record},
+                        restart=restart, generation=0)
     return result

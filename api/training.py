@@ -11,6 +11,8 @@ import torch
 from ..core.data.domain import Domain
 from ..core.data.registry import get_domain
 from ..core.errors import UserInputError
+from ..core.memory import check_training
+from ..core.training import distributed
 from ..core.models.latent import check_latent_data, latent_domain
 from ..core.process.diffusion import Diffusion
 from ..core.training.checkpoint import read_run_config
@@ -88,10 +90,13 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
         check_init_data(dom, info, plan.source.data_info, plan.init_name)
     cfg.data_info = info
     dom = dom.bind(info)
-    torch.manual_seed(cfg.train.seed)
     diff = Diffusion(cfg.diffusion)
+    per_rank = -(-cfg.train.batch_size // distributed.world_from_env()[1])
+    check_training(lambda: diff.denoiser(dom.build_backbone(cfg.model)), diff, dom, cfg.model, train_set, per_rank,
+                   resolve_device(cfg.train.device), f"training this {dom.name} model")   # before building it
+    torch.manual_seed(cfg.train.seed)
     denoiser = diff.denoiser(dom.build_backbone(cfg.model))
     result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, diff, denoiser, train_set, reference,
                         checkpoint=plan.checkpoint, init=plan.init, progress=progress, stop_at=stop_at,
-                        what="diffusion model")
+                        what="diffusion model", restart=plan.restart, generation=plan.generation)
     return result

@@ -10,14 +10,17 @@ code 2; click's usage errors likewise. Any other exception is a bug and keeps it
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from ..core.errors import UserInputError
+from ..core.io import check_links
 
 __all__ = ["UserError", "DiffuseGroup", "PATH", "positive", "non_negative", "print_table", "print_columns",
            "parse_structure", "parse_labels", "parse_properties", "parse_prompts", "parse_probability",
@@ -55,7 +58,13 @@ def _user_line(exc: UserInputError) -> UserError:
 
 
 class DiffuseGroup(click.Group):
-    """The error boundary of every command (see the module docstring)."""
+    """The error boundary of every command (see the module docstring), and its signals: SIGTERM
+    stops a command as Ctrl-C does (``KeyboardInterrupt``: outputs being written are removed, a
+    training run checkpoints), reported as one line with exit code 128 + the signal's number."""
+
+    def main(self, *args, **kwargs):
+        _end_quiet_startup()
+        return super().main(*args, **kwargs)
 
     def make_context(self, info_name, args, *rest, **kwargs):
         argv = list(args)
@@ -71,14 +80,105 @@ class DiffuseGroup(click.Group):
             raise _user_line(exc) from None
 
     def invoke(self, ctx):
+        from ..core.training.signals import sigterm_as_interrupt
+
+        held = _HeldWarnings()
         try:
-            return super().invoke(ctx)
+            with held, sigterm_as_interrupt():
+                return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as exc:
+            held.drop()
             raise _usage_line(exc) from None
         except UserInputError as exc:
+            held.drop()                       # a refusal is one line: the warnings before it go
             raise _user_line(exc) from None
+        except KeyboardInterrupt as exc:
+            term = "SIGTERM" in str(exc)
+            click.echo(f"error: interrupted by {'SIGTERM' if term else 'Ctrl-C (SIGINT)'}; what was being written "
+                       "was removed or left whole (see docs/reliability.md)", err=True)
+            ctx.exit(128 + (15 if term else 2))
+
+
+class _HeldWarnings:
+    """Log records of WARNING and above from the start of a command are held back (a filter on the
+    root logger's handlers) for :data:`HOLD_SECONDS` or until the command ends: a command refused
+    with one ``error:`` line drops them, any other end prints them, and a command still working
+    after the delay prints them then and everything after at once."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[logging.Handler, logging.LogRecord]] = []
+        self.holding = True
+        self.lock = threading.Lock()
+        self.timer: threading.Timer | None = None
+
+    def filter(self, record: logging.LogRecord, handler: logging.Handler) -> bool:
+        with self.lock:
+            if self.holding and record.levelno >= logging.WARNING:
+                self.records.append((handler, record))
+                return False
+        return True
+
+    def __enter__(self):
+        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)   # the handler the filter holds
+        self.handlers = list(logging.getLogger().handlers)
+        self.filters = []
+        for h in self.handlers:
+            f = _HandlerFilter(self, h)
+            h.addFilter(f)
+            self.filters.append((h, f))
+        self.timer = threading.Timer(HOLD_SECONDS, self.release)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def release(self) -> None:
+        with self.lock:
+            records, self.records, self.holding = self.records, [], False
+        for handler, record in records:
+            handler.handle(record)
+
+    def drop(self) -> None:
+        with self.lock:
+            self.records, self.holding = [], False
+
+    def __exit__(self, *exc) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if exc[0] is None or not issubclass(exc[0], (UserInputError, click.UsageError)):
+            self.release()
+        for h, f in self.filters:
+            h.removeFilter(f)
+
+
+class _HandlerFilter(logging.Filter):
+    def __init__(self, held: _HeldWarnings, handler: logging.Handler) -> None:
+        super().__init__()
+        self.held, self.handler = held, handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.held.filter(record, self.handler)
+
+
+#: the format of the command line's log lines
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+#: how long warnings are held back at the start of a command (a refusal comes before that)
+HOLD_SECONDS = 3.0
+
+
+def _end_quiet_startup() -> None:
+    """Put back the default Ctrl-C / SIGTERM handling that ``diffuse.cli`` replaced while the
+    command's modules were imported (a signal then ends the start-up with one line)."""
+    import signal
+
+    from . import _quiet_startup_handler
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is _quiet_startup_handler:
+            signal.signal(sig, default)
 
 
 class _PathType(click.Path):
@@ -274,6 +374,7 @@ def check_out_file(path: Path) -> Path:
     if str(path).strip() == "":
         raise UserError("--out is an empty string; give a file name")
     p = Path(path)
+    check_links(p, "--out")      # symbolic-link loops and dangling links, in words
     if p.is_dir():
         raise UserError(f"--out {p} is a folder; give a file name (e.g. {p / 'evaluation.json'})")
     parent = p.parent
@@ -292,6 +393,7 @@ def check_out_dir(path: Path) -> Path:
     if str(path).strip() == "":
         raise UserError("--out is an empty string; give a folder")
     p = Path(path)
+    check_links(p, "--out")      # symbolic-link loops and dangling links, in words
     if p.exists() and not p.is_dir():
         raise UserError(f"--out {p} is a file; give a folder for the samples")
     if p.is_dir() and any(p.iterdir()):

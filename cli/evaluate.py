@@ -4,11 +4,13 @@ parse, call :mod:`diffuse.api`, report."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
 
 from .. import api
+from ..core.lock import run_lock
 from ..core.validation import check_device
 from .common import (PATH, PRETRAINED_HELP, UserError, check_model_source, check_out_file, load_model,
                      parse_sampler_options, source_name,
@@ -50,8 +52,11 @@ __all__ = ["evaluate", "optimize_grid"]
 @click.option("--out", type=PATH, default=None,
               help="JSON file for the metrics (default CHECKPOINT/evaluation.json; for --pretrained NAME: "
                    "evaluation-pretrained-NAME.json in the current folder).")
+@click.option("--feature-net", type=PATH, default=None, metavar="FILE",
+              help="Image FID / KID on this TorchScript Inception network (a program: diffuse loads one only from a "
+                   "path given here or in your own --config, never from a run folder's config.json).")
 def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size, device, domain, spacing,
-             guidance_scale, baseline, sampler_opts, likelihood, likelihood_num, exact_trace, out) -> None:
+             guidance_scale, baseline, sampler_opts, likelihood, likelihood_num, exact_trace, out, feature_net) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
     check_model_source(checkpoint, pretrained)
     # a named sampler's options are checked now; the domain's default sampler's once the model is loaded
@@ -68,12 +73,19 @@ def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size
     default_out = (Path(checkpoint) / "evaluation.json" if pretrained is None
                    else Path(f"evaluation-pretrained-{source_name(checkpoint, pretrained)}.json"))
     out = check_out_file(out or default_out)
+    if feature_net is not None:
+        if not Path(feature_net).is_file():
+            raise UserError(f"--feature-net {feature_net} is not a file")
+        model.use_feature_net(feature_net)
     source = {"checkpoint": str(checkpoint)} if pretrained is None else {"pretrained": pretrained}
-    record = model.evaluation(num, data=data, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
-                              batch_size=batch_size, guidance_scale=guidance_scale, baseline=baseline,
-                              likelihood=likelihood, likelihood_num=likelihood_num, exact_trace=exact_trace,
-                              source=source, **opts)
-    api.write_text(out, json.dumps(record, indent=2))
+    # the run folder's lock while evaluation.json is written into it (core.lock)
+    inside = pretrained is None and Path(out).resolve().parent == Path(checkpoint).resolve()
+    with (run_lock(checkpoint, hint="wait for it, or write elsewhere with --out FILE") if inside else nullcontext()):
+        record = model.evaluation(num, data=data, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
+                                  batch_size=batch_size, guidance_scale=guidance_scale, baseline=baseline,
+                                  likelihood=likelihood, likelihood_num=likelihood_num, exact_trace=exact_trace,
+                                  source=source, **opts)
+        api.write_text(out, json.dumps(record, indent=2))
     n_steps = model.steps_for(sampler, steps)
     title = f"{model.domain.name}: {num} samples ({sampler}, {n_steps} steps, {record['spacing']} grid) vs reference"
     if baseline:
@@ -126,7 +138,7 @@ def optimize_grid(checkpoint, pretrained, out, nfe, sampler, num, seed, max_eval
     if out is not None:                     # a copy of the model that keeps the grid
         model = api.load(model.save_pretrained(out), device=device)
     home = Path(out) if out is not None else Path(model.run_dir)
-    with tqdm(total=max_evals or 20 * nfe, desc=f"optimize-grid ({sampler}, {nfe} steps)", unit="run",
+    with run_lock(home), tqdm(total=max_evals or 20 * nfe, desc=f"optimize-grid ({sampler}, {nfe} steps)", unit="run",
               dynamic_ncols=True, disable=None) as bar:
         def progress(done: int, best: float) -> None:
             bar.update(done - bar.n)

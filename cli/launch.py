@@ -19,8 +19,10 @@ from ..core.training.distributed import ERROR_DIR_ENV, EXIT_STOPPED
 __all__ = ["launch"]
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``python -m diffuse.cli ARGV`` in ``nproc`` processes; returns the exit code."""
+def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+    """Run ``python -m diffuse.cli ARGV`` in ``nproc`` processes; returns the exit code. With
+    ``max_restarts`` the launcher restarts every process after a failure (elastic), up to that many
+    times; ``train --out RUN`` then continues its run from the newest complete checkpoint."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
@@ -36,7 +38,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="diffuse-ranks-") as errors:
         os.environ[ERROR_DIR_ENV] = errors          # inherited by every process
         try:
-            args = parse_args(["--standalone", "--nnodes=1", f"--nproc-per-node={nproc}", "--max-restarts=0",
+            args = parse_args(["--standalone", "--nnodes=1", f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
                                "--monitor-interval=0.1", "-m", "diffuse.cli", *argv])
             # what torchrun's --standalone sets up: a c10d rendezvous on a free local port
             args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .common import DiffuseGroup
+from .common import LOG_FORMAT, DiffuseGroup
 from .evaluate import evaluate, optimize_grid
 from .demo import demo
 from .manage import cache, domains, export_pretrained, save_pretrained
@@ -39,7 +39,8 @@ def main(verbose: bool, threads: str | None) -> None:
       diffuse evaluate --checkpoint runs/image --num 256
       diffuse domains                        list built-in and plugged-in domains
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=LOG_FORMAT)
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)   # (the handler may exist)
     apply_threads(parse_threads(threads, "--threads"))
 
 

@@ -45,6 +45,10 @@ def _size_text(n: int) -> str:
             return f"{n:.1f} {unit}"
 
 
+#: the kinds of cache entries the built-in domains write (a plug-in's appear once it has written one)
+CACHE_KINDS = ("audio", "audio_stats", "images", "molecules")
+
+
 @click.command("cache")
 @click.option("--clear", "clear", is_flag=True, help="Remove the entries (all, or those --kind / --older-than select).")
 @click.option("--kind", default=None, metavar="KIND", help="Only this kind of entry (audio, audio_stats, images, molecules).")
@@ -59,6 +63,10 @@ def cache(clear, kind, older_than, dry_run) -> None:
     """
     if (dry_run or older_than is not None) and not clear:
         raise UserError("--older-than and --dry-run go with --clear")
+    if kind is not None:
+        known = sorted(set(CACHE_KINDS) | {e["kind"] for e in api.cache_entries()})
+        if kind not in known:
+            raise UserError(f"unknown cache kind {kind!r}; the kinds are: {', '.join(known)}")
     if clear:
         removed = api.clear_cache(kind=kind, older_than_days=older_than, dry_run=dry_run)
         total = sum(e["bytes"] for e in removed)

@@ -70,6 +70,13 @@ def _trained_line(result) -> None:
 @click.option("--nproc", type=int, default=None, callback=positive,
               help="Train with N processes (DistributedDataParallel: one per GPU, or gloo on CPU); the same as "
                    "`torchrun --standalone --nproc-per-node N -m diffuse.cli train ...`. --batch-size is global.")
+@click.option("--max-restarts", type=int, default=None, callback=non_negative,
+              help="With --nproc: restart all processes up to N times after one fails or is killed (elastic, as "
+                   "torchrun --max-restarts); the run continues from its newest complete checkpoint.")
+@click.option("--sync-every", type=int, default=None, callback=non_negative, metavar="H",
+              help="Several processes: DiLoCo (Douillard et al. 2023): each process takes H AdamW steps on its own, "
+                   "then the processes average their weight changes and take one outer Nesterov step; H times fewer "
+                   "bytes sent than all-reducing gradients every step (0: every step, the default).")
 @click.option("--latent", type=PATH, default=None, metavar="AE_RUN",
               help="Latent diffusion: train on the latents of this autoencoder run (`diffuse train-autoencoder`).")
 @click.option("--init", default=None, metavar="RUN|DIR|pretrained:NAME",
@@ -77,8 +84,8 @@ def _trained_line(result) -> None:
                    "learning-rate schedule): a run folder, a model folder (save_pretrained), or pretrained:NAME. Data, data options, model and "
                    "diffusion default to that model's; model and diffusion cannot change.")
 def train(domain, data, config_file, steps, batch_size, lr, device, seed, no_progress, out, resume, sample_every,
-          eval_samples, training, schedule, parameterization, backbone, conditions, cond_drop, nproc, latent,
-          init) -> None:
+          eval_samples, training, schedule, parameterization, backbone, conditions, cond_drop, nproc, max_restarts,
+          sync_every, latent, init) -> None:
     """Train a diffusion model; writes a run folder with config, checkpoint, metrics and samples.
 
     Several processes: `diffuse train --nproc N ...`, `torchrun --nproc-per-node N -m diffuse.cli
@@ -120,9 +127,12 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, no_pro
     if nproc is not None and world > 1 and nproc != world:
         raise UserError(f"--nproc {nproc} given inside a launch of {world} processes (WORLD_SIZE={world}); "
                         "leave out --nproc under torchrun / accelerate")
+    if max_restarts is not None and not (nproc is not None and nproc > 1 and world == 1):
+        raise UserError("--max-restarts goes with --nproc N (under torchrun give torchrun --max-restarts)")
     if nproc is not None and nproc > 1 and world == 1:
         from .launch import launch
-        sys.exit(launch(nproc, _without_nproc(click.get_current_context().find_root().meta["diffuse.argv"])))
+        sys.exit(launch(nproc, _without_nproc(click.get_current_context().find_root().meta["diffuse.argv"]),
+                        max_restarts=max_restarts or 0))
     quiet = world > 1 and bool(os.environ.get(distributed.ERROR_DIR_ENV))   # the launcher prints the line
     try:
         with distributed.failure_guard():
@@ -130,7 +140,8 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, no_pro
                                conditions=list(conditions), latent=latent, init=init, progress=not no_progress,
                                model={"backbone": backbone} if backbone is not None else None,
                                diffusion=diffusion, steps=steps, batch_size=batch_size, lr=lr, device=device,
-                               seed=seed, sample_every=sample_every, eval_samples=eval_samples)
+                               seed=seed, sample_every=sample_every, eval_samples=eval_samples,
+                               sync_every=sync_every)
     except distributed.PeerFailed as exc:
         if not quiet:
             click.echo(f"error: {exc}", err=True)
@@ -150,14 +161,15 @@ def train(domain, data, config_file, steps, batch_size, lr, device, seed, no_pro
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
-    """The command line without ``--nproc N`` / ``--nproc=N`` (what every process runs)."""
+    """The command line without ``--nproc N`` / ``--max-restarts N`` (also ``--opt=N``): what every
+    process runs."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--nproc":
+        elif arg in ("--nproc", "--max-restarts"):
             skip = True
-        elif not arg.startswith("--nproc="):
+        elif not arg.startswith(("--nproc=", "--max-restarts=")):
             out.append(arg)
     return out
 

@@ -128,6 +128,11 @@ class TrainConfig:
     holdout_fraction: float = 0.1      # data held out as the evaluation reference
     prefetch: int = 2                  # batches built ahead in a background thread (0: none); same results
     final_eval: bool = True
+    # several processes: 0 all-reduces the gradients every step (DDP); H > 0 runs DiLoCo, the workers
+    # meet every H steps (core.training.diloco) with an outer Nesterov step of outer_lr / outer_momentum
+    sync_every: int = 0
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
 
     def validate(self) -> "TrainConfig":
         """Check every field's type and range (and that the device exists); a ConfigError naming the key.
@@ -140,7 +145,7 @@ class TrainConfig:
             "checkpoint_every": NON_NEGATIVE, "sample_every": NON_NEGATIVE, "eval_samples": NON_NEGATIVE,
             "eval_steps": AT_LEAST_ONE,
             "eval_budget": POSITIVE, "eval_min_seconds": NON_NEGATIVE, "holdout_fraction": FRACTION,
-            "prefetch": NON_NEGATIVE})
+            "prefetch": NON_NEGATIVE, "sync_every": NON_NEGATIVE, "outer_lr": POSITIVE, "outer_momentum": FRACTION})
         return self
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 __all__ = ["UserInputError", "ConfigError", "ConfigVersionError", "DataError", "CheckpointError", "UnknownNameError",
            "UnknownDomainError", "MissingPathError", "OutputExistsError", "NotWritableError", "IsAFolderError",
-           "NotAFolderError", "TrainingDiverged", "NotSupportedError"]
+           "NotAFolderError", "TrainingDiverged", "NotSupportedError", "WriteFailedError", "InUseError",
+           "OutOfMemoryError"]
 
 
 class UserInputError(ValueError):
@@ -73,3 +74,17 @@ class NotAFolderError(UserInputError, NotADirectoryError):
 class TrainingDiverged(UserInputError):
     """The training loss (or gradient norm) became non-finite; the last good step is checkpointed
     (the user lowers the learning rate)."""
+
+
+class WriteFailedError(UserInputError, OSError):
+    """Writing a file failed (a full disk, a read-only or vanished folder, a quota): one line naming
+    the file, the cause in words and what was kept (``core.io.writing``)."""
+
+
+class InUseError(UserInputError, BlockingIOError):
+    """A run folder (or another output) that another diffuse process is writing now (``core.lock``)."""
+
+
+class OutOfMemoryError(UserInputError, MemoryError):
+    """A model or batch that cannot fit in this machine's memory, refused before it is built
+    (``core.memory``)."""

@@ -20,23 +20,29 @@ seeds of one protocol: each seed's figures and their mean, weighted by samples),
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ..core.errors import CheckpointError, OutputExistsError, UserInputError
-from ..core.io import atomic_write_text
+from ..core.errors import CheckpointError, NotSupportedError, OutputExistsError, UserInputError
+from ..core.io import atomic_write_text, check_output_path, tmp_name, writing
+from ..core.lock import exclusive
 from ..core.config import RunConfig
 from ..core.training.checkpoint import file_sha256, identity_weights_file, load_checkpoint, read_run_config
 
-from . import FILES, MAX_FILE_BYTES, PRETRAINED_DIR, check_name
+from . import FILES, MARKER, MAX_FILE_BYTES, PRETRAINED_DIR, candidates, check_name, marker
 from .card import (DATA_LICENSES, _evaluation, _records, model_card, read_evaluations,
                    recipe_of, training_seconds)
-from .files import write_model_folder
 
-__all__ = ["export", "recipe_of", "model_card", "stages", "read_evaluations", "training_seconds", "DATA_LICENSES"]
+__all__ = ["export", "recipe_of", "model_card", "stages", "read_evaluations", "training_seconds", "DATA_LICENSES",
+           "recover"]
+
+log = logging.getLogger(__name__)
 
 
 def stages(cfg: RunConfig, replacing: str | None = None) -> list[RunConfig]:
@@ -97,9 +103,9 @@ def _shipped_stages(init: dict[str, Any]) -> list[RunConfig]:
     if own.init is None:
         return [own]
     mine = recipes / f"{name}.json"
-    try:
-        same = json.loads(mine.read_text()) == recipe_of(own)
-    except (OSError, ValueError):
+    try:   # read as a config (options added since it was written take their defaults)
+        same = recipe_of(RunConfig.load(mine)) == recipe_of(own)
+    except (OSError, ValueError, TypeError, KeyError):
         same = False
     earlier, k = [], 1
     while (recipes / f"{name}-stage{k}.json").is_file():
@@ -124,8 +130,15 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
 
     check_name(name)
     run_dir = Path(run)
+    base = Path(root) if root is not None else PRETRAINED_DIR.parent
+    for sub in ("pretrained", "recipes"):    # before any work: where the files go can be written
+        check_output_path(base / sub, "--root" if root is not None else "the package folder")
     ck = load_checkpoint(run_dir)
     cfg: RunConfig = ck["config"]
+    if cfg.latent is not None:
+        raise NotSupportedError(f"{run_dir} is a latent diffusion model; export-pretrained ships a model's own files "
+                                "only and its autoencoder would not travel with it (the model would break on any "
+                                "other machine): sample it from its run folder")
     if evaluations:
         evals = read_evaluations(run_dir, evaluations)
     else:
@@ -138,7 +151,6 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     model = assemble(cfg, weights, run_dir, "cpu")            # the weights fit the model the config describes
     params = sum(p.numel() for p in model.denoiser.parameters())
     records = _records(run_dir)
-    base = Path(root) if root is not None else PRETRAINED_DIR.parent
     from . import PRETRAINED_DIR as shipped_dir   # where `--init pretrained:NAME` read the model (now)
     replaces_shipped = (base / "pretrained").resolve() == shipped_dir.resolve()
     earlier = stages(cfg, replacing=name if replaces_shipped else None)
@@ -156,12 +168,112 @@ def export(run: str | Path, name: str, *, root: str | Path | None = None, half: 
     dest = base / "pretrained" / name
     recipe = base / "recipes" / f"{name}.json"
     stage_recipes = [base / "recipes" / f"{name}-stage{k}.json" for k in range(1, len(earlier) + 1)]
-    for path in (dest, recipe, *stage_recipes):
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path} exists; give --force to replace it")
-    write_model_folder(dest, {fname: blobs[fname] for fname in FILES}, force=True)
-    recipe.parent.mkdir(parents=True, exist_ok=True)
-    for path, stage in zip(stage_recipes, earlier):
-        atomic_write_text(path, json.dumps(recipe_of(stage), indent=2, sort_keys=True) + "\n")
-    atomic_write_text(recipe, json.dumps(recipe_of(cfg), indent=2, sort_keys=True) + "\n")
+    recipes = {p.name: recipe_of(c) for p, c in zip([*stage_recipes, recipe], [*earlier, cfg])}
+    with writing(dest, f"the pretrained model {name!r} was not changed"):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(dest.parent / f".{name}.lock", f"pretrained model {name!r} in {dest.parent}"):
+            recover(base, name)
+            for path in (dest, recipe, *stage_recipes):
+                if path.exists() and not force:
+                    raise OutputExistsError(f"{path} exists; give --force to replace it")
+            previous = marker(dest) if dest.is_dir() else None
+            generation = int((previous or {}).get("generation", 0)) + 1
+            blobs[MARKER] = json.dumps({"generation": generation, "recipes": recipes}, indent=1).encode()
+            _swap_in(dest, blobs)
+            _write_recipes(base, recipes)
     return [dest / f for f in FILES] + stage_recipes + [recipe]
+
+
+def _swap_in(dest: Path, blobs: dict[str, bytes]) -> None:
+    """Write the model into ``.NAME.tmp-PID`` (``export.json`` last: then it is complete), then
+    replace ``NAME`` by renames (``NAME`` -> ``.NAME.old``, staging -> ``NAME``, remove the old one).
+    A kill anywhere leaves a complete model that :func:`~diffuse.pretrained.folder` finds and
+    :func:`recover` puts back in place."""
+    staging, old = tmp_name(dest), dest.with_name(f".{dest.name}.old")
+    staging.mkdir()
+    try:
+        for fname in (*FILES, MARKER):
+            _write_synced(staging / fname, blobs[fname])
+        _fsync_dir(staging)
+        if dest.exists():                    # --force
+            os.replace(dest, old)
+        os.replace(staging, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        if not dest.exists() and old.exists():
+            os.replace(old, dest)            # the previous model back in place
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_recipes(base: Path, recipes: dict[str, Any]) -> None:
+    """The recipes a model ships with (from its ``export.json``), each written where it differs."""
+    folder = base / "recipes"
+    folder.mkdir(parents=True, exist_ok=True)
+    for fname, rec in recipes.items():
+        path = folder / fname
+        text = json.dumps(rec, indent=2, sort_keys=True) + "\n"
+        try:
+            same = path.read_text() == text
+        except OSError:
+            same = False
+        if not same:
+            atomic_write_text(path, text)
+
+
+def recover(base: str | Path, name: str) -> Path | None:
+    """Finish an interrupted replacement of model ``name`` in ``base/pretrained`` (the folder's
+    lock held): the complete folder of the highest generation becomes ``NAME``, the others and
+    incomplete staging folders of dead processes go, and its recipes are rewritten from its
+    ``export.json`` where they differ. Returns the model's folder (None if there is none)."""
+    base = Path(base)
+    pre = base / "pretrained"
+    found = candidates(pre, name)
+    dest = pre / name
+    if found and found[0][2] != dest:
+        best = found[0][2]
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(best, dest)
+        log.warning("pretrained model %r: finished a replacement that was interrupted (%s -> %s)", name, best.name,
+                    dest.name)
+    for path in [pre / f".{name}.old", *pre.glob(f".{name}.tmp-*")]:
+        if path.exists() and (path.name.endswith(".old") or not _live(path)):
+            shutil.rmtree(path, ignore_errors=True)
+    mark = marker(dest) if dest.is_dir() else None
+    if mark is not None and isinstance(mark.get("recipes"), dict):
+        _write_recipes(base, mark["recipes"])
+    return dest if dest.is_dir() else None
+
+
+def _live(staging: Path) -> bool:
+    """Whether the process that writes a staging folder ``.NAME.tmp-PID`` is alive."""
+    try:
+        os.kill(int(staging.name.rsplit("-", 1)[1]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+    return True

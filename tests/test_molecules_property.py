@@ -5,6 +5,8 @@ CLI's bad-input rows."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -74,7 +76,11 @@ def test_batches_carry_properties_normalised_by_the_training_data_and_they_round
     info = ds.info()
     assert DOM.bind(info).condition_kinds()["property"].spec() == kind.spec()
     train, held = ds.split(0.25, seed=1)
-    assert train.property_kind().spec() == kind.spec() and held.property_kind().spec() == kind.spec()
+    # the split refits the normalisation to the training part only (issue 33): both parts share it
+    assert train.property_kind().spec() == held.property_kind().spec() == ds.property_kind().spec()
+    np.testing.assert_allclose(train.property_kind().mean, truth[train.indices.numpy()].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(train.property_kind().std, truth[train.indices.numpy()].std(0, ddof=1), rtol=1e-5)
+    assert not np.allclose(train.property_kind().mean, kind.mean)   # the held-out quarter no longer counts
     assert info["property_atoms"]["names"] == ["alpha", "gap"] and info["property_units"]["gap"] == "meV"
     assert len(info["property_atoms"]["num_atoms"]) == len(ds)
 
@@ -204,8 +210,15 @@ def _two_sizes(m=64, seed=0):
     return ds.with_properties(np.where(big, 50.0, 10.0)[:, None], ["alpha"], ["alpha"])
 
 
-def test_tiny_conditional_model_moves_samples_to_the_requested_property():
-    torch.manual_seed(0)
+def _conditional_model_moves_samples(seed: int) -> None:
+    """A tiny conditional model trained with ``seed`` (300 Adam steps) moves samples to the requested
+    property. Issue 33 made this hold for any seed: 150 steps learned the condition for one seed in
+    four; the null condition's two halves were compared by medians of 8 radii from a two-size
+    mixture (which jump between its modes: with a perfect model the old check held about one time
+    in three), now by the means of 32; and the samples are drawn with the ancestral sampler (the
+    molecule domain's own), as DDIM's 20 deterministic steps from t = 1, where alpha is 3e-3 on this
+    schedule, magnified the tiny model's errors into exploded molecules."""
+    torch.manual_seed(seed)
     ds = _two_sizes()
     dom = DOM.bind(ds.info())
     cfg = api.make_config("molecules", config={"model": {"preset": "tiny"}}).diffusion   # cond_drop 0.1
@@ -213,8 +226,8 @@ def test_tiny_conditional_model_moves_samples_to_the_requested_property():
     den = diff.denoiser(dom.build_backbone({"preset": "tiny"}))
     assert den.backbone.context_dim == 2
     opt = torch.optim.Adam(den.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for step in range(150):
+    g = torch.Generator().manual_seed(seed)
+    for step in range(300):
         b = ds.batch(torch.randperm(len(ds), generator=g)[:32])
         loss = diff.training_losses(den, b, g).mean()
         opt.zero_grad()
@@ -222,21 +235,33 @@ def test_tiny_conditional_model_moves_samples_to_the_requested_property():
         opt.step()
     den.eval()
     kind = dom.condition_kinds()["property"]
-    n = 16
-    cond = parse_condition({"property": kind}, {"property": {"alpha": [10.0] * 8 + [50.0] * 8}}, n)
+    n = 64
+    cond = parse_condition({"property": kind}, {"property": {"alpha": [10.0] * 32 + [50.0] * 32}}, n)
 
     def radii(scale):
-        out = generate(den, dom, n, sampler="ddim", steps=20, seed=1, cond=cond, structure=[4] * n,
+        out = generate(den, dom, n, sampler="ddpm", steps=100, seed=1, cond=cond, structure=[4] * n,
                        guidance=[Guidance.parse(scale)])
         r = out.x[:, :3].norm(dim=1).reshape(n, 4).mean(1)
-        return float(r[:8].median()), float(r[8:].median())
+        return r[:32], r[32:]
 
-    uncond = radii(0.0)   # the null condition: the same mixture for both halves
-    assert abs(uncond[0] - uncond[1]) < 0.3
-    small, large = radii(1.0)
-    assert large - small > 0.5 and small < min(uncond) and large > max(uncond)
-    small, large = radii(2.0)   # guided: closer still to the requested sizes (0.5 and 1.5 A)
-    assert abs(small - 0.5) < 0.2 and abs(large - 1.5) < 0.35
+    uncond = [float(r.mean()) for r in radii(0.0)]   # the null condition: the same mixture for both halves
+    assert abs(uncond[0] - uncond[1]) < 0.3, uncond
+    small, large = (float(r.median()) for r in radii(1.0))
+    assert large - small > 0.5 and small < min(uncond) and large > max(uncond), (small, large, uncond)
+    small, large = (float(r.median()) for r in radii(2.0))   # guided: closer to the requested 0.5 and 1.5 A
+    assert abs(small - 0.5) < 0.2 and abs(large - 1.5) < 0.35, (small, large)
+
+
+def test_tiny_conditional_model_moves_samples_to_the_requested_property():
+    _conditional_model_moves_samples(0)
+
+
+@pytest.mark.skipif(os.environ.get("DIFFUSE_SLOW_TESTS") != "1",
+                    reason="eight trainings of a tiny model (about 5 minutes on 2 loaded cores); run with "
+                           "DIFFUSE_SLOW_TESTS=1")
+@pytest.mark.parametrize("seed", range(1, 8))
+def test_the_conditional_model_learns_for_any_seed(seed):
+    _conditional_model_moves_samples(seed)
 
 
 # ------------------------------------------------------------------ the property predictor

@@ -28,7 +28,7 @@ def run(tmp_path_factory) -> Path:
 def test_export_load_sample_round_trip(run, tmp_path):
     paths = export(run, "tiny", root=tmp_path, hardware="test machine")
     folder = tmp_path / "pretrained" / "tiny"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(pretrained.FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*pretrained.FILES, pretrained.MARKER])
     assert all(p.stat().st_size < pretrained.MAX_FILE_BYTES for p in paths)
     assert (tmp_path / "recipes" / "tiny.json") in paths
     model = api.load_pretrained("tiny", device="cpu", root=tmp_path)

@@ -361,6 +361,18 @@ class Domain(ABC):
         ``None`` when the domain has none."""
         return None
 
+    def activation_bytes(self, batch_size: int, model: dict[str, Any]) -> int | None:
+        """A lower bound of the bytes one training batch of ``batch_size`` keeps for the backward
+        pass, for a network whose shapes depend on the data (graph edges built from the batch) and
+        so cannot be measured by ``core.memory``'s meta-device forward. Default: None (measured)."""
+        return None
+
+    def program_files(self, options: dict[str, Any]) -> list[str]:
+        """The program files (TorchScript...) that data options or a ``data_info`` name, e.g. an
+        image domain's Inception feature network: loaded only when the user gave the path
+        (``core.trust``). Default: none."""
+        return []
+
     def check_config(self, model: dict[str, Any]) -> None:
         """Validate user-given model options before anything is built (a ConfigError naming the
         option): the chosen backbone's own check (nothing for a domain without records)."""
@@ -412,4 +424,8 @@ class Domain(ABC):
     def check_structure(self, value: Any, batch_size: int | None = None) -> None:
         """Validate a requested sampling structure (e.g. per-sample atom counts) before sampling:
         raise ``ValueError`` with one clear line if it is impossible or would not fit in memory
-        (``batch_size``: samples drawn at once, when known). Default: accept."""
+        (``batch_size``: samples drawn at once, when known). Default: the domain has no sampling
+        structure, so any value is refused (it would be ignored)."""
+        if value is not None:
+            raise NotSupportedError(f"the {self.name} domain has no sampling structure, so --condition (structure=) "
+                                    "would be ignored; it takes atom counts of molecules (class labels: --label)")

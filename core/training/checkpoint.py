@@ -49,11 +49,13 @@ from safetensors.torch import load_file, save as safetensors_bytes
 from ..config import CONFIG_VERSION, RunConfig, TrainConfig, update_dataclass
 from ..data.registry import domain_class
 from ..errors import CheckpointError, ConfigVersionError, NotWritableError, UserInputError
+from ..io import atomic_write_text, writing
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_run_config", "checkpoint_dir", "read_weights",
            "checkpoint_meta", "read_checkpoint", "file_sha256", "identity_weights_file", "load_kind_config",
            "clean_checkpoints", "check_writable", "is_run_folder", "load_weights", "CHECKPOINT_FORMAT",
-           "is_model_folder", "MODEL_WEIGHTS", "hardware_record"]
+           "is_model_folder", "MODEL_WEIGHTS", "hardware_record", "complete_checkpoint", "kept_text",
+           "drop_records_after"]
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +85,22 @@ def hardware_record(device: torch.device | str, world_size: int = 1) -> dict[str
             "cpus": os.cpu_count(), "torch": torch.__version__}
 
 
-def _state_dict_for_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _state_dict_for_save(module: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage; clone to contiguous independent tensors
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    state = module if isinstance(module, dict) else module.state_dict()
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with writing(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -199,7 +203,8 @@ def is_run_folder(path: str | Path) -> bool:
     return (path / "config.json").exists() or any((path / n).exists() for n in _NAMES)
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, ema: torch.nn.Module | None,
+def save_checkpoint(run_dir: Path, model: torch.nn.Module | dict[str, torch.Tensor],
+                    ema: torch.nn.Module | dict[str, torch.Tensor] | None,
                     state: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write a new ``run_dir/checkpoint`` (see the module docstring for the protocol).
 
@@ -217,22 +222,63 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, ema: torch.nn.Module 
     generation = int(best_meta.get("generation", 0)) + 1 if best_meta is not None else 1
     marker = json.dumps({"format": CHECKPOINT_FORMAT, **meta, "generation": generation}, indent=2).encode()
     check_writable(run_dir, training=False)
-    clean_checkpoints(run_dir)                                         # (1)
-    staging = run_dir / ("checkpoint.old" if best is not None and best.name == "checkpoint.tmp" else "checkpoint.tmp")
-    os.mkdir(staging)                                                  # (2)
-    for name, data in blobs.items():
-        _write_file(staging / name, data)
-    _write_file(staging / f"{_MARKER}.tmp", marker)
-    os.replace(staging / f"{_MARKER}.tmp", staging / _MARKER)
-    _fsync_dir(staging)
-    _fsync_dir(run_dir)
-    if best is not None:                                               # (3)
-        _remove(best)
-    final = run_dir / "checkpoint"
-    if staging != final:                                               # (4)
-        os.replace(staging, final)
+    with writing(run_dir / "checkpoint", lambda: kept_text(run_dir)):
+        clean_checkpoints(run_dir)                                     # (1)
+        staging = run_dir / ("checkpoint.old" if best is not None and best.name == "checkpoint.tmp"
+                             else "checkpoint.tmp")
+        os.mkdir(staging)                                              # (2)
+        try:
+            for name, data in blobs.items():
+                _write_file(staging / name, data)
+            _write_file(staging / f"{_MARKER}.tmp", marker)
+            os.replace(staging / f"{_MARKER}.tmp", staging / _MARKER)
+        except BaseException:
+            # an incomplete staging folder is never read; remove it now (a full disk gets its space back)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_dir(staging)
         _fsync_dir(run_dir)
+        if best is not None:                                           # (3)
+            _remove(best)
+        final = run_dir / "checkpoint"
+        if staging != final:                                           # (4)
+            os.replace(staging, final)
+            _fsync_dir(run_dir)
     return final
+
+
+def drop_records_after(run_dir: str | Path, step: int) -> None:
+    """Drop the ``metrics.jsonl`` records of steps after ``step`` (a killed run logged them; the
+    resumed run logs them again) and lines torn by a kill, atomically."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            ok = int(json.loads(line)["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            ok = False  # a line torn by a kill
+        if ok:
+            keep.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write_text(path, "".join(keep))
+        log.info("metrics.jsonl: dropped %d records after the checkpoint's step %d", dropped, step)
+
+
+def complete_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
+    """The meta of the newest complete checkpoint of ``run_dir``, or None (none was completed)."""
+    return _scan(Path(run_dir))[1]
+
+
+def kept_text(run_dir: str | Path) -> str:
+    """What a failed write in a run folder leaves: its newest complete checkpoint, if any."""
+    meta = complete_checkpoint(run_dir)
+    if meta is None:
+        return f"no checkpoint was completed yet (the same command, or --resume {run_dir}, starts the run again)"
+    return f"the checkpoint at step {meta.get('step')} is intact (continue with --resume {run_dir})"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

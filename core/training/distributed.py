@@ -36,7 +36,7 @@ import torch
 from ..errors import UserInputError
 
 __all__ = ["DistContext", "current", "init_distributed", "world_from_env", "shard_bounds", "failure_guard",
-           "EXIT_STOPPED", "DEFAULT_TIMEOUT_S", "ERROR_DIR_ENV", "PeerFailed"]
+           "EXIT_STOPPED", "DEFAULT_TIMEOUT_S", "ERROR_DIR_ENV", "PeerFailed", "restart_count"]
 
 #: exit code of a rank stopped because another rank failed
 EXIT_STOPPED = 3
@@ -45,9 +45,22 @@ EXIT_STOPPED = 3
 DEFAULT_TIMEOUT_S = 1800.0
 #: the ``--nproc`` launcher's folder for one-line error records of its ranks
 ERROR_DIR_ENV = "DIFFUSE_ERROR_DIR"
-_FAILED_KEY = "diffuse/failed"
-_ACK_KEY = "diffuse/failure_acks"
 _POLL_S = 0.2
+
+
+def restart_count() -> int:
+    """How many times an elastic launcher (``torchrun --max-restarts N``) has restarted this
+    process's group after a failure (``TORCHELASTIC_RESTART_COUNT``; 0 on the first start)."""
+    try:
+        return max(0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0))
+    except ValueError:
+        return 0
+
+
+def _key(name: str) -> str:
+    """A key of this attempt in the launcher's store: a restarted group must not read the
+    failure of the attempt before it (the store outlives the workers under torchrun)."""
+    return f"diffuse/{restart_count()}/{name}"
 
 
 class PeerFailed(RuntimeError):
@@ -105,6 +118,11 @@ class DistContext:
     local_rank: int = 0
     device: torch.device | None = None
     backend: str | None = None
+    #: bytes this process has all-reduced in training collectives (gradients, DiLoCo's outer
+    #: gradients, losses): counted from the tensors sent, not estimated
+    allreduced_bytes: int = 0
+    #: bytes gathered for checkpoints (a DiLoCo run's worker states), apart from training traffic
+    checkpoint_bytes: int = 0
     _store: Any = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
@@ -137,8 +155,45 @@ class DistContext:
             return value
         import torch.distributed as dist
         out = value.detach().clone()
+        self.allreduced_bytes += out.numel() * out.element_size()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
+
+    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over the ranks (counted in :attr:`allreduced_bytes`)."""
+        return self.all_reduce_sum(value) / self.world_size if self.enabled else value
+
+    def broadcast(self, value: torch.Tensor, src: int = 0) -> None:
+        """Rank ``src``'s ``value`` on every rank, in place (nothing in one process)."""
+        if self.enabled:
+            import torch.distributed as dist
+            dist.broadcast(value, src=src)
+
+    def gather_object(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` as a list on rank 0 (``None`` on the others; ``[obj]`` in one
+        process); the pickled bytes are counted in :attr:`checkpoint_bytes`."""
+        if not self.enabled:
+            return [obj]
+        import io
+        import torch.distributed as dist
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        self.checkpoint_bytes += buf.getbuffer().nbytes
+        out = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def count_gradients(self, ddp: Any) -> None:
+        """Count the bytes DistributedDataParallel all-reduces (a communication hook that adds up
+        each gradient bucket and then runs DDP's own averaging all-reduce)."""
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        def hook(state, bucket):
+            buf = bucket.buffer()
+            self.allreduced_bytes += buf.numel() * buf.element_size()
+            return default_hooks.allreduce_hook(state, bucket)
+
+        ddp.register_comm_hook(None, hook)
 
     # ------------------------------------------------------------------ failure
     def _start_watchdog(self) -> None:
@@ -154,8 +209,8 @@ class DistContext:
     def _watch(self) -> None:
         while not self._stop.wait(_POLL_S):
             try:
-                failed = self._store.check([_FAILED_KEY])
-                message = self._store.get(_FAILED_KEY).decode() if failed else None
+                failed = self._store.check([_key("failed")])
+                message = self._store.get(_key("failed")).decode() if failed else None
             except Exception:  # noqa: BLE001 - the store went away with the rank that hosted it
                 if self._stop.wait(1.0):   # a normal end: rank 0 may exit right after the last barrier
                     return
@@ -165,7 +220,7 @@ class DistContext:
             if self._stop.is_set():
                 return
             try:
-                self._store.add(_ACK_KEY, 1)
+                self._store.add(_key("failure_acks"), 1)
             except Exception:  # noqa: BLE001
                 pass
             _stop_process(self.rank, f"rank {self.rank} stopped: {message}", "stopped", EXIT_STOPPED)
@@ -178,19 +233,19 @@ class DistContext:
         self._stop.set()
         mine = f"rank {self.rank} failed: {line}"
         try:
-            now = self._store.compare_set(_FAILED_KEY, "", mine).decode()
+            now = self._store.compare_set(_key("failed"), "", mine).decode()
         except Exception:  # noqa: BLE001 - rank 0 (the store's host) is gone
             return "rank 0 exited (lost contact with it)"
         if now != mine:
             try:
-                self._store.add(_ACK_KEY, 1)
+                self._store.add(_key("failure_acks"), 1)
             except Exception:  # noqa: BLE001
                 pass
             return now
         deadline = time.monotonic() + 3.0   # let the others read the message before a host rank exits
         while time.monotonic() < deadline:
             try:
-                if self._store.add(_ACK_KEY, 0) >= self.world_size - 1:
+                if self._store.add(_key("failure_acks"), 0) >= self.world_size - 1:
                     break
             except Exception:  # noqa: BLE001
                 break
@@ -281,6 +336,9 @@ def init_distributed(device: str = "auto") -> DistContext:
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         kwargs = {"device_id": dev} if use_cuda else {}
+        store = _attempt_store(world, timeout)
+        if store is not None:
+            kwargs["store"] = store
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout), **kwargs)
     ctx = DistContext(rank, world, local, dev, backend)
     _CURRENT = ctx
@@ -288,6 +346,19 @@ def init_distributed(device: str = "auto") -> DistContext:
     ctx._start_watchdog()
     ctx.barrier()
     return ctx
+
+
+def _attempt_store(world: int, timeout: float) -> Any:
+    """Under an elastic agent that hosts the store (torchrun), the process group's keys of this
+    attempt under their own prefix: the agent's store outlives the workers it restarts, and a
+    restarted rank could otherwise read the address its dead predecessor published (gloo then
+    fails to connect, or waits). None elsewhere (``env://`` as usual)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import torch.distributed as dist
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
+                           is_master=False, timeout=timedelta(seconds=timeout))
+    return dist.PrefixStore(f"diffuse/attempt_{restart_count()}/", client)
 
 
 def _destroy() -> None:

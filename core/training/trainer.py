@@ -61,11 +61,13 @@ from torch.optim.swa_utils import AveragedModel
 from ..config import RunConfig
 from ..data.domain import Batch, Domain, DomainDataset
 from ..errors import ConfigError, TrainingDiverged
-from ..io import atomic_write_text, write_samples
+from ..io import append_text, keeping, write_samples
 from ..sampling.generate import generate
 from . import distributed
 from .batches import BatchStream
-from .checkpoint import clean_checkpoints, hardware_record, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (clean_checkpoints, drop_records_after, hardware_record, kept_text, load_checkpoint,
+                         load_weights, save_checkpoint)
+from .diloco import DiLoCo, mean_state
 from .evalbudget import plan as plan_eval, seconds_per_sample_call
 from .optim import EMA_CONTINUED, ema_avg_fn, lr_lambda, resolve_device, step_seed
 from .signals import signals_held, sigterm_as_interrupt
@@ -109,6 +111,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     sample_dir: Path | None = None
     seconds: float = 0.0
+    #: bytes this process all-reduced in training (several processes; see ``core.training.distributed``)
+    allreduced_bytes: int = 0
 
 
 class Trainer:
@@ -141,6 +145,9 @@ class Trainer:
         self.model = model.to(self.device)
         if self._memory_format is not None:
             self.model.to(memory_format=self._memory_format)
+        # DiLoCo (train.sync_every H): every worker steps on its own, the weights meet every H steps
+        self.diloco = DiLoCo(self.model, self.dist, self.cfg.sync_every, self.cfg.outer_lr,
+                             self.cfg.outer_momentum) if self.cfg.sync_every else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused kernels on CUDA; the multi-tensor (foreach) implementation on CPU
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -149,6 +156,7 @@ class Trainer:
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(self.cfg.ema_decay, self.cfg.ema_warmup),
                                  use_buffers=True)
         self.step = 0
+        self._bytes0 = self.dist.allreduced_bytes     # this run's all-reduce bytes are counted from here
         self._saved_step: int | None = None
         self._eval_seconds = 0.0   # evaluation time of this session (kept out of the training time)
         self.batches = BatchStream(dataset, self.cfg)     # the data order, and batches built ahead
@@ -163,10 +171,11 @@ class Trainer:
             # in place (state-dict keys unchanged), after the EMA copy so that it stays uncompiled
             getattr(self.model, "backbone", self.model).compile()
         self._ddp = None
-        if self.dist.enabled:
+        if self.dist.enabled and self.diloco is None:
             from torch.nn.parallel import DistributedDataParallel
             # every rank starts from rank 0's weights (DDP broadcasts them here)
             self._ddp = DistributedDataParallel(_ShardLoss(self.model, self.objective), device_ids=None)
+            self.dist.count_gradients(self._ddp)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -177,9 +186,16 @@ class Trainer:
         """Checkpoint the current step (rank 0 writes; with ``sync`` the other ranks wait at a
         barrier until it is complete). SIGINT / SIGTERM arriving meanwhile are held until the
         checkpoint is complete, then (with ``stop_on_signal``) raise KeyboardInterrupt."""
+        model, ema, state = self.model, self.ema.module, None
+        if self.diloco is not None:         # every worker's state, gathered to rank 0 (a collective)
+            ranks = self.diloco.gather({"model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
+                                        **self.state()})
+            if ranks is not None:
+                model, ema = self.diloco.global_weights(), mean_state([r["ema"] for r in ranks])
+                state = {**self.state(), "diloco": {**self.diloco.state_dict(), "ranks": ranks}}
         if self.dist.is_main:
             with signals_held() as pending:
-                save_checkpoint(self.run_dir, self.model, self.ema.module, self.state(),
+                save_checkpoint(self.run_dir, model, ema, state or self.state(),
                                 {"domain": self.config.domain, "step": self.step,
                                  "hardware": hardware_record(self.device, self.dist.world_size)})
         else:
@@ -201,6 +217,11 @@ class Trainer:
         if ck["ema"] is not None:
             load_weights(self.ema.module, ck["ema"], where)
         st = ck["state"]
+        if "diloco" in st:                  # this worker's own weights, EMA and inner optimiser
+            self.diloco.load_state_dict(st["diloco"], where)
+            st = st["diloco"]["ranks"][self.dist.rank]
+            load_weights(self.model, st["model"], where)
+            load_weights(self.ema.module, st["ema"], where)
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.ema.n_averaged.fill_(int(st.get("ema_n_averaged", st["step"])))
@@ -222,25 +243,9 @@ class Trainer:
         """Before continuing a loaded run: remove checkpoint folders left by an interrupted save,
         and drop the metrics.jsonl records of steps after the checkpoint (a killed run logged
         them; the resumed run logs them again), atomically. Rank 0's job; other ranks do nothing."""
-        if not self.dist.is_main:
-            return
-        clean_checkpoints(self.run_dir)
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep, dropped = [], 0
-        for line in path.read_text().splitlines():
-            try:
-                ok = int(json.loads(line)["step"]) <= self.step
-            except (ValueError, KeyError, TypeError):
-                ok = False  # a line torn by a kill
-            if ok:
-                keep.append(line + "\n")
-            else:
-                dropped += 1
-        if dropped:
-            atomic_write_text(path, "".join(keep))
-            log.info("metrics.jsonl: dropped %d records after the checkpoint's step %d", dropped, self.step)
+        if self.dist.is_main:
+            clean_checkpoints(self.run_dir)
+            drop_records_after(self.run_dir, self.step)
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> tuple[float, float]:
@@ -270,9 +275,10 @@ class Trainer:
             if self._memory_format is not None:
                 batch = Batch(batch.x.contiguous(memory_format=self._memory_format), batch.space, batch.cond,
                               batch.extras)
-            if self._ddp is None:
+            if self._ddp is None:   # one process, or a DiLoCo worker (its shard; no gradient exchange)
                 with self.autocast:
-                    loss = self.objective.training_losses(self.model, batch, dev_gen).mean()
+                    loss = self.objective.training_losses(self.model, batch, dev_gen, shard=self.dist.shard(len(batch))
+                                                          ).mean()
                 if not torch.isfinite(loss):  # before any update: the weights are still the last good ones
                     raise TrainingDiverged(f"loss {loss.item()}")
                 (loss / cfg.grad_accum).backward()
@@ -307,12 +313,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=self.device.type != "cpu")
         self.ema.update_parameters(self.model)
         self.step += 1
+        if self.diloco is not None and self.diloco.due(self.step, self.cfg.steps):
+            self.diloco.sync()
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_text(self.run_dir / "metrics.jsonl", json.dumps(record) + "\n")
 
     def _eval_budget(self, final: bool) -> float | None:
         """Seconds one evaluation may take (``core.training.evalbudget``): ``eval_budget`` times the run's
@@ -359,7 +366,8 @@ class Trainer:
         finally:
             bar.close()
         out_dir = self.run_dir / "samples" / tag
-        write_samples(self.domain, samples, out_dir)
+        write_samples(self.domain, samples, out_dir, kept=kept_text(self.run_dir) + (
+            " (--resume runs the final evaluation again)" if final else ""))
         metrics: dict[str, float] = {}
         if self.reference is not None and len(self.reference) > 0:
             metrics = self.domain.metrics(samples, self.reference)
@@ -394,14 +402,15 @@ class Trainer:
         self._fit_start, self._eval_seconds = (start_time, self.step), 0.0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.show_progress, desc="train",
                    unit="step", dynamic_ncols=True)
-        with sigterm_as_interrupt(), self.batches.prefetching():
+        with sigterm_as_interrupt(), self.batches.prefetching(), keeping(lambda: kept_text(self.run_dir)):
             try:
                 loss = self._loop(bar, end)
                 bar.close()
-                self.save()
+                if self._saved_step != self.step:   # (a finished run resumed for its final evaluation: saved)
+                    self.save()
             except KeyboardInterrupt:
                 bar.close()
-                if self._saved_step != self.step:
+                if self._saved_step != self.step and self._can_save_alone():
                     self.save(stop_on_signal=False, sync=False)   # the other ranks may be anywhere
                 if self.dist.is_main:
                     log.warning("interrupted at step %d; checkpoint saved, continue with --resume %s",
@@ -409,7 +418,7 @@ class Trainer:
                 raise
             except TrainingDiverged as exc:
                 bar.close()
-                if self._saved_step != self.step:
+                if self._saved_step != self.step and self._can_save_alone():
                     self.save(stop_on_signal=False)
                 raise TrainingDiverged(
                     f"training diverged at step {self.step + 1} ({exc}); the last good checkpoint (step {self.step}) "
@@ -420,8 +429,25 @@ class Trainer:
         sample_dir = None
         if (cfg.final_eval and cfg.eval_samples > 0 and self.step >= cfg.steps and self.dist.is_main
                 and self.objective.samples):
-            metrics, sample_dir = self.evaluate("final", self._eval_budget(final=True))
-        return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time)
+            with sigterm_as_interrupt(), keeping(lambda: kept_text(self.run_dir)):
+                metrics, sample_dir = self.evaluate("final", self._eval_budget(final=True))
+        return TrainResult(self.run_dir, self.step, loss, metrics, sample_dir, time.perf_counter() - start_time,
+                           self.allreduced_bytes)
+
+    @property
+    def allreduced_bytes(self) -> int:
+        """Bytes this trainer has all-reduced so far (in this process; counted, see ``distributed``)."""
+        return self.dist.allreduced_bytes - self._bytes0
+
+    def _can_save_alone(self) -> bool:
+        """A checkpoint outside the step-aligned ones: not for DiLoCo workers (its gather needs them all
+        at one step; the run resumes from its last checkpoint, see ``core.training.diloco``)."""
+        if self.diloco is None or not self.dist.enabled:
+            return True
+        if self.dist.is_main:
+            log.warning("DiLoCo run stopped at step %d: it continues from its last checkpoint (step %s) with "
+                        "--resume", self.step, self._saved_step)
+        return False
 
     def _loop(self, bar, end: int) -> float:
         cfg = self.cfg
@@ -441,8 +467,9 @@ class Trainer:
                     now = time.perf_counter()
                     rate = window_n / max(now - window_t, 1e-9)
                     window_t, window_n = now, 0
+                    comm = {"allreduced_bytes": self.allreduced_bytes} if self.dist.enabled else {}
                     self._log({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                               "grad_norm": grad_norm, "samples_per_s": rate})
+                               "grad_norm": grad_norm, "samples_per_s": rate, **comm})
                     bar.set_postfix(loss=f"{ema_loss:.4f}", samples_s=f"{rate:.1f}")
             if pending:
                 raise KeyboardInterrupt(f"signal {signal.Signals(pending[0]).name}")

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 import warnings
@@ -38,6 +38,7 @@ from ...core.data.domain import Batch, DomainDataset
 from ...core.errors import DataError, UserInputError
 from ...core.data.space import DenseSpace
 from ..text import Captioner, generic_phrases, text_kind_for, with_article
+from .imagefile import open_image
 from .inpaint import check_lowres, lowres_pair
 
 __all__ = ["ImageDataset", "load_images", "read_folder", "read_idx", "load_idx_dataset", "load_bundled",
@@ -258,12 +259,7 @@ def read_folder(root: str | Path, image_size: Any = None, channels: int | None =
     channels = _channels(channels)
     pics = []
     for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                pics.append(im.copy())
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{f}: cannot read image ({type(exc).__name__}: {exc}); expected a PNG or JPEG file") from None
+        pics.append(open_image(f))
     if channels is None:
         channels = 1 if all(_is_gray(p) for p in pics) else 3
     if hw is None:

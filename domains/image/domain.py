@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from ...core.data.condition import ConcatKind, Condition, ConditionKind, LabelKind
 from ...core.data.domain import Batch, Domain, DomainDataset
 from ...core.errors import DataError, UserInputError
+from ...core.trust import check_program
 from ...core.data.space import DenseSpace
 from ..text import text_kind_for
 from .data import BUNDLED_SOURCE, DIGIT_WORDS, ImageDataset, load_images
@@ -163,6 +164,11 @@ class ImageDomain(Domain):
         return out
 
     # ------------------------------------------------------------------ results
+    def program_files(self, options: dict[str, Any]) -> list[str]:
+        """A ``feature_net`` path (TorchScript Inception) is a program: loaded only if the user gave it."""
+        spec = (options or {}).get("feature_net")
+        return [spec] if isinstance(spec, str) and spec not in ("auto", "lenet") else []
+
     def feature_network(self, reference: DomainDataset) -> tuple[Any, Tensor]:
         """The feature network for ``reference`` and the reference features (cached per set)."""
         data_info = self.info
@@ -174,7 +180,7 @@ class ImageDomain(Domain):
         shape = (data_info.get("channels"), data_info.get("height"), data_info.get("width"))
         net: Any
         if spec not in ("auto", "lenet"):
-            net = InceptionFeatures(spec)
+            net = InceptionFeatures(check_program(spec, "feature network", "--feature-net"))
         elif data_info.get("source") == BUNDLED_SOURCE and shape == (1, 28, 28):
             net = bundled_lenet()
         else:

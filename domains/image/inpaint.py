@@ -20,6 +20,7 @@ from torch import Tensor
 from ...core.data.domain import Batch
 from ...core.errors import DataError, MissingPathError, UserInputError
 from ...core.data.space import DenseSpace
+from .imagefile import open_image
 
 __all__ = ["read_image", "image_completion_input", "parse_rect", "lowres_pair", "check_lowres", "lowres_condition"]
 
@@ -31,16 +32,15 @@ def read_image(path: str | Path, channels: int, what: str = "input image") -> np
         raise MissingPathError(f"{what} {p} does not exist")
     if not p.is_file():
         raise DataError(f"{what} {p} is not a file")
+    img = open_image(p, what)
     try:
-        with Image.open(p) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "P"):
-                img = img.convert("RGBA")
-                bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(bg, img)
-            img = img.convert("L" if channels == 1 else "RGB")
-            arr = np.asarray(img)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        if img.mode in ("RGBA", "LA", "P"):
+            img = img.convert("RGBA")
+            bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(bg, img)
+        img = img.convert("L" if channels == 1 else "RGB")
+        arr = np.asarray(img)
+    except (OSError, ValueError) as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{what} {p}: cannot read it as an image ({why})") from None
     return arr[..., None] if arr.ndim == 2 else arr

@@ -160,16 +160,26 @@ class MoleculeDataset(DomainDataset):
 
     def property_kind(self) -> VectorKind | None:
         """The ``property`` condition kind (None: unconditional), normalised by the mean / std of
-        the data as loaded (splits view this dataset, so they normalise alike and match the
-        ``data_info`` recorded for the model)."""
+        the data as loaded, or of its training part once :meth:`split` (splits view this dataset,
+        so they normalise alike and match the ``data_info`` recorded for the model)."""
         return getattr(self, "_property_kind", None)
 
-    def _fit_property_kind(self) -> VectorKind | None:
+    def split(self, fraction: float, seed: int = 0) -> tuple[DomainDataset, DomainDataset]:
+        """The seeded ``(training part, held-out part)`` split of every domain; the property
+        normalisation (mean / std of the ``property`` condition) is then fitted to the training part
+        only, so the held-out molecules a property evaluation uses played no part in it (both parts
+        and this dataset normalise alike, and ``info()`` records it)."""
+        rest, held = super().split(fraction, seed)
+        if self.condition_properties and len(rest) > 0:
+            self._property_kind = self._fit_property_kind(rest.indices)
+        return rest, held
+
+    def _fit_property_kind(self, rows: Tensor | None = None) -> VectorKind | None:
         if not self.condition_properties:
             return None
         cols = [self.property_names.index(n) for n in self.condition_properties]
-        y = self.properties[:, cols]
-        std = y.std(0) if len(self) > 1 else torch.ones(len(cols), dtype=y.dtype)
+        y = self.properties[:, cols] if rows is None else self.properties[rows][:, cols]
+        std = y.std(0) if len(y) > 1 else torch.ones(len(cols), dtype=y.dtype)
         return VectorKind(self.condition_properties, y.mean(0).tolist(),
                           [float(s) if s > 0 else 1.0 for s in std.tolist()])
 

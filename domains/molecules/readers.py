@@ -16,6 +16,7 @@ import csv
 import gzip
 import importlib.util
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,12 +223,27 @@ def _xyz_records(path: Path) -> Iterator[tuple[str, str, bool]]:
         i = j
 
 
+def _non_finite(frame: str) -> bool:
+    """Whether an XYZ frame's atom lines hold a coordinate that is nan or inf."""
+    for line in frame.splitlines()[2:]:
+        for v in line.split()[1:4]:
+            try:
+                if not math.isfinite(float(v)):
+                    return True
+            except ValueError:
+                pass
+    return False
+
+
 def read_xyz(path: Path) -> RawMolecules:
     """One or more concatenated XYZ frames (atom count, comment, ``symbol x y z`` lines).
     Anything between frames that is not a frame is skipped (counted, with its reason), and
     reading carries on at the next valid frame."""
     def records() -> Iterator[Record]:
         for rec, text, is_frame in _xyz_records(path):
+            if is_frame and _non_finite(text):
+                yield rec, "coordinates that are not finite numbers (nan or inf)"
+                continue
             mol = Chem.MolFromXYZBlock(text) if is_frame else None
             if not is_frame:
                 yield rec, text
