@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..core.config import TrainConfig, update_dataclass
 from ..core.data.domain import Domain
 from ..core.errors import CheckpointError, ConfigError, UserInputError
-from ..core.training.checkpoint import check_writable, complete_checkpoint, read_checkpoint
+from ..core.training.checkpoint import check_writable, complete_checkpoint, read_checkpoint, refuse_model_folder
 from .configs import check_train, read_config_file
 from .plan import RESUMABLE_TRAIN_KEYS, check_out, refuse_change
 
@@ -72,6 +72,7 @@ def plan_auxiliary(kind: str, dom: Domain, *, load_stored: Callable[[Path], Any]
                 refuse_change(run_dir, f"train.{key}", value, getattr(stored.train, key, None))
         cfg = update_dataclass(stored.train, over, "train")
         check_writable(run_dir)
+        refuse_model_folder(run_dir)
         if complete_checkpoint(run_dir) is None:   # its first save never completed: start it again
             return AuxPlan(run_dir, cfg, stored.model, stored.data_options, stored.data, {}, stored, None,
                            restart=True, generation=0)

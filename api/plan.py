@@ -30,7 +30,8 @@ from ..core.lock import LOCK_NAME
 from ..core.trust import allow_program, is_allowed
 from ..core.training import distributed
 from ..core.training.checkpoint import (check_writable, complete_checkpoint, file_sha256, identity_weights_file,
-                                        is_run_folder, load_checkpoint, read_run_config)
+                                        is_model_folder, is_run_folder, load_checkpoint, read_run_config,
+                                        refuse_model_folder)
 from .configs import check_train, make_config, read_config_file
 from .loading import read_pretrained
 
@@ -126,6 +127,8 @@ def check_out(run_dir: Path, elastic: bool = False) -> str:
     if not run_dir.exists():
         return "new"
     if is_run_folder(run_dir):
+        if is_model_folder(run_dir):
+            raise OutputExistsError(f"{run_dir} is a model folder (save_pretrained); choose another --out")
         if complete_checkpoint(run_dir) is None:
             return "restart"
         if elastic:
@@ -273,6 +276,7 @@ def plan_training(dom: Domain, *, data: str | Path | None = None, out: str | Pat
         check_train(cfg.train)
         if data is not None:
             cfg.data = str(data)
+        refuse_model_folder(run_dir)
         if complete_checkpoint(run_dir) is None:     # its first save never completed: start it again
             check_writable(run_dir)
             return RunPlan(run_dir, cfg, restart=True, generation=0)

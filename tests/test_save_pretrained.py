@@ -173,3 +173,12 @@ def test_autoencoder_classifier_and_latent_models_round_trip(tmp_path):
     c1, c2 = api.load_classifier(clf, device="cpu"), api.from_pretrained(clf_saved, device="cpu")
     assert type(c1) is type(c2) and _same(c1.module.state_dict(), c2.module.state_dict())
     assert api.model_kind(clf_saved) == "classifier" and api.model_kind(ae_saved) == "autoencoder"
+
+
+def test_a_model_folder_is_never_a_new_runs_out(saved, tmp_path):
+    """A model folder given as --out is refused, and its files stay (a run that never completed a
+    checkpoint is started again in place; a model folder is not such a run)."""
+    before = sorted(p.name for p in Path(saved).iterdir())
+    res = _cli("train", "--domain", "image", "--out", saved, "--steps", "1", "--device", "cpu", "--no-progress")
+    assert res.exit_code == 2 and "model folder" in res.output, res.output
+    assert sorted(p.name for p in Path(saved).iterdir()) == before

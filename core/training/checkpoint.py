@@ -55,7 +55,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_run_co
            "checkpoint_meta", "read_checkpoint", "file_sha256", "identity_weights_file", "load_kind_config",
            "clean_checkpoints", "check_writable", "is_run_folder", "load_weights", "CHECKPOINT_FORMAT",
            "is_model_folder", "MODEL_WEIGHTS", "hardware_record", "complete_checkpoint", "kept_text",
-           "drop_records_after"]
+           "drop_records_after", "refuse_model_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,14 @@ def is_model_folder(path: str | Path) -> bool:
     p = Path(path)
     return ((p / "config.json").is_file() and (p / MODEL_WEIGHTS).is_file()
             and not any((p / n).exists() for n in _NAMES))
+
+
+def refuse_model_folder(run_dir: str | Path) -> None:
+    """A :class:`CheckpointError` where ``run_dir`` is a model folder: it keeps no training state, so
+    it is never resumed nor restarted in place (its weights would be lost)."""
+    if is_model_folder(run_dir):
+        raise CheckpointError(f"{run_dir} is a model folder (save_pretrained), which keeps no training state; "
+                              f"start a new run from it with --init {run_dir}")
 
 
 def _remove(folder: Path) -> None:
@@ -431,8 +439,7 @@ def read_checkpoint(run_dir: str | Path, with_state: bool = False) -> dict[str, 
     ckpt = checkpoint_dir(Path(run_dir))
     if ckpt == Path(run_dir):            # a model folder: its weights serve as raw and EMA, no state
         if with_state:
-            raise CheckpointError(f"{run_dir} is a model folder (save_pretrained), which keeps no training state; "
-                                  f"start a new run from it with --init {run_dir}")
+            refuse_model_folder(run_dir)
         meta = checkpoint_meta(ckpt) or {}
         if "domain" not in meta:         # shipped models carry no meta.json: their config names the domain
             try:
