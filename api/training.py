@@ -90,6 +90,7 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     dom = dom.bind(info)
     torch.manual_seed(cfg.train.seed)
     diff = Diffusion(cfg.diffusion)
+    diff.drop_rates(info.get("conditions") or {})     # per-condition dropout names known conditions
     denoiser = diff.denoiser(dom.build_backbone(cfg.model))
     result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, diff, denoiser, train_set, reference,
                         checkpoint=plan.checkpoint, init=plan.init, progress=progress, stop_at=stop_at,

@@ -212,13 +212,15 @@ def train_autoencoder(domain, data, config_file, steps, batch_size, lr, device, 
 @_OPTIMISATION
 @click.option("--out", type=PATH, default=None, help="Run folder (default runs/DOMAIN-classifier).")
 @click.option("--resume", type=PATH, default=None, help="Continue the interrupted classifier run in this folder.")
+@click.option("--latent", type=PATH, default=None, metavar="AE_RUN",
+              help="Train on the latents of this autoencoder run: the classifier then guides latent models of it.")
 def train_classifier(domain, data, config_file, target, steps, batch_size, lr, device, seed, no_progress, out,
-                     resume) -> None:
+                     resume, latent) -> None:
     """Train a noise-aware classifier for classifier guidance (`diffuse sample --guidance classifier`)."""
     domain = _auxiliary_domain(domain, out, resume, device, ClassifierConfig)
     result = api.train_classifier(domain, data=data, out=out, target=target, config=config_file, resume=resume,
                                   progress=not no_progress, steps=steps, batch_size=batch_size, lr=lr, device=device,
-                                  seed=seed)
+                                  seed=seed, latent=latent)
     if result["metrics"] is None:
         click.echo(f"paused the classifier at step {result['steps']}; run folder {result['run_dir']}")
         return

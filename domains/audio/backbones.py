@@ -1,5 +1,6 @@
 """The audio domain's backbones (``core.data.backbones``): the 1-D waveform U-Net (the default),
-in named sizes (``preset``)."""
+in named sizes (``preset``), and the 1-D Diffusion Transformer (``dit``, ``diffuse.domains.dit``)
+over patches of a waveform or, through a latent model, of an audio latent."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from torch import nn
 
 from ...core.data.backbones import Backbone
 from ...core.validation import AT_LEAST_ONE, FRACTION, check_kwargs
+from ..dit import build_dit, check_dit
 from ..presets import resolve_preset
 from ..text import build_text_encoder, check_text_encoder_options
 from .unet import UNet1D
 
-__all__ = ["UNET", "BACKBONES", "MODEL_PRESETS", "resolve_model"]
+__all__ = ["UNET", "DIT", "BACKBONES", "MODEL_PRESETS", "resolve_model"]
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "small": {"channels": [16, 32, 64, 128], "factors": [4, 4, 4], "num_res_blocks": 2, "dilations": [1, 3],
@@ -59,5 +61,24 @@ def _build_unet(domain: Any, model: dict[str, Any]) -> nn.Module:
 UNET = Backbone("unet", _build_unet, _check_unet, {"preset": "small"},
                 "1-D waveform U-Net: strided conv down / up, dilated ResBlocks, attention at low resolution")
 
+def _check_dit(domain: Any, model: dict[str, Any]) -> None:
+    check_dit(model, [int(domain.info["length"])] if domain.bound and "length" in domain.info else None)
+
+
+def _build_dit(domain: Any, model: dict[str, Any]) -> nn.Module:
+    """The 1-D DiT for the bound data (a clip's or a latent's channels and length), label / text /
+    low-rate conditions."""
+    info = domain.info
+    channels = int(info.get("channels", 1))
+    classes = info.get("classes")
+    return build_dit(model, channels, [int(info["length"])],
+                     num_classes=len(classes) if classes and info.get("label_condition", True) else None,
+                     text_kind=domain.condition_kinds()["text"] if info.get("text") else None,
+                     in_cond_channels=channels + 1 if info.get("lowrate") else 0)
+
+
+DIT = Backbone("dit", _build_dit, _check_dit, {"preset": "small"},
+               "1-D Diffusion Transformer (DiT) over patches of a clip or an audio latent, adaLN-Zero blocks")
+
 #: the audio domain's built-in backbones
-BACKBONES = {"unet": UNET}
+BACKBONES = {"unet": UNET, "dit": DIT}
