@@ -42,6 +42,8 @@ def reflow(checkpoint: str | Path, *, out: str | Path, pairs: int = 1000, steps:
     check_seed(seed)
     check_sampler_options(sampler, {})
     check_pair_sampler(sampler)
+    if guidance_scale is not None:
+        Guidance.parse(guidance_scale)                      # a number >= 0, checked before any work
     run_dir = Path(out)
     check_out(run_dir)
     model = load(checkpoint, device=device)

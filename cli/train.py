@@ -243,11 +243,14 @@ def train_classifier(domain, data, config_file, target, steps, batch_size, lr, d
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def reflow(checkpoint, out, pairs, steps, sampler, train_steps, seed, device, no_progress) -> None:
+@click.option("--guidance-scale", default=None, metavar="S",
+              help="Conditional models: draw the pairs with classifier-free guidance at this scale (default: "
+                   "conditional sampling); each pair keeps the condition of the training item it was drawn for.")
+def reflow(checkpoint, out, pairs, steps, sampler, train_steps, seed, device, no_progress, guidance_scale) -> None:
     """Rectified flow's second stage: retrain a flow model on its own (noise, sample) pairs
     for good samples at 1-4 steps."""
     check_device(device)
     result = api.reflow(checkpoint, out=out, pairs=pairs, steps=steps, sampler=sampler, train_steps=train_steps,
-                        seed=seed, device=device, progress=not no_progress)
+                        seed=seed, device=device, progress=not no_progress, guidance_scale=guidance_scale)
     click.echo(f"reflowed {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}; "
                f"run folder {result.run_dir}")

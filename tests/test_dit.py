@@ -142,7 +142,8 @@ def test_bad_dit_options_are_config_errors_naming_the_key():
     for model, key in (({"width": 30, "heads": 4}, "model.width 30 is not divisible"),
                        ({"pos_emb": "rope"}, "model.pos_emb"), ({"text_mode": "concat"}, "model.text_mode"),
                        ({"depth": 0}, "model.depth"), ({"preset": "huge"}, "unknown DiT model preset"),
-                       ({"blocks": 3}, "unknown DiT model option")):
+                       ({"blocks": 3}, "unknown DiT model option"),
+                       ({"text_mode": "pool", "text_pool": False}, "reads the prompt only through text_pool")):
         with pytest.raises(ConfigError, match=key):
             api.make_config("image", model={"backbone": "dit", **model})
 
@@ -205,3 +206,15 @@ def test_audio_dit_over_waveform_patches(tmp_path):
                     config={"data_options": {"sample_rate": 8000, "clip_seconds": 0.25}})
     model = api.load(res.run_dir)
     assert model.denoiser.backbone.patch == [8] and model.sample(1, steps=2).x.shape == (1, 1, 2000)
+
+
+@pytest.mark.parametrize("name", ["image-dit", "image-latent-dit", "image-text-mmdit", "audio-latent-dit"])
+def test_dit_recipes_make_valid_configs(name):
+    from pathlib import Path
+
+    import diffuse
+
+    path = Path(diffuse.__file__).resolve().parent / "recipes" / f"{name}.json"
+    domain = api.recipe_domain(path)
+    cfg = api.make_config(domain, config=path)
+    assert cfg.model["backbone"] == "dit" and cfg.domain == domain

@@ -63,9 +63,10 @@ def test_a_latent_cell_is_known_only_when_all_it_summarises_is():
     clip[..., 995:] = False
     got = latent_mask(clip, torch.zeros(1, 1, 1000), torch.zeros(1, 4, 32))
     assert torch.equal(~got[0, 0], torch.arange(32) >= 30)         # the last cell also covers the padding
-    # row-wise latents (graphs): the row's own mask
+    # graph latents (one row per atom, by message passing) cannot complete a fragment: one line
     rows = torch.tensor([[True], [False], [True]])
-    assert torch.equal(latent_mask(rows, torch.zeros(3, 5), torch.zeros(3, 4)), rows)
+    with pytest.raises(NotSupportedError, match="latent model of graphs"):
+        latent_mask(rows, torch.zeros(3, 5), torch.zeros(3, 4))
 
 
 # ------------------------------------------------------------------------ completion and editing

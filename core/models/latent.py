@@ -15,8 +15,10 @@ Two pieces, both domain-agnostic:
   the base domain's backbone built for the latent's shape, its templates are latent templates,
   so the trainer, samplers, guidance and ``generate`` run on the latent Space unchanged.
   :meth:`LatentDomain.to_data` decodes samples (``generate`` calls it on every chunk), so writers
-  and metrics see data, never latents. A third-party domain gets latent diffusion by providing
-  ``build_autoencoder`` only.
+  and metrics see data, never latents; :meth:`LatentDomain.from_data` encodes an input (and maps
+  the mask of its known part onto the latent grid), so completion (RePaint), SDEdit,
+  super-resolution and classifier guidance run in latent space (``core.models.latent_tasks``).
+  A third-party domain gets latent diffusion by providing ``build_autoencoder`` only.
 
 An autoencoder run folder (``diffuse train-autoencoder``) holds ``config.json``
 (:class:`AutoencoderConfig`, kind ``"autoencoder"``), ``checkpoint/`` (the trainer's format;

@@ -5,8 +5,9 @@
   when every data element it summarises is known. Dense data: the unknown mask max-pooled onto
   the latent's sides (``adaptive_max_pool``: for an image autoencoder with factor ``f`` each latent
   cell covers an ``f x f`` block; where the sides are not multiples of the latent's, as for an
-  audio latent of a padded clip, the data is padded at the end, as the encoder pads it); latents
-  that keep the data's rows (graphs: one latent row per atom) keep the row's mask.
+  audio latent of a padded clip, the data is padded at the end, as the encoder pads it). Graph
+  latents (molecules: one row per atom, by message passing) cannot complete a fragment: a known
+  atom's latent depends on the atoms still to be generated (a NotSupportedError says so).
 * **Inputs through the encoder** (:func:`encode_input`): the posterior mean of the input, scaled
   as the diffusion runs on it; completion then re-imposes its known latents at every step
   (``core.sampling.completion``: RePaint), the result is decoded and the known data elements are
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from ..data.condition import ConcatKind, Condition
 from ..data.domain import Batch
-from ..errors import UserInputError
+from ..errors import NotSupportedError, UserInputError
 
 __all__ = ["latent_mask", "encode_input", "paste_known", "encode_concat", "latent_concat_kinds"]
 
@@ -38,13 +39,16 @@ _AVG = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_po
 
 def latent_mask(mask: Tensor, data: Tensor, latent: Tensor) -> Tensor:
     """The known part (bool, true = known) of ``latent`` given the known part ``mask`` of ``data``
-    (broadcastable to it); see the module docstring. Returns ``[B, 1, *latent sides]`` for dense
-    data, ``[N, 1]`` for row-wise latents."""
+    (broadcastable to it); see the module docstring. Returns ``[B, 1, *latent sides]`` (dense
+    data). Latents of graphs (one row per atom, computed by message passing) are refused: a known
+    atom's latent would depend on the atoms still to be generated."""
     m = torch.as_tensor(mask, device=data.device)
     m = (m > 0.5) if m.dtype != torch.bool else m
     m = m.reshape(m.shape + (1,) * (data.ndim - m.ndim)).expand_as(data)
     if latent.ndim == data.ndim == 2 and latent.shape[0] == data.shape[0]:     # one latent row per data row
-        return m.all(1, keepdim=True)
+        raise NotSupportedError("completion with a latent model of graphs (molecules) is not supported: an atom's "
+                                "latent depends on its neighbours through the encoder, so a fragment cannot be encoded "
+                                "apart from the atoms still to be generated; use a data-space model")
     d = data.ndim - 2
     if latent.ndim != data.ndim or latent.shape[0] != data.shape[0] or d not in _POOL:
         raise UserInputError(f"cannot map a mask of data {list(data.shape)} onto latents {list(latent.shape)}")
