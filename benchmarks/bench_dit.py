@@ -303,14 +303,21 @@ def quality(args) -> dict:
     for name in args.runs.split(","):
         spec = RUNS[name]
         done = record["runs"].get(name, {})
-        if done.get("snapshots") and len(done["snapshots"]) >= len(snaps) and not args.redo:
+        if done.get("snapshots") and done["snapshots"][-1]["cpu_min"] * 60 >= snaps[-1] * 60 - 1 and not args.redo:
             continue
         latent = _autoencoder(work, spec["latent"], record, args.ae_steps) if spec.get("latent") else None
         run = work / name
-        cpu, points, steps = 0.0, [], 0
+        if args.redo and run.exists():
+            import shutil
+            shutil.rmtree(run)
+        points = [] if args.redo else list(done.get("snapshots") or [])
+        cpu = points[-1]["cpu_min"] * 60 if points else 0.0          # a run with snapshots continues
+        steps = points[-1]["steps"] if points else 0
         common = dict(progress=False)
-        per_step = None
+        per_step = cpu / steps if steps else None
         for target in snaps:
+            if target * 60 <= cpu + 1:
+                continue
             while cpu < target * 60 - 1:
                 left = target * 60 - cpu
                 chunk = 20 if per_step is None else max(1, int(left / per_step))
