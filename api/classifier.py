@@ -19,12 +19,13 @@ from ..core.config import DiffusionConfig, RunConfig, update_dataclass
 from ..core.data.capabilities import HasClassifier, require
 from ..core.data.domain import Domain
 from ..core.data.registry import get_domain
-from ..core.errors import DataError
+from ..core.errors import DataError, UserInputError
 from ..core.io import atomic_write_text
 from ..core.memory import check_training
 from ..core.training.optim import resolve_device
 from ..core.models.classifier import (ClassifierConfig, ClassifierObjective, NoisyClassifier, Target,
                                       evaluate_classifier, label_kind)
+from ..core.models.latent import check_latent_data, latent_domain
 from ..core.process.diffusion import Diffusion
 from .auxiliary import plan_auxiliary
 from .configs import load_data, record_conditions, split_data
@@ -44,7 +45,8 @@ CLASSIFIER_TRAIN = {"steps": 500, "batch_size": 64, "lr": 1e-3, "warmup_steps": 
 def train_classifier(domain: str | Domain = "image", *, data: str | Path | None = None, out: str | Path | None = None,
                      target: str = "label", model: dict[str, Any] | None = None, progress: bool = True,
                      config: dict[str, Any] | str | Path | None = None, resume: str | Path | None = None,
-                     stop_at: int | None = None, **train_overrides: Any) -> dict[str, Any]:
+                     stop_at: int | None = None, latent: str | Path | None = None,
+                     **train_overrides: Any) -> dict[str, Any]:
     """Train a noise-aware classifier (``core.models.classifier``) for classifier guidance and
     leave a run folder at ``out`` (default ``runs/<domain>-classifier``): ``config.json`` (kind
     ``classifier``), ``checkpoint/`` (the trainer's: raw and EMA weights, state), ``metrics.jsonl``,
@@ -52,11 +54,14 @@ def train_classifier(domain: str | Domain = "image", *, data: str | Path | None 
     ``target``: ``"label"`` or ``"property:NAME"``. ``config``: a dict or JSON file with sections
     ``model`` (classifier options), ``train`` (:class:`TrainConfig` fields) and ``data_options``.
     ``resume`` continues an interrupted run (the same total steps); ``stop_at`` pauses one at that
-    step. Everything is checked before anything is written. Returns ``{"run_dir", "steps",
+    step. ``latent``: an autoencoder run of the domain: the classifier is trained on the (scaled)
+    latents of the data and guides latent models of that autoencoder (the run records it, as a
+    latent model does). Everything is checked before anything is written. Returns ``{"run_dir", "steps",
     "final_loss", "seconds", "metrics", "target"}`` (``metrics`` None for a paused run)."""
     dom = get_domain(domain) if isinstance(domain, str) else domain
     require(dom, HasClassifier)
     kind, name = Target.parse_spec(target)
+    dom, record = _latent_of(dom, latent, resume)
     plan = plan_auxiliary("classifier", dom, load_stored=ClassifierConfig.load, train_defaults=CLASSIFIER_TRAIN,
                           model_defaults={}, data=data, out=out, config=config, resume=resume, model=model,
                           train_overrides=train_overrides)
@@ -69,6 +74,8 @@ def train_classifier(domain: str | Domain = "image", *, data: str | Path | None 
     else:
         options = {**plan.data_options, **dom.classifier_data_options(Target(kind, name))}
     dataset = load_data(dom, RunConfig(domain=dom.name, data=plan.data, data_options=options))
+    if record is not None:
+        check_latent_data(dom, dataset.info())
     info = plan.stored.data_info if plan.resuming else record_conditions(dom, dataset.info())
     train_set, held = split_data(dataset, cfg)
     dom = dom.bind(info)
@@ -80,7 +87,8 @@ def train_classifier(domain: str | Domain = "image", *, data: str | Path | None 
     module = NoisyClassifier(dom.build_classifier(plan.model, tgt), tgt)
     diff = Diffusion(update_dataclass(DiffusionConfig(), dom.default_diffusion(), "diffusion"))
     run_config = ClassifierConfig(domain=dom.name, target=asdict(tgt), data=plan.data, data_options=options,
-                                  model=plan.model, schedule=diff.config.schedule, train=cfg, data_info=info)
+                                  model=plan.model, schedule=diff.config.schedule, train=cfg, data_info=info,
+                                  latent=record)
     objective = ClassifierObjective(dom, diff.schedule, diff.sample_t)
     def finish(fit, trainer) -> dict[str, Any]:          # under the run's lock: the held-out evaluation
         result = {"run_dir": plan.run_dir, "steps": fit.steps, "final_loss": fit.final_loss, "seconds": fit.seconds,
@@ -99,6 +107,22 @@ def train_classifier(domain: str | Domain = "image", *, data: str | Path | None 
                         stop_at=stop_at, what="classifier", restart=plan.restart, generation=plan.generation,
                         finish=finish)
     return result
+
+
+def _latent_of(dom: Domain, latent: str | Path | None, resume: str | Path | None):
+    """``(domain, autoencoder record or None)``: ``dom`` wrapped with the autoencoder of a
+    classifier of latents (a new one's ``latent``, a resumed one's record)."""
+    if resume is not None:
+        if latent is not None:
+            raise UserInputError("--latent cannot change when resuming a classifier run")
+        stored = ClassifierConfig.load(resume)
+        if stored.latent is None or stored.domain != dom.name:
+            return dom, None
+        return latent_domain(dom, stored.latent["path"], stored.latent), stored.latent
+    if latent is None:
+        return dom, None
+    wrapped = latent_domain(dom, latent)
+    return wrapped, wrapped.record
 
 
 def _new_target(dom: Domain, kind: str, name: str, train_set, data: Any) -> Target:

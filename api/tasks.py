@@ -1,7 +1,13 @@
 """What a trained model does besides sampling: completion (inpainting), editing (SDEdit),
 restoration (super-resolution) and likelihoods, as methods of
 :class:`~diffuse.api.model.DiffusionModel` (this mixin holds them so that the model's own module
-keeps to sampling and evaluation)."""
+keeps to sampling and evaluation).
+
+Inputs are read in data space (``Domain.completion_input``) and taken to model space by the
+domain (``Domain.from_data``: the identity, or a latent model's encoder with the mask mapped onto
+the latent grid); results come back through ``Domain.to_data`` (a latent model decodes) and
+``Domain.paste_known`` (a latent model puts the known data back exactly). So every task runs
+the same way on pixel and latent models (``core.models.latent``)."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from ..core.data.domain import Batch
-from ..core.errors import NotSupportedError, UserInputError
+from ..core.errors import UserInputError
 from ..core.process.likelihood import batch_log_likelihood
 from ..core.sampling.completion import generate_completion, generate_edit
 from ..core.validation import check_positive_int
@@ -43,20 +49,27 @@ class ModelTasks:
     def complete(self, input: Any, num: int = 1, *, options: dict[str, Any] | None = None, sampler: str = "ddpm",
                  steps: int | None = None, spacing: str | None = None, seed: int = 0, jump_length: int = 1,
                  resample: int = 1, cond: Any = None, guidance_scale: Any = None, guidance_rescale: Any = None,
-                 guidance_interval: Any = None, progress: Callable[[int], None] | None = None,
+                 guidance_interval: Any = None, progress: Callable[[int], None] | None = None, paste: bool = True,
                  **sampler_options: Any) -> Batch:
         """``num`` completions of ``input`` (a path read with :meth:`completion_input` and
-        ``options``, or an already read ``(Batch, mask)``): the known part kept exactly, the rest
-        generated (``core.sampling.completion``; RePaint with ``jump_length`` / ``resample``). Sample ``i``
-        draws only from seed ``(seed, i)``. Returns a Batch on CPU (molecules: in the fragment's frame)."""
+        ``options``, or an already read ``(Batch, mask)``, in data space): the known part kept
+        exactly, the rest generated (``core.sampling.completion``; RePaint with ``jump_length`` /
+        ``resample``). Sample ``i`` draws only from seed ``(seed, i)``. Returns a Batch on CPU
+        (molecules: in the fragment's frame). A latent model completes the latent of the input
+        (its known latents re-imposed at every step), decodes, and with ``paste`` puts the known
+        data back; ``paste=False`` returns the decoder's output as it is (its known part then
+        differs from the input by about the autoencoder's reconstruction error)."""
         batch, mask = self._prepared(input, options, num)
         if bool(torch.as_tensor(mask).all()):
             raise UserInputError("nothing to generate: the mask keeps the whole input (give a mask, rect, span, "
                              "continuation or more atoms)")
         condition, guidance = self.prepare_condition(num, cond, guidance_scale, guidance_rescale, guidance_interval)
-        return generate_completion(self.denoiser, batch, mask, sampler=sampler, steps=steps, spacing=spacing,
-                                   seed=seed, device=self.device, cond=condition, guidance=guidance,
-                                   jump_length=jump_length, resample=resample, progress=progress, **sampler_options)
+        inner, inner_mask = self.domain.from_data(batch, mask)
+        out = generate_completion(self.denoiser, inner, inner_mask, sampler=sampler, steps=steps, spacing=spacing,
+                                  seed=seed, device=self.device, cond=condition, guidance=guidance,
+                                  jump_length=jump_length, resample=resample, progress=progress, **sampler_options)
+        out = self.domain.to_data(out)
+        return self.domain.paste_known(out, batch, mask) if paste else out
 
     def edit(self, input: Any, strength: float, num: int = 1, *, options: dict[str, Any] | None = None,
              invert: bool = False, fixed_point_iters: int = 0, sampler: str = "ddim", steps: int | None = None,
@@ -65,12 +78,15 @@ class ModelTasks:
              progress: Callable[[int], None] | None = None, **sampler_options: Any) -> Batch:
         """SDEdit (Meng et al. 2022): ``num`` edits of ``input`` noised to ``strength`` in [0, 1] and
         denoised (0: the input, 1: unconditional sampling); ``invert=True``: DDIM inversion, then
-        DDIM (deterministic). Returns a Batch on CPU."""
+        DDIM (deterministic). Returns a Batch on CPU (a latent model edits the input's latent and
+        decodes; strength 0 then returns the autoencoder's reconstruction)."""
         batch, _ = self._prepared(input, options, num)
         condition, guidance = self.prepare_condition(num, cond, guidance_scale, guidance_rescale, guidance_interval)
-        return generate_edit(self.denoiser, batch, strength=strength, sampler=sampler, steps=steps, spacing=spacing,
-                             seed=seed, device=self.device, cond=condition, guidance=guidance, invert=invert,
-                             fixed_point_iters=fixed_point_iters, progress=progress, **sampler_options)
+        inner, _ = self.domain.from_data(batch)
+        out = generate_edit(self.denoiser, inner, strength=strength, sampler=sampler, steps=steps, spacing=spacing,
+                            seed=seed, device=self.device, cond=condition, guidance=guidance, invert=invert,
+                            fixed_point_iters=fixed_point_iters, progress=progress, **sampler_options)
+        return self.domain.to_data(out)
 
     def restoration_input(self, input: str | Path) -> dict[str, Any]:
         """The condition ``{name: value}`` of a restoration model read from a degraded input file
@@ -102,11 +118,14 @@ class ModelTasks:
                    exact_trace: bool | None = None, hutchinson_samples: int = 1, rtol: float = 1e-5,
                    atol: float = 1e-5, seed: int = 0) -> dict[str, float]:
         """Negative log-likelihood of ``num`` reference items under the probability-flow ODE
-        (``core.process.likelihood``): mean nats per sample, bits per dimension, and ODE evaluations."""
+        (``core.process.likelihood``): mean nats per sample, bits per dimension, and ODE evaluations.
+
+        A latent model reports the likelihood of the LATENTS it models (``latent_nll_nats``,
+        ``latent_bits_per_dim``: of the scaled latents, posterior draws of the reference items as in
+        training), not of the data: the data's would need ``log p(x | z)``, and the autoencoder's
+        decoder is trained with an L1 and a perceptual loss, not a likelihood (no noise model), so
+        it defines none; an ELBO of the data is therefore not reported either."""
         check_positive_int("the number of likelihood samples", num)
-        if self.config.latent is not None:
-            raise NotSupportedError("likelihoods of latent models are not supported (they would be of the latents, not "
-                             "the data)")
         reference = self.reference_data(data)
         n = min(num, len(reference))
         gen = torch.Generator(self.device).manual_seed(seed)
@@ -125,5 +144,7 @@ class ModelTasks:
                   "likelihood_items": n, "likelihood_nfe": nfe}
         if self.domain.likelihood_unit == "nats":
             result.pop("bits_per_dim")
+        if self.config.latent is not None:
+            result = {("latent_" + k if k in ("nll_nats", "bits_per_dim") else k): v for k, v in result.items()}
         return result
 

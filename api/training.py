@@ -95,6 +95,7 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     check_training(lambda: diff.denoiser(dom.build_backbone(cfg.model)), diff, dom, cfg.model, train_set, per_rank,
                    resolve_device(cfg.train.device), f"training this {dom.name} model")   # before building it
     torch.manual_seed(cfg.train.seed)
+    diff.drop_rates(info.get("conditions") or {})     # per-condition dropout names known conditions
     denoiser = diff.denoiser(dom.build_backbone(cfg.model))
     result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, diff, denoiser, train_set, reference,
                         checkpoint=plan.checkpoint, init=plan.init, progress=progress, stop_at=stop_at,

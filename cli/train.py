@@ -224,13 +224,15 @@ def train_autoencoder(domain, data, config_file, steps, batch_size, lr, device, 
 @_OPTIMISATION
 @click.option("--out", type=PATH, default=None, help="Run folder (default runs/DOMAIN-classifier).")
 @click.option("--resume", type=PATH, default=None, help="Continue the interrupted classifier run in this folder.")
+@click.option("--latent", type=PATH, default=None, metavar="AE_RUN",
+              help="Train on the latents of this autoencoder run: the classifier then guides latent models of it.")
 def train_classifier(domain, data, config_file, target, steps, batch_size, lr, device, seed, no_progress, out,
-                     resume) -> None:
+                     resume, latent) -> None:
     """Train a noise-aware classifier for classifier guidance (`diffuse sample --guidance classifier`)."""
     domain = _auxiliary_domain(domain, out, resume, device, ClassifierConfig)
     result = api.train_classifier(domain, data=data, out=out, target=target, config=config_file, resume=resume,
                                   progress=not no_progress, steps=steps, batch_size=batch_size, lr=lr, device=device,
-                                  seed=seed)
+                                  seed=seed, latent=latent)
     if result["metrics"] is None:
         click.echo(f"paused the classifier at step {result['steps']}; run folder {result['run_dir']}")
         return
@@ -253,11 +255,14 @@ def train_classifier(domain, data, config_file, target, steps, batch_size, lr, d
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def reflow(checkpoint, out, pairs, steps, sampler, train_steps, seed, device, no_progress) -> None:
+@click.option("--guidance-scale", default=None, metavar="S",
+              help="Conditional models: draw the pairs with classifier-free guidance at this scale (default: "
+                   "conditional sampling); each pair keeps the condition of the training item it was drawn for.")
+def reflow(checkpoint, out, pairs, steps, sampler, train_steps, seed, device, no_progress, guidance_scale) -> None:
     """Rectified flow's second stage: retrain a flow model on its own (noise, sample) pairs
     for good samples at 1-4 steps."""
     check_device(device)
     result = api.reflow(checkpoint, out=out, pairs=pairs, steps=steps, sampler=sampler, train_steps=train_steps,
-                        seed=seed, device=device, progress=not no_progress)
+                        seed=seed, device=device, progress=not no_progress, guidance_scale=guidance_scale)
     click.echo(f"reflowed {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}; "
                f"run folder {result.run_dir}")

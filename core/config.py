@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from .errors import ConfigError, ConfigVersionError
 from .validation import (AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, OneOf, Range, check_device,
-                         check_fields)
+                         check_fields, check_value)
 
 __all__ = ["DiffusionConfig", "TrainConfig", "RunConfig", "update_dataclass", "CONFIG_VERSION",
            "check_config_version", "upgrade_run_config", "ConfigVersionError"]
@@ -70,9 +70,15 @@ class DiffusionConfig:
     sigma_data: float = 0.5
     p_mean: float = -1.2
     p_std: float = 1.2
-    #: probability that a training sample's condition is replaced by its null value (condition
-    #: dropout; only used when batches carry a condition), so the model is also unconditional
+    #: probability that ALL of a training sample's conditions are replaced by their null values
+    #: together (condition dropout; only used when batches carry a condition), so the model is
+    #: also unconditional
     cond_drop: float = 0.1
+    #: ``{name: p}``: each named condition is also dropped on its own with probability ``p``, drawn
+    #: independently (InstructPix2Pix-style), so a model trained with a label and a text can be
+    #: sampled with either alone; ``None``: ``cond_drop`` for every condition of a model with two or
+    #: more (none for a model with one); ``{}``: the joint draw only (``core.process.diffusion``)
+    cond_drop_each: dict[str, float] | None = None
     t_loc: float = 0.0
     t_scale: float = 1.0
     mode_scale: float = 1.29
@@ -87,6 +93,8 @@ class DiffusionConfig:
             "min_snr_gamma": POSITIVE, "time_scale": POSITIVE, "t_eps": Range(0, 1, False, True),
             "sigma_data": POSITIVE, "p_std": POSITIVE, "cond_drop": UNIT,
             "t_scale": POSITIVE, "mode_scale": Range(-1.0, 2.0 / (math.pi - 2.0)), "shift": POSITIVE})
+        for name, p in (self.cond_drop_each or {}).items():
+            check_value(f"diffusion.cond_drop_each.{name}", p, float, 0.0, UNIT)
         if self.schedule is not None and not isinstance(self.schedule, (dict, str)):
             raise ConfigError(f"diffusion.schedule must be an object like {{\"kind\": \"cosine\"}}, got "
                               f"{self.schedule!r}")

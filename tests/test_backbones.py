@@ -59,16 +59,16 @@ def plugin(tmp_path, monkeypatch):
 
 def test_builtin_backbones_and_the_default():
     image = ImageDomain()
-    assert list(domain_backbones(image)) == ["unet"] and image.default_backbone == "unet"
+    assert list(domain_backbones(image)) == ["unet", "dit"] and image.default_backbone == "unet"
     # a model section without a name is the default backbone's, as every run before names
     assert image.model_config({}) == image.default_model() == dict(domain_backbones(image)["unet"].defaults)
-    with pytest.raises(UnknownNameError, match="unknown image backbone 'nope'; expected one of unet"):
+    with pytest.raises(UnknownNameError, match="unknown image backbone 'nope'; expected one of dit, unet"):
         image.model_config({"backbone": "nope"})
 
 
 def test_a_plugged_in_backbone_is_found_by_name_and_trains(plugin, tmp_path):
     image = ImageDomain()
-    assert set(domain_backbones(image)) == {"unet", "tiny"}
+    assert set(domain_backbones(image)) == {"unet", "dit", "tiny"}
     cfg = image.model_config({"backbone": "tiny"})
     assert cfg == {"width": 8, "backbone": "tiny"}              # its own defaults, not the U-Net's
     result = api.train("image", out=tmp_path / "run", model={"backbone": "tiny", "width": 4}, steps=2,
@@ -85,7 +85,7 @@ def test_cli_backbone_option_and_listing(plugin, tmp_path):
     assert res.exit_code == 0 and "backbones: unet (default), tiny" in res.output.replace("tiny, unet (default)", "unet (default), tiny")
     res = CliRunner().invoke(main, ["train", "--domain", "image", "--backbone", "nope", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and res.output.strip() == ("error: unknown image backbone 'nope'; expected one of "
-                                                         "tiny, unet")
+                                                         "dit, tiny, unet")
     assert not (tmp_path / "r").exists()
 
 

@@ -295,16 +295,6 @@ def test_domain_without_autoencoder_is_one_clear_error(tmp_path):
     assert not (tmp_path / "ae").exists()
 
 
-def test_latent_model_refuses_completion_and_classifier_guidance(image_ae, tmp_path):
-    api.train("image", latent=image_ae, out=tmp_path / "lat", progress=False, steps=1, batch_size=4,
-              config={"model": {**TINY_UNET, "attn_levels": []}, "train": {"final_eval": False}})
-    model = api.load(tmp_path / "lat", device="cpu")
-    with pytest.raises(ValueError, match="not supported for latent models"):
-        model.complete(tmp_path / "x.png", options={"rect": [0, 0, 4, 4]})
-    with pytest.raises(ValueError, match="likelihoods of latent models"):
-        model.likelihood(2)
-
-
 # ---------------------------------------------------------------------------- a third-party domain
 def test_third_party_domain_gets_latent_diffusion_from_build_autoencoder_only(tmp_path):
     """A plug-in domain (the README's 2-D points) that adds only ``build_autoencoder`` trains an

@@ -367,12 +367,18 @@ class Condition:
         return Condition({k: self.kinds[k].null(v.shape[0], v.device).to(v.dtype) for k, v in self.values.items()},
                          self.kinds)
 
-    def drop(self, mask: Tensor) -> "Condition":
-        """Per sample: the null value where ``mask [B]`` is true (condition dropout)."""
+    def drop(self, mask: Tensor | Mapping[str, Tensor]) -> "Condition":
+        """Per sample: the null value where ``mask [B]`` is true (condition dropout); a mapping
+        ``{name: mask [B]}`` drops each named condition where its own mask is true (the others
+        are kept)."""
         out = {}
         for k, v in self.values.items():
+            mk = mask.get(k) if isinstance(mask, Mapping) else mask
+            if mk is None:
+                out[k] = v
+                continue
             null = self.kinds[k].null(v.shape[0], v.device).to(v.dtype)
-            m = mask.to(v.device).reshape(-1, *([1] * (v.ndim - 1)))
+            m = mk.to(v.device).reshape(-1, *([1] * (v.ndim - 1)))
             out[k] = torch.where(m, null, v)
         return Condition(out, self.kinds)
 

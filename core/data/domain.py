@@ -421,6 +421,17 @@ class Domain(ABC):
         applies it to every chunk, so writers and metrics always see data."""
         return samples
 
+    def from_data(self, batch: Batch, mask: Tensor | None = None) -> tuple[Batch, Tensor | None]:
+        """An input in data space (and the mask of its known part) -> model space, for
+        completion and editing (identity; a latent model encodes here and maps the mask onto
+        the latent grid)."""
+        return batch, mask
+
+    def paste_known(self, samples: Batch, known: Batch, mask: Tensor) -> Batch:
+        """Completed samples (data space) with the known part of the input put back (identity:
+        completion in data space keeps it exactly; a latent model's decoder only approximates it)."""
+        return samples
+
     def check_structure(self, value: Any, batch_size: int | None = None) -> None:
         """Validate a requested sampling structure (e.g. per-sample atom counts) before sampling:
         raise ``ValueError`` with one clear line if it is impossible or would not fit in memory

@@ -194,6 +194,8 @@ class ClassifierConfig:
     data_info: dict[str, Any] = field(default_factory=dict)
     kind: str = "classifier"
     version: int = 1
+    #: a classifier of latents: the autoencoder record (``core.models.latent.autoencoder_record``)
+    latent: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -15,8 +15,10 @@ Two pieces, both domain-agnostic:
   the base domain's backbone built for the latent's shape, its templates are latent templates,
   so the trainer, samplers, guidance and ``generate`` run on the latent Space unchanged.
   :meth:`LatentDomain.to_data` decodes samples (``generate`` calls it on every chunk), so writers
-  and metrics see data, never latents. A third-party domain gets latent diffusion by providing
-  ``build_autoencoder`` only.
+  and metrics see data, never latents; :meth:`LatentDomain.from_data` encodes an input (and maps
+  the mask of its known part onto the latent grid), so completion (RePaint), SDEdit,
+  super-resolution and classifier guidance run in latent space (``core.models.latent_tasks``).
+  A third-party domain gets latent diffusion by providing ``build_autoencoder`` only.
 
 An autoencoder run folder (``diffuse train-autoencoder``) holds ``config.json``
 (:class:`AutoencoderConfig`, kind ``"autoencoder"``), ``checkpoint/`` (the trainer's format;
@@ -42,6 +44,7 @@ from ..data.space import Space
 from ..data.capabilities import capabilities
 from ..errors import CheckpointError, DataError, NotSupportedError, UserInputError
 from ..training.checkpoint import checkpoint_dir, file_sha256, load_kind_config, load_weights, read_weights
+from .latent_tasks import encode_concat, encode_input, encode_value, latent_concat_kinds, latent_mask, paste_known
 
 __all__ = ["latent_domain", "check_latent_data", "Autoencoder", "LatentDataset", "LatentDomain", "AutoencoderConfig", "AutoencoderObjective",
            "autoencoder_record", "load_autoencoder", "is_autoencoder_run", "weights_hash", "AUTOENCODER_WEIGHTS"]
@@ -97,6 +100,12 @@ class Autoencoder(nn.Module, ABC):
     def latent_template(self, batch: Batch) -> Tensor:
         """Zeros shaped like the latent of data ``batch`` (default: encode it and take the shape)."""
         return torch.zeros_like(self.encode(batch, sample=False))
+
+    def latent_mask(self, mask: Tensor, data: Tensor, latent: Tensor) -> Tensor:
+        """The known part of ``latent`` given the known part ``mask`` of ``data`` (completion of
+        a latent model): a latent element is known when every data element it summarises is
+        (``core.models.latent_tasks.latent_mask``)."""
+        return latent_mask(mask, data, latent)
 
     @torch.no_grad()
     def reconstruction_metrics(self, batch: Batch) -> dict[str, Tensor]:
@@ -191,7 +200,7 @@ class LatentDataset(DomainDataset):
         dev = ae.scale.device
         data = self.data.batch(indices, generator).to(dev)
         z = ae.encode_scaled(data, generator=generator if dev.type == "cpu" else None)
-        return Batch(z, ae.latent_space(data), data.cond, data.extras).to("cpu")
+        return Batch(z, ae.latent_space(data), encode_concat(ae, data.cond, data), data.extras).to("cpu")
 
     def split(self, fraction: float, seed: int = 0) -> tuple["LatentDataset", "LatentDataset"]:
         rest, held = self.data.split(fraction, seed)
@@ -292,19 +301,28 @@ class LatentDomain(Domain):
         return Batch(x.to(samples.x.device), ae.data_space(like).to(samples.x.device), samples.cond, samples.extras)
 
     # ------------------------------------------------------------------ conditions
+    def _latent_shape(self) -> list[int]:
+        """``[c, *sides]`` of one latent of the bound data (cached per bound copy)."""
+        if getattr(self, "_shape_of", None) is not self._data_info:
+            one = self.base.template(1, torch.Generator().manual_seed(0)).to(self.autoencoder.scale.device)
+            self._shape, self._shape_of = list(self.autoencoder.latent_template(one).shape[1:]), self._data_info
+        return self._shape
+
     def condition_kinds(self) -> dict[str, Any]:
-        return self.base.condition_kinds()
+        """The base domain's conditions, a concatenated (restoration) condition on the latent grid
+        (``core.models.latent_tasks``)."""
+        kinds = self.base.condition_kinds()
+        return latent_concat_kinds(kinds, self._latent_shape()) if any(k in kinds for k in
+                                                                       self.base.restoration_conditions) else kinds
 
     def capabilities(self) -> list[str]:
-        """A latent model takes its domain's conditions; completion, restoration and classifier
-        guidance act in data space, which its sampler never sees."""
-        return [c for c in capabilities(self.base) if c == "conditional"]
+        """What the base domain can do and a latent model does too: conditions, completion and
+        editing (through the encoder), restoration (a conditional latent model) and classifier
+        guidance (a classifier trained on the latents)."""
+        keep = ("conditional", "completable", "restorable", "classifier")
+        return [c for c in capabilities(self.base) if c in keep]
 
     def condition_data_options(self, names: list[str]) -> dict[str, Any]:
-        refused = [n for n in names if n in self.base.restoration_conditions]
-        if refused:
-            raise NotSupportedError(f"latent models cannot take the restoration condition {', '.join(refused)} "
-                                    "(it lives in data space); train it without --latent")
         return self.base.condition_data_options(names)
 
     def conditional_structure(self, num, cond, generator=None):
@@ -323,13 +341,41 @@ class LatentDomain(Domain):
     def describe_samples(self, samples: Batch) -> dict[str, float] | None:
         return self.base.describe_samples(samples)
 
-    def completion_input(self, path, options):
-        raise NotSupportedError("completion and editing are not supported for latent models yet; use a pixel-space "
-                                "model")
+    # ------------------------------------------------------------------ inputs in data space
+    def completion_input(self, path: str | Path, options: dict[str, Any]) -> tuple[Batch, Tensor]:
+        """The base domain's input and mask, in DATA space (:meth:`from_data` encodes them)."""
+        return self.base.completion_input(path, options)
 
-    def build_classifier(self, model, target):
-        raise NotSupportedError("classifier guidance is not supported for latent models (the classifier sees data, "
-                         "the sampler latents)")
+    def from_data(self, batch: Batch, mask: Tensor | None = None) -> tuple[Batch, Tensor | None]:
+        """A data batch (and the mask of its known part) in model space: the scaled posterior
+        mean and the known part on the latent grid (``core.models.latent_tasks.encode_input``)."""
+        z, m = encode_input(self.autoencoder, batch, torch.ones(1, dtype=torch.bool) if mask is None else mask)
+        return z, (m if mask is not None else None)
+
+    def paste_known(self, samples: Batch, known: Batch, mask: Tensor) -> Batch:
+        """Decoded completions with the known data elements put back exactly."""
+        return paste_known(samples, known, mask)
+
+    def restoration_input(self, path: str | Path) -> dict[str, Any]:
+        """The base domain's degraded input, encoded onto the latent grid (the condition the
+        latent model was trained with; ``core.models.latent_tasks``)."""
+        values = self.base.restoration_input(path)
+        like = self.base.template(1, torch.Generator().manual_seed(0))
+        return {k: encode_value(self.autoencoder, torch.as_tensor(v, dtype=torch.float32)[None], like)[0]
+                for k, v in values.items()}
+
+    # ------------------------------------------------------------------ classifiers on latents
+    def build_classifier(self, model: dict[str, Any], target: Any) -> nn.Module:
+        """The base domain's classifier network built for the latent (channels and sides): a
+        classifier trained on the latents guides the latent model (``train-classifier --latent``)."""
+        return self.base.bind(self.latent_data_info()).build_classifier(model, target)
+
+    def classifier_data_options(self, target: Any) -> dict[str, Any]:
+        return self.base.classifier_data_options(target)
+
+    def classifier_property(self, name: str, batch: Batch) -> Tensor:
+        """A property of a latent batch: the base domain's, of the decoded data."""
+        return self.base.classifier_property(name, self.to_data(batch))
 
 
 # ---------------------------------------------------------------------- run folders

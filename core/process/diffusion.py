@@ -18,10 +18,16 @@ A ``coupling`` (rectified-flow reflow, :func:`diffuse.api.reflow`) is a batch wh
 ``extras["noise"]`` holds the noise paired with each sample: training then uses that noise
 instead of an independent draw.
 
-Condition dropout: when a batch carries a :class:`~diffuse.core.data.condition.Condition`, each
-sample's condition is replaced by its null value with probability ``cond_drop`` (a Bernoulli
-draw from the training generator, after ``t`` and ``eps``), so the model also learns the
-unconditional denoiser that classifier-free guidance needs.
+Condition dropout: when a batch carries a :class:`~diffuse.core.data.condition.Condition`, all of
+a sample's conditions are replaced by their null values with probability ``cond_drop`` (one
+Bernoulli draw per sample from the training generator, after ``t`` and ``eps``), so the model also
+learns the unconditional denoiser that classifier-free guidance needs. Each condition ``k`` is
+also dropped on its own with probability ``p_k`` (``cond_drop_each``; by default ``cond_drop``
+for every condition of a model with two or more, none for a model with one), one more draw per
+condition in name order, independent of the others (InstructPix2Pix, Brooks et al. 2023, drops
+its image and text conditions apart so either can be given alone). So condition ``k`` is null
+with probability ``1 - (1 - cond_drop)(1 - p_k)`` and all are null with probability
+``cond_drop + (1 - cond_drop) prod_k p_k``; a model with one condition draws exactly as before.
 """
 
 from __future__ import annotations
@@ -103,9 +109,8 @@ class Diffusion:
         if coupled is not None:                      # reflow: the noise paired with each sample
             eps = space.project(coupled.to(x0))
         cond = batch.cond
-        if isinstance(cond, Condition) and self.config.cond_drop > 0:
-            drop = torch.rand(n, generator=generator, device=x0.device) < self.config.cond_drop
-            cond = cond.drop(drop)
+        if isinstance(cond, Condition):
+            cond = self.drop_conditions(cond, n, generator, x0.device)
         if shard is not None:
             start, stop = shard
             eps, _ = space.take(eps, start, stop)
@@ -121,6 +126,35 @@ class Diffusion:
         out = denoiser.raw(x_t, t, cond=cond, space=space)
         per_element = self.loss(out, x0, eps, a, s, (alpha / sigma) ** 2, space)
         return space.reduce(per_element)
+
+    def drop_rates(self, names: Any) -> dict[str, float]:
+        """``{name: p}`` of the independent per-condition drops for a model with conditions
+        ``names`` (see the module docstring); a ConfigError for a rate of a condition it lacks."""
+        names = sorted(names)
+        each = self.config.cond_drop_each
+        if each is None:
+            return {k: self.config.cond_drop for k in names} if len(names) > 1 else {}
+        unknown = sorted(set(each) - set(names))
+        if unknown:
+            raise ConfigError(f"diffusion.cond_drop_each names {', '.join(unknown)}, which this model does not take "
+                              f"(its conditions: {', '.join(names) or 'none'})")
+        return {k: float(each[k]) for k in names if k in each}
+
+    def drop_conditions(self, cond: Condition, n: int, generator: torch.Generator | None,
+                        device: torch.device) -> Condition:
+        """Condition dropout of one batch (see the module docstring): the joint draw, then one
+        draw per condition with an independent rate, in name order."""
+        joint = torch.rand(n, generator=generator, device=device) < self.config.cond_drop \
+            if self.config.cond_drop > 0 else None
+        rates = {k: p for k, p in self.drop_rates(cond.values).items() if p > 0}
+        if not rates:
+            return cond.drop(joint) if joint is not None else cond
+        masks = {}
+        for k in sorted(cond.values):
+            own = torch.rand(n, generator=generator, device=device) < rates[k] if k in rates else None
+            both = [m for m in (joint, own) if m is not None]
+            masks[k] = both[0] | both[1] if len(both) == 2 else (both[0] if both else None)
+        return cond.drop(masks)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self.config)

@@ -1,4 +1,6 @@
-"""The image domain's backbones (``core.data.backbones``): the 2-D U-Net (the default)."""
+"""The image domain's backbones (``core.data.backbones``): the 2-D U-Net (the default) and the
+Diffusion Transformer (``dit``, ``diffuse.domains.dit``), for pixels and, through a latent
+model, for image latents (built for the latent's channels and size)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from torch import nn
 from ...core.data.backbones import Backbone
 from ...core.errors import ConfigError
 from ...core.validation import AT_LEAST_ONE, FRACTION, check_kwargs
+from ..dit import build_dit, check_dit
 from ..text import build_text_encoder, check_text_encoder_options
 from .unet import UNet
 
-__all__ = ["UNET", "BACKBONES", "UNET_DEFAULTS"]
+__all__ = ["UNET", "DIT", "BACKBONES", "UNET_DEFAULTS"]
 
 _UNET_OPTIONS = set(inspect.signature(UNet.__init__).parameters) - {"self"}
 
@@ -53,5 +56,27 @@ def _build_unet(domain: Any, model: dict[str, Any]) -> nn.Module:
 UNET = Backbone("unet", _build_unet, _check_unet, UNET_DEFAULTS,
                 "2-D U-Net: ResBlocks, GroupNorm, time embedding, self- and cross-attention (DDPM / ADM style)")
 
+def _sides(info: dict[str, Any]) -> list[int]:
+    return [int(info.get("height", 28)), int(info.get("width", 28))]
+
+
+def _check_dit(domain: Any, model: dict[str, Any]) -> None:
+    check_dit(model, _sides(domain.info) if domain.bound else None)
+
+
+def _build_dit(domain: Any, model: dict[str, Any]) -> nn.Module:
+    """The DiT for the bound data: its channels and size, label / text / low-resolution conditions."""
+    info = domain.info
+    channels = int(info.get("channels", 1))
+    return build_dit(model, channels, _sides(info),
+                     num_classes=int(info["num_classes"]) if info.get("conditional") else None,
+                     text_kind=domain.condition_kinds()["text"] if info.get("text") else None,
+                     in_cond_channels=channels + 1 if info.get("lowres") else 0)
+
+
+DIT = Backbone("dit", _build_dit, _check_dit, {"preset": "small"},
+               "Diffusion Transformer (DiT): patches, adaLN-Zero blocks, label / pooled-text conditioning, text by "
+               "cross- or joint attention (Peebles & Xie 2023; MMDiT)")
+
 #: the image domain's built-in backbones
-BACKBONES = {"unet": UNET}
+BACKBONES = {"unet": UNET, "dit": DIT}
