@@ -41,6 +41,9 @@ def execute(run_dir: Path, config: RunConfig, config_json: str, domain: Domain, 
     ``config.json`` (``{name: text}``). Returns the fit's result and the trainer (its EMA model, to finish
     an autoencoder's scale)."""
     trainer = Trainer(run_dir, config, domain, objective, model, train_set, reference, progress=progress)
+    follow = getattr(objective, "follow", None)
+    if follow is not None:                          # an objective with a curriculum reads the run's step
+        follow(lambda: trainer.step)
     if checkpoint is not None:
         trainer.load(checkpoint)                    # weight shapes checked here, before anything is written
     elif init is not None:

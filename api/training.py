@@ -13,10 +13,12 @@ from ..core.data.registry import get_domain
 from ..core.errors import UserInputError
 from ..core.models.latent import check_latent_data, latent_domain
 from ..core.process.diffusion import Diffusion
+from ..core.process.objectives import make_denoiser
 from ..core.training.checkpoint import read_run_config
 from ..core.training.optim import resolve_device
 from ..core.training.trainer import TrainResult
 from .configs import load_data, record_conditions, split_data
+from .distill import run_objective
 from .plan import check_init_data, plan_training
 from .runs import execute
 
@@ -90,8 +92,9 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     dom = dom.bind(info)
     torch.manual_seed(cfg.train.seed)
     diff = Diffusion(cfg.diffusion)
-    denoiser = diff.denoiser(dom.build_backbone(cfg.model))
-    result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, diff, denoiser, train_set, reference,
+    denoiser = make_denoiser(cfg.objective, diff, dom.build_backbone(cfg.model))
+    objective = run_objective(cfg, diff, cfg.train.device)      # diffusion, or a few-step objective
+    result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, objective, denoiser, train_set, reference,
                         checkpoint=plan.checkpoint, init=plan.init, progress=progress, stop_at=stop_at,
                         what="diffusion model")
     return result
