@@ -14,6 +14,10 @@
     model.write(samples, "out/")
     print(model.evaluate(num=256))
 
+    # few steps: distil into a consistency model, then sample with 2 evaluations by default
+    diffuse.distill(pretrained="image", out="runs/digits-cd", method="cd")
+    samples = diffuse.load("runs/digits-cd").sample(16, cond={"label": 7})
+
     # classifier guidance: a noise-aware classifier steers any model of the same data
     diffuse.train_classifier("image", out="runs/digits-clf")
     samples = model.sample(16, cond={"label": 7}, guidance="classifier", classifier="runs/digits-clf",
@@ -24,7 +28,8 @@ The package is split by job: ``configs`` (run configs from defaults, files and f
 ``training`` (``train``), ``model`` and ``tasks`` (a trained model: sampling, evaluation,
 completion, editing, restoration, likelihoods), ``loading`` (``load``, ``load_pretrained``,
 ``build``), ``autoencoder``, ``classifier``, ``auxiliary`` and ``guiding`` (the auxiliary models and their runs),
-``reflow``, ``vocode`` (a mel-conditioned model as a neural vocoder).
+``reflow``, ``vocode`` (a mel-conditioned model as a neural vocoder), ``distill`` (few-step models from
+trained ones; docs/few-step.md).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .autoencoder import load_autoencoder, reconstruction_report, train_autoenco
 from .classifier import train_classifier
 from .guiding import load_classifier, prepare_classifier_guidance
 from .configs import make_config, read_config_file, recipe_domain
+from .distill import DISTILL_METHODS, distill
 from .loading import build, load, load_pretrained
 from .model import DiffusionModel, SampleReport
 from .pretrained import from_pretrained, resolve_model
@@ -55,7 +61,7 @@ __all__ = ["train", "load", "build", "from_pretrained", "save_pretrained", "reso
            "get_domain", "domain_class", "capabilities", "Backbone", "domain_backbones", "TrainResult", "write_samples", "write_text",
            "fresh_sample_dir", "train_classifier", "load_classifier", "prepare_classifier_guidance", "load_pretrained",
            "recipe_domain", "read_config_file", "read_run_config", "init_domain", "train_autoencoder",
-           "load_autoencoder", "reconstruction_report", "reflow", "vocode", "vocode_metrics", "VocodeResult", "is_vocoder",
+           "load_autoencoder", "reconstruction_report", "reflow", "distill", "DISTILL_METHODS", "vocode", "vocode_metrics", "VocodeResult", "is_vocoder",
            "require_vocoder", "cache_dir", "cache_entries", "clear_cache",
            "PRETRAINED_PREFIX", "RESUMABLE_TRAIN_KEYS", "UserInputError", "DataError", "CheckpointError", "ConfigError",
            "NotSupportedError", "UnknownNameError"]

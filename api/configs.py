@@ -17,14 +17,16 @@ from ..core.data.domain import Domain, DomainDataset
 from ..core.data.registry import get_domain
 from ..core.errors import ConfigError, DataError, IsAFolderError, MissingPathError
 from ..core.process.diffusion import Diffusion
-from ..core.process.presets import PRESET_OWNS, resolve
+from ..core.process.objectives import model_options, objective_options, objective_section
+from ..core.process.presets import PRESET_OBJECTIVES, PRESET_OWNS, resolve
 from ..core.sampling.registry import check_sampler_name
 
-__all__ = ["read_config_file", "recipe_domain", "make_config", "check_train", "diffusion_config", "load_data",
+__all__ = ["read_config_file", "recipe_domain", "make_config", "check_train", "diffusion_config", "objective_for",
+           "load_data",
            "split_data", "condition_data_options", "record_conditions", "upgrade_config_file", "CONFIG_SECTIONS"]
 
 #: the sections a config file may hold
-CONFIG_SECTIONS = ("model", "diffusion", "train", "data_options", "domain", "data", "version")
+CONFIG_SECTIONS = ("model", "diffusion", "train", "data_options", "domain", "data", "version", "objective")
 
 
 def read_config_file(path: str | Path | None) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
     unknown = set(data) - set(CONFIG_SECTIONS)
     if unknown:
         raise ConfigError(f"config file {p} has unknown section(s) {sorted(unknown)}; "
-                         "expected model, diffusion, train, data_options")
+                         "expected model, diffusion, train, data_options, objective")
     return data
 
 
@@ -87,10 +89,12 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
             raise ConfigError(f"config section {section!r} must be a JSON object, got {user[section]!r}")
     if "data" in user and user["data"] is not None and not isinstance(user["data"], str):
         raise ConfigError(f"config 'data' must be a path string, got {user['data']!r}")
-    model = dom.model_config({**user.get("model", {}), **{k: v for k, v in (model or {}).items() if v is not None}})
-    dom.check_config(model)
     diffusion_cfg = diffusion_config(dom, {**user.get("diffusion", {}),
                                            **{k: v for k, v in (diffusion or {}).items() if v is not None}})
+    objective = objective_for(user.get("objective"), diffusion_cfg.training)
+    model = dom.model_config({**user.get("model", {}), **{k: v for k, v in (model or {}).items() if v is not None},
+                              **model_options(objective)})
+    dom.check_config(model)
     diff = Diffusion(diffusion_cfg)  # the names of the process's axes and their combination, with a clear message
     train_cfg = update_dataclass(TrainConfig(), {**dom.default_train(), **user.get("train", {})}, "train")
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
@@ -102,7 +106,24 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
     if data is not None and str(data).strip() == "":
         raise ConfigError("--data is an empty string; give a file or folder, or leave it out for the bundled data")
     return RunConfig(domain=dom.name, data=str(data) if data is not None else None, data_options=data_options,
-                     model=model, diffusion=diffusion_cfg, train=train_cfg)
+                     model=model, diffusion=diffusion_cfg, train=train_cfg, objective=objective)
+
+
+def objective_for(section: Any, training: str) -> dict[str, Any] | None:
+    """A new run's objective section: a config file's ``objective`` section, else the objective its
+    preset selects (``PRESET_OBJECTIVES``: ``ct``, ``shortcut``) with its defaults, else ``None``
+    (diffusion); validated. A teacher-based objective comes from ``diffuse distill`` (or from the
+    distilled model a run is started from with ``--init``), which names its teacher."""
+    if section is None and training in PRESET_OBJECTIVES:
+        section = {"name": PRESET_OBJECTIVES[training]}
+    parsed = objective_options(section)
+    if parsed is None:
+        return None
+    record, options = parsed
+    if record.teacher and options.teacher is None:
+        raise ConfigError(f"the {record.name} objective distils a trained model: use `diffuse distill --method "
+                          f"{record.name}`, not a training config")
+    return objective_section(record, options)
 
 
 def upgrade_config_file(user: dict[str, Any], dom: Domain) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from ..core.errors import CheckpointError
 from ..core.memory import check_loading
 from ..core.models.latent import latent_domain
 from ..core.process.diffusion import Diffusion
+from ..core.process.objectives import make_denoiser
 from ..core.training.checkpoint import load_checkpoint, load_weights, read_run_config
 from ..core.training.optim import resolve_device
 from ..core.validation import check_device
@@ -60,8 +61,9 @@ def assemble(cfg: RunConfig, weights: dict[str, torch.Tensor], where: Path, devi
         dom = latent_domain(dom, ae_path, cfg.latent).to(dev)
     dom = dom.bind(cfg.data_info)
     diff = Diffusion(cfg.diffusion)
-    check_loading(lambda: diff.denoiser(dom.build_backbone(cfg.model)), dev, f"the model of {where}")
-    den = diff.denoiser(dom.build_backbone(cfg.model))
+    check_loading(lambda: make_denoiser(cfg.objective, diff, dom.build_backbone(cfg.model)), dev,
+                  f"the model of {where}")
+    den = make_denoiser(cfg.objective, diff, dom.build_backbone(cfg.model))
     own = den.state_dict()
     weights = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in weights.items()}
     load_weights(den, weights, where)

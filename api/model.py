@@ -22,6 +22,7 @@ from ..core.data.domain import Batch, Domain, DomainDataset
 from ..core.errors import NotWritableError, UserInputError
 from ..core.io import write_samples
 from ..core.process.diffusion import Diffusion
+from ..core.process.objectives import few_step_sampling, make_denoiser
 from ..core.sampling.generate import check_generate_args, generate, sampling_grid
 from ..core.sampling.gridopt import GRIDS_FILE, optimize_grid, prior_batches, save_grid, stored_grid
 from ..core.sampling.guidance import Guidance
@@ -91,13 +92,16 @@ class DiffusionModel(ModelTasks):
         or a loaded classifier): classifier guidance towards the classifier's target in ``cond``
         (``{"label": 7}``) with scale ``guidance_scale`` (default 1); the model may be unconditional.
 
-        ``sampler`` None: the domain's default (:meth:`Domain.default_sampling`: DDIM-50, audio
-        DDPM-50, molecules DDPM-500; ``steps`` given still counts). ``spacing`` None: the domain's
+        ``sampler`` None: a few-step model's own sampler and steps (``core.process.objectives``),
+        else the domain's default (:meth:`Domain.default_sampling`: DDIM-50, audio DDPM-50,
+        molecules DDPM-500); ``steps`` given still counts. ``spacing`` None: the domain's
         grid (:meth:`Domain.default_spacing`: audio's DDPM runs on Karras' grid) or the core's rule.
 
         A grid stored by :meth:`optimize_grid` for this sampler and number of steps is used when
         ``spacing`` is not given (one log line says so); ``spacing=`` overrides it."""
         sampler, steps = self.default_sampling(sampler, steps)
+        if spacing is None and "grid" not in options:
+            spacing = self.objective_spacing(sampler)
         if spacing is None and "grid" not in options:
             stored = self.stored_grid(sampler, steps)
             if stored is not None:
@@ -263,7 +267,8 @@ class DiffusionModel(ModelTasks):
     def untrained(self, seed: int = 0) -> "DiffusionModel":
         """The same architecture and configuration with freshly initialised weights (a baseline)."""
         torch.manual_seed(seed)
-        den = self.diffusion.denoiser(self.domain.build_backbone(self.config.model)).to(self.device)
+        den = make_denoiser(self.config.objective, self.diffusion,
+                            self.domain.build_backbone(self.config.model)).to(self.device)
         return DiffusionModel(self.domain, self.config, den, self.diffusion, self.device, self.run_dir)
 
 
@@ -272,14 +277,23 @@ class DiffusionModel(ModelTasks):
         sampler (and its steps, unless ``steps`` is given) when ``sampler`` is None."""
         if sampler is not None:
             return sampler, steps
-        name, n = self.domain.default_sampling()
+        few = few_step_sampling(self.config.objective, self.diffusion.schedule)
+        name, n = (few[0], few[1]) if few is not None else self.domain.default_sampling()
         return name, steps if steps is not None else n
+
+    def objective_spacing(self, sampler: str) -> str | None:
+        """The grid a few-step model was trained for with ``sampler`` (progressive distillation's
+        nested grid), or ``None``."""
+        few = few_step_sampling(self.config.objective, self.diffusion.schedule)
+        return few[2] if few is not None and few[0] == sampler else None
 
     def spacing_used(self, sampler: str, steps: int | None = None, spacing: str | None = None) -> str:
         """The time grid :meth:`sample` runs ``sampler`` on: ``spacing`` if given, else ``"stored"``
         (an optimised grid of this run), else the domain's default or the core's rule."""
         if spacing is not None:
             return spacing
+        if self.objective_spacing(sampler) is not None:
+            return self.objective_spacing(sampler)
         if self.stored_grid(sampler, steps) is not None:
             return "stored"
         schedule = self.diffusion.schedule

@@ -83,6 +83,8 @@ def resume_config(run_dir: Path, cfg: RunConfig, config: dict[str, Any] | str | 
     for key in ("domain", "data"):
         if key in user and user[key] != getattr(cfg, key):
             refuse_change(run_dir, key, user[key], getattr(cfg, key))
+    if "objective" in user and user["objective"] != cfg.objective:
+        refuse_change(run_dir, "objective", user["objective"], cfg.objective)
     for section in ("model", "data_options"):
         for key, value in (user.get(section) or {}).items():
             old = getattr(cfg, section).get(key)
@@ -219,6 +221,8 @@ def _init_config(user: dict[str, Any], src: RunConfig) -> dict[str, Any]:
     out["data_options"] = {**src.data_options, **user.get("data_options", {})}
     out["model"] = {**src.model, **user.get("model", {})}
     out["diffusion"] = {**asdict(src.diffusion), **user.get("diffusion", {})}
+    if src.objective is not None:                    # a few-step model fine-tuned keeps its objective
+        out.setdefault("objective", src.objective)
     return out
 
 

@@ -53,6 +53,9 @@ def execute(run_dir: Path, config: RunConfig, config_json: str, domain: Domain, 
     work after the fit that writes the run folder too (an autoencoder's scale and evaluation), run
     under the lock, its value returned instead of the fit's result. Returns ``(result, trainer)``."""
     trainer = Trainer(run_dir, config, domain, objective, model, train_set, reference, progress=progress)
+    follow = getattr(objective, "follow", None)
+    if follow is not None:                          # an objective with a curriculum reads the run's step
+        follow(lambda: trainer.step)
     if checkpoint is not None:
         trainer.load(checkpoint)                    # weight shapes checked here, before anything is written
     elif init is not None:

@@ -15,10 +15,12 @@ from ..core.memory import check_training
 from ..core.training import distributed
 from ..core.models.latent import check_latent_data, latent_domain
 from ..core.process.diffusion import Diffusion
+from ..core.process.objectives import make_denoiser
 from ..core.training.checkpoint import read_run_config
 from ..core.training.optim import resolve_device
 from ..core.training.trainer import TrainResult
 from .configs import load_data, record_conditions, split_data
+from .distill import run_objective
 from .plan import check_init_data, plan_training
 from .runs import execute
 
@@ -92,12 +94,14 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     dom = dom.bind(info)
     diff = Diffusion(cfg.diffusion)
     per_rank = -(-cfg.train.batch_size // distributed.world_from_env()[1])
-    check_training(lambda: diff.denoiser(dom.build_backbone(cfg.model)), diff, dom, cfg.model, train_set, per_rank,
-                   resolve_device(cfg.train.device), f"training this {dom.name} model")   # before building it
+    check_training(lambda: make_denoiser(cfg.objective, diff, dom.build_backbone(cfg.model)), diff, dom, cfg.model,
+                   train_set, per_rank, resolve_device(cfg.train.device),
+                   f"training this {dom.name} model")   # before building it
     torch.manual_seed(cfg.train.seed)
     diff.drop_rates(info.get("conditions") or {})     # per-condition dropout names known conditions
-    denoiser = diff.denoiser(dom.build_backbone(cfg.model))
-    result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, diff, denoiser, train_set, reference,
+    denoiser = make_denoiser(cfg.objective, diff, dom.build_backbone(cfg.model))
+    objective = run_objective(cfg, diff, cfg.train.device)      # diffusion, or a few-step objective
+    result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, objective, denoiser, train_set, reference,
                         checkpoint=plan.checkpoint, init=plan.init, progress=progress, stop_at=stop_at,
                         what="diffusion model", restart=plan.restart, generation=plan.generation)
     return result

@@ -1,6 +1,6 @@
 """``diffuse``: the command line. Thin: parse, call :mod:`diffuse.api`, report.
 
-The commands live by group (``cli.train``, ``cli.sample``, ``cli.evaluate``, ``cli.manage``)
+The commands live by group (``cli.train``, ``cli.sample``, ``cli.evaluate``, ``cli.manage``, ``cli.distill``)
 and are added to the ``diffuse`` group here, in one visible place. User mistakes (a
 :class:`~diffuse.core.errors.UserInputError` anywhere, or a bad option) are printed as one line
 ``error: ...`` with exit code 2; anything else is a bug and shows its traceback (``cli.common``).
@@ -14,6 +14,7 @@ import sys
 import click
 
 from .common import LOG_FORMAT, DiffuseGroup
+from .distill import distill
 from .evaluate import evaluate, optimize_grid
 from .demo import demo
 from .manage import cache, domains, export_pretrained, save_pretrained
@@ -45,8 +46,8 @@ def main(verbose: bool, threads: str | None) -> None:
 
 
 #: every command, in the order ``diffuse --help`` lists them
-COMMANDS = (domains, train, sample, evaluate, inpaint, edit, upscale, optimize_grid, reflow, train_autoencoder,
-            train_classifier, vocode, cache, export_pretrained, save_pretrained, demo)
+COMMANDS = (domains, train, sample, evaluate, inpaint, edit, upscale, optimize_grid, reflow, distill,
+            train_autoencoder, train_classifier, vocode, cache, export_pretrained, save_pretrained, demo)
 for _command in COMMANDS:
     main.add_command(_command)
 

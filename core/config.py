@@ -58,7 +58,8 @@ class DiffusionConfig:
     #: the network's noise input is ``c_noise = t * time_scale`` (eps / x0 / v; the path time for
     #: flow; EDM uses ``ln(sigma) / 4``): backbones get it already scaled
     time_scale: float = 1000.0
-    #: the preset: ``ddpm`` | ``continuous`` | ``edm`` | ``flow``
+    #: the preset: ``ddpm`` | ``continuous`` | ``edm`` | ``flow`` | ``ct`` | ``shortcut`` (the last
+    #: two also select a few-step objective: ``core.process.presets.PRESET_OBJECTIVES``)
     training: str = "ddpm"
     #: training times: ``schedule`` (the schedule's own: uniform over ``{1..T}/T`` for a T-step
     #: chain) | ``uniform`` (``U[t_eps, t_max]``) | ``lognormal`` (EDM: ``ln(sigma/alpha) ~
@@ -179,7 +180,10 @@ def update_dataclass(obj, values: dict[str, Any], what: str):
 #: ``schedule`` / ``uniform`` / ``lognormal`` stated, not implied by ``training``); backbones get
 #: their noise input already scaled (a domain may move a backbone's own scaling into
 #: ``diffusion.time_scale``: ``Domain.upgrade_config``).
-CONFIG_VERSION = 2
+#: 3: a run may carry an ``objective`` section (few-step models: consistency distillation and
+#: training, shortcut models, progressive distillation; ``core.process.objectives``), which changes
+#: how it samples; a version-2 run has none (the diffusion objective), so nothing is rewritten.
+CONFIG_VERSION = 3
 
 #: the training times version-1 configs implied by their ``training`` mode (flow runs stored theirs)
 _V1_TIME_SAMPLER = {"ddpm": "schedule", "continuous": "uniform", "edm": "lognormal"}
@@ -200,7 +204,8 @@ def upgrade_run_config(d: dict[str, Any], domain_upgrade: Callable[[dict[str, An
     meaning); ``domain_upgrade(d, version)`` applies the domain's part (``Domain.upgrade_config``).
     Version 1 -> 2: the axes ``training`` implied are written out (``edm`` / ``flow`` training
     meant that parameterization whatever the field said; ``ddpm`` / ``continuous`` / ``edm`` meant
-    ``schedule`` / ``uniform`` / ``lognormal`` times; flow's ``uniform`` times were ``U[0, 1]``)."""
+    ``schedule`` / ``uniform`` / ``lognormal`` times; flow's ``uniform`` times were ``U[0, 1]``).
+    Version 2 -> 3: nothing changes (version 3 added the optional ``objective`` section)."""
     d = dict(d)
     version = d.get("version", 1)
     check_config_version(version)
@@ -218,6 +223,7 @@ def upgrade_run_config(d: dict[str, Any], domain_upgrade: Callable[[dict[str, An
         diff.setdefault("parameterization", "eps")
         diff.setdefault("t_eps", 1e-3)
         d["diffusion"] = diff
+    if version < CONFIG_VERSION:    # 2 -> 3: nothing to rewrite (no objective section: diffusion)
         if domain_upgrade is not None:
             d = domain_upgrade(d, version)
         d["version"] = CONFIG_VERSION
@@ -239,6 +245,10 @@ class RunConfig:
     #: the weights a run started from (``diffuse train --init``: the run folder and step, or the
     #: pretrained model's name, with the SHA-256 of the weights file); ``None`` for a run from scratch
     init: dict[str, Any] | None = None
+    #: the objective a few-step model was trained with (``{"name": "cd" | "ct" | "shortcut" |
+    #: "progressive", **options}``, ``core.process.objectives``; a distilled model's names its
+    #: teacher); ``None``: the diffusion objective
+    objective: dict[str, Any] | None = None
     #: the run-config format (:data:`CONFIG_VERSION`); a run written in a newer format is refused
     version: int = CONFIG_VERSION
 

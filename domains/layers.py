@@ -26,7 +26,14 @@ def timestep_embedding(noise_level: Tensor, dim: int, max_period: float = 10000.
     """Sinusoidal embedding ``[cos(n w_k), sin(n w_k)]``, ``w_k = max_period^(-k / half)``,
     ``k = 0 .. half - 1``, ``half = dim // 2`` (Vaswani et al. 2017; DDPM's time embedding), in
     float32; an odd ``dim`` gets one zero column at the end. ``noise_level``: ``[B]`` (any real
-    values, e.g. ``t * 1000`` or token positions) -> ``[B, dim]``."""
+    values, e.g. ``t * 1000`` or token positions) -> ``[B, dim]``. ``[B, k]`` (a network of
+    several noise inputs, e.g. a flow-map model's time and step): the embeddings of the ``k``
+    columns side by side, ``dim // k`` wide each (zero columns pad to ``dim``)."""
+    if noise_level.ndim == 2:
+        k = noise_level.shape[1]
+        parts = [timestep_embedding(noise_level[:, i], dim // k, max_period) for i in range(k)]
+        emb = torch.cat(parts, dim=1)
+        return F.pad(emb, (0, dim - emb.shape[1])) if emb.shape[1] < dim else emb
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=noise_level.device,
                                                            dtype=torch.float32) / half)

@@ -62,6 +62,8 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Any = None, space: Space | None = None) -> Prediction:
         assert space is not None, "Denoiser needs the batch's Space"
+        if t.ndim == 2:   # a step (t, s) of a flow-map sampler (core.process.flowmap): one time answers at t
+            t = t[:, 0]
         if t.device.type == "cpu" and t.numel() > 1 and bool((t == t[0]).all()):
             return self._forward_one_time(x_t, t, cond, space)
         _, _, sc = self.scalings(t)

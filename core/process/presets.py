@@ -12,7 +12,14 @@ continuous  eps                uniform        1e-3     linear
 edm         edm                lognormal      1e-3     linear (EDM's own is ``{"kind": "sigma"}``)
 flow        flow               logit_normal   0        the linear flow path, with ``diffusion.shift``
                                                        written in (a given schedule must be a flow path)
+ct          edm                lognormal      1e-3     EDM's sigmas (``{"kind": "sigma"}``)
+shortcut    flow               logit_normal   0        the linear flow path (as ``flow``)
 =========== ================== ============== ======== ==========================================
+
+A preset may also select an *objective* (:data:`PRESET_OBJECTIVES`): ``ct`` trains a consistency
+model from scratch (iCT), ``shortcut`` a shortcut model (``core.process.objectives``); the run's
+``objective`` section is then filled from the objective's defaults (a config file's own
+``objective`` section wins). The other presets train the diffusion objective.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 from ..config import DiffusionConfig
 from ..errors import ConfigError, UnknownNameError
 
-__all__ = ["PRESETS", "PRESET_OWNS", "resolve"]
+__all__ = ["PRESETS", "PRESET_OWNS", "PRESET_OBJECTIVES", "resolve"]
 
 #: preset name -> the values it gives the axes left ``None``
 PRESETS: dict[str, dict[str, Any]] = {
@@ -32,12 +39,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "edm": {"parameterization": "edm", "time_sampler": "lognormal", "t_eps": 1e-3, "schedule": {"kind": "linear"}},
     "flow": {"parameterization": "flow", "time_sampler": "logit_normal", "t_eps": 0.0,
              "schedule": {"kind": "flow", "path": "linear"}},
+    "ct": {"parameterization": "edm", "time_sampler": "lognormal", "t_eps": 1e-3, "schedule": {"kind": "sigma"}},
+    "shortcut": {"parameterization": "flow", "time_sampler": "logit_normal", "t_eps": 0.0,
+                 "schedule": {"kind": "flow", "path": "linear"}},
 }
+
+#: presets that train an objective other than diffusion: preset name -> objective name
+#: (``core.process.objectives.OBJECTIVES``)
+PRESET_OBJECTIVES: dict[str, str] = {"ct": "ct", "shortcut": "shortcut"}
 
 #: the axes that define a preset: where a user names this preset, a domain's own defaults for them
 #: yield (an image domain's v-prediction default does not turn ``--training edm`` into v-prediction;
 #: ``--training continuous`` keeps it)
-PRESET_OWNS: dict[str, tuple[str, ...]] = {"edm": ("parameterization",), "flow": ("parameterization", "schedule")}
+PRESET_OWNS: dict[str, tuple[str, ...]] = {"edm": ("parameterization",), "flow": ("parameterization", "schedule"),
+                                           "ct": ("parameterization", "schedule"),
+                                           "shortcut": ("parameterization", "schedule")}
 
 
 def resolve(config: DiffusionConfig) -> DiffusionConfig:
@@ -50,10 +66,12 @@ def resolve(config: DiffusionConfig) -> DiffusionConfig:
                                f"{config.training!r}")
     fill = {k: v for k, v in PRESETS[config.training].items() if getattr(config, k) is None}
     out = replace(config, **fill)
-    if config.training == "flow" and isinstance(out.schedule, (dict, str)):
+    flow_preset = PRESETS[config.training]["schedule"].get("kind") == "flow"
+    if flow_preset and isinstance(out.schedule, (dict, str)):
         sched = {"kind": out.schedule} if isinstance(out.schedule, str) else dict(out.schedule)
         if sched.get("kind") != "flow":
-            raise ConfigError(f"the flow preset (training \"flow\") runs on a flow path; diffusion.schedule is "
+            raise ConfigError(f"the {config.training} preset (training \"{config.training}\") runs on a flow path; "
+                              f"diffusion.schedule is "
                               f"{sched!r}: leave it out, or give {{\"kind\": \"flow\", \"path\": \"linear\" | \"cosine\"}}")
         shift = out.shift
         if not isinstance(shift, bool) and isinstance(shift, (int, float)) and shift != 1.0:

@@ -31,7 +31,7 @@ from torch import Tensor
 from ..errors import ConfigError, UnknownNameError
 from ..process.schedule import Schedule
 from ..validation import NON_NEGATIVE, POSITIVE, UNIT, OneOf, check_kwargs
-from . import ancestral, flow, multistep, ode, stochastic
+from . import ancestral, fewstep, flow, multistep, ode, stochastic
 from .grids import AUTO_MIN_STEPS
 
 __all__ = ["SamplerRecord", "SAMPLERS", "RECORDS", "get_sampler", "sampler_record", "sampler_options",
@@ -78,6 +78,10 @@ class SamplerRecord:
     ode: bool = False
     description: str = ""
     limits: Mapping[str, Any] = field(default_factory=dict)
+    #: the grid spacing it runs on by default on every schedule (``None``: the core's rule, see
+    #: :func:`default_spacing`); the few-step samplers need their evaluations spread over the noise
+    #: levels, which a Karras grid of 1-4 steps is not
+    grid: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         return self.fn(*args, **kwargs)
@@ -136,6 +140,12 @@ RECORDS: tuple[SamplerRecord, ...] = (
        ode=True, description="adaptive RK45 on the flow velocity"),
     _r("flow_sde", flow.flow_sde, "Ma et al. 2024 (SiT), reverse SDE", False,
        description="reverse SDE with the flow's marginals"),
+    _r("consistency", fewstep.consistency, "Song et al. 2023 (consistency models), algorithm 1", False,
+       vp_grid="uniform", grid="uniform",
+       description="multistep consistency sampling (consistency models' 1-8 steps)"),
+    _r("flowmap", fewstep.flowmap, "Frans et al. 2024 (shortcut models)", True, vp_grid="uniform", ode=True,
+       grid="uniform",
+       description="flow-map steps (shortcut models); DDIM on a one-time model"),
 )
 
 #: name -> record
@@ -193,11 +203,15 @@ def default_steps(sampler: str, schedule: Schedule) -> int:
 
 
 def default_spacing(schedule: Schedule, sampler: str, steps: int | None = None) -> str:
-    """The grid spacing a sampler runs on when none is asked for: the schedule's own (uniform in
-    ``t`` for flow paths); ``karras`` for other non-VP schedules (EDM's and VE's sigmas: on the exact
+    """The grid spacing a sampler runs on when none is asked for: the record's own ``grid`` where it
+    fixes one (the few-step samplers: ``uniform``); else the schedule's own (uniform in ``t`` for
+    flow paths); ``karras`` for other non-VP schedules (EDM's and VE's sigmas: on the exact
     problems ``auto`` beat it for the multistep solvers, but on a small EDM-trained image model
     ``karras`` gave the lower FID at 5 and 10 evaluations, so ``auto`` stays opt-in there); for VP
     schedules the record's ``vp_grid``."""
+    fixed = sampler_record(sampler).grid
+    if fixed:
+        return fixed
     own = getattr(schedule, "default_spacing", None)
     if own:
         return own

@@ -192,8 +192,13 @@ class UNet1D(nn.Module):
                  attn_levels: Sequence[int] = (-1,), mid_attn: bool = True, heads: int = 4, dropout: float = 0.0,
                  emb_dim: int | None = None, num_classes: int | None = None, cond_dim: int | None = None,
                  upsample: str = "conv_transpose", stem_kernel: int = 7, pos_emb: bool = True,
-                 text_encoder: nn.Module | None = None, in_cond_channels: int = 0, text_pool: bool = False) -> None:
+                 text_encoder: nn.Module | None = None, in_cond_channels: int = 0, text_pool: bool = False,
+                 time_inputs: int = 1) -> None:
         super().__init__()
+        if time_inputs not in (1, 2):
+            raise UserInputError(f"time_inputs must be 1 or 2 (a flow-map model's time and step), got {time_inputs}")
+        #: noise inputs per sample (2: a flow-map model's, ``core.process.flowmap``)
+        self.time_inputs = int(time_inputs)
         if text_encoder is not None and cond_dim is None:
             cond_dim = int(text_encoder.dim)
         self.text_encoder = text_encoder
@@ -256,7 +261,7 @@ class UNet1D(nn.Module):
         pad = (-length) % self.total_factor
         h = F.pad(x, (0, pad)) if pad else x
         emb = self.time_mlp(timestep_embedding(noise_level.reshape(-1).expand(b) if noise_level.numel() == 1
-                                               else noise_level.reshape(b), self.base))
+                                               else noise_level.reshape(b, -1).squeeze(1), self.base))
         labels, ctx, mask, is_text = self._context(cond, b)
         if self.text_pool is not None and is_text:
             emb = emb + self.text_pool((ctx, mask)).to(emb.dtype)

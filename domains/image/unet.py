@@ -184,6 +184,8 @@ class UNet(nn.Module):
         in_cond_channels: channels of a condition concatenated to the input (SR3's upsampled
             low-resolution image plus its presence flag: ``core.data.condition.ConcatKind``); zeros
             (the null condition) when the batch carries none.
+        time_inputs: noise inputs per sample: 1, or 2 for a flow-map model (``noise_level [B, 2]``,
+            embedded side by side: ``layers.timestep_embedding``).
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, base_channels: int = 32,
@@ -192,8 +194,12 @@ class UNet(nn.Module):
                  image_size: int | Sequence[int] | None = None, head_dim: int = 32, dropout: float = 0.0,
                  num_classes: int | None = None, context_dim: int | None = None, groups: int = 8,
                  channels_last: bool = True, text_encoder: nn.Module | None = None, text_pool: bool = False,
-                 in_cond_channels: int = 0) -> None:
+                 in_cond_channels: int = 0, time_inputs: int = 1) -> None:
         super().__init__()
+        if time_inputs not in (1, 2):
+            raise UserInputError(f"time_inputs must be 1 or 2 (a flow-map model's time and step), got {time_inputs}")
+        #: noise inputs per sample (2: a flow-map model's, ``core.process.flowmap``)
+        self.time_inputs = int(time_inputs)
         if text_encoder is not None and context_dim is None:
             context_dim = int(text_encoder.dim)
         mult = [int(m) for m in channel_mult]

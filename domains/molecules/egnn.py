@@ -53,7 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 _DEFAULTS: dict[str, Any] = {
     "hidden": 64, "layers": 4, "inv_sublayers": 1, "attention": True, "tanh": True, "coords_range": 15.0,
-    "norm_constant": 1.0, "normalization_factor": 1.0,
+    "norm_constant": 1.0, "normalization_factor": 1.0, "time_inputs": 1,
 }
 
 
@@ -182,13 +182,17 @@ class EGNN(nn.Module):
     def __init__(self, in_features: int, hidden: int = 64, layers: int = 4, inv_sublayers: int = 1,
                  attention: bool = True, tanh: bool = True, coords_range: float = 15.0,
                  norm_constant: float = 1.0, normalization_factor: float = 1.0,
-                 context_dim: int = 0, context_key: str = "property") -> None:
+                 context_dim: int = 0, context_key: str = "property", time_inputs: int = 1) -> None:
         super().__init__()
+        if time_inputs not in (1, 2):
+            raise UserInputError(f"time_inputs must be 1 or 2 (a flow-map model's time and step), got {time_inputs}")
+        #: noise inputs per molecule (2: a flow-map model's, ``core.process.flowmap``), node features each
+        self.time_inputs = int(time_inputs)
         self.in_features = int(in_features)
         self.context_dim, self.context_key = int(context_dim), str(context_key)
         self.norm_constant = float(norm_constant)
         edge_dim = 2   # current and input squared distances
-        self.embed = nn.Linear(self.in_features + 1 + self.context_dim, hidden)
+        self.embed = nn.Linear(self.in_features + self.time_inputs + self.context_dim, hidden)
         self.blocks = nn.ModuleList()
         for _ in range(layers):
             gcls = nn.ModuleList([GCL(hidden, edge_dim, attention, normalization_factor) for _ in range(inv_sublayers)])
@@ -204,7 +208,7 @@ class EGNN(nn.Module):
         batch = space.batch.to(x.device)
         row, col = space.edges()
         row, col = row.to(x.device), col.to(x.device)
-        t = noise_level.to(x.dtype).index_select(0, batch).unsqueeze(1)
+        t = noise_level.to(x.dtype).reshape(noise_level.shape[0], -1).index_select(0, batch)
         parts = [h, t]
         if self.context_dim:
             ctx = cond.get(self.context_key) if cond is not None else None
