@@ -33,11 +33,15 @@ _PUBLIC: dict[str, str] = {
     "TokensKind": "data.condition", "VectorKind": "data.condition", "ConcatKind": "data.condition",
     "register_kind": "data.condition",
     "register_domain": "data.registry", "get_domain": "data.registry", "available_domains": "data.registry",
+    "Backbone": "data.backbones", "domain_backbones": "data.backbones",
+    "scan_folder": "data.datafiles", "log_skipped": "data.datafiles",
     "capabilities": "data.capabilities", "Conditional": "data.capabilities", "Completable": "data.capabilities",
     "Restorable": "data.capabilities", "HasAutoencoder": "data.capabilities", "HasClassifier": "data.capabilities",
     # errors
     "UserInputError": "errors", "DataError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
-    "UnknownNameError": "errors", "NotSupportedError": "errors",
+    "UnknownNameError": "errors", "NotSupportedError": "errors", "MissingPathError": "errors",
+    # metrics every domain shares
+    "frechet_from_features": "frechet",
     # the process
     "Schedule": "process.schedule", "LinearBetaSchedule": "process.schedule", "CosineSchedule": "process.schedule",
     "PolynomialSchedule": "process.schedule", "SigmaSchedule": "process.schedule", "TableSchedule": "process.schedule",

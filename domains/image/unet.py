@@ -43,7 +43,7 @@ from ..layers import Attention, norm_groups, timestep_embedding
 from ..text import TextPool, text_context
 from ...core.errors import UserInputError
 
-__all__ = ["UNet", "split_condition"]
+__all__ = ["UNet", "ResBlock", "Upsample", "GroupNormSiLU", "split_condition"]
 
 
 def split_condition(cond: Any) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
