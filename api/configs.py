@@ -16,6 +16,7 @@ from ..core.config import DiffusionConfig, RunConfig, TrainConfig, update_datacl
 from ..core.data.domain import Domain, DomainDataset
 from ..core.data.registry import get_domain
 from ..core.errors import ConfigError, DataError, IsAFolderError, MissingPathError
+from ..core.process.build import build_process
 from ..core.process.diffusion import Diffusion
 from ..core.process.presets import PRESET_OWNS, resolve
 from ..core.sampling.registry import check_sampler_name
@@ -91,7 +92,7 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
     dom.check_config(model)
     diffusion_cfg = diffusion_config(dom, {**user.get("diffusion", {}),
                                            **{k: v for k, v in (diffusion or {}).items() if v is not None}})
-    diff = Diffusion(diffusion_cfg)  # the names of the process's axes and their combination, with a clear message
+    diff = build_process(diffusion_cfg)  # the names of the process's axes (or components), with a clear message
     train_cfg = update_dataclass(TrainConfig(), {**dom.default_train(), **user.get("train", {})}, "train")
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
     train_cfg = update_dataclass(train_cfg, overrides, "train")

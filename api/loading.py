@@ -20,7 +20,7 @@ from ..core.data.domain import Domain
 from ..core.data.registry import get_domain
 from ..core.errors import CheckpointError
 from ..core.models.latent import latent_domain
-from ..core.process.diffusion import Diffusion
+from ..core.process.build import build_process
 from ..core.training.checkpoint import load_checkpoint, load_weights, read_run_config
 from ..core.training.optim import resolve_device
 from ..core.validation import check_device
@@ -56,7 +56,7 @@ def assemble(cfg: RunConfig, weights: dict[str, torch.Tensor], where: Path, devi
             raise CheckpointError(f"{where / 'config.json'} has a corrupt latent record {cfg.latent!r}")
         dom = latent_domain(dom, cfg.latent["path"], cfg.latent).to(dev)
     dom = dom.bind(cfg.data_info)
-    diff = Diffusion(cfg.diffusion)
+    diff = build_process(cfg.diffusion, cfg.data_info)
     den = diff.denoiser(dom.build_backbone(cfg.model))
     own = den.state_dict()
     weights = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in weights.items()}
@@ -96,7 +96,7 @@ def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, A
     cfg = RunConfig(domain=dom.name, model=model_cfg, diffusion=diff_cfg, data_info=dict(data_info))
     dom = dom.bind(cfg.data_info)
     torch.manual_seed(seed)
-    diff = Diffusion(diff_cfg)
+    diff = build_process(diff_cfg, cfg.data_info)
     dev = resolve_device(check_device(device))
     den = diff.denoiser(dom.build_backbone(model_cfg)).to(dev)
     return DiffusionModel(dom, cfg, den, diff, dev)

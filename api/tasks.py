@@ -13,7 +13,7 @@ import torch
 from ..core.data.domain import Batch
 from ..core.errors import NotSupportedError, UserInputError
 from ..core.process.likelihood import batch_log_likelihood
-from ..core.sampling.completion import generate_completion, generate_edit
+from ..core.sampling.completion import generate_edit
 from ..core.validation import check_positive_int
 
 __all__ = ["ModelTasks"]
@@ -37,8 +37,9 @@ class ModelTasks:
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise UserInputError(f"the number of samples must be a positive integer, got {num!r}")
         x, space = batch.space.concat([batch.x] * num, [batch.space] * num)
-        mask = torch.as_tensor(mask)
-        return Batch(x, space, None, batch.extras), torch.cat([mask] * num) if mask.ndim else mask
+        if isinstance(mask, dict):           # a mixed state: a mask per component
+            return Batch(x, space, None, batch.extras), {k: _repeat(v, num) for k, v in mask.items()}
+        return Batch(x, space, None, batch.extras), _repeat(mask, num)
 
     def complete(self, input: Any, num: int = 1, *, options: dict[str, Any] | None = None, sampler: str = "ddpm",
                  steps: int | None = None, spacing: str | None = None, seed: int = 0, jump_length: int = 1,
@@ -50,13 +51,15 @@ class ModelTasks:
         generated (``core.sampling.completion``; RePaint with ``jump_length`` / ``resample``). Sample ``i``
         draws only from seed ``(seed, i)``. Returns a Batch on CPU (molecules: in the fragment's frame)."""
         batch, mask = self._prepared(input, options, num)
-        if bool(torch.as_tensor(mask).all()):
+        if all(bool(torch.as_tensor(m).all()) for m in (mask.values() if isinstance(mask, dict) else [mask])):
             raise UserInputError("nothing to generate: the mask keeps the whole input (give a mask, rect, span, "
                              "continuation or more atoms)")
         condition, guidance = self.prepare_condition(num, cond, guidance_scale, guidance_rescale, guidance_interval)
-        return generate_completion(self.denoiser, batch, mask, sampler=sampler, steps=steps, spacing=spacing,
-                                   seed=seed, device=self.device, cond=condition, guidance=guidance,
-                                   jump_length=jump_length, resample=resample, progress=progress, **sampler_options)
+        # the process's own completion: ``core.sampling.completion`` or, for a mixed state, ``core.sampling.mixed``
+        return self.diffusion.generate_completion(self.denoiser, batch, mask, sampler=sampler, steps=steps,
+                                                  spacing=spacing, seed=seed, device=self.device, cond=condition,
+                                                  guidance=guidance, jump_length=jump_length, resample=resample,
+                                                  progress=progress, **sampler_options)
 
     def edit(self, input: Any, strength: float, num: int = 1, *, options: dict[str, Any] | None = None,
              invert: bool = False, fixed_point_iters: int = 0, sampler: str = "ddim", steps: int | None = None,
@@ -66,6 +69,7 @@ class ModelTasks:
         """SDEdit (Meng et al. 2022): ``num`` edits of ``input`` noised to ``strength`` in [0, 1] and
         denoised (0: the input, 1: unconditional sampling); ``invert=True``: DDIM inversion, then
         DDIM (deterministic). Returns a Batch on CPU."""
+        self.require_one_tensor("editing (SDEdit)")
         batch, _ = self._prepared(input, options, num)
         condition, guidance = self.prepare_condition(num, cond, guidance_scale, guidance_rescale, guidance_interval)
         return generate_edit(self.denoiser, batch, strength=strength, sampler=sampler, steps=steps, spacing=spacing,
@@ -85,18 +89,23 @@ class ModelTasks:
         cond = input if isinstance(input, dict) else self.restoration_input(input)
         return self.sample(num, cond=cond, **sample_options)
 
+    def require_one_tensor(self, what: str) -> None:
+        """A NotSupportedError for ``what`` on a model whose samples are mixed states (``diffusion.components``):
+        completion and sampling cover the product; editing, likelihoods and grid optimisation do not."""
+        if self.config.diffusion.components is not None:
+            raise NotSupportedError(f"{what} is not supported for a model whose samples have several components "
+                                    f"({', '.join(self.config.diffusion.components)}); sampling and completion are")
+
     @staticmethod
     def known_error(samples: Batch, input: tuple[Batch, torch.Tensor]) -> float:
-        """Largest ``|sample - known|`` over the known part (0 up to float rounding after completion)."""
+        """Largest ``|sample - known|`` over the known part (0 up to float rounding after completion;
+        for a mixed state the largest over its components)."""
         batch, mask = input
         n = len(samples)
         x, _ = batch.space.concat([batch.x] * n, [batch.space] * n)
-        m = torch.as_tensor(mask)
-        m = (torch.cat([m] * n) if m.ndim else m).expand_as(x)
-        if not bool(m.any()):
-            return 0.0
-        return float((samples.x.float() - x.float()).abs()[m].max())
-
+        if isinstance(mask, dict):
+            return max(_known_error(samples.x[k], x[k], mask[k], n) for k in mask)
+        return _known_error(samples.x, x, mask, n)
 
     def likelihood(self, num: int = 64, *, data: str | Path | None = None, batch_size: int = 64,
                    exact_trace: bool | None = None, hutchinson_samples: int = 1, rtol: float = 1e-5,
@@ -104,6 +113,7 @@ class ModelTasks:
         """Negative log-likelihood of ``num`` reference items under the probability-flow ODE
         (``core.process.likelihood``): mean nats per sample, bits per dimension, and ODE evaluations."""
         check_positive_int("the number of likelihood samples", num)
+        self.require_one_tensor("likelihoods")
         if self.config.latent is not None:
             raise NotSupportedError("likelihoods of latent models are not supported (they would be of the latents, not "
                              "the data)")
@@ -127,3 +137,16 @@ class ModelTasks:
             result.pop("bits_per_dim")
         return result
 
+
+def _repeat(mask, num: int) -> torch.Tensor:
+    """A one-sample mask for ``num`` copies of the sample (a scalar mask as it is)."""
+    m = torch.as_tensor(mask)
+    return torch.cat([m] * num) if m.ndim else m
+
+
+def _known_error(sample: torch.Tensor, known: torch.Tensor, mask, n: int) -> float:
+    m = _repeat(mask, n)
+    m = (m.reshape(m.shape + (1,) * (known.ndim - m.ndim)) if m.ndim else m).expand_as(known)
+    if not bool(m.any()):
+        return 0.0
+    return float((sample.float() - known.float()).abs()[m].max())

@@ -12,7 +12,7 @@ from ..core.data.domain import Domain
 from ..core.data.registry import get_domain
 from ..core.errors import UserInputError
 from ..core.models.latent import check_latent_data, latent_domain
-from ..core.process.diffusion import Diffusion
+from ..core.process.build import build_process
 from ..core.training.checkpoint import read_run_config
 from ..core.training.optim import resolve_device
 from ..core.training.trainer import TrainResult
@@ -89,7 +89,7 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
     cfg.data_info = info
     dom = dom.bind(info)
     torch.manual_seed(cfg.train.seed)
-    diff = Diffusion(cfg.diffusion)
+    diff = build_process(cfg.diffusion, info)
     denoiser = diff.denoiser(dom.build_backbone(cfg.model))
     result, _ = execute(plan.run_dir, cfg, cfg.to_json(), dom, diff, denoiser, train_set, reference,
                         checkpoint=plan.checkpoint, init=plan.init, progress=progress, stop_at=stop_at,

@@ -79,6 +79,11 @@ class DiffusionConfig:
     #: SD3's time shift ``t' = s t / (1 + (s - 1) t)``; written into the flow schedule, which is
     #: the one place it is applied (``core.process.schedule.FlowSchedule``)
     shift: float = 1.0
+    #: a mixed state (``core.process.mixed``): ``{component name: spec}``, each with its own process
+    #: (``{"kind": "gaussian", "schedule": ..., "parameterization": ...}`` or ``{"kind":
+    #: "categorical", "prior": "mask", "schedule": ..., "rule": "d3pm"}``, and a loss ``weight``);
+    #: ``None``: the sample is one continuous tensor and the fields above describe its process
+    components: dict[str, Any] | None = None
 
     def validate(self) -> "DiffusionConfig":
         """Check every field's type and range; a ConfigError naming the key. (Names are checked
@@ -87,6 +92,9 @@ class DiffusionConfig:
             "min_snr_gamma": POSITIVE, "time_scale": POSITIVE, "t_eps": Range(0, 1, False, True),
             "sigma_data": POSITIVE, "p_std": POSITIVE, "cond_drop": UNIT,
             "t_scale": POSITIVE, "mode_scale": Range(-1.0, 2.0 / (math.pi - 2.0)), "shift": POSITIVE})
+        if self.components is not None and (not isinstance(self.components, dict) or not self.components):
+            raise ConfigError(f"diffusion.components must be an object {{name: spec}} with at least one component, "
+                              f"got {self.components!r}")
         if self.schedule is not None and not isinstance(self.schedule, (dict, str)):
             raise ConfigError(f"diffusion.schedule must be an object like {{\"kind\": \"cosine\"}}, got "
                               f"{self.schedule!r}")

@@ -122,5 +122,16 @@ class Diffusion:
         per_element = self.loss(out, x0, eps, a, s, (alpha / sigma) ** 2, space)
         return space.reduce(per_element)
 
+    # ------------------------------------------------------------------ sampling entries
+    def generate(self, denoiser: Denoiser, domain: Any, num: int, **kwargs: Any) -> Batch:
+        """``num`` samples (``core.sampling.generate.generate``); a mixed process has its own."""
+        from ..sampling.generate import generate
+        return generate(denoiser, domain, num, **kwargs)
+
+    def generate_completion(self, denoiser: Denoiser, known: Batch, mask: Any, **kwargs: Any) -> Batch:
+        """Completions of ``known`` where ``mask`` is false (``core.sampling.completion``)."""
+        from ..sampling.completion import generate_completion
+        return generate_completion(denoiser, known, mask, **kwargs)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self.config)
