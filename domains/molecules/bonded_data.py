@@ -113,6 +113,32 @@ class BondedMoleculeDataset(MoleculeDataset):
         })
         return info
 
+    def take(self, indices: Tensor) -> "BondedMoleculeDataset":
+        """The molecules at ``indices`` as a data set of their own (bonds, charges and both protocols'
+        SMILES with them; properties as ``MoleculeDataset.take``)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        nodes, counts = self.node_index(idx)
+        rows, nb = self._bond_rows(idx)
+        pick = idx.tolist()
+        out = BondedMoleculeDataset(
+            self.types[nodes].numpy(), self.pos[nodes].double().numpy(), self.charges[nodes].numpy(),
+            np.concatenate([[0], np.cumsum(counts.numpy())]), self.codec, [self.names[i] for i in pick],
+            self.bonds[rows].numpy(), np.concatenate([[0], np.cumsum(nb.numpy())]), self.charge_values,
+            [self._graph_smiles[i] for i in pick] if self._graph_smiles is not None else None,
+            [self._edm_smiles[i] for i in pick] if self._edm_smiles is not None else None)
+        if self.properties is not None:
+            out.with_properties(self.properties[idx].numpy(), self.property_names, self.condition_properties)
+            out._property_kind = self._property_kind
+        out.bond_rule = self.bond_rule
+        return out
+
+    def _bond_rows(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The rows of ``bonds`` of the molecules at ``idx`` (in order) and their counts per molecule."""
+        nb = self.bond_ptr[idx + 1] - self.bond_ptr[idx]
+        rows = torch.repeat_interleave(self.bond_ptr[idx], nb) + (
+            torch.arange(int(nb.sum())) - torch.repeat_interleave(torch.cumsum(nb, 0) - nb, nb))
+        return rows, nb
+
     # ------------------------------------------------------------------ batches
     def molecule_bonds(self, i: int) -> np.ndarray:
         return self.bonds[int(self.bond_ptr[i]):int(self.bond_ptr[i + 1])].numpy()
@@ -124,9 +150,7 @@ class BondedMoleculeDataset(MoleculeDataset):
         nodes, counts = self.node_index(idx)
         b = len(counts)
         batch = torch.repeat_interleave(torch.arange(b), counts)
-        nb = self.bond_ptr[idx + 1] - self.bond_ptr[idx]
-        rows = torch.repeat_interleave(self.bond_ptr[idx], nb) + (
-            torch.arange(int(nb.sum())) - torch.repeat_interleave(torch.cumsum(nb, 0) - nb, nb))
+        rows, nb = self._bond_rows(idx)
         orders = pair_orders(counts, self.bonds[rows], torch.repeat_interleave(torch.arange(b), nb))
         x = State({"pos": self.pos[nodes], "atoms": self.types[nodes], "charges": self.charge_index[nodes],
                    "bonds": orders})

@@ -186,8 +186,8 @@ def pair_index(i: np.ndarray | int, j: np.ndarray | int, n: np.ndarray | int):
 
 
 def graph_smiles(symbols: list[str], bonds: np.ndarray, charges: np.ndarray, largest: bool = True) -> str | None:
-    """The canonical SMILES of a graph (its largest fragment with ``largest``), or ``None`` when
-    RDKit does not sanitize it."""
+    """The canonical SMILES of a graph (its largest fragment with ``largest``; hydrogens implicit in
+    the string), or ``None`` when RDKit does not sanitize it."""
     mol = Chem.RWMol()
     for s, q in zip(symbols, np.asarray(charges).tolist()):
         atom = Chem.Atom(s)
@@ -204,6 +204,6 @@ def graph_smiles(symbols: list[str], bonds: np.ndarray, charges: np.ndarray, lar
             if largest:
                 frags = Chem.GetMolFrags(m, asMols=True, sanitizeFrags=False)
                 m = max(frags, default=m, key=lambda f: f.GetNumAtoms())
-            return Chem.MolToSmiles(m)
+            return Chem.MolToSmiles(Chem.RemoveHs(m))
         except Exception:  # noqa: BLE001 - RDKit raises several kinds for bad valences / kekulization
             return None
