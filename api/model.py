@@ -25,6 +25,7 @@ from ..core.process.diffusion import Diffusion
 from ..core.sampling.generate import check_generate_args, sampling_grid
 from ..core.sampling.gridopt import GRIDS_FILE, optimize_grid, prior_batches, save_grid, stored_grid
 from ..core.sampling.guidance import Guidance
+from ..core.sampling.mixed import check_mixed_sampler
 from ..core.sampling.registry import check_sampler_options, default_spacing, default_steps, sampler_record
 from ..core.validation import check_positive_int, check_seed
 from .guiding import classifier_guidance_for
@@ -143,8 +144,11 @@ class DiffusionModel(ModelTasks):
         """Check a sampling request before any work (the sampler, its options, counts, the domain's
         structure); returns the ``(sampler, steps)`` :meth:`sample` will run."""
         sampler, steps = self.default_sampling(sampler, steps)
+        options = dict(options or {})
+        if self.config.diffusion.components is not None:    # a mixed state: the categorical rule, then the rest
+            check_mixed_sampler(sampler, options.pop("categorical", None), options)
         check_generate_args(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
-                            options=options or {})
+                            options=options)
         self.domain.check_structure(structure, batch_size=min(batch_size, num))
         return sampler, steps
 

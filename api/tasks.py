@@ -89,6 +89,12 @@ class ModelTasks:
         cond = input if isinstance(input, dict) else self.restoration_input(input)
         return self.sample(num, cond=cond, **sample_options)
 
+    @staticmethod
+    def known_share(mask) -> float:
+        """The share of elements a completion mask keeps (over every component of a mixed state)."""
+        parts = [torch.as_tensor(m).reshape(-1).float() for m in (mask.values() if isinstance(mask, dict) else [mask])]
+        return float(torch.cat(parts).mean()) if parts else 0.0
+
     def require_one_tensor(self, what: str) -> None:
         """A NotSupportedError for ``what`` on a model whose samples are mixed states (``diffusion.components``):
         completion and sampling cover the product; editing, likelihoods and grid optimisation do not."""

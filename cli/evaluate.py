@@ -11,7 +11,7 @@ import click
 from .. import api
 from ..core.validation import check_device
 from .common import (PATH, UserError, check_model_source, check_out_file, load_model, parse_sampler_options,
-                     positive, print_columns, print_table, sampler_names, spacing_names)
+                     positive, print_columns, print_table, sampler_names, spacing_names, categorical_rules)
 
 __all__ = ["evaluate", "optimize_grid"]
 
@@ -40,6 +40,8 @@ __all__ = ["evaluate", "optimize_grid"]
 @click.option("--baseline", is_flag=True,
               help="Also evaluate an untrained model of the same architecture, side by side.")
 @click.option("--option", "-o", "sampler_opts", multiple=True, metavar="KEY=VALUE", help="Sampler option, repeatable.")
+@click.option("--categorical", type=click.Choice(categorical_rules()), default=None,
+              help="A mixed-state model (e.g. molecules with bonds): the sampler of every categorical component.")
 @click.option("--likelihood", is_flag=True,
               help="Also the negative log-likelihood of reference data under the probability-flow ODE "
                    "(bits/dim for images and audio, nats per molecule).")
@@ -51,7 +53,7 @@ __all__ = ["evaluate", "optimize_grid"]
               help="JSON file for the metrics (default CHECKPOINT/evaluation.json; for --pretrained NAME: "
                    "evaluation-pretrained-NAME.json in the current folder).")
 def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size, device, domain, spacing,
-             guidance_scale, baseline, sampler_opts, likelihood, likelihood_num, exact_trace, out) -> None:
+             guidance_scale, baseline, sampler_opts, categorical, likelihood, likelihood_num, exact_trace, out) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
     check_model_source(checkpoint, pretrained)
     # a named sampler's options are checked now; the domain's default sampler's once the model is loaded
@@ -65,6 +67,8 @@ def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size
     if opts is None:
         sampler, steps = model.default_sampling(sampler, steps)
         opts = parse_sampler_options(sampler, sampler_opts)
+    if categorical is not None:
+        opts = {**opts, "categorical": categorical}
     default_out = (Path(checkpoint) / "evaluation.json" if pretrained is None
                    else Path(f"evaluation-pretrained-{pretrained}.json"))
     out = check_out_file(out or default_out)

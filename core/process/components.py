@@ -37,9 +37,14 @@ from .loss import WEIGHTINGS, DiffusionLoss
 from .parameterization import PARAMETERIZATIONS, Prediction, make_parameterization
 from .schedules import build_schedule
 
-__all__ = ["GaussianComponent", "CategoricalComponent", "build_component", "COMPONENT_KINDS"]
+__all__ = ["GaussianComponent", "CategoricalComponent", "MixedPrediction", "build_component", "COMPONENT_KINDS"]
 
 _F64 = torch.float64
+
+
+class MixedPrediction(dict):
+    """A mixed denoiser's output ``{component: prediction}``: ``Prediction(x0, eps)`` of a Gaussian
+    component, ``p(x_0 | x_t)`` ``[..., K]`` of a categorical one."""
 
 
 def _weight(spec: dict[str, Any], what: str) -> float:

@@ -42,7 +42,7 @@ from ..data.condition import Condition
 from ..data.domain import Batch
 from ..data.product import ProductSpace, State
 from ..errors import ConfigError
-from .components import GaussianComponent, build_component
+from .components import GaussianComponent, MixedPrediction, build_component
 from .paths import FlowSchedule
 from .presets import resolve
 from .timesteps import TIME_SAMPLERS, make_time_sampler
@@ -52,11 +52,6 @@ __all__ = ["MixedDiffusion", "MixedDenoiser", "MixedPrediction", "SELF_CONDITION
 _F64 = torch.float64
 #: the share of training batches that see the network's own (detached) prediction (Chen et al. 2023)
 SELF_CONDITION_RATE = 0.5
-
-
-class MixedPrediction(dict):
-    """``{component: prediction}``: ``Prediction(x0, eps)`` of a Gaussian component, ``p(x_0 | x_t)``
-    ``[..., K]`` of a categorical one."""
 
 
 class MixedDenoiser(nn.Module):

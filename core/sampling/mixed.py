@@ -40,6 +40,7 @@ from ..data.domain import Batch
 from ..data.product import ProductSpace, State
 from ..data.space import GeneratorLike, per_sample_generators
 from ..errors import NotSupportedError, UserInputError
+from ..process.components import MixedPrediction
 from .categorical import CATEGORICAL_RULES
 from .generate import check_condition, check_generate_args, concat_batches, sampling_chunks, sampling_grid
 from .grids import check_grid
@@ -112,8 +113,6 @@ def _take(components: dict[str, Any], pred: dict[str, Any], space: ProductSpace,
 def mixed_guidance(denoiser: Any, space: ProductSpace, cond: Condition, scale: float, *,
                    interval: tuple[float, float] | None = None, rescale: float = 0.0) -> MixedDenoise:
     """A classifier-free guided ``denoise(x, t, prev)`` of a mixed denoiser (module docstring)."""
-    from ..process.mixed import MixedPrediction
-
     if not isinstance(cond, Condition):
         raise UserInputError("classifier-free guidance needs a condition (e.g. a property value)")
     if rescale:
@@ -270,8 +269,8 @@ def generate_completion_mixed(denoiser, known: Batch, mask: Any, *, sampler: str
                               **sampler_options: Any) -> Batch:
     """Complete every sample of ``known`` (a Batch of mixed states in model space) where ``mask``
     (``{component: mask}``) is false; sample ``i`` draws only from generator ``(seed, i)``."""
-    if jump_length != 1 or resample != 1:
-        raise NotSupportedError("RePaint resampling (jump_length / resample) is not supported for mixed-state models")
+    if resample != 1:     # (the jump length only matters with resampling)
+        raise NotSupportedError("RePaint resampling (resample > 1) is not supported for mixed-state models")
     n = len(known)
     check_generate_args(n, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=max(n, 1))
     check_mixed_sampler(sampler, categorical, sampler_options)

@@ -7,7 +7,7 @@ domain (its defaults, data reading, conditions) is the same ``molecules`` domain
 
 * ``template``: zero mixed states (``bonded_data.bonded_space``), atom counts as for every molecule model;
 * ``metrics`` / ``describe_samples``: both protocols of ``bonded_metrics`` (the generated graph's
-  figures, and EDM's distance-inferred ones under ``edm_`` keys) on the same samples; novelty against
+  figures, and EDM's distance-inferred ones under ``edm/`` keys) on the same samples; novelty against
   the training molecules under each protocol's own SMILES;
 * ``write``: one SDF whose records hold the generated bonds and formal charges (read them back with
   ``Chem.SDMolSupplier(path, removeHs=False)``; a valid record sanitizes to the same graph), with each

@@ -13,7 +13,8 @@ molecule is the graph the model generated, its bonds and formal charges.
 
 **EDM's protocol** (Hoogeboom et al. 2022, ``chem.analyze_molecule``): the generated element types
 and coordinates only, bonds inferred from distances by EDM's rule; the same samples, so the figures
-compare with EDM / GeoLDM and with the bond-free model. Its keys carry the prefix ``edm_``.
+compare with EDM / GeoLDM and with the bond-free model. Its keys carry the prefix ``edm/`` (the
+command line prints them as a table of their own).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ CHARGED_VALENCE: dict[tuple[str, int], tuple[int, ...]] = {
     ("F", -1): (0,), ("Cl", -1): (0,), ("Br", -1): (0,), ("I", -1): (0,), ("H", 1): (0,), ("H", -1): (0,),
 }
 #: the two protocols and the prefix of their metric keys
-PROTOCOLS = {"bonds": "", "edm": "edm_"}
+PROTOCOLS = {"bonds": "", "edm": "edm/"}
 
 
 def allowed_valence(symbol: str, charge: int) -> tuple[int, ...]:
@@ -112,7 +113,7 @@ def split_bonded(samples: Batch, info: dict[str, Any]) -> list[dict[str, np.ndar
 def bonded_metrics(samples: Batch, info: dict[str, Any], graph_reference: set[str] | None = None,
                    edm_reference: set[str] | None = None) -> tuple[dict[str, float], list[GraphReport], list]:
     """Both protocols' figures of the same samples (module docstring): ``(metrics, graph reports,
-    EDM reports)``; the EDM protocol's keys start with ``edm_``."""
+    EDM reports)``; the EDM protocol's keys start with ``edm/``."""
     elements = list(info["elements"])
     mols = split_bonded(samples, info)
     graphs = [analyze_graph([elements[t] for t in m["types"].tolist()], m["orders"], m["charges"].tolist())
