@@ -13,8 +13,8 @@ between calls but the explicit ``prev``.
 Guidance (:class:`MixedGuidance`, what :class:`~diffuse.core.sampling.guidance.Guidance` becomes on
 a mixed state): classifier-free guidance with both passes as one batched call, per component:
 Gaussian ``x0_u + s (x0_c - x0_u)`` (and eps alike), categorical on log-probabilities
-``log p_u + s (log p_c - log p_u)`` renormalised; ``interval`` as for one tensor (the clock's
-noise level); ``rescale`` applies to the Gaussian components.
+``log p_u + s (log p_c - log p_u)`` renormalised (an element both passes know exactly stays as
+it is); ``interval`` as for one tensor (the clock's noise level); ``rescale`` is refused.
 
 Completion (:func:`complete_mixed`): known values and a mask per component (a State of boolean
 masks broadcastable to each component: fixed atoms and the bonds among them); after each step

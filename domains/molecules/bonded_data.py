@@ -322,6 +322,7 @@ def _cached(key_files: list[Path], options: dict[str, Any], source: str, build) 
     arrays, meta, _ = cached_arrays("molecules", key, convert)
     if fresh:
         return fresh[0]
+    arrays = {k: np.array(v) for k, v in arrays.items()}      # small enough to hold; writable for torch
     codec = FeatureCodec(meta["elements"], False, options.get("onehot_scale", 0.25), options.get("charge_scale", 0.1))
     ds = BondedMoleculeDataset(np.asarray(arrays["types"]), np.asarray(arrays["pos"]), np.asarray(arrays["charges"]),
                                np.asarray(arrays["ptr"]), codec, meta["names"], np.asarray(arrays["bonds"]),

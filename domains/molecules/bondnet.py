@@ -42,12 +42,14 @@ from ..presets import resolve_preset
 
 __all__ = ["BondNet", "BONDNET_PRESETS", "bondnet_kwargs"]
 
+#: named sizes; ``small`` is the shipped ``molecules-bonds`` model (sized for a few CPU hours of training)
 BONDNET_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"hidden": 32, "edge_hidden": 16, "layers": 2},
-    "small": {"hidden": 96, "edge_hidden": 48, "layers": 5},
+    "small": {"hidden": 64, "edge_hidden": 32, "layers": 4},
+    "medium": {"hidden": 96, "edge_hidden": 48, "layers": 5},
     "base": {"hidden": 128, "edge_hidden": 64, "layers": 6},
 }
-_DEFAULTS: dict[str, Any] = {"hidden": 96, "edge_hidden": 48, "layers": 5, "rbf": 16, "rbf_max": 8.0,
+_DEFAULTS: dict[str, Any] = {"hidden": 64, "edge_hidden": 32, "layers": 4, "rbf": 16, "rbf_max": 8.0,
                              "coords_range": 10.0, "normalization": 8.0, "self_condition": True}
 
 
@@ -119,8 +121,8 @@ class BondNet(nn.Module):
     ``noise_level`` ``[B]``; returns ``{"pos": [N, 3], "atoms": [N, K], "charges": [N, C], "bonds": [P, 4]}``.
     """
 
-    def __init__(self, atom_classes: int, charge_classes: int, bond_classes: int = 4, hidden: int = 96,
-                 edge_hidden: int = 48, layers: int = 5, rbf: int = 16, rbf_max: float = 8.0,
+    def __init__(self, atom_classes: int, charge_classes: int, bond_classes: int = 4, hidden: int = 64,
+                 edge_hidden: int = 32, layers: int = 4, rbf: int = 16, rbf_max: float = 8.0,
                  coords_range: float = 10.0, normalization: float = 8.0, self_condition: bool = True,
                  context_dim: int = 0, context_key: str = "property") -> None:
         super().__init__()
