@@ -16,6 +16,7 @@ from ..core.config import DiffusionConfig, RunConfig, TrainConfig, update_datacl
 from ..core.data.domain import Domain, DomainDataset
 from ..core.data.registry import get_domain
 from ..core.errors import ConfigError, DataError, IsAFolderError, MissingPathError
+from ..core.process.build import build_process
 from ..core.process.diffusion import Diffusion
 from ..core.process.objectives import model_options, objective_options, objective_section
 from ..core.process.presets import PRESET_OBJECTIVES, PRESET_OWNS, resolve
@@ -95,7 +96,7 @@ def make_config(domain: str | Domain, *, data: str | Path | None = None, config:
     model = dom.model_config({**user.get("model", {}), **{k: v for k, v in (model or {}).items() if v is not None},
                               **model_options(objective)})
     dom.check_config(model)
-    diff = Diffusion(diffusion_cfg)  # the names of the process's axes and their combination, with a clear message
+    diff = build_process(diffusion_cfg)  # the names of the process's axes (or components), with a clear message
     train_cfg = update_dataclass(TrainConfig(), {**dom.default_train(), **user.get("train", {})}, "train")
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
     train_cfg = update_dataclass(train_cfg, overrides, "train")

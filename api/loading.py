@@ -21,7 +21,7 @@ from ..core.data.registry import get_domain
 from ..core.errors import CheckpointError
 from ..core.memory import check_loading
 from ..core.models.latent import latent_domain
-from ..core.process.diffusion import Diffusion
+from ..core.process.build import build_process
 from ..core.process.objectives import make_denoiser
 from ..core.training.checkpoint import load_checkpoint, load_weights, read_run_config
 from ..core.training.optim import resolve_device
@@ -60,7 +60,7 @@ def assemble(cfg: RunConfig, weights: dict[str, torch.Tensor], where: Path, devi
         ae_path = ae_path if ae_path.is_absolute() else Path(where) / ae_path
         dom = latent_domain(dom, ae_path, cfg.latent).to(dev)
     dom = dom.bind(cfg.data_info)
-    diff = Diffusion(cfg.diffusion)
+    diff = build_process(cfg.diffusion, cfg.data_info)
     check_loading(lambda: make_denoiser(cfg.objective, diff, dom.build_backbone(cfg.model)), dev,
                   f"the model of {where}")
     den = make_denoiser(cfg.objective, diff, dom.build_backbone(cfg.model))
@@ -102,7 +102,7 @@ def build(domain: str | Domain, data_info: dict[str, Any], *, model: dict[str, A
     cfg = RunConfig(domain=dom.name, model=model_cfg, diffusion=diff_cfg, data_info=dict(data_info))
     dom = dom.bind(cfg.data_info)
     torch.manual_seed(seed)
-    diff = Diffusion(diff_cfg)
+    diff = build_process(diff_cfg, cfg.data_info)
     dev = resolve_device(check_device(device))
     den = diff.denoiser(dom.build_backbone(model_cfg)).to(dev)
     return DiffusionModel(dom, cfg, den, diff, dev)

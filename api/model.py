@@ -23,9 +23,10 @@ from ..core.errors import NotWritableError, UserInputError
 from ..core.io import write_samples
 from ..core.process.diffusion import Diffusion
 from ..core.process.objectives import few_step_sampling, make_denoiser
-from ..core.sampling.generate import check_generate_args, generate, sampling_grid
+from ..core.sampling.generate import check_generate_args, sampling_grid
 from ..core.sampling.gridopt import GRIDS_FILE, optimize_grid, prior_batches, save_grid, stored_grid
 from ..core.sampling.guidance import Guidance
+from ..core.sampling.mixed import check_mixed_sampler
 from ..core.sampling.registry import check_sampler_options, default_spacing, default_steps, sampler_record
 from ..core.trust import allow_program, check_program
 from ..core.validation import check_positive_int, check_seed
@@ -117,9 +118,11 @@ class DiffusionModel(ModelTasks):
         else:
             condition, free = self.prepare_condition(num, cond, guidance_scale, guidance_rescale, guidance_interval)
             wrappers = [free] if free is not None else []
-        return generate(self.denoiser, self.domain, num, sampler=sampler, steps=steps,
-                        spacing=spacing, seed=seed, batch_size=batch_size, device=self.device, cond=condition,
-                        progress=progress, structure=structure, guidance=wrappers, **options)
+        # the process's own sampling entry: ``core.sampling.generate`` or, for a mixed state, ``core.sampling.mixed``
+        return self.diffusion.generate(self.denoiser, self.domain, num, sampler=sampler, steps=steps,
+                                       spacing=spacing, seed=seed, batch_size=batch_size, device=self.device,
+                                       cond=condition, progress=progress, structure=structure, guidance=wrappers,
+                                       **options)
 
     def sample_report(self, num: int, *, sampler: str | None = None, steps: int | None = None,
                       spacing: str | None = None, **options: Any) -> SampleReport:
@@ -146,8 +149,11 @@ class DiffusionModel(ModelTasks):
         """Check a sampling request before any work (the sampler, its options, counts, the domain's
         structure); returns the ``(sampler, steps)`` :meth:`sample` will run."""
         sampler, steps = self.default_sampling(sampler, steps)
+        options = dict(options or {})
+        if self.config.diffusion.components is not None:    # a mixed state: the categorical rule, then the rest
+            check_mixed_sampler(sampler, options.pop("categorical", None), options)
         check_generate_args(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=batch_size,
-                            options=options or {})
+                            options=options)
         self.domain.check_structure(structure, batch_size=min(batch_size, num))
         return sampler, steps
 
@@ -189,6 +195,7 @@ class DiffusionModel(ModelTasks):
                 check_positive_int(name, value)
         if nfe < 2:
             raise UserInputError(f"an optimised grid needs at least 2 steps (--nfe), got {nfe}")
+        self.require_one_tensor("grid optimisation")
         check_seed(seed)
         check_sampler_options(sampler, {})
         schedule = self.diffusion.schedule

@@ -17,9 +17,9 @@ from typing import Any, Callable
 import torch
 
 from ..core.data.domain import Batch
-from ..core.errors import UserInputError
+from ..core.errors import NotSupportedError, UserInputError
 from ..core.process.likelihood import batch_log_likelihood
-from ..core.sampling.completion import generate_completion, generate_edit
+from ..core.sampling.completion import generate_edit
 from ..core.validation import check_positive_int
 
 __all__ = ["ModelTasks"]
@@ -43,8 +43,9 @@ class ModelTasks:
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise UserInputError(f"the number of samples must be a positive integer, got {num!r}")
         x, space = batch.space.concat([batch.x] * num, [batch.space] * num)
-        mask = torch.as_tensor(mask)
-        return Batch(x, space, None, batch.extras), torch.cat([mask] * num) if mask.ndim else mask
+        if isinstance(mask, dict):           # a mixed state: a mask per component
+            return Batch(x, space, None, batch.extras), {k: _repeat(v, num) for k, v in mask.items()}
+        return Batch(x, space, None, batch.extras), _repeat(mask, num)
 
     def complete(self, input: Any, num: int = 1, *, options: dict[str, Any] | None = None, sampler: str = "ddpm",
                  steps: int | None = None, spacing: str | None = None, seed: int = 0, jump_length: int = 1,
@@ -60,14 +61,16 @@ class ModelTasks:
         data back; ``paste=False`` returns the decoder's output as it is (its known part then
         differs from the input by about the autoencoder's reconstruction error)."""
         batch, mask = self._prepared(input, options, num)
-        if bool(torch.as_tensor(mask).all()):
+        if all(bool(torch.as_tensor(m).all()) for m in (mask.values() if isinstance(mask, dict) else [mask])):
             raise UserInputError("nothing to generate: the mask keeps the whole input (give a mask, rect, span, "
                              "continuation or more atoms)")
         condition, guidance = self.prepare_condition(num, cond, guidance_scale, guidance_rescale, guidance_interval)
         inner, inner_mask = self.domain.from_data(batch, mask)
-        out = generate_completion(self.denoiser, inner, inner_mask, sampler=sampler, steps=steps, spacing=spacing,
-                                  seed=seed, device=self.device, cond=condition, guidance=guidance,
-                                  jump_length=jump_length, resample=resample, progress=progress, **sampler_options)
+        # the process's own completion: ``core.sampling.completion`` or, for a mixed state, ``core.sampling.mixed``
+        out = self.diffusion.generate_completion(self.denoiser, inner, inner_mask, sampler=sampler, steps=steps,
+                                                 spacing=spacing, seed=seed, device=self.device, cond=condition,
+                                                 guidance=guidance, jump_length=jump_length, resample=resample,
+                                                 progress=progress, **sampler_options)
         out = self.domain.to_data(out)
         return self.domain.paste_known(out, batch, mask) if paste else out
 
@@ -80,6 +83,7 @@ class ModelTasks:
         denoised (0: the input, 1: unconditional sampling); ``invert=True``: DDIM inversion, then
         DDIM (deterministic). Returns a Batch on CPU (a latent model edits the input's latent and
         decodes; strength 0 then returns the autoencoder's reconstruction)."""
+        self.require_one_tensor("editing (SDEdit)")
         batch, _ = self._prepared(input, options, num)
         condition, guidance = self.prepare_condition(num, cond, guidance_scale, guidance_rescale, guidance_interval)
         inner, _ = self.domain.from_data(batch)
@@ -102,17 +106,28 @@ class ModelTasks:
         return self.domain.restoration_output(self.sample(num, cond=cond, **sample_options), cond)
 
     @staticmethod
+    def known_share(mask) -> float:
+        """The share of elements a completion mask keeps (over every component of a mixed state)."""
+        parts = [torch.as_tensor(m).reshape(-1).float() for m in (mask.values() if isinstance(mask, dict) else [mask])]
+        return float(torch.cat(parts).mean()) if parts else 0.0
+
+    def require_one_tensor(self, what: str) -> None:
+        """A NotSupportedError for ``what`` on a model whose samples are mixed states (``diffusion.components``):
+        completion and sampling cover the product; editing, likelihoods and grid optimisation do not."""
+        if self.config.diffusion.components is not None:
+            raise NotSupportedError(f"{what} is not supported for a model whose samples have several components "
+                                    f"({', '.join(self.config.diffusion.components)}); sampling and completion are")
+
+    @staticmethod
     def known_error(samples: Batch, input: tuple[Batch, torch.Tensor]) -> float:
-        """Largest ``|sample - known|`` over the known part (0 up to float rounding after completion)."""
+        """Largest ``|sample - known|`` over the known part (0 up to float rounding after completion;
+        for a mixed state the largest over its components)."""
         batch, mask = input
         n = len(samples)
         x, _ = batch.space.concat([batch.x] * n, [batch.space] * n)
-        m = torch.as_tensor(mask)
-        m = (torch.cat([m] * n) if m.ndim else m).expand_as(x)
-        if not bool(m.any()):
-            return 0.0
-        return float((samples.x.float() - x.float()).abs()[m].max())
-
+        if isinstance(mask, dict):
+            return max(_known_error(samples.x[k], x[k], mask[k], n) for k in mask)
+        return _known_error(samples.x, x, mask, n)
 
     def likelihood(self, num: int = 64, *, data: str | Path | None = None, batch_size: int = 64,
                    exact_trace: bool | None = None, hutchinson_samples: int = 1, rtol: float = 1e-5,
@@ -126,6 +141,7 @@ class ModelTasks:
         decoder is trained with an L1 and a perceptual loss, not a likelihood (no noise model), so
         it defines none; an ELBO of the data is therefore not reported either."""
         check_positive_int("the number of likelihood samples", num)
+        self.require_one_tensor("likelihoods")
         reference = self.reference_data(data)
         n = min(num, len(reference))
         gen = torch.Generator(self.device).manual_seed(seed)
@@ -148,3 +164,16 @@ class ModelTasks:
             result = {("latent_" + k if k in ("nll_nats", "bits_per_dim") else k): v for k, v in result.items()}
         return result
 
+
+def _repeat(mask, num: int) -> torch.Tensor:
+    """A one-sample mask for ``num`` copies of the sample (a scalar mask as it is)."""
+    m = torch.as_tensor(mask)
+    return torch.cat([m] * num) if m.ndim else m
+
+
+def _known_error(sample: torch.Tensor, known: torch.Tensor, mask, n: int) -> float:
+    m = _repeat(mask, n)
+    m = (m.reshape(m.shape + (1,) * (known.ndim - m.ndim)) if m.ndim else m).expand_as(known)
+    if not bool(m.any()):
+        return 0.0
+    return float((sample.float() - known.float()).abs()[m].max())

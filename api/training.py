@@ -14,7 +14,7 @@ from ..core.errors import UserInputError
 from ..core.memory import check_training
 from ..core.training import distributed
 from ..core.models.latent import check_latent_data, latent_domain
-from ..core.process.diffusion import Diffusion
+from ..core.process.build import build_process
 from ..core.process.objectives import make_denoiser
 from ..core.training.checkpoint import read_run_config
 from ..core.training.optim import resolve_device
@@ -92,7 +92,7 @@ def train(domain: str | Domain = "image", *, data: str | Path | None = None, out
         check_init_data(dom, info, plan.source.data_info, plan.init_name)
     cfg.data_info = info
     dom = dom.bind(info)
-    diff = Diffusion(cfg.diffusion)
+    diff = build_process(cfg.diffusion, info)
     per_rank = -(-cfg.train.batch_size // distributed.world_from_env()[1])
     check_training(lambda: make_denoiser(cfg.objective, diff, dom.build_backbone(cfg.model)), diff, dom, cfg.model,
                    train_set, per_rank, resolve_device(cfg.train.device),

@@ -216,13 +216,20 @@ def check_nonempty(**values: Any) -> None:
 
 
 def print_table(title: str, metrics: dict[str, Any]) -> None:
+    """``metrics`` as a table; keys ``GROUP/name`` (e.g. ``edm/mol_stability``, another evaluation
+    protocol of the same samples) go to a table of their own per group, never mixed with the rest."""
     if not metrics:
         return
-    width = max(len(k) for k in metrics)
-    click.echo(title)
+    groups: dict[str, dict[str, Any]] = {}
     for k, v in metrics.items():
-        val = f"{v:.4f}" if isinstance(v, float) else str(v)
-        click.echo(f"  {k:<{width}}  {val}")
+        group, _, name = k.rpartition("/")
+        groups.setdefault(group, {})[name] = v
+    for group, values in groups.items():
+        width = max(len(k) for k in values)
+        click.echo(title if not group else f"{title.rstrip(':')} ({group} protocol):")
+        for k, v in values.items():
+            val = f"{v:.4f}" if isinstance(v, float) else str(v)
+            click.echo(f"  {k:<{width}}  {val}")
 
 
 def print_columns(title: str, columns: dict[str, dict[str, Any]]) -> None:
@@ -327,6 +334,12 @@ def sampler_names() -> list[str]:
     """The samplers' names, from the registry."""
     from ..core.sampling.registry import SAMPLERS
     return sorted(SAMPLERS)
+
+
+def categorical_rules() -> list[str]:
+    """The samplers of categorical components (a mixed-state model's ``--categorical``), from their registry."""
+    from ..core.sampling.categorical import CATEGORICAL_RULES
+    return list(CATEGORICAL_RULES)
 
 
 def spacing_names() -> tuple[str, ...]:

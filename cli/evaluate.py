@@ -14,7 +14,7 @@ from ..core.lock import run_lock
 from ..core.validation import check_device
 from .common import (PATH, PRETRAINED_HELP, UserError, check_model_source, check_out_file, load_model,
                      parse_sampler_options, source_name,
-                     positive, print_columns, print_table, sampler_names, spacing_names)
+                     positive, print_columns, print_table, sampler_names, spacing_names, categorical_rules)
 
 __all__ = ["evaluate", "optimize_grid"]
 
@@ -42,6 +42,8 @@ __all__ = ["evaluate", "optimize_grid"]
 @click.option("--baseline", is_flag=True,
               help="Also evaluate an untrained model of the same architecture, side by side.")
 @click.option("--option", "-o", "sampler_opts", multiple=True, metavar="KEY=VALUE", help="Sampler option, repeatable.")
+@click.option("--categorical", type=click.Choice(categorical_rules()), default=None,
+              help="A mixed-state model (e.g. molecules with bonds): the sampler of every categorical component.")
 @click.option("--likelihood", is_flag=True,
               help="Also the negative log-likelihood of reference data under the probability-flow ODE "
                    "(bits/dim for images and audio, nats per molecule).")
@@ -56,7 +58,8 @@ __all__ = ["evaluate", "optimize_grid"]
               help="Image FID / KID on this TorchScript Inception network (a program: diffuse loads one only from a "
                    "path given here or in your own --config, never from a run folder's config.json).")
 def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size, device, domain, spacing,
-             guidance_scale, baseline, sampler_opts, likelihood, likelihood_num, exact_trace, out, feature_net) -> None:
+             guidance_scale, baseline, sampler_opts, likelihood, likelihood_num, exact_trace, out, feature_net,
+             categorical=None) -> None:
     """Sample a trained model and print its metrics against reference data (also written as JSON)."""
     check_model_source(checkpoint, pretrained)
     # a named sampler's options are checked now; the domain's default sampler's once the model is loaded
@@ -70,6 +73,8 @@ def evaluate(checkpoint, pretrained, num, data, sampler, steps, seed, batch_size
     if opts is None:
         sampler, steps = model.default_sampling(sampler, steps)
         opts = parse_sampler_options(sampler, sampler_opts)
+    if categorical is not None:
+        opts = {**opts, "categorical": categorical}
     default_out = (Path(checkpoint) / "evaluation.json" if pretrained is None
                    else Path(f"evaluation-pretrained-{source_name(checkpoint, pretrained)}.json"))
     out = check_out_file(out or default_out)

@@ -14,7 +14,7 @@ from ..core.validation import check_device
 from .common import (PATH, PRETRAINED_HELP, UserError, check_model_source, check_out_dir, default_samples_dir,
                      load_model, options, parse_labels,
                      parse_properties, parse_prompts, parse_sampler_options, parse_structure, parse_target_values,
-                     positive, print_table, sampler_names, spacing_names)
+                     positive, print_table, sampler_names, spacing_names, categorical_rules)
 
 __all__ = ["sample", "inpaint", "edit", "upscale"]
 
@@ -72,12 +72,15 @@ def _progress_bar(total: int, desc: str):
               help="Classifier run folder from `diffuse train-classifier` (for --guidance classifier).")
 @click.option("--target-value", "target_values", multiple=True, metavar="NAME=VALUE",
               help="Target of a property classifier, e.g. gyration=2.5 (for --guidance classifier).")
+@click.option("--categorical", type=click.Choice(categorical_rules()), default=None,
+              help="A mixed-state model (e.g. molecules with bonds): the sampler of every categorical component "
+                   "(default: each one's own from the run's diffusion.components).")
 @click.option("--out", type=PATH, default=None,
               help="Output folder, new or empty (default CHECKPOINT/samples/sample, or sample-2, sample-3, ... "
                    "when that is taken; for --pretrained NAME: samples/pretrained-NAME in the current folder).")
 def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batch_size, device, domain, raw_weights,
            sampler_opts, condition, labels, properties, prompts, guidance_scale, guidance_rescale, guidance_interval,
-           guidance_kind, classifier, target_values, out) -> None:
+           guidance_kind, classifier, target_values, categorical, out) -> None:
     """Draw samples from a trained model and write them as files (PNG / WAV / SDF ...)."""
     check_model_source(checkpoint, pretrained)
     if pretrained is not None and raw_weights:
@@ -93,6 +96,8 @@ def sample(checkpoint, pretrained, num, sampler, steps, eta, spacing, seed, batc
     if opts is None:
         sampler, steps = model.default_sampling(sampler, steps)
         opts = parse_sampler_options(sampler, sampler_opts, eta)
+    if categorical is not None:
+        opts = {**opts, "categorical": categorical}
     guidance = {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale,
                 "guidance_interval": guidance_interval}
     if guidance_kind == "classifier" or classifier is not None:   # classifier guidance
@@ -193,7 +198,7 @@ def inpaint(checkpoint, pretrained, input_path, num, steps, spacing, seed, devic
     model, out = _prepare(checkpoint, pretrained, device, domain, out, "inpaint")
     given = {"mask": mask, "rect": rect, "span": list(spans) or None, "continue": cont, "num_atoms": num_atoms}
     prepared = model.completion_input(input_path, given)
-    if bool(prepared[1].all()):
+    if model.known_share(prepared[1]) >= 1.0:
         raise UserError("nothing to generate: give --mask / --rect (image), --span / --continue (audio) or "
                         "--num-atoms above the fragment's size (molecules)")
     model.prepare_condition(num, cond, guidance_scale)
@@ -204,7 +209,7 @@ def inpaint(checkpoint, pretrained, input_path, num, steps, spacing, seed, devic
                                  jump_length=jump_length, resample=resample, cond=cond, guidance_scale=guidance_scale,
                                  progress=bar.update, **opts)
     _finish(model, samples, out, {"known_max_abs_error": model.known_error(samples, prepared),
-                                  "generated_share": float(1 - prepared[1].float().mean())})
+                                  "generated_share": 1.0 - model.known_share(prepared[1])})
 
 
 @click.command()

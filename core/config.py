@@ -86,6 +86,11 @@ class DiffusionConfig:
     #: SD3's time shift ``t' = s t / (1 + (s - 1) t)``; written into the flow schedule, which is
     #: the one place it is applied (``core.process.schedule.FlowSchedule``)
     shift: float = 1.0
+    #: a mixed state (``core.process.mixed``): ``{component name: spec}``, each with its own process
+    #: (``{"kind": "gaussian", "schedule": ..., "parameterization": ...}`` or ``{"kind":
+    #: "categorical", "prior": "mask", "schedule": ..., "rule": "d3pm"}``, and a loss ``weight``);
+    #: ``None``: the sample is one continuous tensor and the fields above describe its process
+    components: dict[str, Any] | None = None
 
     def validate(self) -> "DiffusionConfig":
         """Check every field's type and range; a ConfigError naming the key. (Names are checked
@@ -96,6 +101,9 @@ class DiffusionConfig:
             "t_scale": POSITIVE, "mode_scale": Range(-1.0, 2.0 / (math.pi - 2.0)), "shift": POSITIVE})
         for name, p in (self.cond_drop_each or {}).items():
             check_value(f"diffusion.cond_drop_each.{name}", p, float, 0.0, UNIT)
+        if self.components is not None and (not isinstance(self.components, dict) or not self.components):
+            raise ConfigError(f"diffusion.components must be an object {{name: spec}} with at least one component, "
+                              f"got {self.components!r}")
         if self.schedule is not None and not isinstance(self.schedule, (dict, str)):
             raise ConfigError(f"diffusion.schedule must be an object like {{\"kind\": \"cosine\"}}, got "
                               f"{self.schedule!r}")
@@ -182,7 +190,8 @@ def update_dataclass(obj, values: dict[str, Any], what: str):
 #: ``diffusion.time_scale``: ``Domain.upgrade_config``).
 #: 3: a run may carry an ``objective`` section (few-step models: consistency distillation and
 #: training, shortcut models, progressive distillation; ``core.process.objectives``), which changes
-#: how it samples; a version-2 run has none (the diffusion objective), so nothing is rewritten.
+#: how it samples, and ``diffusion.components`` (a mixed state: ``core.process.mixed``); a
+#: version-2 run has neither (the diffusion objective, one tensor), so nothing is rewritten.
 CONFIG_VERSION = 3
 
 #: the training times version-1 configs implied by their ``training`` mode (flow runs stored theirs)
@@ -205,7 +214,8 @@ def upgrade_run_config(d: dict[str, Any], domain_upgrade: Callable[[dict[str, An
     Version 1 -> 2: the axes ``training`` implied are written out (``edm`` / ``flow`` training
     meant that parameterization whatever the field said; ``ddpm`` / ``continuous`` / ``edm`` meant
     ``schedule`` / ``uniform`` / ``lognormal`` times; flow's ``uniform`` times were ``U[0, 1]``).
-    Version 2 -> 3: nothing changes (version 3 added the optional ``objective`` section)."""
+    Version 2 -> 3: nothing changes (version 3 added the optional ``objective`` section and
+    ``diffusion.components``)."""
     d = dict(d)
     version = d.get("version", 1)
     check_config_version(version)

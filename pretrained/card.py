@@ -141,15 +141,22 @@ def _evaluation_lines(evals: list[dict[str, Any]]) -> list[str]:
                 *[f"| {k} | {_fmt(v)} |" for k, v in e["metrics"].items()]]
     total = sum(x["num"] for x in evals)
     lines = ["", f"`diffuse evaluate` on the run, {len(evals)} seeds ({total} samples in all, {how}, reference "
-             f"{ref}): the mean weighted by samples, then each seed:", "",
-             "| metric | mean | " + " | ".join(f"seed {x.get('seed')} ({x['num']})" for x in evals) + " |",
-             "|---|---|" + "---|" * len(evals)]
-    for k, v in e["metrics"].items():
-        vals = [x["metrics"].get(k) for x in evals]
-        if k == "num_molecules" or not all(isinstance(u, (int, float)) for u in vals):
-            continue
-        mean = sum(u * x["num"] for u, x in zip(vals, evals)) / total
-        lines.append(f"| {k} | {mean:.4f} | " + " | ".join(_fmt(float(u)) for u in vals) + " |")
+             f"{ref}): the mean weighted by samples, then each seed" + (
+                 "; metrics ``GROUP/name`` (another protocol on the same samples) in a table of their own"
+                 if any("/" in k for k in e["metrics"]) else "") + ":"]
+    groups: dict[str, list[str]] = {}
+    for k in e["metrics"]:
+        groups.setdefault(k.rpartition("/")[0], []).append(k)
+    for group, keys in groups.items():
+        lines += ["", *([f"{group} protocol:", ""] if group else []),
+                  "| metric | mean | " + " | ".join(f"seed {x.get('seed')} ({x['num']})" for x in evals) + " |",
+                  "|---|---|" + "---|" * len(evals)]
+        for k in keys:
+            vals = [x["metrics"].get(k) for x in evals]
+            if k == "num_molecules" or not all(isinstance(u, (int, float)) for u in vals):
+                continue
+            mean = sum(u * x["num"] for u, x in zip(vals, evals)) / total
+            lines.append(f"| {k.rpartition('/')[2]} | {mean:.4f} | " + " | ".join(_fmt(float(u)) for u in vals) + " |")
     return lines
 
 

@@ -17,6 +17,10 @@ Euclidean.
 * ``dof``: ``(n - 1) * centred + n * (D - centred)`` per graph.
 * ``frame_shift``: the per-graph translation between ``x`` and a target over masked nodes
   (completion keeps fixed atoms in the sample's zero-CoM frame with it).
+* ``pairs`` / ``pair_space``: the unordered node pairs ``i < j`` of each graph in a canonical
+  order (graph by graph, then by the nodes' order within the graph) and a graph space over them,
+  for values that live on pairs (a molecule's bond orders, ``core.data.product``). The order is
+  kept by ``concat`` and ``take`` of the node batch, so pair values concatenate and shard with it.
 
 Nothing here knows about chemistry.
 """
@@ -31,7 +35,7 @@ from torch import Tensor
 from .space import GeneratorLike, Space
 from ..errors import UserInputError
 
-__all__ = ["GraphSpace", "full_edges"]
+__all__ = ["GraphSpace", "full_edges", "upper_pairs"]
 
 
 def full_edges(batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
@@ -59,6 +63,17 @@ def full_edges(batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
     return order[row_sorted[keep]], order[col_sorted[keep]]
 
 
+def upper_pairs(batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
+    """The unordered pairs ``(i, j)`` of nodes of one graph, each once (``i`` before ``j`` in the
+    graph's node order), grouped graph by graph: ``sum_g n_g (n_g - 1) / 2`` pairs."""
+    row, col = full_edges(batch, num_graphs)
+    if row.numel() == 0:
+        return row, col
+    order = torch.argsort(torch.argsort(batch, stable=True))   # each node's position in graph order
+    keep = order[row] < order[col]
+    return row[keep], col[keep]
+
+
 class GraphSpace(Space):
     """Flat graph batches ``x[N, D]`` with batch index ``batch[N]`` (see the module docstring).
 
@@ -78,12 +93,15 @@ class GraphSpace(Space):
         self.centred = int(centred)
         self.counts = torch.bincount(batch, minlength=self.num_graphs)
         self._edges: tuple[Tensor, Tensor] | None = None
+        self._pairs: tuple[Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ helpers
     def to(self, device: torch.device | str) -> "GraphSpace":
         out = GraphSpace(self.batch.to(device), self.num_graphs, self.centred)
         if self._edges is not None:
             out._edges = (self._edges[0].to(device), self._edges[1].to(device))
+        if self._pairs is not None:
+            out._pairs = (self._pairs[0].to(device), self._pairs[1].to(device))
         return out
 
     @staticmethod
@@ -108,6 +126,17 @@ class GraphSpace(Space):
         if self._edges is None:
             self._edges = full_edges(self.batch, self.num_graphs)
         return self._edges
+
+    def pairs(self) -> tuple[Tensor, Tensor]:
+        """The unordered node pairs of each graph in canonical order (:func:`upper_pairs`; cached)."""
+        if self._pairs is None:
+            self._pairs = upper_pairs(self.batch, self.num_graphs)
+        return self._pairs
+
+    def pair_space(self) -> "GraphSpace":
+        """A graph space whose elements are this batch's :meth:`pairs` (no centred channels)."""
+        row, _ = self.pairs()
+        return GraphSpace(self.batch[row], self.num_graphs, centred=0)
 
     def graph_sum(self, per_node: Tensor) -> Tensor:
         """Sum per-node rows ``[N, ...]`` into per-graph rows ``[B, ...]``."""

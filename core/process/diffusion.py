@@ -156,5 +156,16 @@ class Diffusion:
             masks[k] = both[0] | both[1] if len(both) == 2 else (both[0] if both else None)
         return cond.drop(masks)
 
+    # ------------------------------------------------------------------ sampling entries
+    def generate(self, denoiser: Denoiser, domain: Any, num: int, **kwargs: Any) -> Batch:
+        """``num`` samples (``core.sampling.generate.generate``); a mixed process has its own."""
+        from ..sampling.generate import generate
+        return generate(denoiser, domain, num, **kwargs)
+
+    def generate_completion(self, denoiser: Denoiser, known: Batch, mask: Any, **kwargs: Any) -> Batch:
+        """Completions of ``known`` where ``mask`` is false (``core.sampling.completion``)."""
+        from ..sampling.completion import generate_completion
+        return generate_completion(denoiser, known, mask, **kwargs)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self.config)

@@ -121,8 +121,12 @@ def build_objective(section: Mapping[str, Any] | None, diffusion: Diffusion, tea
 def make_denoiser(section: Mapping[str, Any] | None, diffusion: Diffusion, backbone: nn.Module) -> Denoiser:
     """The denoiser a run's backbone is wrapped in (a flow-map one for two-time objectives)."""
     parsed = objective_options(section)
-    cls = parsed[0].denoiser if parsed is not None else Denoiser
-    return cls(backbone, diffusion.schedule, diffusion.param)
+    if parsed is None:
+        return diffusion.denoiser(backbone)          # the process's own (a mixed state's too)
+    if not isinstance(diffusion, Diffusion):
+        raise ConfigError("few-step objectives train models of one tensor; this process is a mixed state's "
+                          "(diffusion.components)")
+    return parsed[0].denoiser(backbone, diffusion.schedule, diffusion.param)
 
 
 def model_options(section: Mapping[str, Any] | None) -> dict[str, Any]:

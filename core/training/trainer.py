@@ -62,7 +62,6 @@ from ..config import RunConfig
 from ..data.domain import Batch, Domain, DomainDataset
 from ..errors import ConfigError, TrainingDiverged
 from ..io import append_text, keeping, write_samples
-from ..sampling.generate import generate
 from . import distributed
 from .batches import BatchStream
 from .checkpoint import (clean_checkpoints, drop_records_after, hardware_record, kept_text, load_checkpoint,
@@ -80,7 +79,8 @@ log = logging.getLogger(__name__)
 class Objective(Protocol):
     """What the trainer optimises: per-sample losses of a batch under a model."""
 
-    #: the trainer's periodic and final evaluations draw samples from the model (diffusion models)
+    #: the trainer's periodic and final evaluations draw samples from the model (diffusion models), with
+    #: the objective's ``generate(model, domain, num, **options) -> Batch``
     samples: bool
 
     def training_losses(self, model: nn.Module, batch: Batch, generator: torch.Generator | None = None,
@@ -361,8 +361,9 @@ class Trainer:
         bar = tqdm(total=p.samples * p.steps, disable=not self.show_progress, desc="eval", unit="sample-step",
                    dynamic_ncols=True, leave=False)
         try:
-            samples = generate(model, self.domain, p.samples, sampler=cfg.eval_sampler, steps=p.steps, seed=cfg.seed,
-                               batch_size=chunk, device=self.device, progress=bar.update)
+            # the objective's own sampling entry (a diffusion process or a mixed state's)
+            samples = self.objective.generate(model, self.domain, p.samples, sampler=cfg.eval_sampler, steps=p.steps,
+                                              seed=cfg.seed, batch_size=chunk, device=self.device, progress=bar.update)
         finally:
             bar.close()
         out_dir = self.run_dir / "samples" / tag

@@ -10,6 +10,14 @@ all three qm9pack CSV parts (they are ordered small-first). Stored: atomic numbe
 and the six properties EDM conditions on (``properties`` float32 ``[N, 6]``, columns ``property_names`` in
 ``property_units``): dipole moment mu (D), isotropic polarizability alpha (Bohr^3), HOMO, LUMO and their gap
 (meV, converted from Hartree with 1 Ha = 27211.386 meV as EDM does) and heat capacity Cv (cal/mol K).
+
+``--bonds`` (:func:`add_bonds`) adds the molecular graphs a bond-generating model trains on to an
+existing file (the other arrays unchanged): ``bonds`` (uint8 ``[M, 3]``: atom ``i < j`` within the
+molecule and the Kekule bond order 1-3), ``bond_ptr`` (int32 offsets, molecule ``k``'s bonds are
+``bond_ptr[k]:bond_ptr[k + 1]``) and ``formal_charge`` (int8 per atom), from each molecule's QM9
+SMILES on its geometry (``graphs.graph_from_smiles``)::
+
+    python -m diffuse.domains.molecules.build_bundled_data --bonds
 """
 
 from __future__ import annotations
@@ -60,6 +68,27 @@ def add_properties(path: Path) -> Path:
     return path
 
 
+def add_bonds(path: Path) -> Path:
+    """Add the molecular graphs (bonds, formal charges) to an existing bundled npz (module docstring)."""
+    from .graphs import graph_from_smiles
+
+    data = dict(np.load(path))
+    table = Chem.GetPeriodicTable()
+    z, pos, ptr, smiles = data["z"], data["pos"], data["ptr"], data["smiles"]
+    bonds, bond_ptr, charges = [], [0], np.zeros(len(z), np.int8)
+    for i in range(len(ptr) - 1):
+        a, b = int(ptr[i]), int(ptr[i + 1])
+        symbols = [table.GetElementSymbol(int(k)) for k in z[a:b]]
+        found, q = graph_from_smiles(symbols, pos[a:b].astype(np.float64), str(smiles[i]))
+        bonds.append(found.astype(np.uint8))
+        bond_ptr.append(bond_ptr[-1] + len(found))
+        charges[a:b] = q
+    data.update(bonds=np.concatenate(bonds), bond_ptr=np.array(bond_ptr, np.int32), formal_charge=charges)
+    np.savez_compressed(path, **data)
+    log.info("added %d bonds of %d molecules to %s", bond_ptr[-1], len(ptr) - 1, path)
+    return path
+
+
 def build(num: int, seed: int, out: Path) -> Path:
     """Write ``num`` seeded QM9 molecules to ``out`` (npz, compressed)."""
     mols, index = read_qm9pack()
@@ -83,9 +112,14 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("data") / "qm9_subset.npz")
+    ap.add_argument("--bonds", action="store_true", help="add the molecular graphs to the existing file")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
+    if args.bonds:
+        add_bonds(args.out)
+        return
     build(args.num, args.seed, args.out)
+    add_bonds(args.out)
 
 
 if __name__ == "__main__":

@@ -282,15 +282,18 @@ class MoleculeDataset(DomainDataset):
         batch = torch.repeat_interleave(torch.arange(len(counts)), counts)
         space = GraphSpace(batch, len(counts), centred=3)
         x = self.codec.encode(self.pos[nodes], self.types[nodes], self.charges[nodes])
-        cond = None
+        return Batch(x, space, self.condition(indices), {"elements": self.codec.elements})
+
+    def condition(self, indices: Tensor) -> Condition | None:
+        """The ``property`` condition of the molecules at ``indices`` (None: unconditional data)."""
         kind = self.property_kind()
-        if kind is not None:
-            cols = [self.property_names.index(n) for n in kind.names]
-            values = {n: self.properties[torch.as_tensor(indices, dtype=torch.long), c].tolist()
-                      for n, c in zip(kind.names, cols)}
-            from .property import CONDITION_NAME
-            cond = Condition({CONDITION_NAME: kind.parse(values, len(counts))}, {CONDITION_NAME: kind})
-        return Batch(x, space, cond, {"elements": self.codec.elements})
+        if kind is None:
+            return None
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        cols = [self.property_names.index(n) for n in kind.names]
+        values = {n: self.properties[idx, c].tolist() for n, c in zip(kind.names, cols)}
+        from .property import CONDITION_NAME
+        return Condition({CONDITION_NAME: kind.parse(values, len(idx))}, {CONDITION_NAME: kind})
 
 
     # ------------------------------------------------------------------ chemistry helpers

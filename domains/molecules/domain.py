@@ -37,8 +37,11 @@ from .backbones import BACKBONES
 from .property import CONDITION_NAME, PROPERTY_NAMES, draw_atom_counts, parse_property_names
 from .readers import read_path
 from .writer import write_sdf, write_xyz
+from .atom_counts import draw_num_atoms as _num_atoms
+from .bonded_data import load_bonded
+from .bonded_domain import BondedMethods
 
-__all__ = ["MoleculeDomain", "analyze_samples", "training_smiles"]
+__all__ = ["MoleculeDomain", "BondedMoleculeDomain", "analyze_samples", "training_smiles"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ _DATA_DEFAULTS: dict[str, Any] = {
     "max_atoms": None,
     "properties": None,        # property names batches carry as the ``property`` condition (--condition property:NAME)
     "bond_rule": "auto",       # EDM's evaluation rule: qm9 | geom (single bonds into RDKit) | auto (by the elements)
+    "bonds": False,            # molecules with bonds and charges, a mixed state (bonded_data.py): bond-generating models
 }
 
 
@@ -74,30 +78,6 @@ def training_smiles(reference: DomainDataset) -> set[str] | None:
     source = complement() if callable(complement) else reference
     ref = getattr(source, "reference_smiles", None)
     return set(ref) if ref is not None else None
-
-
-def _num_atoms(num: int, data_info: dict[str, Any], generator: GeneratorLike, cond: Any) -> torch.Tensor:
-    if cond is not None:
-        if isinstance(cond, dict):
-            cond = cond.get("num_atoms")
-        counts = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
-        if counts.numel() == 1:
-            counts = counts.expand(num).clone()
-        if counts.numel() != num or bool((counts < 1).any()):
-            raise UserInputError(f"num_atoms must be one positive count or {num} of them, got {cond!r}")
-        return counts
-    hist = data_info.get("num_atoms_hist")
-    if not hist:
-        raise DataError("the checkpoint's data_info has no atom-count histogram (num_atoms_hist); give num_atoms")
-    sizes = torch.tensor([h[0] for h in hist], dtype=torch.long)
-    weights = torch.tensor([float(h[1]) for h in hist], dtype=torch.float64)
-    if generator is None or isinstance(generator, torch.Generator):
-        draw = torch.multinomial(weights, num, replacement=True, generator=generator)
-    else:  # one generator per sample: sample i's size depends only on generator i
-        if len(generator) != num:
-            raise UserInputError(f"got {len(generator)} generators for {num} molecules")
-        draw = torch.cat([torch.multinomial(weights, 1, generator=g) for g in generator])
-    return sizes[draw]
 
 
 #: a lower bound of the memory one ordered atom pair costs while sampling: the int64 index tensors
@@ -158,11 +138,22 @@ class MoleculeDomain(Domain):
 
     name = "molecules"
     description = "3-D molecules (QM9, SDF/XYZ/SMILES): EGNN, stability / validity metrics, SDF + XYZ output"
-    meaning_keys = ("elements",)
+    meaning_keys = ("elements", "charge_values")
     backbones = BACKBONES
     default_backbone = "egnn"
     likelihood_unit = "nats"
     named_datasets = ("qm9", "qm9pack", "QM9")
+
+    # ---------------------------------------------------------------- binding
+    def bind(self, info: dict[str, Any]) -> "MoleculeDomain":
+        """The domain bound to ``info``; data with bonds (``info["bonds"]``) gives a
+        :class:`BondedMoleculeDomain` (``bonded_domain``: mixed states of atoms, charges and bonds)."""
+        bound = super().bind(info)
+        if info.get("bonds") and not isinstance(bound, BondedMoleculeDomain):
+            bonded = BondedMoleculeDomain.__new__(BondedMoleculeDomain)
+            bonded.__dict__.update(bound.__dict__)
+            return bonded
+        return bound
 
     # ---------------------------------------------------------------- configuration
     def default_diffusion(self) -> dict[str, Any]:
@@ -248,7 +239,9 @@ class MoleculeDomain(Domain):
             opts["properties"] = parse_property_names(opts["properties"])
         if opts["bond_rule"] not in ("auto", *BOND_RULES):
             raise DataError(f"unknown bond_rule {opts['bond_rule']!r}; expected auto, {' or '.join(BOND_RULES)}")
-        if path is None:
+        if opts["bonds"]:
+            ds = load_bonded(path, opts)   # a mixed state: coordinates, atoms, charges, bonds
+        elif path is None:
             ds = load_bundled(opts)
         else:
             if str(path).lower() in ("qm9", "qm9pack") and opts["elements"] is None:
@@ -360,3 +353,8 @@ class MoleculeDomain(Domain):
         """A fixed fragment (SDF / XYZ) plus ``num_atoms`` minus its size free atoms; see ``inpaint``."""
         from .inpaint import molecule_completion_input
         return molecule_completion_input(path, options, self.info, self.check_structure)
+
+
+class BondedMoleculeDomain(BondedMethods, MoleculeDomain):
+    """The ``molecules`` domain bound to data with bonds (``bonded_domain``): the same domain (name,
+    data reading, conditions), whose samples are mixed states generated with their bonds."""

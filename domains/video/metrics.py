@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffuse.core import frechet_from_features
 from diffuse.domains.image import bundled_lenet, extract_features, train_lenet
 
 from .features import I3DFeatures, digit_classifier

@@ -26,7 +26,6 @@ physics metrics (``metrics.py``) measure on.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 
 import torch
