@@ -29,7 +29,7 @@ The package is split by job: ``configs`` (run configs from defaults, files and f
 completion, editing, restoration, likelihoods), ``loading`` (``load``, ``load_pretrained``,
 ``build``), ``autoencoder``, ``classifier``, ``auxiliary`` and ``guiding`` (the auxiliary models and their runs),
 ``reflow``, ``vocode`` (a mel-conditioned model as a neural vocoder), ``distill`` (few-step models from
-trained ones; docs/few-step.md).
+trained ones; docs/guides/few-step.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The video domain, measured (docs/video.md's tables).
+"""The video domain, measured (docs/guides/video.md's tables).
 
 Every figure is on clips of the split's digits: ``--split held`` (the default, the report) draws
 clips from the digits the training split held out (``MovingDigits.split``); ``--split train``

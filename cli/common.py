@@ -97,7 +97,7 @@ class DiffuseGroup(click.Group):
         except KeyboardInterrupt as exc:
             term = "SIGTERM" in str(exc)
             click.echo(f"error: interrupted by {'SIGTERM' if term else 'Ctrl-C (SIGINT)'}; what was being written "
-                       "was removed or left whole (see docs/reliability.md)", err=True)
+                       "was removed or left whole (see docs/guides/reliability.md)", err=True)
             ctx.exit(128 + (15 if term else 2))
 
 

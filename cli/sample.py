@@ -177,9 +177,11 @@ def _finish(model, samples, out, extra: dict[str, Any]) -> None:
 @click.option("--mask", type=PATH, default=None, help="Image: a mask PNG of the image's size, white = generate.")
 @click.option("--rect", default=None, metavar="X0,Y0,X1,Y1", help="Image: the box [x0, x1) x [y0, y1) to generate.")
 @click.option("--span", "spans", multiple=True, metavar="START:END",
-              help="Audio: a gap to fill, in seconds (repeatable), e.g. 0.2:0.3.")
-@click.option("--continue", "cont", default=None, metavar="SECONDS",
-              help="Audio: generate this many seconds past the clip's end (outpainting).")
+              help="Audio: a gap to fill, in seconds, e.g. 0.2:0.3; video: frames to generate, START:END (end "
+                   "exclusive: interpolation). Repeatable.")
+@click.option("--continue", "cont", default=None, metavar="SECONDS|FRAMES",
+              help="Audio: generate this many seconds past the clip's end (outpainting); video: this many frames "
+                   "(prediction).")
 @click.option("--num-atoms", type=int, default=None, callback=positive,
               help="Molecules: atoms of the completed molecule (the fragment's atoms stay fixed).")
 @click.option("--sampler", default="ddpm", show_default=True, help="Sampler: " + ", ".join(sampler_names()) + ".")
@@ -189,8 +191,8 @@ def _finish(model, samples, out, extra: dict[str, Any]) -> None:
               help="RePaint: times each block is run (1: plain replacement, no resampling).")
 def inpaint(checkpoint, pretrained, input_path, num, steps, spacing, seed, device, domain, sampler_opts, labels, guidance_scale,
             out, mask, rect, spans, cont, num_atoms, sampler, jump_length, resample) -> None:
-    """Complete an input: regenerate an image region, fill audio gaps / continue a clip, or grow a
-    molecule from a fixed fragment. The known part is kept exactly."""
+    """Complete an input: regenerate an image region, fill audio gaps / continue a clip, predict or
+    interpolate video frames, or grow a molecule from a fixed fragment. The known part is kept exactly."""
     from ..core.sampling.completion import completion_steps
 
     opts = parse_sampler_options(sampler, sampler_opts)
@@ -199,7 +201,7 @@ def inpaint(checkpoint, pretrained, input_path, num, steps, spacing, seed, devic
     given = {"mask": mask, "rect": rect, "span": list(spans) or None, "continue": cont, "num_atoms": num_atoms}
     prepared = model.completion_input(input_path, given)
     if model.known_share(prepared[1]) >= 1.0:
-        raise UserError("nothing to generate: give --mask / --rect (image), --span / --continue (audio) or "
+        raise UserError("nothing to generate: give --mask / --rect (image), --span / --continue (audio, video) or "
                         "--num-atoms above the fragment's size (molecules)")
     model.prepare_condition(num, cond, guidance_scale)
     model.check_sampling(num, sampler=sampler, steps=steps, spacing=spacing, seed=seed, batch_size=num, options=opts)

@@ -25,7 +25,7 @@ __all__ = ["vocode"]
               help="A speech clip (WAV / FLAC / OGG) to resynthesise from its own log-mel.")
 @click.option("--mel", "mel_path", type=PATH, default=None,
               help="A log-mel spectrogram to vocode: a .npy float array [n_mels, frames] (natural-log mel "
-                   "amplitude, as the vocoder's data; see docs/speech.md).")
+                   "amplitude, as the vocoder's data; see docs/guides/speech.md).")
 @click.option("--sampler", default=None, help="Sampler: " + ", ".join(sampler_names()) + " (default: the vocoder's, "
                                               "ddim with 6 steps).")
 @click.option("--steps", type=int, default=None, callback=positive, help="Sampler steps (default: the vocoder's).")

@@ -127,7 +127,7 @@ def test_cli_lists_and_clears():
     (["cache", "--clear", "--older-than", "-1"], "must be >= 0"),
     (["cache", "--clear", "--older-than", "nan"], "older-than"),
     (["cache", "--clear", "--older-than", "soon"], "older-than"),
-    (["cache", "--kind", "a/b"], "bad cache kind"),
+    (["cache", "--kind", "a/b"], "unknown cache kind"),
 ])
 def test_cli_mistakes_are_one_error_line_and_remove_nothing(argv, match):
     _fill()

@@ -55,7 +55,7 @@ def test_consistency_distillation_approaches_the_exact_flow_map(exact_problem):
     training grows (80 -> 320 steps) and ends well below one DDIM step's; one evaluation of the
     distilled model is closer to the data (energy distance) than the teacher's DDIM at 2
     evaluations and has at most 0.35 of the teacher's 1-step distance. (The full study, on
-    held-out mixtures: ``benchmarks/bench_fewstep.py exact``, docs/few-step.md.)"""
+    held-out mixtures: ``benchmarks/bench_fewstep.py exact``, docs/guides/few-step.md.)"""
     gm, diff, x_T, exact, truth, teacher_ed = exact_problem
     errors, eds = {}, {}
     for steps in (80, 320):

@@ -108,6 +108,6 @@ def test_the_domain_is_registered_by_entry_point():
 
 
 def test_the_docs_name_the_public_modules():
-    text = (ROOT / "docs" / "adding-a-domain.md").read_text()
+    text = (ROOT / "docs" / "guides" / "adding-a-domain.md").read_text()
     for module in PLUGIN_API:
         assert f"`{module}`" in text, module

@@ -30,7 +30,7 @@ def build_process(config: DiffusionConfig | dict[str, Any], data_info: dict[str,
         if facts:
             raise ConfigError(f"this data's samples have the components {', '.join(facts)} (a mixed state) but "
                               "diffusion.components is not set; give each component's process (see "
-                              "docs/molecules-with-bonds.md)")
+                              "docs/guides/molecules-with-bonds.md)")
         return Diffusion(config)
     if data_info is not None and not facts:
         raise ConfigError("diffusion.components describes a mixed state but this data's samples are one tensor; "

@@ -149,8 +149,12 @@ class GaussianMixture:
         return a0 * (y @ q.T + self.means)
 
     def denoiser(self, schedule: Schedule):
-        """A sampler-ready ``denoise(x, t) -> Prediction`` for this exact model."""
+        """A sampler-ready ``denoise(x, t) -> Prediction`` for this exact model. A step ``(t, s)``
+        (``t [B, 2]``, the flow-map samplers' call) is answered at ``t``, as every one-time model
+        answers it (``core.process.denoiser``)."""
         def denoise(x: Tensor, t: Tensor) -> Prediction:
+            if t.ndim == 2:
+                t = t[:, 0]
             alpha, sigma = schedule.alpha_sigma(t.to(torch.float64))
             x0, score = self.denoise_at(x, alpha, sigma)
             eps = -sigma[:, None] * score

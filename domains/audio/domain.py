@@ -92,7 +92,7 @@ class AudioDomain(Domain):
                 "eval_sampler": "ddpm", "eval_steps": 50, "holdout_fraction": 0.15}
 
     def default_sampling(self) -> tuple[str, int | None]:
-        if self.info.get("mel"):   # the vocoder: few steps, as WaveGrad (speech.md, "Few-step sampling")
+        if self.bound and self.info.get("mel"):   # the vocoder: few steps, as WaveGrad (speech.md, "Few-step sampling")
             return VOCODER_SAMPLING
         # the ancestral sampler at DDIM's cost: on the shipped model (64 clips, 2 seeds) Frechet
         # log-mel 513 / 392 against DDIM-50's 657 / 676; checked on a model it was not chosen on

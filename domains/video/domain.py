@@ -5,7 +5,7 @@ per-frame FID, identity, physics and speed metrics; GIF / MP4 / PNG-strip output
 It is written against the public plug-in API only (``diffuse.domains.PLUGIN_API``:
 ``diffuse.core``'s plug-in names, ``diffuse.domains.layers`` and ``diffuse.domains.image``'s
 public parts) and registered through the ``diffuse.domains`` entry-point group like a
-third-party domain (``docs/adding-a-domain.md`` walks through it).
+third-party domain (``docs/guides/adding-a-domain.md`` walks through it).
 
 Data options (``default_data``; given to :meth:`VideoDomain.load_data`):
 
@@ -91,7 +91,7 @@ class VideoDomain(Domain):
         return {"schedule": {"kind": "linear"}, "parameterization": "v"}
 
     def default_train(self) -> dict[str, Any]:
-        # the quickstart: digits that move after about 10 minutes on two CPU cores (docs/video.md)
+        # the quickstart: digits that move after about 10 minutes on two CPU cores (docs/guides/video.md)
         return {"steps": 600, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.99,
                 "checkpoint_every": 200, "eval_samples": 16, "eval_steps": 25, "sample_every": 0}
 
