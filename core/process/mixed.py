@@ -150,11 +150,8 @@ class MixedDiffusion:
             raise ConfigError("a mixed-state model trains on batches of mixed states (a ProductSpace); this data "
                               "gives one tensor per sample")
         n = space.batch_size(x0)
-        device = next(iter(x0.values())).device
-        t = self.sample_t(n, generator, device)
-        x_t, aux = State(), {}
-        for k, c in self.components.items():
-            x_t[k], aux[k] = c.noisy(x0[k], t, space[k], generator)
+        t, x_t, aux = self._noised(x0, space, generator)
+        device = t.device
         cond = batch.cond
         if isinstance(cond, Condition) and self.config.cond_drop > 0:
             drop = torch.rand(n, generator=generator, device=device) < self.config.cond_drop
@@ -184,17 +181,22 @@ class MixedDiffusion:
             total = term if total is None else total + term
         return total if total is not None else t.new_zeros(len(t)).float()
 
+    def _noised(self, x0: State, space: ProductSpace, generator: torch.Generator | None
+                ) -> tuple[Tensor, State, dict[str, Any]]:
+        """Training times for a batch of mixed states and each component's noisy state at them."""
+        n = space.batch_size(x0)
+        t = self.sample_t(n, generator, next(iter(x0.values())).device)
+        x_t, aux = State(), {}
+        for k, c in self.components.items():
+            x_t[k], aux[k] = c.noisy(x0[k], t, space[k], generator)
+        return t, x_t, aux
+
     def component_losses(self, denoiser: MixedDenoiser, batch: Batch, generator: torch.Generator | None = None
                          ) -> dict[str, Tensor]:
         """Each component's unweighted per-sample loss on one batch (no self-conditioning): for
         diagnostics and benchmarks."""
         x0, space = batch.x, batch.space
-        n = space.batch_size(x0)
-        device = next(iter(x0.values())).device
-        t = self.sample_t(n, generator, device)
-        x_t, aux = State(), {}
-        for k, c in self.components.items():
-            x_t[k], aux[k] = c.noisy(x0[k], t, space[k], generator)
+        t, x_t, aux = self._noised(x0, space, generator)
         out = denoiser.raw(x_t, t, cond=batch.cond, space=space)
         return {k: c.loss(out[k], x0[k], x_t[k], aux[k], t, space[k]) for k, c in self.components.items()}
 

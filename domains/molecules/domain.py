@@ -18,13 +18,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ...core.memory import available_bytes
 from ...core.data.condition import Condition
 from ...core.data.domain import Batch, Domain, DomainDataset
 from ...core.errors import DataError, UserInputError
@@ -87,17 +87,8 @@ BYTES_PER_PAIR = 6 * 8 + 3 * 4 * 32
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (``MemAvailable``), or None if unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    """Bytes of memory available to a new allocation on the CPU, or None if unknown (``core.memory``)."""
+    return available_bytes("cpu")
 
 
 def _atom_counts(value: Any) -> list[int]:
