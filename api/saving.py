@@ -29,7 +29,7 @@ from ..core.config import RunConfig
 from ..core.errors import CheckpointError, MissingPathError
 from ..core.training.checkpoint import (MODEL_WEIGHTS, checkpoint_dir, checkpoint_meta, is_model_folder,
                                         load_checkpoint, read_checkpoint)
-from ..pretrained.card import DATA_LICENSES, _evaluation, _records, model_card, recipe_of, training_seconds
+from ..pretrained.card import _evaluation, data_license, _records, model_card, recipe_of, training_seconds
 from ..pretrained.files import check_destination, write_model_folder
 
 __all__ = ["save_pretrained", "model_kind", "hardware_text"]
@@ -200,7 +200,7 @@ def _auxiliary_blobs(run: Path, kind: str, *, half: bool, hardware: str | None, 
              f"| wall time | {wall} |", f"| hardware | {hw} |",
              f"| weights | EMA, safetensors, {len(weights_bytes) / 1e6:.2f} MB |",
              f"| license | weights and code MIT (as diffuse); data: "
-             f"{DATA_LICENSES.get(d.get('domain'), 'see the data set')} |", "", "## Metrics", ""]
+             f"{data_license(d.get('domain'), d.get('data_options'))} |", "", "## Metrics", ""]
     if evaluation:
         lines += ["Held-out figures of the run (`evaluation.json`):", "", "| metric | value |", "|---|---|",
                   *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()

