@@ -193,3 +193,18 @@ def test_a_training_config_cannot_name_a_distillation(tmp_path):
     cfg = api.make_config("image", diffusion={"training": "shortcut"})
     assert cfg.objective["name"] == "shortcut" and cfg.model["time_inputs"] == 2
     assert cfg.diffusion.parameterization == "flow" and cfg.diffusion.schedule["kind"] == "flow"
+
+
+def test_a_few_step_run_ends_with_its_evaluation(tmp_path):
+    """The trainer's final evaluation samples a few-step model through its process (the objective
+    is not the process: ``SamplesThroughDiffusion``), and writes its samples and metrics."""
+    import diffuse.api as api
+    from toy import points_domain
+
+    points_domain()
+    api.train("points2d", out=tmp_path / "run", steps=4, progress=False,
+              config={"objective": {"name": "ct", "levels": 4, "levels_start": 2}}, diffusion={"training": "ct"}, batch_size=16, warmup_steps=1, checkpoint_every=0, device="cpu",
+              eval_samples=8, eval_steps=2, eval_budget=None)
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert evals and evals[-1]["num"] == 8 and (tmp_path / "run" / "samples" / "final").is_dir()

@@ -55,7 +55,7 @@ from ..data.condition import Condition
 from ..data.domain import Batch
 from ..errors import ConfigError
 from ..validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, OneOf, check_fields
-from .diffusion import Diffusion
+from .diffusion import Diffusion, SamplesThroughDiffusion
 from .parameterization import Prediction
 from .schedule import Schedule
 
@@ -217,12 +217,11 @@ def teacher_step(teacher: Callable[[Tensor, Tensor], Prediction], schedule: Sche
     return space.project(x_r), pred.x0
 
 
-class ConsistencyObjective:
+class ConsistencyObjective(SamplesThroughDiffusion):
     """The trainer's objective for consistency distillation (``teacher`` given) or consistency
     training (``teacher=None``); see the module docstring. ``total_steps``: the run's
     ``train.steps`` (CT's curriculum); :meth:`follow` gives it the run's step counter."""
 
-    samples = True
 
     def __init__(self, diffusion: Diffusion, config: ConsistencyConfig, teacher: nn.Module | None = None,
                  total_steps: int = 1) -> None:

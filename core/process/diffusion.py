@@ -49,7 +49,7 @@ from .presets import PRESETS, resolve
 from .schedules import build_schedule
 from .timesteps import TIME_SAMPLERS, make_time_sampler
 
-__all__ = ["Diffusion", "TRAINING_MODES"]
+__all__ = ["Diffusion", "TRAINING_MODES", "SamplesThroughDiffusion"]
 
 #: the training presets (``DiffusionConfig.training``)
 TRAINING_MODES = tuple(PRESETS)
@@ -169,3 +169,16 @@ class Diffusion:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self.config)
+
+
+class SamplesThroughDiffusion:
+    """Base of the objectives that train a denoiser of a :class:`Diffusion` (``self.diffusion``)
+    with another loss (the few-step objectives): the trainer's evaluations sample through that
+    process."""
+
+    samples = True
+    diffusion: Diffusion
+
+    def generate(self, denoiser: Denoiser, domain: Any, num: int, **kwargs: Any) -> Batch:
+        """``num`` samples through the trained process (:meth:`Diffusion.generate`)."""
+        return self.diffusion.generate(denoiser, domain, num, **kwargs)

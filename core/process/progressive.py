@@ -27,7 +27,7 @@ from ..data.domain import Batch
 from ..errors import ConfigError
 from ..validation import AT_LEAST_ONE, NON_NEGATIVE, check_fields
 from .consistency import drop_condition, guided_teacher, select_rows
-from .diffusion import Diffusion
+from .diffusion import Diffusion, SamplesThroughDiffusion
 from .parameterization import Prediction
 
 __all__ = ["ProgressiveConfig", "ProgressiveObjective", "student_grid"]
@@ -68,10 +68,9 @@ def student_grid(schedule, steps: int, spacing: str | None) -> tuple[Tensor, str
     return fine, spacing
 
 
-class ProgressiveObjective:
+class ProgressiveObjective(SamplesThroughDiffusion):
     """The trainer's objective of one progressive-distillation round (see the module docstring)."""
 
-    samples = True
 
     def __init__(self, diffusion: Diffusion, config: ProgressiveConfig, teacher: nn.Module | None = None,
                  total_steps: int = 1) -> None:

@@ -30,7 +30,7 @@ from ..data.domain import Batch
 from ..errors import ConfigError
 from ..validation import AT_LEAST_ONE, UNIT, check_fields
 from .consistency import drop_condition, select_rows
-from .diffusion import Diffusion
+from .diffusion import Diffusion, SamplesThroughDiffusion
 from .flowmap import time_pair
 
 __all__ = ["ShortcutConfig", "ShortcutObjective", "landing_target"]
@@ -69,10 +69,9 @@ def landing_target(param, schedule, space, x_t: Tensor, t: Tensor, s: Tensor, x_
     return (x_end - space.coef(A, x_t) * x_t) / space.coef(B, x_t)
 
 
-class ShortcutObjective:
+class ShortcutObjective(SamplesThroughDiffusion):
     """The trainer's objective for a shortcut model (see the module docstring)."""
 
-    samples = True
 
     def __init__(self, diffusion: Diffusion, config: ShortcutConfig, teacher: nn.Module | None = None,
                  total_steps: int = 1) -> None:
