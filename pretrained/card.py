@@ -205,8 +205,7 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
         *([f"| started from | {_started_from(cfg.init, earlier)} |"] if cfg.init else []),
         f"| wall time | {wall_time} |",
         f"| hardware | {hardware or 'not recorded (export with --hardware)'} |",
-        f"| diffusion | training {cfg.diffusion.training}, parameterization {cfg.diffusion.parameterization}, "
-        f"schedule `{json.dumps(cfg.diffusion.schedule, sort_keys=True)}` |",
+        f"| diffusion | {_process_line(cfg)} |",
         f"| parameters | {params:,} |",
         f"| weights | EMA, {dtype} storage; " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()) + " |",
         f"| license | weights and code MIT (as diffuse); data: {data_license(cfg.domain, cfg.data_options)} |",
@@ -232,6 +231,16 @@ def model_card(name: str, cfg: RunConfig, meta: dict[str, Any], records: list[di
         lines += [f"Last stage (`recipes/{name}.json`, started from stage {len(earlier)}'s weights):", ""]
     lines += ["```json", json.dumps(recipe_of(cfg), indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)
+
+
+def _process_line(cfg: RunConfig) -> str:
+    """The card's process line: the axes of one tensor's diffusion, or each component of a mixed state."""
+    d = cfg.diffusion
+    if d.components:
+        return "mixed state: " + "; ".join(f"{name} `{json.dumps(spec, sort_keys=True)}`"
+                                           for name, spec in d.components.items())
+    return (f"training {d.training}, parameterization {d.parameterization}, schedule "
+            f"`{json.dumps(d.schedule, sort_keys=True)}`")
 
 
 def _started_from(init: dict[str, Any], earlier: list[RunConfig]) -> str:
