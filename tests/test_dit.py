@@ -218,3 +218,17 @@ def test_dit_recipes_make_valid_configs(name):
     domain = api.recipe_domain(path)
     cfg = api.make_config(domain, config=path)
     assert cfg.model["backbone"] == "dit" and cfg.domain == domain
+
+
+@pytest.mark.parametrize("backbone", ["unet", "wavenet", "dit"])
+def test_every_audio_backbone_reads_the_degraded_clips_of_restoration(backbone):
+    """Denoising and bandwidth extension concatenate the degraded clip (and a flag) to the noisy
+    input: every audio backbone takes those channels (the DiT once read only the low-rate one)."""
+    from diffuse.domains.audio.backbones import restoration_channels
+
+    info = {"channels": 1, "length": 512, "sample_rate": 8000, "noisy": [0.0, 15.0], "lowrate": 2000,
+            "mel": {"n_mels": 16, "hop": 64}}
+    dom = api.get_domain("audio").bind(info)
+    net = dom.build_backbone({"backbone": backbone, "preset": "tiny"} if backbone == "dit" else {"backbone": backbone})
+    assert restoration_channels(info) == 4
+    assert net.in_cond_channels == 4
