@@ -36,7 +36,7 @@ from .errors import NotWritableError, UserInputError, WriteFailedError
 if TYPE_CHECKING:  # pragma: no cover
     from .data.domain import Batch, Domain
 
-__all__ = ["atomic_write_text", "write_samples", "fresh_sample_dir", "writing", "os_error_text", "remove_stale_tmp",
+__all__ = ["write_synced", "fsync_dir", "atomic_write_text", "write_samples", "fresh_sample_dir", "writing", "os_error_text", "remove_stale_tmp",
            "tmp_name", "check_output_path", "check_links", "append_text", "keeping"]
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,33 @@ def remove_stale_tmp(folder: str | Path) -> list[Path]:
 
 def _remove_stale_tmp(out: Path) -> None:   # the name earlier versions used
     remove_stale_tmp(Path(out).parent)
+
+
+def write_synced(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (the caller renames or marks it complete)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a folder, so that the renames and new names in it are on disk (where the platform
+    gives folders a file descriptor)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str, kept: str | None = None) -> None:

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from ..core.errors import CheckpointError, NotSupportedError, OutputExistsError, UserInputError
-from ..core.io import atomic_write_text, check_output_path, tmp_name, writing
+from ..core.io import atomic_write_text, check_output_path, fsync_dir, tmp_name, write_synced, writing
 from ..core.lock import exclusive
 from ..core.config import RunConfig
 from ..core.training.checkpoint import file_sha256, identity_weights_file, load_checkpoint, read_run_config
@@ -193,12 +193,12 @@ def _swap_in(dest: Path, blobs: dict[str, bytes]) -> None:
     staging.mkdir()
     try:
         for fname in (*FILES, MARKER):
-            _write_synced(staging / fname, blobs[fname])
-        _fsync_dir(staging)
+            write_synced(staging / fname, blobs[fname])
+        fsync_dir(staging)
         if dest.exists():                    # --force
             os.replace(dest, old)
         os.replace(staging, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         if not dest.exists() and old.exists():
             os.replace(old, dest)            # the previous model back in place
@@ -206,26 +206,6 @@ def _swap_in(dest: Path, blobs: dict[str, bytes]) -> None:
         raise
     if old.exists():
         shutil.rmtree(old)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_recipes(base: Path, recipes: dict[str, Any]) -> None:

@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save as safetensors_bytes
 from ..config import CONFIG_VERSION, RunConfig, TrainConfig, update_dataclass
 from ..data.registry import domain_class
 from ..errors import CheckpointError, ConfigVersionError, NotWritableError, UserInputError
-from ..io import atomic_write_text, writing
+from ..io import atomic_write_text, fsync_dir, write_synced, writing
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_run_config", "checkpoint_dir", "read_weights",
            "checkpoint_meta", "read_checkpoint", "file_sha256", "identity_weights_file", "load_kind_config",
@@ -93,27 +93,7 @@ def _state_dict_for_save(module: torch.nn.Module | dict[str, torch.Tensor]) -> d
 
 def _write_file(path: Path, data: bytes) -> None:
     with writing(path):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+        write_synced(path, data)
 
 
 def checkpoint_meta(folder: Path) -> dict[str, Any] | None:
@@ -244,14 +224,14 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module | dict[str, torch.Tens
             # an incomplete staging folder is never read; remove it now (a full disk gets its space back)
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_dir(staging)
-        _fsync_dir(run_dir)
+        fsync_dir(staging)
+        fsync_dir(run_dir)
         if best is not None:                                           # (3)
             _remove(best)
         final = run_dir / "checkpoint"
         if staging != final:                                           # (4)
             os.replace(staging, final)
-            _fsync_dir(run_dir)
+            fsync_dir(run_dir)
     return final
 
 
