@@ -36,10 +36,14 @@ import numpy as np
 import torch
 
 import diffuse.api as api
-from diffuse.core.process.diffusion import Diffusion
+from diffuse.core.process.build import build_process
 from diffuse.core.data.registry import get_domain
 from diffuse.core.training.trainer import Trainer
+from diffuse.core.data.domain import Batch
+from diffuse.core.data.product import State
+from diffuse.domains.molecules.bonded_metrics import bonded_metrics
 from diffuse.domains.molecules.chem import validity_table
+from diffuse.domains.molecules.dataset import FeatureCodec
 from diffuse.domains.molecules.domain import analyze_samples
 from diffuse.domains.molecules.property import atoms_only_baseline, predict, train_predictor
 
@@ -54,6 +58,24 @@ EDM_TABLE = {
 }
 
 
+def as_atoms(samples: Batch, atoms_data) -> Batch:
+    """Samples as the predictor reads them: ``[positions, element features]`` of the bond-free
+    representation (a bond-generating model's coordinates and element types; its generated bonds
+    and charges are not the predictor's input, as EDM's predictor sees no bonds)."""
+    if not isinstance(samples.x, State):
+        return samples
+    codec = FeatureCodec.from_info(atoms_data.info())
+    return Batch(codec.encode(samples.x["pos"].float(), samples.x["atoms"]), samples.space["pos"])
+
+
+def stability(samples: Batch, info: dict) -> dict:
+    """Atom / molecule stability and validity: EDM's rule for a bond-free model; both protocols
+    (bonds generated, and ``edm/...`` keys) for a bond-generating one."""
+    if isinstance(samples.x, State):
+        return bonded_metrics(samples, info)[0]
+    return validity_table(analyze_samples(samples, info)[1])
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -65,11 +87,14 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=200, help="held-out molecules to generate at")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preset", default="small", help="EGNN preset of the diffusion model")
+    ap.add_argument("--recipe", default=None,
+                    help="the generator's recipe instead of the bond-free EGNN (e.g. recipes/molecules-bonds.json: "
+                         "atoms, charges and bonds generated; the predictor still reads coordinates and elements)")
     ap.add_argument("--steps", type=int, default=1500, help="diffusion training steps")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--predictor-steps", type=int, default=1500)
-    ap.add_argument("--sampler", default="ddim")
+    ap.add_argument("--sampler", default=None, help="default: ddim; with --recipe the model's own default")
     ap.add_argument("--sample-steps", type=int, default=100)
     ap.add_argument("--guidance", type=float, default=1.0, help="CFG scale (1 = plain conditional, as EDM)")
     ap.add_argument("--device", default="cpu")
@@ -111,17 +136,25 @@ def main() -> None:
     log(f"predictor ({t_pred:.0f} s): MAE real {mae_real:.3f}, shuffled {mae_shuffled:.3f}, #atoms {mae_atoms:.3f}")
 
     # -- the conditional diffusion model, on B only (normalised with B's statistics)
-    ds_b = full.take(b_idx)
+    recipe = json.loads(Path(args.recipe).read_text()) if args.recipe else {"model": {"preset": args.preset}}
+    if args.sampler is None:
+        args.sampler = None if args.recipe else "ddim"
+    gen_data = full
+    if args.recipe:   # the same molecules in the recipe's representation (bonds, charges): indices must agree
+        gen_data = dom.load_data(args.data, {**dom.default_data(), **recipe.get("data_options", {}), **cond_opts})
+        if len(gen_data) != n or not torch.equal(gen_data.counts, full.counts) or not torch.equal(gen_data.types, full.types):
+            raise SystemExit("error: the recipe's data does not list the same molecules in the same order")
+    ds_b = gen_data.take(b_idx)
     ds_b.with_properties(ds_b.properties.numpy(), ds_b.property_names, ds_b.condition_properties)
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="bench_props_")) / "run"
-    cfg = api.make_config(dom, data=args.data, config={"model": {"preset": args.preset}},
+    cfg = api.make_config(dom, data=args.data, config={k: v for k, v in recipe.items() if k not in ("train", "data")},
                           conditions=[f"property:{prop}"], steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           warmup_steps=min(100, args.steps // 10), checkpoint_every=0, eval_samples=0,
                           device=args.device, seed=args.seed, log_every=100)
     cfg.data_info = ds_b.info()
     dom = dom.bind(cfg.data_info)
     torch.manual_seed(args.seed)
-    diff = Diffusion(cfg.diffusion)
+    diff = build_process(cfg.diffusion, cfg.data_info)
     denoiser = diff.denoiser(dom.build_backbone(cfg.model))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.to_json())
@@ -140,12 +173,11 @@ def main() -> None:
     uncond = model.sample(len(test_idx), sampler=args.sampler, steps=args.sample_steps, seed=args.seed + 1,
                           structure=structure)
     t_sample = time.time() - t_sample
-    pred_cond = predict(predictor, samples)[:, 0].double().numpy()
-    pred_uncond = predict(predictor, uncond)[:, 0].double().numpy()
+    pred_cond = predict(predictor, as_atoms(samples, full))[:, 0].double().numpy()
+    pred_uncond = predict(predictor, as_atoms(uncond, full))[:, 0].double().numpy()
     mae_cond = float(np.abs(pred_cond - target).mean())
     mae_uncond = float(np.abs(pred_uncond - target).mean())
-    stab_cond = validity_table(analyze_samples(samples, model.data_info)[1])
-    stab_uncond = validity_table(analyze_samples(uncond, model.data_info)[1])
+    stab_cond, stab_uncond = (stability(s, model.data_info) for s in (samples, uncond))
     corr = float(np.corrcoef(pred_cond, target)[0, 1])
 
     unit = model.data_info.get("property_units", {}).get(prop, "")
@@ -156,15 +188,17 @@ def main() -> None:
             ("real test molecules (lower bound)", mae_real, edm.get("real")),
             ("unconditional samples, same N", mae_uncond, None)]
     print(f"\nEDM protocol, property {prop} ({unit}), MAE of the predictor (trained on A, {len(a_idx)} molecules)")
-    print(f"generator: {args.preset} EGNN, {args.steps} steps x {args.batch_size} on B ({len(b_idx)} molecules), "
-          f"{t_train:.0f} s on {args.device}; {args.sampler} {args.sample_steps} steps, guidance {args.guidance}")
+    print(f"generator: {args.recipe or args.preset + ' EGNN'}, {args.steps} steps x {args.batch_size} on B ({len(b_idx)} molecules), "
+          f"{t_train:.0f} s on {args.device}; {args.sampler or 'default sampler'} {args.sample_steps} steps, guidance {args.guidance}")
     print(f"{'row':38s} {'ours':>10s} {'EDM (QM9)':>10s}")
     for name, ours, theirs in rows:
         print(f"{name:38s} {ours:10.3f} {'' if theirs is None else theirs:>10}")
     print(f"corr(predicted on conditioned samples, target) = {corr:.3f}; mol stability conditioned "
-          f"{stab_cond['mol_stability']:.3f}, unconditional {stab_uncond['mol_stability']:.3f}")
+          f"{stab_cond['mol_stability']:.3f}, unconditional {stab_uncond['mol_stability']:.3f}"
+          + (f" (bonds generated; EDM's rule {stab_cond['edm/mol_stability']:.3f} / "
+             f"{stab_uncond['edm/mol_stability']:.3f})" if "edm/mol_stability" in stab_cond else " (EDM's rule)"))
     result = {"property": prop, "unit": unit, "molecules": {"A": len(a_idx), "B": len(b_idx), "test": len(test_idx)},
-              "budget": {"steps": args.steps, "batch_size": args.batch_size, "preset": args.preset,
+              "budget": {"steps": args.steps, "batch_size": args.batch_size, "preset": args.preset, "recipe": args.recipe,
                          "train_seconds": round(t_train), "predictor_steps": args.predictor_steps,
                          "predictor_seconds": round(t_pred), "sample_seconds": round(t_sample),
                          "sampler": args.sampler, "sample_steps": args.sample_steps, "guidance": args.guidance,
