@@ -190,6 +190,9 @@ def distill(checkpoint: str | Path | None = None, *, out: str | Path, method: st
 def _check_teacher(teacher: DiffusionModel, where: str) -> None:
     if teacher.config.latent is not None:
         raise NotSupportedError(f"{where} is a latent diffusion model; distil a data-space model")
+    if teacher.config.diffusion.components:
+        raise NotSupportedError(f"{where} generates a mixed continuous-categorical state (diffusion.components); "
+                                "few-step objectives train models of one continuous tensor")
     parsed = objective_options(teacher.config.objective)
     if parsed is not None and parsed[0].name != "progressive":
         raise UserInputError(f"{where} is already a few-step ({parsed[0].name}) model; distil a diffusion model")

@@ -280,3 +280,7 @@ def test_the_command_line_trains_samples_and_evaluates_a_bond_model(tmp_path):
     assert "(edm protocol):" in res.output and "edm/mol_stability" in json.loads((tmp_path / "e.json").read_text())["metrics"]
     res = runner.invoke(main, ["sample", "-c", str(run), "--num", "1", "--sampler", "edm_heun", "--steps", "2"])
     assert res.exit_code == 2 and "evaluations per step" in res.output
+    # few-step objectives train one continuous tensor: distilling a mixed-state model is one error line, nothing written
+    res = runner.invoke(main, ["distill", "-c", str(run), "--out", str(tmp_path / "few"), "--train-steps", "1"])
+    assert res.exit_code == 2 and "mixed continuous-categorical" in res.output, res.output
+    assert not (tmp_path / "few").exists()
