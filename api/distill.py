@@ -26,8 +26,8 @@ import torch
 from ..core.config import RunConfig, update_dataclass
 from ..core.errors import CheckpointError, ConfigError, NotSupportedError, UserInputError
 from ..core.process.diffusion import Diffusion
-from ..core.process.objectives import (OBJECTIVES, build_objective, make_denoiser, objective_options,
-                                       objective_section)
+from ..core.process.objectives import (OBJECTIVES, build_objective, check_one_tensor, make_denoiser,
+                                       objective_options, objective_section)
 from ..core.process.parameterization import PARAMETERIZATIONS
 from ..core.training.checkpoint import file_sha256, identity_weights_file, load_checkpoint
 from ..core.training.trainer import TrainResult
@@ -190,9 +190,7 @@ def distill(checkpoint: str | Path | None = None, *, out: str | Path, method: st
 def _check_teacher(teacher: DiffusionModel, where: str) -> None:
     if teacher.config.latent is not None:
         raise NotSupportedError(f"{where} is a latent diffusion model; distil a data-space model")
-    if teacher.config.diffusion.components:
-        raise NotSupportedError(f"{where} generates a mixed continuous-categorical state (diffusion.components); "
-                                "few-step objectives train models of one continuous tensor")
+    check_one_tensor(where, bool(teacher.config.diffusion.components))
     parsed = objective_options(teacher.config.objective)
     if parsed is not None and parsed[0].name != "progressive":
         raise UserInputError(f"{where} is already a few-step ({parsed[0].name}) model; distil a diffusion model")

@@ -38,6 +38,7 @@ import torch
 import diffuse.api as api
 from diffuse.core.process.build import build_process
 from diffuse.core.data.registry import get_domain
+from diffuse.core.errors import UserInputError
 from diffuse.core.training.trainer import Trainer
 from diffuse.core.data.domain import Batch
 from diffuse.core.data.product import State
@@ -136,9 +137,12 @@ def main() -> None:
     log(f"predictor ({t_pred:.0f} s): MAE real {mae_real:.3f}, shuffled {mae_shuffled:.3f}, #atoms {mae_atoms:.3f}")
 
     # -- the conditional diffusion model, on B only (normalised with B's statistics)
-    recipe = json.loads(Path(args.recipe).read_text()) if args.recipe else {"model": {"preset": args.preset}}
-    if args.sampler is None:
-        args.sampler = None if args.recipe else "ddim"
+    try:
+        recipe = api.read_config_file(args.recipe) if args.recipe else {"model": {"preset": args.preset}}
+    except UserInputError as err:
+        ap.error(str(err))
+    if args.sampler is None and not args.recipe:
+        args.sampler = "ddim"
     gen_data = full
     if args.recipe:   # the same molecules in the recipe's representation (bonds, charges): indices must agree
         gen_data = dom.load_data(args.data, {**dom.default_data(), **recipe.get("data_options", {}), **cond_opts})

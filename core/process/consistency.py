@@ -222,7 +222,6 @@ class ConsistencyObjective(SamplesThroughDiffusion):
     training (``teacher=None``); see the module docstring. ``total_steps``: the run's
     ``train.steps`` (CT's curriculum); :meth:`follow` gives it the run's step counter."""
 
-
     def __init__(self, diffusion: Diffusion, config: ConsistencyConfig, teacher: nn.Module | None = None,
                  total_steps: int = 1) -> None:
         if diffusion.param.name == "x0":

@@ -36,7 +36,7 @@ from .flowmap import FlowMapDenoiser
 from .progressive import ProgressiveConfig, ProgressiveObjective, student_grid
 from .shortcut import ShortcutConfig, ShortcutObjective
 
-__all__ = ["ObjectiveRecord", "OBJECTIVES", "objective_record", "objective_options", "objective_section",
+__all__ = ["ObjectiveRecord", "OBJECTIVES", "objective_record", "objective_options", "objective_section", "check_one_tensor",
            "build_objective", "make_denoiser", "few_step_sampling", "model_options", "NAME_KEY"]
 
 #: the key of an objective section that names the objective
@@ -118,14 +118,21 @@ def build_objective(section: Mapping[str, Any] | None, diffusion: Diffusion, tea
     return record.build(diffusion, options, teacher if record.teacher else None, total_steps)
 
 
+def check_one_tensor(what: str, mixed: bool) -> None:
+    """Refuse a few-step objective for a mixed continuous-categorical state (``diffusion.components``):
+    the objectives train maps of one continuous tensor."""
+    if mixed:
+        raise ConfigError(f"{what} generates a mixed continuous-categorical state (diffusion.components); "
+                          "few-step objectives train models of one continuous tensor")
+
+
 def make_denoiser(section: Mapping[str, Any] | None, diffusion: Diffusion, backbone: nn.Module) -> Denoiser:
     """The denoiser a run's backbone is wrapped in (a flow-map one for two-time objectives)."""
     parsed = objective_options(section)
     if parsed is None:
         return diffusion.denoiser(backbone)          # the process's own (a mixed state's too)
     if not isinstance(diffusion, Diffusion):
-        raise ConfigError("few-step objectives train models of one tensor; this process is a mixed state's "
-                          "(diffusion.components)")
+        check_one_tensor("this process", True)
     return parsed[0].denoiser(backbone, diffusion.schedule, diffusion.param)
 
 

@@ -71,7 +71,6 @@ def student_grid(schedule, steps: int, spacing: str | None) -> tuple[Tensor, str
 class ProgressiveObjective(SamplesThroughDiffusion):
     """The trainer's objective of one progressive-distillation round (see the module docstring)."""
 
-
     def __init__(self, diffusion: Diffusion, config: ProgressiveConfig, teacher: nn.Module | None = None,
                  total_steps: int = 1) -> None:
         if teacher is None:

@@ -72,7 +72,6 @@ def landing_target(param, schedule, space, x_t: Tensor, t: Tensor, s: Tensor, x_
 class ShortcutObjective(SamplesThroughDiffusion):
     """The trainer's objective for a shortcut model (see the module docstring)."""
 
-
     def __init__(self, diffusion: Diffusion, config: ShortcutConfig, teacher: nn.Module | None = None,
                  total_steps: int = 1) -> None:
         self.diffusion, self.config = diffusion, config
